@@ -1,0 +1,1 @@
+"""Masked U-Net autoencoders for unsupervised visual anomaly detection."""

@@ -1,0 +1,104 @@
+"""Grid masking for inpainting: random masks to train on, complementary mask sets to score with.
+
+A mask is 1 where a pixel is blanked (and must be inpainted) and 0 where the net sees it.
+At inference every cell of the grid is blanked in exactly one mask of a set, so stitching
+each mask's inpainted pixels gives a reconstruction in which no pixel was seen by the net
+(RIAD, Zavrtanik et al. 2021). Several grid sizes give several such sets (multi-scale).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def _cell_index(height: int, width: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
+    """Cell number of every pixel for a grid x grid split; works for any image size.  # (H,W) long"""
+    rows = torch.arange(height, device=device) * grid // height
+    cols = torch.arange(width, device=device) * grid // width
+    return rows[:, None] * grid + cols[None, :]
+
+
+class NoMasking:
+    """Plain autoencoder: the net sees the whole image and every pixel is scored from one pass."""
+
+    fill = 0.0
+
+    def random_masks(self, batch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        return torch.zeros(batch, 1, height, width, device=device)  # (B,1,H,W)
+
+    def coverage_masks(self, height: int, width: int, device: torch.device | None = None) -> list[torch.Tensor]:
+        return [torch.ones(1, 1, height, width, device=device)]  # one (1,1,H,W) set
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return images
+
+
+class GridMasking:
+    """Blank a fraction `ratio` of the cells of an m x m grid, m drawn from `grid_sizes`."""
+
+    def __init__(self, grid_sizes: Sequence[int] | int, ratio: float = 0.5, fill: float = 0.0, seed: int = 0) -> None:
+        self.grid_sizes = [int(grid_sizes)] if isinstance(grid_sizes, int) else [int(g) for g in grid_sizes]
+        if not self.grid_sizes or min(self.grid_sizes) < 1:
+            raise ValueError(f"grid sizes must be positive integers, got {grid_sizes!r}")
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
+        for grid in self.grid_sizes:
+            if round(ratio * grid * grid) < 1:
+                raise ValueError(f"ratio {ratio} blanks no cell of a {grid}x{grid} grid; raise ratio or grid")
+        self.ratio = ratio
+        self.fill = fill
+        self.seed = seed
+
+    def cells_per_mask(self, grid: int) -> int:
+        return round(self.ratio * grid * grid)
+
+    def random_masks(self, batch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """One grid size per batch, an independent random cell choice per sample.  # (B,1,H,W)"""
+        grid = self.grid_sizes[int(torch.randint(len(self.grid_sizes), ()).item())]
+        cells = grid * grid
+        ranks = torch.rand(batch, cells, device=device).argsort(dim=1).argsort(dim=1)  # (B,cells)
+        blanked = ranks < self.cells_per_mask(grid)  # (B,cells) exactly k True per row
+        index = _cell_index(height, width, grid, device)  # (H,W)
+        return blanked[:, index].unsqueeze(1).float()  # (B,1,H,W)
+
+    def coverage_masks(self, height: int, width: int, device: torch.device | None = None) -> list[torch.Tensor]:
+        """Per grid size, a (n,1,H,W) set of masks in which every pixel is blanked exactly once."""
+        generator = torch.Generator().manual_seed(self.seed)
+        sets = []
+        for grid in self.grid_sizes:
+            cells = grid * grid
+            per_mask = self.cells_per_mask(grid)
+            order = torch.randperm(cells, generator=generator)
+            group_of_cell = torch.empty(cells, dtype=torch.long)
+            group_of_cell[order] = torch.arange(cells) // per_mask
+            n_masks = math.ceil(cells / per_mask)
+            group_map = group_of_cell.to(device)[_cell_index(height, width, grid, device)]  # (H,W)
+            masks = group_map[None] == torch.arange(n_masks, device=device)[:, None, None]  # (n,H,W)
+            sets.append(masks.unsqueeze(1).float())  # (n,1,H,W)
+        return sets
+
+    def apply(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return images * (1 - masks) + self.fill * masks  # (B,C,H,W)
+
+
+Masking = NoMasking | GridMasking
+
+
+def inpaint_full_coverage(
+    net: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, masking: Masking
+) -> list[torch.Tensor]:
+    """Reconstructions in which every pixel comes from a pass where it was blanked, one per grid size.
+
+    images: (B,C,H,W); returns a list of (B,C,H,W), one per mask set.
+    """
+    height, width = images.shape[-2:]
+    recons = []
+    for masks in masking.coverage_masks(height, width, images.device):  # (n,1,H,W)
+        recon = torch.zeros_like(images)
+        for mask in masks:  # (1,H,W)
+            recon = recon + mask * net(masking.apply(images, mask))
+        recons.append(recon)
+    return recons

@@ -1,0 +1,119 @@
+"""The LightningModule: trains a net to inpaint masked images and scores images by inpainting error.
+
+It receives built objects (net, masking, loss, anomaly map, optimizer partial); wiring is train.run's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import CatMetric
+
+from anomaly_lab.masking import Masking, inpaint_full_coverage
+from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
+from anomaly_lab.scoring import image_score
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; raised so a run (or sweep trial) fails loudly."""
+
+
+class InpaintingModule(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        masking: Masking,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        anomaly_map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        score_reduce: str = "mean",
+        topk_fraction: float = 0.01,
+        normalise_wasserstein: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.masking = masking
+        self.loss = loss
+        self.anomaly_map = anomaly_map
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.score_reduce = score_reduce
+        self.topk_fraction = topk_fraction
+        self.normalise_wasserstein = normalise_wasserstein
+        self.scores = nn.ModuleDict({stage: CatMetric() for stage in ("val", "test")})
+        self.labels = nn.ModuleDict({stage: CatMetric() for stage in ("val", "test")})
+        self.pixel_metrics = PixelMetrics()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-coverage inpainting error: anomaly maps (B,1,H,W) and image scores (B,)."""
+        maps = torch.stack(
+            [self.anomaly_map(recon, images) for recon in inpaint_full_coverage(self.net, images, self.masking)]
+        ).mean(dim=0)  # (B,1,H,W), averaged over grid sizes
+        return maps, image_score(maps, self.score_reduce, self.topk_fraction)
+
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        images = batch["image"]  # (B,3,H,W)
+        normal = batch["label"] == 0  # (B,)
+        masks = self.masking.random_masks(images.shape[0], *images.shape[-2:], device=images.device)
+        recon = self.net(self.masking.apply(images, masks))  # (B,3,H,W)
+        loss = self.loss(recon[normal], images[normal]) if normal.any() else images.new_zeros(())
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"{stage} loss is {loss.item()} at step {self.global_step}")
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=int(normal.sum()))
+        if stage != "train":
+            maps, scores = self(images)
+            self.scores[stage].update(scores)
+            self.labels[stage].update(batch["label"])
+            if stage == "test":
+                self.pixel_metrics.update(maps, batch["mask"] > 0.5)
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _separation_metrics(self, stage: str) -> dict[str, float]:
+        scores = self.scores[stage].compute().float().cpu()  # (N,)
+        labels = self.labels[stage].compute().long().cpu()  # (N,)
+        self.scores[stage].reset()
+        self.labels[stage].reset()
+        metrics = {f"{stage}/score_normal_mean": float(scores[labels == 0].mean())}
+        if labels.min() == labels.max():
+            return metrics  # one class only: no separation to measure
+        metrics[f"{stage}/wasserstein"] = wasserstein_separation(
+            scores[labels == 0].numpy(), scores[labels == 1].numpy(), normalise=self.normalise_wasserstein
+        )
+        metrics[f"{stage}/image_auroc"] = image_auroc(scores, labels)
+        metrics[f"{stage}/f1_max"] = f1_max(scores, labels)[0]
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self._separation_metrics("val"))
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._separation_metrics("test")
+        pixel = self.pixel_metrics.compute()
+        self.pixel_metrics.reset()
+        if "test/image_auroc" in metrics:
+            metrics.update({f"test/{name}": float(value) for name, value in pixel.items()})
+        self.log_dict(metrics)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,109 @@
+"""U-Net autoencoder: the reconstruction/inpainting network, plain torch.
+
+Width, depth, normalisation and upsampling are arguments so that the thesis's full
+512x512 net, its reduced 64x64 tile net and CPU-sized nets are one class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+NORMS = ("batch", "instance", "group", "none")
+UPSAMPLING = ("transpose", "bilinear", "nearest")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, norm: str) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm == "none"),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm == "none"),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Up(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, norm: str, mode: str) -> None:
+        super().__init__()
+        if mode == "transpose":
+            self.up: nn.Module = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
+        elif mode in ("bilinear", "nearest"):
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode=mode),
+                nn.Conv2d(in_channels, in_channels // 2, 1),
+            )
+        else:
+            raise ValueError(f"unknown upsampling {mode!r}; choose one of {UPSAMPLING}")
+        self.conv = DoubleConv(in_channels, out_channels, norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net with `depth` down/up levels; level i has `base_channels * 2**i` channels."""
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        base_channels: int = 64,
+        depth: int = 4,
+        norm: str = "batch",
+        upsampling: str = "transpose",
+        output_activation: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        self.stem = DoubleConv(in_channels, widths[0], norm)
+        self.downs = nn.ModuleList(DoubleConv(widths[i], widths[i + 1], norm) for i in range(depth))
+        self.ups = nn.ModuleList(
+            Up(widths[i + 1], widths[i], norm, upsampling) for i in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+        if output_activation not in ("sigmoid", "none"):
+            raise ValueError(f"output_activation must be 'sigmoid' or 'none', got {output_activation!r}")
+        self.output_activation = output_activation
+
+    @property
+    def size_multiple(self) -> int:
+        return 2**self.depth
+
+    def check_size(self, height: int, width: int) -> None:
+        m = self.size_multiple
+        if height % m or width % m:
+            raise ValueError(
+                f"input size {height}x{width} is not divisible by 2**depth = {m} "
+                f"(depth={self.depth}); resize the images to a multiple of {m} "
+                f"(e.g. dataset.image_size={max(m, height // m * m)}) or lower model.depth"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,C,H,W) -> (B,C_out,H,W)
+        self.check_size(x.shape[-2], x.shape[-1])
+        skips = [self.stem(x)]
+        for down in self.downs:
+            skips.append(down(F.max_pool2d(skips[-1], 2)))
+        h = skips.pop()
+        for up in self.ups:
+            h = up(h, skips.pop())
+        out = self.head(h)
+        return torch.sigmoid(out) if self.output_activation == "sigmoid" else out

@@ -1,0 +1,100 @@
+"""Entry point: `python -m anomaly_lab.train dataset=... model=... masking=...`.
+
+run(cfg) is the one place where config becomes objects; it trains, tests and returns the
+validation objective that Optuna sweeps maximise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly_lab.models.module import InpaintingModule
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def resume_checkpoint(resume: bool | str, output_dir: Path) -> str | None:
+    """The checkpoint to continue from: none, the run dir's last.ckpt (resume=true), or a given path."""
+    if resume is False or resume is None:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if resume is True else Path(str(resume))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume: no checkpoint at {path}; pass resume=<path/to/last.ckpt> or "
+            f"resume=true hydra.run.dir=<the run dir to continue>"
+        )
+    return str(path)
+
+
+def build_module(cfg: DictConfig) -> InpaintingModule:
+    return InpaintingModule(
+        net=instantiate(cfg.model.net),
+        masking=instantiate(cfg.masking),
+        loss=instantiate(cfg.scoring.loss),
+        anomaly_map=instantiate(cfg.scoring.anomaly_map),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        score_reduce=cfg.scoring.reduce,
+        topk_fraction=cfg.scoring.topk_fraction,
+        normalise_wasserstein=cfg.objective.normalise,
+    )
+
+
+def run(cfg: DictConfig) -> float:
+    """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule: L.LightningDataModule = instantiate(cfg.dataset)
+    module = build_module(cfg)
+    module.net.check_size(cfg.model.image_size, cfg.model.image_size)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    ckpt_path = resume_checkpoint(cfg.resume, output_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if cfg.test and not trainer.fast_dev_run:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: float(v) for k, v in tested[0].items()})
+    elif cfg.test:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        for name in sorted(metrics):
+            if name.startswith("test/"):
+                log.info("%s = %.4f", name, metrics[name])
+    name = cfg.objective.metric
+    if name not in metrics:
+        raise KeyError(
+            f"objective {name!r} was not logged (logged: {sorted(metrics)}); "
+            f"validation needs anomalous images for val/wasserstein (dataset.val_anomalous>0)"
+        )
+    value = metrics[name]
+    return value if math.isfinite(value) else -math.inf
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    torch.set_float32_matmul_precision("high")
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

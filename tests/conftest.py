@@ -1,0 +1,57 @@
+"""Shared fixtures: configs composed with Hydra's compose API over tiny generated data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from anomaly_lab.train import CONFIG_DIR
+
+REAL_BOTTLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_bottle"
+
+# Small enough for one CPU step per test; every model option divides 32 by 2**depth.
+TINY = [
+    "model.image_size=32",
+    "dataset.batch_size=4",
+    "dataset.eval_batch_size=8",
+    "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+]
+TINY_SYNTHETIC = ["dataset.n_train=8", "dataset.n_test_good=3", "dataset.n_test_per_defect=2"]
+
+ComposeFn = Callable[..., DictConfig]
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_bottles_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MVTec-layout folder of generated 32px bottles, shared read-only by the session."""
+    from anomaly_lab.data.synthetic import write_synthetic_bottles
+
+    root = tmp_path_factory.mktemp("data") / "tiny_bottles"
+    return write_synthetic_bottles(root, size=32, n_train=8, n_test_good=3, n_test_per_defect=2, seed=0)
+
+
+@pytest.fixture
+def compose_tiny(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ComposeFn:
+    """Compose the train config on tiny data; output goes to this test's tmp_path."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+
+    def _compose(overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:  # type: ignore[assignment]
+        base = [*TINY, f"paths.output_dir={output_dir or tmp_path / 'run'}", f"paths.cache_dir={cache}"]
+        dataset = [o for o in overrides if o.startswith("dataset=")]
+        if not dataset or dataset[-1] == "dataset=synthetic_bottles":
+            base += TINY_SYNTHETIC
+        return compose_config([*base, *overrides])
+
+    return _compose

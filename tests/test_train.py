@@ -1,0 +1,142 @@
+"""Every option of every config group runs for one step; resume, determinism and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+from omegaconf import open_dict
+
+from anomaly_lab.data.images import BadImageError
+from anomaly_lab.train import run
+from tests.conftest import ComposeFn, compose_config
+
+CONF = Path(__file__).parents[1] / "conf"
+GROUPS = ["dataset", "model", "masking", "scoring", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
+# GPU trainers run their code path on CPU here; their precision/strategy stay as configured.
+ON_CPU = {"gpu": ["trainer.accelerator=cpu", "trainer.benchmark=false"], "ddp": ["trainer.accelerator=cpu", "trainer.devices=1"]}
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_runs_one_step(group: str, option: str, compose_tiny: ComposeFn, tiny_bottles_root: Path) -> None:
+    overrides = [f"{group}={option}", "trainer.fast_dev_run=true"]
+    if group == "dataset" and option == "bottles":
+        overrides.append(f"dataset.root={tiny_bottles_root}")
+    if group == "trainer":
+        overrides += ON_CPU.get(option, [])
+    cfg = compose_tiny(overrides)
+    objective = run(cfg)
+    assert isinstance(objective, float)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert "train/loss" in metrics
+
+
+def test_short_run_reports_finite_test_metrics(compose_tiny: ComposeFn) -> None:
+    cfg = compose_tiny(["trainer.max_epochs=2", "masking=multiscale_grid", "masking.grid_sizes=[2,4]"])
+    objective = run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert objective == metrics["val/wasserstein"] >= 0.0
+    for name in ("test/image_auroc", "test/pixel_auroc", "test/aupro"):
+        assert 0.0 <= metrics[name] <= 1.0, name
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_resume_continues_the_step_count(compose_tiny: ComposeFn, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    run(compose_tiny(["trainer.max_epochs=1", "test=false"], output_dir=out))
+    last = out / "checkpoints" / "last.ckpt"
+    steps_one_epoch = torch.load(last, weights_only=False)["global_step"]
+    assert steps_one_epoch > 0
+    run(compose_tiny(["trainer.max_epochs=3", "test=false", "resume=true"], output_dir=out))
+    assert torch.load(last, weights_only=False)["global_step"] == 3 * steps_one_epoch
+
+
+def test_resume_without_checkpoint_is_a_clear_error(compose_tiny: ComposeFn) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*last.ckpt"):
+        run(compose_tiny(["resume=true"]))
+
+
+def test_same_seed_gives_the_same_metrics(compose_tiny: ComposeFn, tmp_path: Path) -> None:
+    results = []
+    for name in ("a", "b"):
+        cfg = compose_tiny(["trainer.max_epochs=1"], output_dir=tmp_path / name)
+        results.append((run(cfg), json.loads((tmp_path / name / "metrics.json").read_text())))
+    (obj_a, metrics_a), (obj_b, metrics_b) = results
+    assert obj_a == obj_b
+    assert metrics_a["test/image_auroc"] == metrics_b["test/image_auroc"]
+    assert metrics_a["train/loss"] == metrics_b["train/loss"]
+
+
+def test_missing_root_says_how_to_point_at_data(compose_tiny: ComposeFn, tmp_path: Path) -> None:
+    cfg = compose_tiny(["dataset=bottles", f"dataset.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match=r"nowhere not found.*dataset.root="):
+        run(cfg)
+
+
+def test_wrong_layout_is_named(compose_tiny: ComposeFn, tmp_path: Path) -> None:
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"")
+    with pytest.raises(BadImageError, match="wrong layout"):
+        run(compose_tiny(["dataset=bottles", f"dataset.root={tmp_path / 'flat'}"]))
+
+
+def _copy_layout(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".complete"))
+    return dst
+
+
+def test_empty_folder_is_named(compose_tiny: ComposeFn, tiny_bottles_root: Path, tmp_path: Path) -> None:
+    root = _copy_layout(tiny_bottles_root, tmp_path / "bottles")
+    for png in (root / "train" / "good").iterdir():
+        png.unlink()
+    with pytest.raises(BadImageError, match=r"train/good: empty folder"):
+        run(compose_tiny(["dataset=bottles", f"dataset.root={root}"]))
+
+
+def test_corrupt_png_is_named(compose_tiny: ComposeFn, tiny_bottles_root: Path, tmp_path: Path) -> None:
+    root = _copy_layout(tiny_bottles_root, tmp_path / "bottles")
+    bad = sorted((root / "train" / "good").iterdir())[3]
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+    with pytest.raises(BadImageError, match=rf"{bad.name}: corrupt or unreadable image"):
+        run(compose_tiny(["dataset=bottles", f"dataset.root={root}"]))
+
+
+def test_mask_size_mismatch_and_missing_mask_are_named(
+    compose_tiny: ComposeFn, tiny_bottles_root: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    root = _copy_layout(tiny_bottles_root, tmp_path / "bottles")
+    mask = sorted((root / "ground_truth").glob("*/*_mask.png"))[0]
+    Image.new("L", (7, 9)).save(mask)
+    with pytest.raises(BadImageError, match=rf"{mask.name}: mask size 7x9 differs"):
+        run(compose_tiny(["dataset=bottles", f"dataset.root={root}"]))
+    mask.unlink()
+    with pytest.raises(BadImageError, match="has no mask"):
+        run(compose_tiny(["dataset=bottles", f"dataset.root={root}"]))
+
+
+def test_unknown_option_lists_the_choices() -> None:
+    with pytest.raises(MissingConfigException, match=r"(?s)unet999.*unet512.*unet64.*unet_small"):
+        compose_config(["model=unet999"])
+
+
+def test_image_size_not_divisible_by_depth(compose_tiny: ComposeFn) -> None:
+    cfg = compose_tiny(["model.image_size=40"])
+    with pytest.raises(ValueError, match=r"40x40 is not divisible by 2\*\*depth = 16"):
+        run(cfg)
+
+
+def test_nan_loss_fails_loudly(compose_tiny: ComposeFn) -> None:
+    cfg = compose_tiny(["optimizer.lr=1e30", "scheduler=none", "trainer.max_epochs=3"])
+    with open_dict(cfg):
+        cfg.model.net.output_activation = "none"
+    with pytest.raises(FloatingPointError, match="loss is (nan|inf)"):
+        run(cfg)

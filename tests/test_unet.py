@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from anomaly_lab.models.unet import UNet
+from tests.conftest import compose_config
+
+MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_output_shape_equals_input_shape(model: str) -> None:
+    cfg = compose_config([f"model={model}"])
+    net = instantiate(cfg.model.net).eval()
+    size = cfg.model.image_size
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, size, size))
+    assert out.shape == (1, 3, size, size)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
+@pytest.mark.parametrize("upsampling", ["transpose", "bilinear", "nearest"])
+def test_width_depth_norm_upsampling_options(norm: str, upsampling: str) -> None:
+    net = UNet(base_channels=4, depth=2, norm=norm, upsampling=upsampling).eval()
+    assert net(torch.rand(2, 3, 12, 20)).shape == (2, 3, 12, 20)
+
+
+def test_indivisible_size_is_a_clear_error() -> None:
+    net = UNet(base_channels=4, depth=3)
+    with pytest.raises(ValueError, match=r"36x36 is not divisible by 2\*\*depth = 8"):
+        net(torch.rand(1, 3, 36, 36))
+    with pytest.raises(ValueError, match="not divisible"):
+        net.check_size(100, 96)
+
+
+def test_unknown_norm_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="batch"):
+        UNet(norm="layer")
