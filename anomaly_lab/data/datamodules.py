@@ -1,0 +1,185 @@
+"""LightningDataModules: MVTec-AD-layout folders (real bottles) and generated synthetic bottles.
+
+Splits: train = normal images of train/good minus a seeded validation share; validation = those
+normal images plus a seeded, per-defect share of the anomalous test images (the sweep objective
+needs anomalies); test = test/good plus the anomalous images validation did not take.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from anomaly_lab.data.images import BadImageError, DecodedImages, ImageDataset, Sample, list_images
+from anomaly_lab.data.synthetic import write_synthetic_bottles
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    return int(batch["image"].shape[0])
+
+
+def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
+    """Normal training samples and test samples of an MVTec AD category folder."""
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"dataset root {root} not found. Point at an MVTec AD category folder, e.g. "
+            f"dataset.root=../shared/data/mvtec_bottle (or symlink it to data/mvtec_bottle)"
+        )
+    if not (root / "train" / "good").is_dir() or not (root / "test").is_dir():
+        raise BadImageError(
+            f"{root}: wrong layout: expected train/good/, test/<defect>/ and ground_truth/<defect>/ "
+            f"(MVTec AD); found {sorted(p.name for p in root.iterdir())}"
+        )
+    train = [Sample(str(p), 0, "good") for p in list_images(root / "train" / "good")]
+    test: list[Sample] = []
+    for defect_dir in sorted(d for d in (root / "test").iterdir() if d.is_dir()):
+        defect = defect_dir.name
+        for path in list_images(defect_dir):
+            if defect == "good":
+                test.append(Sample(str(path), 0, defect))
+                continue
+            mask = root / "ground_truth" / defect / f"{path.stem}_mask.png"
+            if not mask.is_file():
+                raise BadImageError(f"{path}: anomalous image has no mask (expected {mask})")
+            test.append(Sample(str(path), 1, defect, str(mask)))
+    return train, test
+
+
+def split_validation(
+    train: list[Sample], test: list[Sample], val_fraction: float, val_anomalous: float, seed: int
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Seeded indices: (train, val-normal) into `train`; (val-anomalous, test) into `test`.
+
+    `val_anomalous` below 1 is a fraction of each defect type, 1 or more a total count spread
+    over the defect types in turn.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train))
+    n_val = math.ceil(val_fraction * len(train)) if val_fraction > 0 else 0
+    if n_val >= len(train):
+        raise BadImageError(f"val_fraction={val_fraction} leaves no training image of {len(train)}")
+    by_defect: dict[str, list[int]] = {}
+    for i, sample in enumerate(test):
+        if sample.label:
+            by_defect.setdefault(sample.defect, []).append(i)
+    shuffled = {d: list(rng.permutation(ids)) for d, ids in sorted(by_defect.items())}
+    val_anom: list[int] = []
+    if 0 < val_anomalous < 1:
+        for ids in shuffled.values():
+            val_anom += ids[: round(val_anomalous * len(ids))]
+    elif val_anomalous >= 1:
+        total = sum(len(ids) for ids in shuffled.values())
+        if int(val_anomalous) >= total:
+            raise BadImageError(f"val_anomalous={val_anomalous} leaves no anomalous test image of {total}")
+        while len(val_anom) < int(val_anomalous):
+            for ids in shuffled.values():
+                if ids and len(val_anom) < int(val_anomalous):
+                    val_anom.append(ids.pop(0))
+    taken = set(val_anom)
+    test_ids = [i for i in range(len(test)) if i not in taken]
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist()), sorted(val_anom), test_ids
+
+
+class MVTecDataModule(L.LightningDataModule):
+    """An MVTec AD category folder, whole images resized to image_size x image_size."""
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_fraction: float = 0.1,
+        val_anomalous: float = 0.25,
+        split_seed: int = 0,
+        train_transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.val_fraction = val_fraction
+        self.val_anomalous = val_anomalous
+        self.split_seed = split_seed
+        self.train_transform = train_transform
+        self.splits: dict[str, DecodedImages] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train, test = scan_mvtec(self.root)
+        train_ids, val_ids, val_anom_ids, test_ids = split_validation(
+            train, test, self.val_fraction, self.val_anomalous, self.split_seed
+        )
+        normal = DecodedImages.decode(train, self.image_size)
+        held_out = DecodedImages.decode(test, self.image_size)
+        val = [normal.samples[i] for i in val_ids] + [held_out.samples[i] for i in val_anom_ids]
+        self.splits = {
+            "train": normal.subset(train_ids),
+            "val": DecodedImages(
+                val,
+                np.concatenate([normal.images[val_ids], held_out.images[val_anom_ids]]),
+                np.concatenate([normal.masks[val_ids], held_out.masks[val_anom_ids]]),
+            ),
+            "test": held_out.subset(test_ids),
+        }
+
+    def _loader(self, split: str, train: bool) -> DataLoader[dict[str, Any]]:
+        dataset = ImageDataset(self.splits[split], self.train_transform if train else None)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader[dict[str, Any]]:
+        return self._loader("test", train=False)
+
+
+class SyntheticBottlesDataModule(MVTecDataModule):
+    """Generated bottle bottoms with known defect masks, written once into an MVTec-layout cache."""
+
+    def __init__(
+        self,
+        cache_dir: str,
+        n_train: int = 60,
+        n_test_good: int = 10,
+        n_test_per_defect: int = 6,
+        data_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        image_size = kwargs.get("image_size", 256)
+        root = Path(cache_dir) / f"bottles_{image_size}px_{n_train}-{n_test_good}-{n_test_per_defect}_seed{data_seed}"
+        super().__init__(root=str(root), **kwargs)
+        self.generator_args = dict(
+            size=image_size, n_train=n_train, n_test_good=n_test_good,
+            n_test_per_defect=n_test_per_defect, seed=data_seed,
+        )
+
+    def prepare_data(self) -> None:
+        write_synthetic_bottles(self.root, **self.generator_args)  # type: ignore[arg-type]
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()  # idempotent; also covers callers that skip prepare_data
+        super().setup(stage)
