@@ -17,7 +17,7 @@ from tests.conftest import ComposeFn, compose_config
 CONF = Path(__file__).parents[1] / "conf"
 GROUPS = ["dataset", "model", "masking", "scoring", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
 # GPU trainers run their code path on CPU here; their precision/strategy stay as configured.
-ON_CPU = {"gpu": ["trainer.accelerator=cpu", "trainer.benchmark=false"], "ddp": ["trainer.accelerator=cpu", "trainer.devices=1"]}
+ON_CPU = {"gpu": ["trainer.accelerator=cpu", "trainer.benchmark=false"], "ddp": ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.sync_batchnorm=false"]}
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 

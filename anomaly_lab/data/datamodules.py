@@ -56,8 +56,8 @@ def split_validation(
 ) -> tuple[list[int], list[int], list[int], list[int]]:
     """Seeded indices: (train, val-normal) into `train`; (val-anomalous, test) into `test`.
 
-    `val_anomalous` below 1 is a fraction of each defect type, 1 or more a total count spread
-    over the defect types in turn.
+    `val_anomalous` below 1 is a fraction of each defect type (at least one image of each, and at
+    least one left for testing), 1 or more a total count spread over the defect types in turn.
     """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))
@@ -72,7 +72,7 @@ def split_validation(
     val_anom: list[int] = []
     if 0 < val_anomalous < 1:
         for ids in shuffled.values():
-            val_anom += ids[: round(val_anomalous * len(ids))]
+            val_anom += ids[: min(len(ids) - 1, max(1, round(val_anomalous * len(ids))))]
     elif val_anomalous >= 1:
         total = sum(len(ids) for ids in shuffled.values())
         if int(val_anomalous) >= total:

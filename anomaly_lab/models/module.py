@@ -105,10 +105,9 @@ class InpaintingModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         metrics = self._separation_metrics("test")
-        pixel = self.pixel_metrics.compute()
-        self.pixel_metrics.reset()
         if "test/image_auroc" in metrics:
-            metrics.update({f"test/{name}": float(value) for name, value in pixel.items()})
+            metrics.update({f"test/{name}": value for name, value in self.pixel_metrics.compute().items()})
+        self.pixel_metrics.reset()
         self.log_dict(metrics)
 
     def configure_optimizers(self) -> Any:
