@@ -59,7 +59,7 @@ def f1_max(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     precision, recall, thresholds = binary_precision_recall_curve(ranks, labels)  # (T+1,), (T+1,), (T,)
     f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1]).clamp_min(1e-12)  # (T,)
     best = int(f1.argmax())
-    index = int(round(float(thresholds[best]) * max(len(unique) - 1, 1)))
+    index = round(float(thresholds[best]) * max(len(unique) - 1, 1))
     return float(f1[best]), float(unique[index])
 
 
@@ -125,7 +125,7 @@ class PixelMetrics(Metric):
 
     normal_hist: torch.Tensor
     anomalous_hist: torch.Tensor
-    region_hists: list[torch.Tensor] | torch.Tensor
+    region_hists: list[torch.Tensor]  # a single cat tensor after a DDP sync
     upper: torch.Tensor
 
     def __init__(
@@ -192,7 +192,7 @@ class PixelMetrics(Metric):
         if anomalous[0] > 0:
             tpr = (anomalous / anomalous[0]).flip(0)
             result["pixel_auroc"] = torch.trapezoid(tpr, fpr).float().to(self.device)
-        regions = self.region_hists
+        regions: Any = self.region_hists
         regions = dim_zero_cat(regions) if isinstance(regions, list) and regions else regions
         if isinstance(regions, torch.Tensor) and regions.numel():
             region_counts = _count_at_or_above(regions.double().cpu().reshape(-1, self.num_bins))  # (R,K+1)

@@ -22,7 +22,9 @@ REDUCTIONS = ("mean", "max", "topk")
 def _check_pair(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Validate a (B,C,H,W) pair; return target in recon's dtype."""
     if recon.ndim != 4 or recon.shape != target.shape:
-        raise ValueError(f"expected two (B,C,H,W) tensors of one shape, got {tuple(recon.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"expected two (B,C,H,W) tensors of one shape, got {tuple(recon.shape)} and {tuple(target.shape)}"
+        )
     return target.to(recon.dtype)
 
 
@@ -146,8 +148,8 @@ class AnomalyMap(nn.Module):
         self.blur_sigma = float(blur_sigma)
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        maps = sum(w * _MAPS[name](recon, target) for name, w in self.weights.items())  # (B,1,H,W)
-        return gaussian_blur(maps, self.blur_sigma)
+        maps = torch.stack([w * _MAPS[name](recon, target) for name, w in self.weights.items()]).sum(dim=0)
+        return gaussian_blur(maps, self.blur_sigma)  # (B,1,H,W)
 
     def extra_repr(self) -> str:
         return f"weights={self.weights}, blur_sigma={self.blur_sigma}"
@@ -161,7 +163,7 @@ class ReconstructionLoss(nn.Module):
         self.weights = _check_weights(l2=l2, ssim=ssim, msgms=msgms)
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(w * _MAPS[name](recon, target).mean() for name, w in self.weights.items())  # ()
+        return torch.stack([w * _MAPS[name](recon, target).mean() for name, w in self.weights.items()]).sum()  # ()
 
     def extra_repr(self) -> str:
         return f"weights={self.weights}"

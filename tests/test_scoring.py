@@ -1,0 +1,131 @@
+"""Anomaly maps, losses and image scores: hand cases, references (torchmetrics, scipy) and locality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from anomaly_lab.scoring import (
+    MSGMS_C,
+    AnomalyMap,
+    ReconstructionLoss,
+    gaussian_blur,
+    image_score,
+    l2_map,
+    msgms_map,
+    ssim_map,
+)
+
+MAPS = {"l2": l2_map, "ssim": ssim_map, "msgms": msgms_map}
+
+
+def smooth_images(batch: int = 2, size: int = 48, seed: int = 0) -> torch.Tensor:
+    """Textured but smooth images in [0, 1].  # (B,3,size,size)"""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(batch, 3, size // 4, size // 4, generator=g)
+    return torch.nn.functional.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("name", MAPS)
+def test_identical_images_give_zero_map(name: str) -> None:
+    x = smooth_images()
+    out = MAPS[name](x, x.clone())
+    assert out.shape == (2, 1, 48, 48)
+    assert float(out.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("name", MAPS)
+def test_local_perturbation_is_found_where_it_is(name: str) -> None:
+    x = smooth_images(batch=1, size=64)
+    y = x.clone()
+    y[..., 24:36, 28:40] = 1.0 - y[..., 24:36, 28:40]  # invert a 12x12 patch
+    out = MAPS[name](y, x)[0, 0]  # (H,W)
+    patch = torch.zeros(64, 64, dtype=torch.bool)
+    patch[24:36, 28:40] = True
+    near = torch.from_numpy(ndimage.binary_dilation(patch.numpy(), iterations=8))
+    assert out[patch].mean() > 10 * out[~near].mean()
+    assert out[near].sum() > 0.9 * out.sum()  # the map's mass sits at the defect
+
+
+@pytest.mark.parametrize("size", [(30, 45), (4, 4)])
+def test_ssim_map_keeps_odd_and_tiny_sizes(size: tuple[int, int]) -> None:
+    x, y = torch.rand(2, 3, *size), torch.rand(2, 3, *size)
+    out = ssim_map(x, y)
+    assert out.shape == (2, 1, *size)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 2.0
+
+
+def test_ssim_map_mean_matches_torchmetrics_ssim() -> None:
+    x = smooth_images(seed=1)
+    y = (x + 0.1 * torch.rand_like(x)).clamp(0, 1)
+    reference = structural_similarity_index_measure(y, x, data_range=1.0, reduction="none")  # (B,)
+    assert torch.allclose(1 - ssim_map(y, x).mean(dim=(1, 2, 3)), reference, atol=1e-5)
+
+
+def test_msgms_on_a_step_edge_by_hand() -> None:
+    flat = torch.zeros(1, 1, 8, 8)
+    step = flat.clone()
+    step[..., 4:] = 1.0  # columns 3 and 4 see a Prewitt gradient of magnitude 1
+    out = msgms_map(step, flat, scales=1)[0, 0]
+    expected = torch.zeros(8, 8)
+    expected[:, 3:5] = 1 - MSGMS_C / (1 + MSGMS_C)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert float(msgms_map(step, flat).max()) < 1.0  # multi-scale stays in [0, 1)
+    with pytest.raises(ValueError, match="too small"):
+        msgms_map(torch.rand(1, 1, 4, 4), torch.rand(1, 1, 4, 4), scales=4)
+
+
+def test_gaussian_blur_matches_scipy() -> None:
+    x = torch.rand(2, 1, 40, 33, dtype=torch.float64)
+    ours = gaussian_blur(x, 2.0)
+    # torch "reflect" is scipy "mirror"; scipy's radius is int(truncate * sigma + 0.5) like ours
+    ref = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, 2.0, 2.0), mode="mirror", truncate=4.0)
+    assert np.allclose(ours.numpy(), ref, atol=1e-10)
+    assert gaussian_blur(x, 0.0) is x
+    const = torch.full((1, 1, 9, 9), 3.0)
+    assert torch.allclose(gaussian_blur(const, 4.0), const)  # radius cut to the map, kernel renormalised
+
+
+def test_anomaly_map_is_the_weighted_sum_then_blur() -> None:
+    x, y = smooth_images(seed=2), smooth_images(seed=3)
+    combined = AnomalyMap(l2=2.0, ssim=0.5, msgms=1.0, blur_sigma=1.5)(y, x)
+    expected = gaussian_blur(2.0 * l2_map(y, x) + 0.5 * ssim_map(y, x) + msgms_map(y, x), 1.5)
+    assert torch.allclose(combined, expected, atol=1e-6)
+    assert torch.equal(AnomalyMap()(y, x), l2_map(y, x))
+    with pytest.raises(ValueError):
+        AnomalyMap(l2=0.0)
+    with pytest.raises(ValueError):
+        ReconstructionLoss(l2=0.0, ssim=0.0, msgms=0.0)
+
+
+def test_reconstruction_loss_is_differentiable() -> None:
+    x = smooth_images()
+    recon = (x + 0.05 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    loss_fn = ReconstructionLoss(l2=1.0, ssim=1.0, msgms=1.0)
+    loss = loss_fn(recon, x)
+    expected = l2_map(recon, x).mean() + ssim_map(recon, x).mean() + msgms_map(recon, x).mean()
+    assert loss.ndim == 0 and torch.allclose(loss, expected)
+    loss.backward()
+    assert recon.grad is not None and bool(torch.isfinite(recon.grad).all()) and float(recon.grad.abs().sum()) > 0
+    same = x.clone().requires_grad_(True)
+    loss_fn(same, x).backward()  # identical inputs: flat GMS / zero error must not give NaN gradients
+    assert bool(torch.isfinite(same.grad).all())
+
+
+def test_image_score_reductions_by_hand() -> None:
+    amap = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)  # (2,1,2,2)
+    amap[1] *= 10
+    assert torch.allclose(image_score(amap, "mean"), torch.tensor([2.5, 25.0]))
+    assert torch.allclose(image_score(amap, "max"), torch.tensor([4.0, 40.0]))
+    assert torch.allclose(image_score(amap, "topk", topk_fraction=0.5), torch.tensor([3.5, 35.0]))
+    assert torch.allclose(image_score(amap, "topk", topk_fraction=0.01), torch.tensor([4.0, 40.0]))  # >= 1 pixel
+    valid = torch.ones_like(amap, dtype=torch.bool)
+    valid[0, 0, 1, 1] = False  # drop the 4 of the first image
+    assert torch.allclose(image_score(amap, "mean", valid=valid), torch.tensor([2.0, 25.0]))
+    assert torch.allclose(image_score(amap, "max", valid=valid), torch.tensor([3.0, 40.0]))
+    assert torch.allclose(image_score(amap, "topk", topk_fraction=0.6, valid=valid), torch.tensor([2.5, 35.0]))
+    with pytest.raises(ValueError, match="mean, max, topk"):
+        image_score(amap, "median")
