@@ -10,7 +10,6 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
@@ -19,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.models.module import InpaintingModule
+from anomaly_lab.models.unet import UNet
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -38,8 +38,10 @@ def resume_checkpoint(resume: bool | str, output_dir: Path) -> str | None:
 
 
 def build_module(cfg: DictConfig) -> InpaintingModule:
+    net: UNet = instantiate(cfg.model.net)
+    net.check_size(cfg.model.image_size, cfg.model.image_size)
     return InpaintingModule(
-        net=instantiate(cfg.model.net),
+        net=net,
         masking=instantiate(cfg.masking),
         loss=instantiate(cfg.scoring.loss),
         anomaly_map=instantiate(cfg.scoring.anomaly_map),
@@ -57,7 +59,6 @@ def run(cfg: DictConfig) -> float:
     output_dir = Path(cfg.paths.output_dir)
     datamodule: L.LightningDataModule = instantiate(cfg.dataset)
     module = build_module(cfg)
-    module.net.check_size(cfg.model.image_size, cfg.model.image_size)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
@@ -65,12 +66,9 @@ def run(cfg: DictConfig) -> float:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if cfg.test and not trainer.fast_dev_run:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update({k: float(v) for k, v in tested[0].items()})
-    elif cfg.test:
-        trainer.test(module, datamodule=datamodule, verbose=False)
+    if cfg.test:
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None  # none under fast_dev_run
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
 
     if trainer.is_global_zero:

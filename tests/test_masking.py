@@ -19,7 +19,9 @@ def test_random_masks_blank_exactly_round_ratio_cells(grid: int, ratio: float) -
     assert not torch.equal(masks[0], masks[1])  # random per sample
 
 
-@pytest.mark.parametrize(("grids", "ratio", "size"), [([2], 0.25, (32, 32)), ([4, 8], 0.5, (64, 48)), ([3], 0.3, (31, 17))])
+@pytest.mark.parametrize(
+    ("grids", "ratio", "size"), [([2], 0.25, (32, 32)), ([4, 8], 0.5, (64, 48)), ([3], 0.3, (31, 17))]
+)
 def test_coverage_masks_cover_every_pixel_exactly_once(grids: list[int], ratio: float, size: tuple[int, int]) -> None:
     masking = GridMasking(grids, ratio)
     sets = masking.coverage_masks(*size)

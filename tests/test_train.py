@@ -17,7 +17,10 @@ from tests.conftest import ComposeFn, compose_config
 CONF = Path(__file__).parents[1] / "conf"
 GROUPS = ["dataset", "model", "masking", "scoring", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
 # GPU trainers run their code path on CPU here; their precision/strategy stay as configured.
-ON_CPU = {"gpu": ["trainer.accelerator=cpu", "trainer.benchmark=false"], "ddp": ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.sync_batchnorm=false"]}
+ON_CPU = {
+    "gpu": ["trainer.accelerator=cpu", "trainer.benchmark=false"],
+    "ddp": ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.sync_batchnorm=false"],
+}
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
@@ -57,7 +60,7 @@ def test_resume_continues_the_step_count(compose_tiny: ComposeFn, tmp_path: Path
 
 
 def test_resume_without_checkpoint_is_a_clear_error(compose_tiny: ComposeFn) -> None:
-    with pytest.raises(FileNotFoundError, match="no checkpoint at .*last.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*last\.ckpt"):
         run(compose_tiny(["resume=true"]))
 
 
@@ -138,5 +141,5 @@ def test_nan_loss_fails_loudly(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["optimizer.lr=1e30", "scheduler=none", "trainer.max_epochs=3"])
     with open_dict(cfg):
         cfg.model.net.output_activation = "none"
-    with pytest.raises(FloatingPointError, match="loss is (nan|inf)"):
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf)"):
         run(cfg)

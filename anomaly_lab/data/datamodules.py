@@ -86,6 +86,14 @@ def split_validation(
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist()), sorted(val_anom), test_ids
 
 
+def interleave(n_first: int, n_second: int) -> list[int]:
+    """Indices into [first..., second...] that alternate between the two groups while both last."""
+    first, second = list(range(n_first)), list(range(n_first, n_first + n_second))
+    order = [i for pair in zip(first, second, strict=False) for i in pair]
+    shorter = min(n_first, n_second)
+    return order + first[shorter:] + second[shorter:]
+
+
 class MVTecDataModule(L.LightningDataModule):
     """An MVTec AD category folder, whole images resized to image_size x image_size."""
 
@@ -125,13 +133,15 @@ class MVTecDataModule(L.LightningDataModule):
         normal = DecodedImages.decode(train, self.image_size)
         held_out = DecodedImages.decode(test, self.image_size)
         val = [normal.samples[i] for i in val_ids] + [held_out.samples[i] for i in val_anom_ids]
+        val_images = DecodedImages(
+            val,
+            np.concatenate([normal.images[val_ids], held_out.images[val_anom_ids]]),
+            np.concatenate([normal.masks[val_ids], held_out.masks[val_anom_ids]]),
+        )
         self.splits = {
             "train": normal.subset(train_ids),
-            "val": DecodedImages(
-                val,
-                np.concatenate([normal.images[val_ids], held_out.images[val_anom_ids]]),
-                np.concatenate([normal.masks[val_ids], held_out.masks[val_anom_ids]]),
-            ),
+            # normal and anomalous alternate, so any first batch (fast_dev_run, limit_val_batches) has both
+            "val": val_images.subset(interleave(len(val_ids), len(val_anom_ids))),
             "test": held_out.subset(test_ids),
         }
 
@@ -173,12 +183,15 @@ class SyntheticBottlesDataModule(MVTecDataModule):
         root = Path(cache_dir) / f"bottles_{image_size}px_{n_train}-{n_test_good}-{n_test_per_defect}_seed{data_seed}"
         super().__init__(root=str(root), **kwargs)
         self.generator_args = dict(
-            size=image_size, n_train=n_train, n_test_good=n_test_good,
-            n_test_per_defect=n_test_per_defect, seed=data_seed,
+            size=image_size,
+            n_train=n_train,
+            n_test_good=n_test_good,
+            n_test_per_defect=n_test_per_defect,
+            seed=data_seed,
         )
 
     def prepare_data(self) -> None:
-        write_synthetic_bottles(self.root, **self.generator_args)  # type: ignore[arg-type]
+        write_synthetic_bottles(self.root, **self.generator_args)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()  # idempotent; also covers callers that skip prepare_data

@@ -47,9 +47,9 @@ def _to_uint8(image: Image.Image, mode: str) -> Image.Image:
 def read_image(path: Path, size: int | None, mode: str = "RGB") -> np.ndarray:
     """Decode one image to uint8 (H,W,3) for RGB or (H,W) for L, resized to size x size."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = _to_uint8(image, mode)
+        with Image.open(path) as opened:
+            opened.load()
+            image = _to_uint8(opened, mode)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise BadImageError(f"{path}: corrupt or unreadable image ({error})") from error
     if size is not None and image.size != (size, size):

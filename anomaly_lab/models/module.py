@@ -6,7 +6,7 @@ It receives built objects (net, masking, loss, anomaly map, optimizer partial); 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -62,7 +62,8 @@ class InpaintingModule(L.LightningModule):
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         images = batch["image"]  # (B,3,H,W)
         normal = batch["label"] == 0  # (B,)
-        masks = self.masking.random_masks(images.shape[0], *images.shape[-2:], device=images.device)
+        batch_size, _, height, width = images.shape
+        masks = self.masking.random_masks(batch_size, height, width, device=images.device)
         recon = self.net(self.masking.apply(images, masks))  # (B,3,H,W)
         loss = self.loss(recon[normal], images[normal]) if normal.any() else images.new_zeros(())
         if not torch.isfinite(loss):
@@ -70,11 +71,14 @@ class InpaintingModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=int(normal.sum()))
         if stage != "train":
             maps, scores = self(images)
-            self.scores[stage].update(scores)
-            self.labels[stage].update(batch["label"])
+            self._collector("scores", stage).update(scores)
+            self._collector("labels", stage).update(batch["label"])
             if stage == "test":
                 self.pixel_metrics.update(maps, batch["mask"] > 0.5)
         return loss
+
+    def _collector(self, kind: str, stage: str) -> CatMetric:
+        return cast(CatMetric, cast(nn.ModuleDict, getattr(self, kind))[stage])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -86,10 +90,10 @@ class InpaintingModule(L.LightningModule):
         self._step(batch, "test")
 
     def _separation_metrics(self, stage: str) -> dict[str, float]:
-        scores = self.scores[stage].compute().float().cpu()  # (N,)
-        labels = self.labels[stage].compute().long().cpu()  # (N,)
-        self.scores[stage].reset()
-        self.labels[stage].reset()
+        scores = self._collector("scores", stage).compute().float().cpu()  # (N,)
+        labels = self._collector("labels", stage).compute().long().cpu()  # (N,)
+        self._collector("scores", stage).reset()
+        self._collector("labels", stage).reset()
         metrics = {f"{stage}/score_normal_mean": float(scores[labels == 0].mean())}
         if labels.min() == labels.max():
             return metrics  # one class only: no separation to measure
@@ -106,7 +110,7 @@ class InpaintingModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         metrics = self._separation_metrics("test")
         if "test/image_auroc" in metrics:
-            metrics.update({f"test/{name}": value for name, value in self.pixel_metrics.compute().items()})
+            metrics.update({f"test/{name}": float(value) for name, value in self.pixel_metrics.compute().items()})
         self.pixel_metrics.reset()
         self.log_dict(metrics)
 

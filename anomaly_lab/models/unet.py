@@ -76,9 +76,7 @@ class UNet(nn.Module):
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.stem = DoubleConv(in_channels, widths[0], norm)
         self.downs = nn.ModuleList(DoubleConv(widths[i], widths[i + 1], norm) for i in range(depth))
-        self.ups = nn.ModuleList(
-            Up(widths[i + 1], widths[i], norm, upsampling) for i in reversed(range(depth))
-        )
+        self.ups = nn.ModuleList(Up(widths[i + 1], widths[i], norm, upsampling) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
         if output_activation not in ("sigmoid", "none"):
             raise ValueError(f"output_activation must be 'sigmoid' or 'none', got {output_activation!r}")
