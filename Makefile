@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 ARGS ?=
 
-.PHONY: help install train train-gpu test test-slow lint tb clean
+.PHONY: help install train train-gpu sweep sweep-report test test-slow lint tb clean bench-loader
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,9 +39,27 @@ test-slow: $(VENV)/.installed ## run the slow and real-data tests too
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
 lint: $(VENV)/.installed ## ruff and mypy
-	$(PY) -m ruff check anomaly_lab tests
-	$(PY) -m ruff format --check anomaly_lab tests
+	$(PY) -m ruff check anomaly_lab hydra_plugins tests
+	$(PY) -m ruff format --check anomaly_lab hydra_plugins tests
 	$(PY) -m mypy
+
+# The thesis's Optuna search (lr x grid x mask ratio) at CPU size on synthetic bottles; resumable: run it again
+# to finish a killed sweep. SEARCH=bottles_wide for the continuous space; WORKERS=n parallel processes on
+# one study; SWEEP_ARGS replaces the data/model/size choice (e.g. "dataset=bottles model=unet512 trainer=gpu").
+SEARCH ?= bottles_thesis
+WORKERS ?= 1
+SWEEP_ARGS ?= dataset=synthetic_bottles model=unet_small model.image_size=64 trainer.max_epochs=4 trainer.check_val_every_n_epoch=2 hydra.sweeper.n_trials=12
+sweep: $(VENV)/.installed ## resumable Optuna sweep (SEARCH=bottles_thesis, WORKERS=1, SWEEP_ARGS=...), study in outputs/sweeps/optuna.db
+	@pids=""; for i in $$(seq $(WORKERS)); do \
+		$(PY) -m anomaly_lab.train --multirun hparams_search=$(SEARCH) $(SWEEP_ARGS) $(ARGS) & pids="$$pids $$!"; \
+		[ $$i -lt $(WORKERS) ] && sleep 5; \
+	done; status=0; for pid in $$pids; do wait $$pid || status=1; done; exit $$status
+
+sweep-report: $(VENV)/.installed ## a stored study's trials table, best params and test metrics, plots (STUDY=name)
+	$(PY) -m anomaly_lab.sweep_report $(if $(STUDY),--study $(STUDY)) $(ARGS)
+
+bench-loader: $(VENV)/.installed ## data loader vs unet64 training throughput on synthetic notes tiles (want >= 5x)
+	$(PY) -m anomaly_lab.benchmark_loader dataset=synthetic_notes model=unet64 hydra.run.dir=outputs/bench_loader $(ARGS)
 
 tb: $(VENV)/.installed ## TensorBoard on outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

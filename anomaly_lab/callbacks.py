@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+import math
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from anomaly_lab.data.tiles import stitch_scores
+from anomaly_lab.figures import precision_recall_figure, roc_figure, score_histogram, tile_classification_figure
 from anomaly_lab.models.module import InpaintingModule
 
 log = logging.getLogger(__name__)
@@ -81,3 +88,198 @@ class ReconstructionImages(L.Callback):
         rows = torch.cat(panels, dim=-1)  # (B,3,H,5W)
         grid = torch.cat(list(rows), dim=-2)  # (3,B*H,5W)
         experiment.add_image("val/input_masked_inpainted_error_truth", grid.cpu(), trainer.global_step)
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """One evaluated image (or tile: its page and position in the page's tile grid) and its image score."""
+
+    path: str
+    label: int
+    defect: str
+    score: float
+    page: str
+    row: int
+    col: int
+
+
+def scored_samples(batch: dict[str, Any], outputs: Any) -> list[ScoredSample]:
+    """The batch's samples with the scores its val/test step returned (`outputs["scores"]`, (B,))."""
+    scores = outputs["scores"].detach().float().cpu().tolist()
+    labels, rows, cols = (torch.as_tensor(batch[key]).cpu().tolist() for key in ("label", "row", "col"))
+    columns = zip(batch["path"], labels, batch["defect"], scores, batch["page"], rows, cols, strict=True)
+    return [
+        ScoredSample(str(path), int(label), str(defect), float(score), str(page), int(row), int(col))
+        for path, label, defect, score, page, row, col in columns
+    ]
+
+
+def gather_samples(samples: list[ScoredSample]) -> list[ScoredSample]:
+    """Every process's samples under DDP (each saw a shard); every rank must call this. Unchanged otherwise.
+
+    DistributedSampler pads the last shard with repeated samples; evaluation is deterministic, so the
+    repeats are identical rows and are dropped.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return samples
+    parts: list[list[ScoredSample] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, samples)
+    return list(dict.fromkeys(sample for part in parts for sample in part or []))
+
+
+class ScoresTable(L.Callback):
+    """Per-sample test results as CSV: path, label, defect, score, prediction (score >= the module's threshold).
+
+    prediction is left empty when the module has no threshold (no rule, or no validation pass ran).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.samples: list[ScoredSample] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples = []
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.samples += scored_samples(batch, outputs)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        samples = gather_samples(self.samples)
+        if not trainer.is_global_zero:
+            return
+        threshold = float(cast(InpaintingModule, pl_module).threshold)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as file:
+            writer = csv.writer(file, lineterminator="\n")
+            writer.writerow(["path", "label", "defect", "score", "prediction"])
+            for s in samples:
+                prediction = int(s.score >= threshold) if math.isfinite(threshold) else ""
+                writer.writerow([s.path, s.label, s.defect, repr(s.score), prediction])
+        log.info("per-sample test scores: %s", self.path)
+
+
+class ScoreFigures(L.Callback):
+    """TensorBoard figures of score separation: a normal-vs-anomalous histogram with the threshold after each
+    validation and at test, plus ROC and precision-recall curves at test."""
+
+    def __init__(self, bins: int = 30) -> None:
+        self.bins = bins
+        self.samples: dict[str, list[ScoredSample]] = {"val": [], "test": []}
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples["val"] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples["test"] = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.samples["val"] += scored_samples(batch, outputs)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.samples["test"] += scored_samples(batch, outputs)
+
+    # on_*_end, not on_*_epoch_end: callbacks' epoch-end hooks run before the module's, which sets the threshold
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._add_figures("val", trainer, cast(InpaintingModule, pl_module))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._add_figures("test", trainer, cast(InpaintingModule, pl_module))
+
+    def _add_figures(self, stage: str, trainer: L.Trainer, module: InpaintingModule) -> None:
+        samples = gather_samples(self.samples[stage])
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not trainer.is_global_zero or not samples or experiment is None or not hasattr(experiment, "add_figure"):
+            return
+        scores = torch.tensor([s.score for s in samples])  # (N,)
+        labels = torch.tensor([s.label for s in samples])  # (N,)
+        threshold = float(module.threshold)
+        step = trainer.global_step
+        histogram = score_histogram(
+            scores[labels == 0], scores[labels == 1], threshold, title=f"{stage} image scores", bins=self.bins
+        )
+        experiment.add_figure(f"{stage}/score_histogram", histogram, step)
+        if stage == "test" and labels.min() != labels.max():
+            experiment.add_figure("test/roc", roc_figure(scores, labels, threshold), step)
+            experiment.add_figure("test/precision_recall", precision_recall_figure(scores, labels, threshold), step)
+
+
+class TilePageFigures(L.Callback):
+    """TensorBoard figure per tiled test page (the thesis's notes figure): the page, its per-tile score grid and
+    its tile classification at the module's threshold. Pages with anomalous tiles come first; whole-image
+    datasets (every page a single tile) get none.
+
+    The page is redrawn from its test tiles side by side at their (row, col), so it shows exactly what was
+    scored; tiles of the page that are not in the test set stay black and NaN in the grid.
+    """
+
+    def __init__(self, max_pages: int = 4) -> None:
+        self.max_pages = max_pages
+        self.samples: list[ScoredSample] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.samples = []
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.samples += scored_samples(batch, outputs)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        samples = gather_samples(self.samples)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not trainer.is_global_zero or experiment is None or not hasattr(experiment, "add_figure"):
+            return
+        by_page: dict[str, list[ScoredSample]] = {}
+        for sample in samples:
+            by_page.setdefault(sample.page, []).append(sample)
+        tiled = {page: tiles for page, tiles in by_page.items() if any(t.row or t.col for t in tiles)}
+        pages = sorted(tiled, key=lambda page: (-max(t.label for t in tiled[page]), page))[: self.max_pages]
+        if not pages:
+            return
+        dataset = trainer.test_dataloaders.dataset  # type: ignore[union-attr]  # whole on every rank
+        index = {sample.path: i for i, sample in enumerate(dataset.decoded.samples)}
+        threshold = float(cast(InpaintingModule, pl_module).threshold)
+        for number, page in enumerate(pages):
+            tiles = tiled[page]
+            grid_shape = (max(t.row for t in tiles) + 1, max(t.col for t in tiles) + 1)
+            rows, cols = [t.row for t in tiles], [t.col for t in tiles]
+            scores = stitch_scores([t.score for t in tiles], rows, cols, grid_shape)  # (R,C)
+            images = dataset.decoded.images[[index[t.path] for t in tiles]]  # (N,t,t,3) uint8
+            size = images.shape[1]
+            canvas = np.zeros((grid_shape[0] * size, grid_shape[1] * size, *images.shape[3:]), images.dtype)
+            # tile (row, col) at (row * size, col * size); the grid's positions() order is not assumed
+            for image, row, col in zip(images, rows, cols, strict=True):
+                canvas[row * size : (row + 1) * size, col * size : (col + 1) * size] = image
+            figure = tile_classification_figure(canvas, scores, threshold, title=Path(page).name)
+            experiment.add_figure(f"test/tile_page_{number}", figure, trainer.global_step)

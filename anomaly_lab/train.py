@@ -50,6 +50,7 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
         score_reduce=cfg.scoring.reduce,
         topk_fraction=cfg.scoring.topk_fraction,
         normalise_wasserstein=cfg.objective.normalise,
+        threshold_rule=instantiate(cfg.threshold) if cfg.get("threshold") else None,
     )
 
 

@@ -24,6 +24,9 @@ TINY = [
     "trainer.enable_progress_bar=false",
 ]
 TINY_SYNTHETIC = ["dataset.n_train=8", "dataset.n_test_good=3", "dataset.n_test_per_defect=2"]
+# Generated pages of 96x96: 9 tiles of 32px each.
+TINY_PAGES = {"n_normal": 4, "n_anomalous": 2, "height": 96, "width": 96}
+TINY_SYNTHETIC_PAGES = [f"dataset.write_pages.{key}={value}" for key, value in TINY_PAGES.items()]
 
 ComposeFn = Callable[..., DictConfig]
 
@@ -42,6 +45,14 @@ def tiny_bottles_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_bottles(root, size=32, n_train=8, n_test_good=3, n_test_per_defect=2, seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_pages_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pages folder (normal/, anomalous/, masks/) of generated 96x96 notes pages, shared read-only."""
+    from anomaly_lab.data.synthetic import write_notes_pages
+
+    return write_notes_pages(tmp_path_factory.mktemp("data") / "tiny_pages", **TINY_PAGES, seed=0)
+
+
 @pytest.fixture
 def compose_tiny(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ComposeFn:
     """Compose the train config on tiny data; output goes to this test's tmp_path."""
@@ -52,6 +63,8 @@ def compose_tiny(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Co
         dataset = [o for o in overrides if o.startswith("dataset=")]
         if not dataset or dataset[-1] == "dataset=synthetic_bottles":
             base += TINY_SYNTHETIC
+        if dataset and dataset[-1] in ("dataset=synthetic_notes", "dataset=synthetic_sharks"):
+            base += TINY_SYNTHETIC_PAGES
         return compose_config([*base, *overrides])
 
     return _compose

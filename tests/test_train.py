@@ -15,20 +15,37 @@ from anomaly_lab.train import run
 from tests.conftest import ComposeFn, compose_config
 
 CONF = Path(__file__).parents[1] / "conf"
-GROUPS = ["dataset", "model", "masking", "scoring", "optimizer", "scheduler", "trainer", "logger", "callbacks"]
+GROUPS = [
+    "dataset",
+    "augmentation",
+    "model",
+    "masking",
+    "scoring",
+    "threshold",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+]
 # GPU trainers run their code path on CPU here; their precision/strategy stay as configured.
 ON_CPU = {
     "gpu": ["trainer.accelerator=cpu", "trainer.benchmark=false"],
     "ddp": ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.sync_batchnorm=false"],
 }
+PAGE_DIRS = {"normal": "normal", "abnormal": "anomalous", "mask": "masks"}
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_runs_one_step(group: str, option: str, compose_tiny: ComposeFn, tiny_bottles_root: Path) -> None:
+def test_every_option_runs_one_step(
+    group: str, option: str, compose_tiny: ComposeFn, tiny_bottles_root: Path, tiny_pages_root: Path
+) -> None:
     overrides = [f"{group}={option}", "trainer.fast_dev_run=true"]
     if group == "dataset" and option == "bottles":
         overrides.append(f"dataset.root={tiny_bottles_root}")
+    if group == "dataset" and option in ("notes", "sharks", "folder"):
+        overrides += [f"dataset.{key}_dir={tiny_pages_root / name}" for key, name in PAGE_DIRS.items()]
     if group == "trainer":
         overrides += ON_CPU.get(option, [])
     cfg = compose_tiny(overrides)

@@ -1,5 +1,8 @@
 """LightningDataModules: MVTec-AD-layout folders (real bottles) and generated synthetic bottles.
 
+SplitDataModule holds what every datamodule shares (loaders, rotated copies); page folders and
+tiles are in folders.py.
+
 Splits: train = normal images of train/good minus a seeded validation share; validation = those
 normal images plus a seeded, per-defect share of the anomalous test images (the sweep objective
 needs anomalies); test = test/good plus the anomalous images validation did not take.
@@ -16,6 +19,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from anomaly_lab.data.augmentation import add_rotated_copies
 from anomaly_lab.data.images import BadImageError, DecodedImages, ImageDataset, Sample, list_images
 from anomaly_lab.data.synthetic import write_synthetic_bottles
 
@@ -94,13 +98,24 @@ def interleave(n_first: int, n_second: int) -> list[int]:
     return order + first[shorter:] + second[shorter:]
 
 
-class MVTecDataModule(L.LightningDataModule):
-    """An MVTec AD category folder, whole images resized to image_size x image_size."""
+def validation_set(normal: DecodedImages, held_out: DecodedImages) -> DecodedImages:
+    """Validation normals and held-out samples in one set, label 0 and label 1 alternating while both last,
+    so any first batch (fast_dev_run, limit_val_batches) has both."""
+    joined = DecodedImages.concat([normal, held_out])
+    labels = np.array([s.label for s in joined.samples], dtype=np.int64)
+    by_label = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)])
+    return joined.subset(by_label[interleave(int((labels == 0).sum()), int((labels == 1).sum()))].tolist())
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Loaders over decoded train/val/test splits, which a subclass's `build_splits` makes once.
+
+    The training split gets `rotation_copies` extra rotated copies of each image (the thesis's
+    scheme), computed once here, so epochs reuse them; `train_transform` runs per item on top.
+    """
 
     def __init__(
         self,
-        root: str,
-        image_size: int = 256,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -109,10 +124,9 @@ class MVTecDataModule(L.LightningDataModule):
         val_anomalous: float = 0.25,
         split_seed: int = 0,
         train_transform: Callable[..., dict[str, Any]] | None = None,
+        rotation_copies: int = 0,
     ) -> None:
         super().__init__()
-        self.root = Path(root)
-        self.image_size = image_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -121,29 +135,19 @@ class MVTecDataModule(L.LightningDataModule):
         self.val_anomalous = val_anomalous
         self.split_seed = split_seed
         self.train_transform = train_transform
+        self.rotation_copies = rotation_copies
         self.splits: dict[str, DecodedImages] = {}
+
+    def build_splits(self) -> dict[str, DecodedImages]:
+        """{"train", "val", "test"}: decoded samples of each split."""
+        raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        train, test = scan_mvtec(self.root)
-        train_ids, val_ids, val_anom_ids, test_ids = split_validation(
-            train, test, self.val_fraction, self.val_anomalous, self.split_seed
-        )
-        normal = DecodedImages.decode(train, self.image_size)
-        held_out = DecodedImages.decode(test, self.image_size)
-        val = [normal.samples[i] for i in val_ids] + [held_out.samples[i] for i in val_anom_ids]
-        val_images = DecodedImages(
-            val,
-            np.concatenate([normal.images[val_ids], held_out.images[val_anom_ids]]),
-            np.concatenate([normal.masks[val_ids], held_out.masks[val_anom_ids]]),
-        )
-        self.splits = {
-            "train": normal.subset(train_ids),
-            # normal and anomalous alternate, so any first batch (fast_dev_run, limit_val_batches) has both
-            "val": val_images.subset(interleave(len(val_ids), len(val_anom_ids))),
-            "test": held_out.subset(test_ids),
-        }
+        splits = self.build_splits()  # assigned only when complete: a failed setup leaves nothing half-built
+        splits["train"] = add_rotated_copies(splits["train"], self.rotation_copies)
+        self.splits = splits
 
     def _loader(self, split: str, train: bool) -> DataLoader[dict[str, Any]]:
         dataset = ImageDataset(self.splits[split], self.train_transform if train else None)
@@ -165,6 +169,28 @@ class MVTecDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader("test", train=False)
+
+
+class MVTecDataModule(SplitDataModule):
+    """An MVTec AD category folder, whole images resized to image_size x image_size."""
+
+    def __init__(self, root: str, image_size: int = 256, **loader_args: Any) -> None:
+        super().__init__(**loader_args)
+        self.root = Path(root)
+        self.image_size = image_size
+
+    def build_splits(self) -> dict[str, DecodedImages]:
+        train, test = scan_mvtec(self.root)
+        train_ids, val_ids, val_anom_ids, test_ids = split_validation(
+            train, test, self.val_fraction, self.val_anomalous, self.split_seed
+        )
+        normal = DecodedImages.decode(train, self.image_size)
+        held_out = DecodedImages.decode(test, self.image_size)
+        return {
+            "train": normal.subset(train_ids),
+            "val": validation_set(normal.subset(val_ids), held_out.subset(val_anom_ids)),
+            "test": held_out.subset(test_ids),
+        }
 
 
 class SyntheticBottlesDataModule(MVTecDataModule):

@@ -78,6 +78,9 @@ class Sample:
     label: int  # 0 normal, 1 anomalous
     defect: str
     mask_path: str | None = None
+    page: str | None = None  # a tile's page (its file), row and column in the page's tile grid; None: whole image
+    row: int | None = None
+    col: int | None = None
 
 
 @dataclass
@@ -97,13 +100,21 @@ class DecodedImages:
         ]
         return cls(list(samples), np.stack(images), np.stack(masks))
 
+    @classmethod
+    def concat(cls, parts: Sequence[DecodedImages]) -> DecodedImages:
+        return cls(
+            [s for part in parts for s in part.samples],
+            np.concatenate([part.images for part in parts]),
+            np.concatenate([part.masks for part in parts]),
+        )
+
     def subset(self, indices: Sequence[int]) -> DecodedImages:
         index = np.asarray(indices, dtype=np.int64)
         return DecodedImages([self.samples[i] for i in index], self.images[index], self.masks[index])
 
 
 class ImageDataset(Dataset[dict[str, Any]]):
-    """Items are dicts: image (3,H,W) float in [0,1], mask (1,H,W) float, label, defect, path."""
+    """Items are dicts: image (3,H,W) float in [0,1], mask (1,H,W) float, label, defect, path, page, row, col."""
 
     def __init__(self, decoded: DecodedImages, transform: Callable[..., dict[str, Any]] | None = None) -> None:
         self.decoded = decoded
@@ -125,4 +136,8 @@ class ImageDataset(Dataset[dict[str, Any]]):
             "label": sample.label,
             "defect": sample.defect,
             "path": sample.path,
+            # a whole image is the one tile (0,0) of its own page, so scores stitch back the same way
+            "page": sample.page or sample.path,
+            "row": sample.row or 0,
+            "col": sample.col or 0,
         }

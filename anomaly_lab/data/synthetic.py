@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -297,14 +299,8 @@ def write_synthetic_bottles(
     `.complete` file is returned as it is. A non-empty `root` without `.complete` is not ours to
     overwrite: FileExistsError.
     """
-    root = Path(root)
-    if (root / ".complete").is_file():
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists, is not empty and has no .complete marker; delete it to regenerate")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
-    try:
+
+    def write(staging: Path) -> None:
         groups: list[tuple[str, str | None, int]] = [("train/good", None, n_train), ("test/good", None, n_test_good)]
         groups += [(f"test/{defect}", defect, n_test_per_defect) for defect in BOTTLE_DEFECTS]
         for group_id, (folder, defect, count) in enumerate(groups):
@@ -317,8 +313,27 @@ def write_synthetic_bottles(
                 if defect is not None:
                     mask_path = staging / "ground_truth" / defect / f"{index:03d}_mask.png"
                     Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
-        settings = {"size": size, "n_train": n_train, "n_test_good": n_test_good, "seed": seed}
-        settings["n_test_per_defect"] = n_test_per_defect
+
+    settings = {"size": size, "n_train": n_train, "n_test_good": n_test_good, "seed": seed}
+    settings["n_test_per_defect"] = n_test_per_defect
+    return write_atomically(Path(root), settings, write)
+
+
+def write_atomically(root: Path, settings: dict[str, Any], write: Callable[[Path], None]) -> Path:
+    """Run `write(staging)` into a temporary sibling folder, then rename it to `root`; return root.
+
+    A half-written folder never appears at `root`; a `root` holding a `.complete` file (which
+    records `settings`) is returned as it is. A non-empty `root` without `.complete` is not ours to
+    overwrite: FileExistsError.
+    """
+    if (root / ".complete").is_file():
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists, is not empty and has no .complete marker; delete it to regenerate")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
+    try:
+        write(staging)
         (staging / ".complete").write_text(json.dumps(settings, sort_keys=True) + "\n")
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         try:
@@ -611,3 +626,65 @@ def make_sea_image(rng: np.random.Generator, height: int, width: int, n_sharks: 
         region[silhouette] = region[silhouette] * (1 - alpha) + shark_rgb * alpha
         mask[box] |= silhouette
     return _to_uint8(sea * exposure + noise), mask
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Page folders: normal/, anomalous/, masks/ (the layout FolderDataModule reads)
+# ----------------------------------------------------------------------------------------------------------------------
+
+SceneMaker = Callable[[np.random.Generator, bool], tuple[np.ndarray, np.ndarray]]
+
+
+def write_pages(
+    root: Path, make: SceneMaker, n_normal: int, n_anomalous: int, seed: int, settings: dict[str, Any]
+) -> Path:
+    """Write root/normal/NNN.png, root/anomalous/NNN.png and root/masks/NNN_mask.png (0/255); return root.
+
+    `make(rng, anomalous)` renders one scene. Page i of each folder is rendered from the generator
+    seeded [seed, folder, i], so the same seed gives the same bytes; written atomically.
+    """
+
+    def write(staging: Path) -> None:
+        for folder in ("normal", "anomalous", "masks"):
+            (staging / folder).mkdir()
+        for folder_id, (folder, count) in enumerate((("normal", n_normal), ("anomalous", n_anomalous))):
+            for index in range(count):
+                image, mask = make(np.random.default_rng([seed, folder_id, index]), folder == "anomalous")
+                Image.fromarray(image).save(staging / folder / f"{index:03d}.png")
+                if folder == "anomalous":
+                    Image.fromarray(mask.astype(np.uint8) * 255).save(staging / "masks" / f"{index:03d}_mask.png")
+
+    return write_atomically(
+        Path(root), {**settings, "n_normal": n_normal, "n_anomalous": n_anomalous, "seed": seed}, write
+    )
+
+
+def write_notes_pages(
+    root: Path, *, n_normal: int = 6, n_anomalous: int = 4, height: int = 512, width: int = 384, seed: int = 0
+) -> Path:
+    """Notes pages: normal/ without marks, anomalous/ with highlighter strokes, masks/ where they are."""
+
+    def make(rng: np.random.Generator, anomalous: bool) -> tuple[np.ndarray, np.ndarray]:
+        return make_notes_page(rng, height, width, highlighter=anomalous)
+
+    return write_pages(root, make, n_normal, n_anomalous, seed, {"scene": "notes", "height": height, "width": width})
+
+
+def write_sea_pages(
+    root: Path,
+    *,
+    n_normal: int = 8,
+    n_anomalous: int = 4,
+    height: int = 384,
+    width: int = 512,
+    max_sharks: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Aerial sea images: normal/ open sea, anomalous/ with 1..max_sharks sharks, masks/ where they are."""
+
+    def make(rng: np.random.Generator, anomalous: bool) -> tuple[np.ndarray, np.ndarray]:
+        n_sharks = int(rng.integers(1, max_sharks + 1)) if anomalous else 0
+        return make_sea_image(rng, height, width, n_sharks)
+
+    settings = {"scene": "sea", "height": height, "width": width, "max_sharks": max_sharks}
+    return write_pages(root, make, n_normal, n_anomalous, seed, settings)

@@ -16,6 +16,7 @@ from torchmetrics import CatMetric
 from anomaly_lab.masking import Masking, inpaint_full_coverage
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
 from anomaly_lab.scoring import image_score
+from anomaly_lab.thresholds import ThresholdRule, metrics_at_threshold
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -37,6 +38,7 @@ class InpaintingModule(L.LightningModule):
         score_reduce: str = "mean",
         topk_fraction: float = 0.01,
         normalise_wasserstein: bool = False,
+        threshold_rule: ThresholdRule | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -51,6 +53,10 @@ class InpaintingModule(L.LightningModule):
         self.scores = nn.ModuleDict({stage: CatMetric() for stage in ("val", "test")})
         self.labels = nn.ModuleDict({stage: CatMetric() for stage in ("val", "test")})
         self.pixel_metrics = PixelMetrics()
+        self.threshold_rule = threshold_rule
+        # Image-score threshold set at each validation end; a buffer, so the checkpoint carries it to test.
+        self.threshold: torch.Tensor
+        self.register_buffer("threshold", torch.tensor(float("nan")))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-coverage inpainting error: anomaly maps (B,1,H,W) and image scores (B,)."""
@@ -59,7 +65,8 @@ class InpaintingModule(L.LightningModule):
         ).mean(dim=0)  # (B,1,H,W), averaged over grid sizes
         return maps, image_score(maps, self.score_reduce, self.topk_fraction)
 
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
+        """{"loss"}, plus the image "scores" (B,) in val/test, which callbacks receive as `outputs`."""
         images = batch["image"]  # (B,3,H,W)
         normal = batch["label"] == 0  # (B,)
         batch_size, _, height, width = images.shape
@@ -75,19 +82,20 @@ class InpaintingModule(L.LightningModule):
             self._collector("labels", stage).update(batch["label"])
             if stage == "test":
                 self.pixel_metrics.update(maps, batch["mask"] > 0.5)
-        return loss
+            return {"loss": loss, "scores": scores.detach()}
+        return {"loss": loss}
 
     def _collector(self, kind: str, stage: str) -> CatMetric:
         return cast(CatMetric, cast(nn.ModuleDict, getattr(self, kind))[stage])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")["loss"]
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "test")
 
     def _separation_metrics(self, stage: str) -> dict[str, float]:
         scores = self._collector("scores", stage).compute().float().cpu()  # (N,)
@@ -95,6 +103,13 @@ class InpaintingModule(L.LightningModule):
         self._collector("scores", stage).reset()
         self._collector("labels", stage).reset()
         metrics = {f"{stage}/score_normal_mean": float(scores[labels == 0].mean())}
+        if stage == "val" and self.threshold_rule is not None and not self.trainer.sanity_checking:
+            self.threshold.fill_(self.threshold_rule(scores, labels))
+        if torch.isfinite(self.threshold):  # NaN when no rule is set or no validation pass has run
+            metrics[f"{stage}/threshold"] = float(self.threshold)
+            if stage == "test":
+                at_threshold = metrics_at_threshold(scores, labels, float(self.threshold))
+                metrics.update({f"test/{name}": value for name, value in at_threshold.items()})
         if labels.min() == labels.max():
             return metrics  # one class only: no separation to measure
         metrics[f"{stage}/wasserstein"] = wasserstein_separation(

@@ -1,0 +1,266 @@
+"""Datamodules over plain folders of pages (normal/, anomalous/, masks/), whole or cut into tiles.
+
+The thesis's notes and sharks experiments score 64x64 tiles of large pages; a user's own folder
+may hold whole images of any mode and size. Both are read by one `FolderDataModule`; the generated
+notes and sea pages are written once into such a folder (`SyntheticPagesDataModule`), so real and
+synthetic data take the same path.
+
+Conversion rule for any folder: every image is decoded to 8-bit RGB (grayscale replicated, RGBA and
+palette images composited on white, 16-bit scaled to 8 bits). Whole images are resized to
+image_size x image_size (aspect not kept); tiled pages keep their size (or are scaled to
+`page_width`, aspect kept) and may differ in size. grayscale=true turns the RGB into luminance,
+replicated over 3 channels, so models stay unchanged.
+
+Splits: normal images (or tiles of normal pages) are split at random, seeded, into train /
+validation / test (`val_fraction`, `test_fraction`); anomalous pages are held out whole, a seeded
+`val_anomalous` share for validation and the rest for test. A tile of an anomalous page is labelled
+anomalous when more than `min_anomalous_fraction` of its pixels are masked.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from anomaly_lab.data.datamodules import SplitDataModule, split_validation, validation_set
+from anomaly_lab.data.images import (
+    IMAGE_SUFFIXES,
+    BadImageError,
+    DecodedImages,
+    Sample,
+    list_images,
+    read_image,
+    read_mask,
+)
+from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, tile_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Page:
+    """One decoded file: image (H,W,3) uint8, mask (H,W) bool."""
+
+    path: Path
+    image: np.ndarray
+    mask: np.ndarray
+    anomalous: bool
+    defect: str
+    mask_path: Path | None
+
+
+def find_mask(mask_dir: Path, image_path: Path) -> Path:
+    """The mask of an image: <stem>.<suffix> or <stem>_mask.<suffix> in mask_dir (MVTec names fit)."""
+    for name in (image_path.stem, f"{image_path.stem}_mask"):
+        for suffix in IMAGE_SUFFIXES:
+            if (mask_dir / f"{name}{suffix}").is_file():
+                return mask_dir / f"{name}{suffix}"
+    raise BadImageError(
+        f"{image_path}: anomalous image has no mask (expected {mask_dir}/{image_path.stem}.png "
+        f"or {image_path.stem}_mask.png; set mask_dir=null if the anomalous images have no masks)"
+    )
+
+
+def resize_page(image: np.ndarray, mask: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image bilinear, mask nearest, to width x height."""
+    if image.shape[:2] == (height, width):
+        return image, mask
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    resized_mask = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(resized), np.asarray(resized_mask)
+
+
+def grayscale_rgb(image: np.ndarray) -> np.ndarray:
+    """Luminance (ITU-R 601, as PIL's "L") replicated over 3 channels.  # (H,W,3) uint8"""
+    luminance = np.asarray(Image.fromarray(image).convert("L"))
+    return np.repeat(luminance[..., None], 3, axis=-1)
+
+
+def hold_out(n: int, fraction: float, rng: np.random.Generator, what: str) -> tuple[list[int], list[int]]:
+    """Seeded (kept, held-out) indices of range(n); held-out is ceil(fraction * n), kept must stay non-empty."""
+    order = rng.permutation(n).tolist()
+    n_out = math.ceil(fraction * n) if fraction > 0 else 0
+    if n_out >= n:
+        raise BadImageError(f"{what}={fraction} leaves no training image of {n}")
+    return sorted(order[n_out:]), sorted(order[:n_out])
+
+
+class FolderDataModule(SplitDataModule):
+    """Normal images in `normal_dir`, anomalous ones in `abnormal_dir`, their masks in `mask_dir`.
+
+    tiled=false: each image, resized to image_size, is one sample. tiled=true: each page is cut
+    into image_size x image_size tiles (`stride` apart, default image_size: non-overlapping;
+    border "drop" or "pad", see TileGrid.of_page) and each tile is one sample, with its page, row
+    and column; `page_grids` maps each page to its (rows, cols).
+    Without mask_dir an anomalous image counts as anomalous everywhere (its mask is all ones).
+    """
+
+    def __init__(
+        self,
+        normal_dir: str,
+        abnormal_dir: str,
+        mask_dir: str | None = None,
+        image_size: int = 64,
+        tiled: bool = False,
+        stride: int | None = None,
+        border: str = "drop",
+        min_anomalous_fraction: float = 0.0,
+        page_width: int | None = None,
+        grayscale: bool = False,
+        test_fraction: float = 0.0,
+        skip_bad_files: bool = False,
+        **loader_args: Any,
+    ) -> None:
+        super().__init__(**loader_args)
+        self.normal_dir = Path(normal_dir)
+        self.abnormal_dir = Path(abnormal_dir)
+        self.mask_dir = Path(mask_dir) if mask_dir is not None else None
+        self.image_size = image_size
+        self.tiled = tiled
+        self.stride = stride
+        self.border = border
+        self.min_anomalous_fraction = min_anomalous_fraction
+        self.page_width = page_width
+        self.grayscale = grayscale
+        self.test_fraction = test_fraction
+        self.skip_bad_files = skip_bad_files
+        self.page_grids: dict[str, tuple[int, int]] = {}
+
+    def read_page(self, path: Path, anomalous: bool) -> Page:
+        """Decode one file (and its mask) to the size the samples are cut from; BadImageError names what is wrong."""
+        mask_path = find_mask(self.mask_dir, path) if anomalous and self.mask_dir is not None else None
+        image = read_image(path, None)  # (H,W,3) uint8
+        # (H,W) bool; a mask's size is checked against its image
+        mask = read_mask(mask_path, path, None) if mask_path is not None else np.full(image.shape[:2], anomalous)
+        height, width = image.shape[:2]
+        if not self.tiled:
+            image, mask = resize_page(image, mask, self.image_size, self.image_size)
+        elif self.page_width is not None:
+            image, mask = resize_page(image, mask, self.page_width, max(1, round(height * self.page_width / width)))
+        if self.grayscale:
+            image = grayscale_rgb(image)
+        return Page(path, image, mask, anomalous, self.abnormal_dir.name if anomalous else "good", mask_path)
+
+    def read_folder(self, folder: Path, anomalous: bool, bad: list[str]) -> list[Page]:
+        pages: list[Page] = []
+        for path in list_images(folder):
+            try:
+                page = self.read_page(path, anomalous)
+                if self.tiled:
+                    self.grid_of(page)  # a page smaller than a tile is bad input too
+            except BadImageError as error:
+                if not self.skip_bad_files:
+                    raise
+                bad.append(str(error))
+                continue
+            pages.append(page)
+        if not pages:
+            raise BadImageError(f"{folder}: no usable image; skipped as bad:\n" + "\n".join(bad))
+        return pages
+
+    def grid_of(self, page: Page) -> TileGrid:
+        height, width = page.image.shape[:2]
+        try:
+            return TileGrid.of_page(height, width, self.image_size, self.stride, self.border)
+        except TileSizeError as error:
+            raise BadImageError(f"{page.path}: {error}") from error
+
+    def decode_units(self, pages: list[Page]) -> DecodedImages:
+        """Samples of pages: one per image, or one per tile (labelled by its mask fraction)."""
+        if not self.tiled:
+            samples = [
+                Sample(str(p.path), int(p.anomalous), p.defect, str(p.mask_path) if p.mask_path else None)
+                for p in pages
+            ]
+            return DecodedImages(samples, np.stack([p.image for p in pages]), np.stack([p.mask for p in pages]))
+        parts = []
+        for page in pages:
+            grid = self.grid_of(page)
+            tiles, mask_tiles = cut_tiles(page.image, grid), cut_tiles(page.mask, grid)  # (N,t,t,3), (N,t,t)
+            labels = tile_labels(mask_tiles, self.min_anomalous_fraction)
+            mask_path = str(page.mask_path) if page.mask_path else None
+            samples = [
+                Sample(f"{page.path}#r{r}c{c}", int(y), page.defect if y else "good", mask_path, str(page.path), r, c)
+                for r, c, y in zip(*grid.positions(), labels, strict=True)
+            ]
+            parts.append(DecodedImages(samples, tiles, mask_tiles))
+        return DecodedImages.concat(parts)
+
+    def build_splits(self) -> dict[str, DecodedImages]:
+        if self.mask_dir is not None and not self.mask_dir.is_dir():
+            raise FileNotFoundError(
+                f"mask_dir {self.mask_dir} not found; set mask_dir=null if the anomalous images have no masks"
+            )
+        bad: list[str] = []
+        normal_pages = self.read_folder(self.normal_dir, anomalous=False, bad=bad)
+        anomalous_pages = self.read_folder(self.abnormal_dir, anomalous=True, bad=bad)
+        if bad:
+            warnings.warn(f"skip_bad_files: skipped {len(bad)} bad files:\n" + "\n".join(bad), stacklevel=2)
+
+        normal = self.decode_units(normal_pages)
+        rng = np.random.default_rng(self.split_seed)
+        kept, test_normal = hold_out(len(normal.samples), self.test_fraction, rng, "test_fraction")
+        page_samples = [Sample(str(p.path), 1, p.defect) for p in anomalous_pages]
+        train_ids, val_ids, val_page_ids, test_page_ids = split_validation(
+            [normal.samples[i] for i in kept], page_samples, self.val_fraction, self.val_anomalous, self.split_seed
+        )
+        unit = "tile" if self.tiled else "image"
+        if not val_ids:
+            raise BadImageError(f"val_fraction={self.val_fraction} leaves no normal validation {unit} of {len(kept)}")
+        splits = {
+            "train": normal.subset([kept[i] for i in train_ids]),
+            "val": validation_set(
+                normal.subset([kept[i] for i in val_ids]),
+                self.decode_units([anomalous_pages[i] for i in val_page_ids]) if val_page_ids else normal.subset([]),
+            ),
+            "test": DecodedImages.concat(
+                [normal.subset(test_normal), self.decode_units([anomalous_pages[i] for i in test_page_ids])]
+            ),
+        }
+        if self.tiled:
+            self.page_grids = {str(p.path): self.grid_of(p).shape for p in normal_pages + anomalous_pages}
+        for name, split in splits.items():
+            labels = [s.label for s in split.samples]
+            log.info("%s: %d %ss (%d anomalous)", name, len(labels), unit, sum(labels))
+        return splits
+
+
+def cache_name(write_pages: functools.partial[Path]) -> str:
+    """A folder name per generator and settings: the function's name and a digest of its arguments."""
+    settings = json.dumps(write_pages.keywords, sort_keys=True, default=str)
+    return f"{write_pages.func.__name__}-{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
+
+
+class SyntheticPagesDataModule(FolderDataModule):
+    """Generated pages with known masks, written once (atomically) under cache_dir, then read as a folder.
+
+    `write_pages(root)` writes root/normal, root/anomalous, root/masks, e.g. a partial of
+    synthetic.write_notes_pages or synthetic.write_sea_pages.
+    """
+
+    def __init__(self, cache_dir: str, write_pages: functools.partial[Path], **kwargs: Any) -> None:
+        self.root = Path(cache_dir) / cache_name(write_pages)
+        super().__init__(
+            normal_dir=str(self.root / "normal"),
+            abnormal_dir=str(self.root / "anomalous"),
+            mask_dir=str(self.root / "masks"),
+            **kwargs,
+        )
+        self.write_pages = write_pages
+
+    def prepare_data(self) -> None:
+        self.write_pages(self.root)
+
+    def build_splits(self) -> dict[str, DecodedImages]:
+        self.prepare_data()  # idempotent; also covers callers that skip prepare_data
+        return super().build_splits()

@@ -1,0 +1,138 @@
+"""What a stored Optuna sweep found: `python -m anomaly_lab.sweep_report [--study NAME] [--storage URL]`.
+
+Reads the study from its storage (no run needs to be alive), prints every trial (params, objective,
+state, duration), the best parameters and the best trial's test metrics (measured on the held-out
+anomalies only, from its metrics.json), and writes optimisation-history and parameter-importance plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import optuna
+from matplotlib.axes import Axes
+from optuna.trial import FrozenTrial, TrialState
+
+matplotlib.use("Agg")  # files only, no display
+DEFAULT_STORAGE = "sqlite:///outputs/sweeps/optuna.db"
+
+
+def pick_study(storage: str, name: str | None) -> optuna.Study:
+    """The named study, or the only study in the storage; a clear error listing the names otherwise."""
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no sweep storage at {storage}; run `make sweep` first or pass --storage")
+    names = sorted(summary.study_name for summary in optuna.get_all_study_summaries(storage))
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name not in names:
+        raise KeyError(f"study {name!r} not in {storage}; pass --study with one of {names}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def trials_table(trials: Sequence[FrozenTrial]) -> str:
+    """A fixed-width table: number, state, objective, duration and one column per parameter."""
+    params = sorted({name for trial in trials for name in trial.params})
+    header = ["#", "state", "objective", "seconds", *params]
+    rows = [header]
+    for trial in trials:
+        seconds = trial.duration.total_seconds() if trial.duration is not None else None
+        rows.append(
+            [
+                str(trial.number),
+                trial.state.name,
+                format_value(trial.value),
+                format_value(None if seconds is None else round(seconds, 1)),
+                *(format_value(trial.params.get(name)) for name in params),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def best_test_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """The test/* metrics of a trial's run, read from its metrics.json (empty when it has none)."""
+    path = Path(str(trial.user_attrs.get("output_dir", ""))) / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    return {name: value for name, value in sorted(metrics.items()) if name.startswith("test/")}
+
+
+def plot_param_importances(study: optuna.Study, axes: Axes) -> None:
+    """Horizontal bars of optuna's mean-decrease-impurity importances (optuna 2.10's own importance plot
+    needs matplotlib < 3.9, and its default fANOVA evaluator scikit-learn < 1.3)."""
+    evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
+    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    names = list(importances)[::-1]
+    axes.barh(names, [importances[name] for name in names])
+    axes.set_xlabel("importance for the objective")
+    axes.set_title("Hyperparameter importances")
+
+
+def write_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Optimisation history and (with two or more distinct complete trials) parameter importances as PNGs."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = plot_optimization_history(study).figure
+    written = {out_dir / "optimization_history.png": history}
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
+        importance, axes = plt.subplots(figsize=(6, 3))
+        plot_param_importances(study, axes)
+        written[out_dir / "param_importances.png"] = importance
+    for path, figure in written.items():
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+    return list(written)
+
+
+def report(study: optuna.Study, out_dir: Path) -> str:
+    trials = study.get_trials(deepcopy=False)
+    lines = [f"study {study.study_name}: {len(trials)} trials", trials_table(trials)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if complete:
+        best = study.best_trial
+        lines.append(f"best trial {best.number}: objective {best.value:.6g}")
+        lines += [f"  {name} = {value}" for name, value in sorted(best.params.items())]
+        test = best_test_metrics(best)
+        if test:
+            lines.append("its test metrics (held-out anomalies, never used by the search):")
+            lines += [f"  {name} = {value:.4f}" for name, value in test.items() if math.isfinite(value)]
+    else:
+        lines.append("no complete trial yet")
+    for trial in trials:
+        if trial.state == TrialState.FAIL and "error" in trial.user_attrs:
+            lines.append(f"trial {trial.number} failed: {trial.user_attrs['error']}")
+    lines += [f"wrote {path}" for path in write_plots(study, out_dir)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    parser.add_argument("--study", default=None, help="study name (default: the only study in the storage)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the plots (default outputs/sweeps/<study>)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # 2.10's plots are "experimental"
+    study = pick_study(args.storage, args.study)
+    print(report(study, args.out or Path("outputs") / "sweeps" / study.study_name))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Decision thresholds on image scores: a fixed number (the thesis), a percentile of normal scores, or F1-optimal.
+
+A rule turns the validation scores into one number; the module keeps that number in a buffer so it
+travels with the checkpoint and test predictions use the threshold chosen on validation, never on test.
+A score >= threshold is called anomalous (the convention of `metrics.f1_max`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torchmetrics.functional.classification import binary_f1_score, binary_precision, binary_recall
+
+from anomaly_lab.metrics import f1_max
+
+
+class ThresholdRule(Protocol):
+    def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
+        """The threshold from validation scores (N,) and labels (N,) (0 normal, 1 anomalous)."""
+        ...
+
+
+class FixedThreshold:
+    """A given value, whatever the scores (the thesis: 0.002 for notes, 0.005 for sharks, on mean L2)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
+        return self.value
+
+
+class PercentileThreshold:
+    """The q-th percentile of the normal validation scores (linear interpolation, as numpy's default).
+
+    Needs no anomalous image: q=99 calls about 1% of normal images anomalous.
+    """
+
+    def __init__(self, percentile: float = 99.0) -> None:
+        if not 0.0 <= percentile <= 100.0:
+            raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+        self.percentile = float(percentile)
+
+    def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
+        normal = torch.as_tensor(scores).flatten().double()[torch.as_tensor(labels).flatten() == 0]  # (N0,)
+        if normal.numel() == 0:
+            raise ValueError("threshold=percentile needs normal validation images (dataset.val_fraction > 0)")
+        return float(torch.quantile(normal, self.percentile / 100.0))
+
+
+class F1Threshold:
+    """The threshold of best F1 on validation (needs normal and anomalous validation images)."""
+
+    def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
+        try:
+            return f1_max(scores, labels)[1]
+        except ValueError as error:
+            raise ValueError(
+                f"threshold=f1 needs normal and anomalous validation images ({error}); "
+                f"set dataset.val_anomalous > 0 or use threshold=percentile"
+            ) from error
+
+
+def metrics_at_threshold(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
+    """Precision, recall and F1 of calling score >= threshold anomalous; 0 where undefined (no positives)."""
+    predictions = (torch.as_tensor(scores).flatten() >= threshold).long()  # (N,) 0/1 labels, not probabilities
+    target = torch.as_tensor(labels).flatten().long()  # (N,)
+    return {
+        "precision": float(binary_precision(predictions, target)),
+        "recall": float(binary_recall(predictions, target)),
+        "f1": float(binary_f1_score(predictions, target)),
+    }

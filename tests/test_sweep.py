@@ -1,0 +1,179 @@
+"""Optuna sweeps on tiny synthetic bottles: finite objectives, persistence, resume after a kill, failed trials."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from hydra.utils import instantiate
+from optuna.trial import TrialState
+
+from anomaly_lab import sweep_report
+from anomaly_lab.train import main
+from tests.conftest import TINY, TINY_SYNTHETIC, ComposeFn
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = "bottles_thesis-synthetic_bottles-unet_small-32px"
+# validation only (test=false), a narrow net, no checkpoints, no image logging: a trial takes seconds on CPU
+FAST = [
+    "test=false",
+    "model.net.base_channels=4",
+    "~logger",
+    "~callbacks.model_checkpoint",
+    "~callbacks.throughput",
+    "~callbacks.reconstruction_images",
+    "+trainer.enable_checkpointing=false",
+    "hydra.sweeper.heartbeat_interval=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine tiny convolutions get slower with more (x5 measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def sweep_args(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The thesis sweep on tiny data; its study and trial folders live under tmp_path/outputs/sweeps."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    return [
+        "hparams_search=bottles_thesis",
+        *TINY,
+        *TINY_SYNTHETIC,
+        *FAST,
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache}",
+    ]
+
+
+def sweep(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m anomaly_lab.train --multirun <args>`, in this process."""
+    monkeypatch.setattr(sys, "argv", ["anomaly_lab.train", "--multirun", *args])
+    main()
+
+
+def load(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db")
+
+
+def states(study: optuna.Study) -> list[TrialState]:
+    return [trial.state for trial in study.get_trials()]
+
+
+def test_three_trials_persist_a_rerun_adds_none_and_the_report_shows_them(
+    sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep([*sweep_args, "hydra.sweeper.n_trials=3"], monkeypatch)
+    trials = load(tmp_path).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for trial in trials:
+        assert trial.value is not None and math.isfinite(trial.value)
+        assert set(trial.params) == {"optimizer.lr", "masking.grid_sizes", "masking.ratio"}
+        metrics = json.loads((Path(trial.user_attrs["output_dir"]) / "metrics.json").read_text())
+        assert trial.value == pytest.approx(metrics["val/wasserstein"])
+    assert len({tuple(sorted(t.params.items())) for t in trials}) > 1  # the sampler explores
+
+    sweep([*sweep_args, "hydra.sweeper.n_trials=3"], monkeypatch)  # resumes a finished study
+    assert [t.number for t in load(tmp_path).get_trials()] == [0, 1, 2]
+
+    sweep_report.main(["--storage", f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db", "--out", str(tmp_path / "rep")])
+    table = capsys.readouterr().out
+    best = load(tmp_path).best_trial
+    assert f"best trial {best.number}: objective {best.value:.6g}" in table
+    assert table.count("COMPLETE") == 3 and "optimizer.lr" in table
+    for plot in ("optimization_history.png", "param_importances.png"):
+        assert (tmp_path / "rep" / plot).stat().st_size > 1000
+
+
+def test_killed_sweep_resumes_to_n_trials(
+    sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [*sweep_args, "hydra.sweeper.n_trials=3", "hydra.sweeper.grace_period=1"]
+    db = tmp_path / "outputs" / "sweeps" / "optuna.db"
+    with (tmp_path / "killed.log").open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args],
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and process.poll() is None:
+                # job folder 1 appears once the second trial runs, after its first heartbeat
+                if db.exists() and list((tmp_path / "outputs" / "sweeps").glob(f"{STUDY}/*/1")):
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail(f"the second trial did not start in time (exit code {process.poll()}, see {output.name})")
+            os.killpg(process.pid, signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait()
+    before = load(tmp_path).get_trials()
+    first = next(t for t in before if t.state == TrialState.COMPLETE)
+    killed = next(t for t in before if t.state == TrialState.RUNNING)
+
+    sweep(args, monkeypatch)
+    after = {t.number: t for t in load(tmp_path).get_trials()}
+    assert after[first.number].state == TrialState.COMPLETE
+    assert after[first.number].value == first.value
+    assert after[killed.number].state == TrialState.FAIL  # its heartbeat stopped: failed, not left running
+    assert sum(t.state == TrialState.COMPLETE for t in after.values()) == 3
+    assert TrialState.RUNNING not in {t.state for t in after.values()}
+
+
+NAN = ["model.net.output_activation=none", "trainer.max_epochs=2", "scheduler=none"]
+
+
+def test_nan_trial_is_failed_and_the_next_runs(
+    sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sampler seed 4 draws lr=1e30 first, then 1e-3; the per-trial assertions hold for any order
+    nan_first = ["hydra.sweeper.sampler.seed=4", "hydra.sweeper.max_failure_rate=0.5"]
+    sweep([*sweep_args, *NAN, *nan_first, "hydra.sweeper.n_trials=2", "optimizer.lr=choice(1e30,1e-3)"], monkeypatch)
+    trials = load(tmp_path).get_trials()
+    assert len(trials) == 2
+    for trial in trials:
+        exploded = trial.params["optimizer.lr"] > 1
+        assert trial.state == (TrialState.FAIL if exploded else TrialState.COMPLETE)
+        if exploded:
+            assert trial.value is None
+            assert "NonFiniteLossError" in trial.user_attrs["error"]
+    assert states(load(tmp_path)) == [TrialState.FAIL, TrialState.COMPLETE]  # the sweep went on
+
+
+def test_too_many_failures_stop_the_sweep(
+    sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [*sweep_args, *NAN, "optimizer.lr=1e30", "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=0.25"]
+    with pytest.raises(SystemExit):  # hydra reports the RuntimeError and exits 1
+        sweep(args, monkeypatch)
+    assert states(load(tmp_path)) == [TrialState.FAIL] * 2  # 2 > 0.25 * 4 failures: stop
+
+
+def test_validation_and_test_anomalies_are_disjoint(compose_tiny: ComposeFn) -> None:
+    cfg = compose_tiny(["hparams_search=bottles_thesis", "dataset.n_test_per_defect=4"])
+    datamodule = instantiate(cfg.dataset)
+    datamodule.setup("fit")
+    val = {s.path for s in datamodule.splits["val"].samples if s.label == 1}
+    test = {s.path for s in datamodule.splits["test"].samples if s.label == 1}
+    assert val and test
+    assert val.isdisjoint(test)
+    assert len(val) + len(test) == 3 * 4  # every anomaly is in exactly one of them

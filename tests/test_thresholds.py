@@ -1,0 +1,85 @@
+"""Threshold rules by hand, and the threshold chosen on validation travelling with the checkpoint to test."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly_lab.metrics import f1_max
+from anomaly_lab.thresholds import F1Threshold, FixedThreshold, PercentileThreshold, metrics_at_threshold
+from anomaly_lab.train import run
+from tests.conftest import ComposeFn
+
+
+def test_fixed_threshold_ignores_the_scores() -> None:
+    rule = FixedThreshold(0.002)
+    assert rule(torch.tensor([5.0, 6.0]), torch.tensor([0, 1])) == 0.002
+    assert rule(torch.tensor([-1.0]), torch.tensor([0])) == 0.002
+
+
+def test_percentile_uses_only_normal_scores() -> None:
+    normal = torch.arange(1.0, 102.0)  # 1..101: the 99th percentile is 100 by linear interpolation
+    scores = torch.cat([normal, torch.tensor([1e6, 2e6])])
+    labels = torch.cat([torch.zeros(101), torch.ones(2)]).long()
+    assert PercentileThreshold(99)(scores, labels) == pytest.approx(100.0)
+    assert PercentileThreshold(50)(scores, labels) == pytest.approx(51.0)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=37)
+    assert PercentileThreshold(90)(torch.tensor(values), torch.zeros(37)) == pytest.approx(np.percentile(values, 90))
+
+
+def test_percentile_errors() -> None:
+    with pytest.raises(ValueError, match="percentile must be in"):
+        PercentileThreshold(150)
+    with pytest.raises(ValueError, match="needs normal validation images"):
+        PercentileThreshold(99)(torch.tensor([1.0]), torch.tensor([1]))
+
+
+def test_f1_threshold_is_f1_max_and_separates_separable_scores() -> None:
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.7, 0.8, 0.25])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert F1Threshold()(scores, labels) == f1_max(scores, labels)[1]
+    separable = torch.tensor([0.1, 0.2, 0.3, 0.7, 0.8])
+    threshold = F1Threshold()(separable, torch.tensor([0, 0, 0, 1, 1]))
+    assert 0.3 < threshold <= 0.7
+    with pytest.raises(ValueError, match=r"threshold=f1 needs normal and anomalous.*threshold=percentile"):
+        F1Threshold()(torch.tensor([0.1, 0.2]), torch.tensor([0, 0]))
+
+
+def test_metrics_at_threshold_by_hand() -> None:
+    scores = torch.tensor([0.1, 0.5, 0.6, 0.9, 0.4])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    # >= 0.5 calls {0.5, 0.6, 0.9}: TP 2, FP 1, FN 1
+    result = metrics_at_threshold(scores, labels, 0.5)
+    assert result["precision"] == pytest.approx(2 / 3)
+    assert result["recall"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(2 / 3)
+    # scores far outside [0, 1] are compared as they are, not squashed as logits
+    assert metrics_at_threshold(scores * 1000, labels, 500.0) == result
+    assert metrics_at_threshold(scores, labels, 10.0)["recall"] == 0.0
+
+
+@pytest.mark.parametrize("option", ["percentile"])
+def test_validation_threshold_is_saved_and_used_at_test(option: str, compose_tiny: ComposeFn) -> None:
+    cfg = compose_tiny([f"threshold={option}", "trainer.max_epochs=1"])
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    saved = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]["threshold"]
+    assert math.isfinite(float(saved))
+    assert metrics["val/threshold"] == pytest.approx(float(saved))
+    assert metrics["test/threshold"] == pytest.approx(float(saved))
+    with (out / "scores.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    scores = torch.tensor([float(r["score"]) for r in rows])
+    labels = torch.tensor([int(r["label"]) for r in rows])
+    assert [int(r["prediction"]) for r in rows] == (scores >= saved).long().tolist()
+    expected = metrics_at_threshold(scores, labels, float(saved))
+    for name in ("precision", "recall", "f1"):
+        assert metrics[f"test/{name}"] == pytest.approx(expected[name], abs=1e-6), name
