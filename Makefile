@@ -11,8 +11,10 @@ endif
 TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 ARGS ?=
+# Idle OpenMP threads yield instead of spinning: on a small shared CPU spinning threads thrash (torch 5-40x slower).
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install train train-gpu sweep sweep-report test test-slow lint tb clean bench-loader
+.PHONY: help install train train-gpu sweep sweep-report test test-slow lint tb clean bench-loader benchmark overhead predict export
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +33,16 @@ train: $(VENV)/.installed ## train on CPU on generated synthetic bottles (a few 
 
 train-gpu: $(VENV)/.installed ## train the full U-Net at 512px on MVTec bottle on one GPU (DATA=path)
 	$(PY) -m anomaly_lab.train dataset=bottles dataset.root=$(or $(DATA),data/mvtec_bottle) model=unet512 masking=grid trainer=gpu $(ARGS)
+
+# CKPT: a checkpoint of a train run (outputs/runs/<run>/checkpoints/best.ckpt); INPUT: an image, a folder or a glob
+# (quoted); OUT: the output folder (default outputs/predict/<date_time>); ARGS: more key=value (score_threshold=...).
+predict: $(VENV)/.installed ## score images with a checkpoint: scores.csv, heatmaps, masks (CKPT=... INPUT=... [OUT=...])
+	$(if $(CKPT),,$(error CKPT=path/to/best.ckpt is required))$(if $(INPUT),,$(error INPUT=image, folder or glob is required))
+	$(PY) -m anomaly_lab.predict ckpt_path=$(CKPT) 'input=$(INPUT)' $(if $(OUT),output=$(OUT)) $(ARGS)
+
+export: $(VENV)/.installed ## export a checkpoint's net and scoring to ONNX beside it, checked in onnxruntime (CKPT=...)
+	$(if $(CKPT),,$(error CKPT=path/to/best.ckpt is required))
+	$(PY) -m anomaly_lab.export ckpt_path=$(CKPT) format=onnx $(ARGS)
 
 test: $(VENV)/.installed ## run the default test suite (fast; no real data needed)
 	$(PY) -m pytest -q $(ARGS)
@@ -58,8 +70,17 @@ sweep: $(VENV)/.installed ## resumable Optuna sweep (SEARCH=bottles_thesis, WORK
 sweep-report: $(VENV)/.installed ## a stored study's trials table, best params and test metrics, plots (STUDY=name)
 	$(PY) -m anomaly_lab.sweep_report $(if $(STUDY),--study $(STUDY)) $(ARGS)
 
+# MVTec AD bottle: data/mvtec_bottle when present, else this workplace's shared copy; DATA=... to choose.
+DATA ?= $(if $(wildcard data/mvtec_bottle),data/mvtec_bottle,../shared/data/mvtec_bottle)
+benchmark: $(VENV)/.installed ## train+test the CPU-sized bottle experiments on MVTec (DATA=...), write docs/benchmarks.md
+	$(PY) -m anomaly_lab.benchmark data_root=$(DATA) report=docs/benchmarks.md \
+		'command="make benchmark DATA=$(DATA) $(ARGS)"' $(ARGS)
+
 bench-loader: $(VENV)/.installed ## data loader vs unet64 training throughput on synthetic notes tiles (want >= 5x)
 	$(PY) -m anomaly_lab.benchmark_loader dataset=synthetic_notes model=unet64 hydra.run.dir=outputs/bench_loader $(ARGS)
+
+overhead: $(VENV)/.installed ## plain PyTorch loop vs Lightning img/s on the same steps (unet64 notes tiles; want ratio >= 0.95)
+	$(PY) -m anomaly_lab.overhead dataset=synthetic_notes model=unet64 $(ARGS)
 
 tb: $(VENV)/.installed ## TensorBoard on outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

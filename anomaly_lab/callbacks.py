@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,32 @@ from anomaly_lab.models.module import InpaintingModule
 log = logging.getLogger(__name__)
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocator peak on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
 class ImagesPerSecond(L.Callback):
-    """Training throughput in images per second (optimizer steps only, validation excluded)."""
+    """Throughput and cost: train and test images/s, training wall time, peak memory.
+
+    Logs train/images_per_s (optimizer steps only, the first step excluded as warm-up),
+    train/seconds (wall time since fit start, validation included; its last value is the training
+    time), train/epochs (epochs completed), test/images_per_s (full-coverage scoring of the test
+    set, metrics included) and peak_memory_mb.
+    """
 
     def __init__(self) -> None:
         self.images = 0
         self.seconds = 0.0
+        self.test_images = 0
+        self.test_seconds = 0.0
         self._start = 0.0
+        self._fit_start = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._start = time.perf_counter()
@@ -44,10 +64,37 @@ class ImagesPerSecond(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.seconds > 0:
             module.log("train/images_per_s", self.images / self.seconds)
+        module.log("train/seconds", time.perf_counter() - self._fit_start)
+        module.log("train/epochs", float(trainer.current_epoch + 1))
+        module.log("peak_memory_mb", peak_memory_mb(module.device))
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.seconds > 0 and trainer.is_global_zero:
             log.info("training throughput: %.1f images/s", self.images / self.seconds)
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._start = time.perf_counter()
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx == 0:
+            return  # warm-up
+        self.test_seconds += time.perf_counter() - self._start
+        self.test_images += int(batch["image"].shape[0])
+
+    def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.test_seconds > 0:
+            module.log("test/images_per_s", self.test_images / self.test_seconds)
+        module.log("peak_memory_mb", peak_memory_mb(module.device))
 
 
 class ReconstructionImages(L.Callback):
@@ -127,18 +174,33 @@ def gather_samples(samples: list[ScoredSample]) -> list[ScoredSample]:
     return list(dict.fromkeys(sample for part in parts for sample in part or []))
 
 
-class ScoresTable(L.Callback):
-    """Per-sample test results as CSV: path, label, defect, score, prediction (score >= the module's threshold).
+class ScoredSampleCollector(L.Callback):
+    """Base: collects each batch's ScoredSamples in self.samples[stage] for the stages in `stages`."""
 
-    prediction is left empty when the module has no threshold (no rule, or no validation pass ran).
-    """
+    stages: tuple[str, ...] = ("test",)
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        self.samples: list[ScoredSample] = []
+    def __init__(self) -> None:
+        self.samples: dict[str, list[ScoredSample]] = {stage: [] for stage in self.stages}
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "val" in self.stages:
+            self.samples["val"] = []
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.samples = []
+        if "test" in self.stages:
+            self.samples["test"] = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if "val" in self.stages:
+            self.samples["val"] += scored_samples(batch, outputs)
 
     def on_test_batch_end(
         self,
@@ -149,10 +211,22 @@ class ScoresTable(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self.samples += scored_samples(batch, outputs)
+        if "test" in self.stages:
+            self.samples["test"] += scored_samples(batch, outputs)
+
+
+class ScoresTable(ScoredSampleCollector):
+    """Per-sample test results as CSV: path, label, defect, score, prediction (score >= the module's threshold).
+
+    prediction is left empty when the module has no threshold (no rule, or no validation pass ran).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = Path(path)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        samples = gather_samples(self.samples)
+        samples = gather_samples(self.samples["test"])
         if not trainer.is_global_zero:
             return
         threshold = float(cast(InpaintingModule, pl_module).threshold)
@@ -166,41 +240,15 @@ class ScoresTable(L.Callback):
         log.info("per-sample test scores: %s", self.path)
 
 
-class ScoreFigures(L.Callback):
+class ScoreFigures(ScoredSampleCollector):
     """TensorBoard figures of score separation: a normal-vs-anomalous histogram with the threshold after each
     validation and at test, plus ROC and precision-recall curves at test."""
 
+    stages = ("val", "test")
+
     def __init__(self, bins: int = 30) -> None:
+        super().__init__()
         self.bins = bins
-        self.samples: dict[str, list[ScoredSample]] = {"val": [], "test": []}
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.samples["val"] = []
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.samples["test"] = []
-
-    def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.samples["val"] += scored_samples(batch, outputs)
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.samples["test"] += scored_samples(batch, outputs)
 
     # on_*_end, not on_*_epoch_end: callbacks' epoch-end hooks run before the module's, which sets the threshold
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -228,7 +276,7 @@ class ScoreFigures(L.Callback):
             experiment.add_figure("test/precision_recall", precision_recall_figure(scores, labels, threshold), step)
 
 
-class TilePageFigures(L.Callback):
+class TilePageFigures(ScoredSampleCollector):
     """TensorBoard figure per tiled test page (the thesis's notes figure): the page, its per-tile score grid and
     its tile classification at the module's threshold. Pages with anomalous tiles come first; whole-image
     datasets (every page a single tile) get none.
@@ -238,25 +286,11 @@ class TilePageFigures(L.Callback):
     """
 
     def __init__(self, max_pages: int = 4) -> None:
+        super().__init__()
         self.max_pages = max_pages
-        self.samples: list[ScoredSample] = []
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.samples = []
-
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self.samples += scored_samples(batch, outputs)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        samples = gather_samples(self.samples)
+        samples = gather_samples(self.samples["test"])
         experiment = getattr(trainer.logger, "experiment", None)
         if not trainer.is_global_zero or experiment is None or not hasattr(experiment, "add_figure"):
             return

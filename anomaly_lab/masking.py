@@ -25,6 +25,7 @@ class NoMasking:
     """Plain autoencoder: the net sees the whole image and every pixel is scored from one pass."""
 
     fill = 0.0
+    train_full_coverage = False
 
     def random_masks(self, batch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros(batch, 1, height, width, device=device)  # (B,1,H,W)
@@ -37,9 +38,22 @@ class NoMasking:
 
 
 class GridMasking:
-    """Blank a fraction `ratio` of the cells of an m x m grid, m drawn from `grid_sizes`."""
+    """Blank a fraction `ratio` of the cells of an m x m grid, m drawn from `grid_sizes`.
 
-    def __init__(self, grid_sizes: Sequence[int] | int, ratio: float = 0.5, fill: float = 0.0, seed: int = 0) -> None:
+    train_full_coverage: train as RIAD does: each sample's cells are split at random into
+    ceil(1/ratio) disjoint masks, the net inpaints each, and the loss sees the stitched image in which
+    every pixel was inpainted (as at inference). Costs ceil(1/ratio) forward passes per image.
+    Otherwise the loss sees one pass over an image with a random `ratio` of its cells blanked.
+    """
+
+    def __init__(
+        self,
+        grid_sizes: Sequence[int] | int,
+        ratio: float = 0.5,
+        fill: float = 0.0,
+        seed: int = 0,
+        train_full_coverage: bool = False,
+    ) -> None:
         self.grid_sizes = [int(grid_sizes)] if isinstance(grid_sizes, int) else [int(g) for g in grid_sizes]
         if not self.grid_sizes or min(self.grid_sizes) < 1:
             raise ValueError(f"grid sizes must be positive integers, got {grid_sizes!r}")
@@ -51,6 +65,7 @@ class GridMasking:
         self.ratio = ratio
         self.fill = fill
         self.seed = seed
+        self.train_full_coverage = train_full_coverage
 
     def cells_per_mask(self, grid: int) -> int:
         return round(self.ratio * grid * grid)
@@ -63,6 +78,20 @@ class GridMasking:
         blanked = ranks < self.cells_per_mask(grid)  # (B,cells) exactly k True per row
         index = _cell_index(height, width, grid, device)  # (H,W)
         return blanked[:, index].unsqueeze(1).float()  # (B,1,H,W)
+
+    def random_partition(self, batch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """One grid size per batch; per sample, its cells split at random into disjoint masks.  # (n,B,1,H,W)
+
+        Every pixel is blanked in exactly one of the n = ceil(cells / cells_per_mask) masks.
+        """
+        grid = self.grid_sizes[int(torch.randint(len(self.grid_sizes), ()).item())]
+        cells = grid * grid
+        per_mask = self.cells_per_mask(grid)
+        ranks = torch.rand(batch, cells, device=device).argsort(dim=1).argsort(dim=1)  # (B,cells)
+        group_map = (ranks // per_mask)[:, _cell_index(height, width, grid, device)]  # (B,H,W) mask number
+        n_masks = math.ceil(cells / per_mask)
+        masks = group_map[None] == torch.arange(n_masks, device=device)[:, None, None, None]  # (n,B,H,W)
+        return masks.unsqueeze(2).float()  # (n,B,1,H,W)
 
     def coverage_masks(self, height: int, width: int, device: torch.device | None = None) -> list[torch.Tensor]:
         """Per grid size, a (n,1,H,W) set of masks in which every pixel is blanked exactly once."""
@@ -87,16 +116,39 @@ class GridMasking:
 Masking = NoMasking | GridMasking
 
 
-def inpaint_full_coverage(
+def inpaint_for_training(
     net: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, masking: Masking
+) -> torch.Tensor:
+    """The reconstruction the training loss sees.  # (B,C,H,W)
+
+    One pass over randomly masked images, or (masking.train_full_coverage) the stitched inpainting of
+    a random disjoint mask set, all its passes in one batch of n*B images.
+    """
+    batch, _, height, width = images.shape
+    if not isinstance(masking, GridMasking) or not masking.train_full_coverage:
+        return net(masking.apply(images, masking.random_masks(batch, height, width, device=images.device)))
+    masks = masking.random_partition(batch, height, width, device=images.device)  # (n,B,1,H,W)
+    masked = masking.apply(images.unsqueeze(0), masks)  # (n,B,C,H,W)
+    recons = net(masked.flatten(0, 1)).unflatten(0, masks.shape[:2])  # (n,B,C,H,W)
+    return (masks * recons).sum(dim=0)  # (B,C,H,W)
+
+
+def inpaint_full_coverage(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    masking: Masking,
+    mask_sets: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Reconstructions in which every pixel comes from a pass where it was blanked, one per grid size.
 
-    images: (B,C,H,W); returns a list of (B,C,H,W), one per mask set.
+    images: (B,C,H,W); returns a list of (B,C,H,W), one per mask set. mask_sets: the sets of
+    `masking.coverage_masks(H, W)` computed beforehand (a static graph for export), else computed here.
     """
     height, width = images.shape[-2:]
     recons = []
-    for masks in masking.coverage_masks(height, width, images.device):  # (n,1,H,W)
+    if mask_sets is None:
+        mask_sets = masking.coverage_masks(height, width, images.device)
+    for masks in mask_sets:  # (n,1,H,W)
         recon = torch.zeros_like(images)
         for mask in masks:  # (1,H,W)
             recon = recon + mask * net(masking.apply(images, mask))

@@ -182,13 +182,18 @@ def image_score(
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+    if reduce == "topk" and not 0.0 < topk_fraction <= 1.0:
+        raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
     values = anomaly_map.flatten(start_dim=1)  # (B,N)
-    if valid is None:
-        mask = torch.ones_like(values, dtype=torch.bool)
-    else:
-        if valid.shape != anomaly_map.shape:
-            raise ValueError(f"valid {tuple(valid.shape)} must match the map {tuple(anomaly_map.shape)}")
-        mask = valid.flatten(start_dim=1).bool()  # (B,N)
+    if valid is None:  # every pixel counts: no size depends on the data, so the graph exports (ONNX) as is
+        if reduce == "mean":
+            return values.mean(dim=1)
+        if reduce == "max":
+            return values.amax(dim=1)
+        return values.topk(max(1, round(topk_fraction * values.shape[1])), dim=1).values.mean(dim=1)
+    if valid.shape != anomaly_map.shape:
+        raise ValueError(f"valid {tuple(valid.shape)} must match the map {tuple(anomaly_map.shape)}")
+    mask = valid.flatten(start_dim=1).bool()  # (B,N)
     counts = mask.sum(dim=1)  # (B,)
     if bool((counts == 0).any()):
         raise ValueError("an image has no valid pixels to score")
@@ -197,8 +202,6 @@ def image_score(
     masked = torch.where(mask, values, torch.full_like(values, -math.inf))  # (B,N)
     if reduce == "max":
         return masked.amax(dim=1)
-    if not 0.0 < topk_fraction <= 1.0:
-        raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
     ks = torch.clamp(torch.round(topk_fraction * counts.to(values.dtype)), min=1).long()  # (B,)
     top = masked.topk(int(ks.max()), dim=1).values  # (B,kmax), descending
     keep = torch.arange(top.shape[1], device=top.device)[None, :] < ks[:, None]  # (B,kmax)

@@ -63,11 +63,20 @@ class F1Threshold:
 
 
 def metrics_at_threshold(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
-    """Precision, recall and F1 of calling score >= threshold anomalous; 0 where undefined (no positives)."""
+    """Precision, recall and F1 of calling score >= threshold anomalous; 0 where undefined (no positives).
+
+    Also the counts behind them (tp, fp, fn, tn), as the thesis reports its notes result: marked tiles
+    found and false positives at a fixed threshold.
+    """
     predictions = (torch.as_tensor(scores).flatten() >= threshold).long()  # (N,) 0/1 labels, not probabilities
     target = torch.as_tensor(labels).flatten().long()  # (N,)
+    called, anomalous = predictions == 1, target == 1  # (N,), (N,)
     return {
         "precision": float(binary_precision(predictions, target)),
         "recall": float(binary_recall(predictions, target)),
         "f1": float(binary_f1_score(predictions, target)),
+        "tp": float((called & anomalous).sum()),
+        "fp": float((called & ~anomalous).sum()),
+        "fn": float((~called & anomalous).sum()),
+        "tn": float((~called & ~anomalous).sum()),
     }

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -17,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_lab.inference import FORMAT_VERSION
 from anomaly_lab.models.module import InpaintingModule
 from anomaly_lab.models.unet import UNet
 
@@ -37,9 +40,42 @@ def resume_checkpoint(resume: bool | str, output_dir: Path) -> str | None:
     return str(path)
 
 
+def inference_spec(cfg: DictConfig) -> dict[str, Any]:
+    """What predict and export rebuild the scorer from, as plain values (kept in every checkpoint)."""
+
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True)
+
+    try:
+        package_version = version("anomaly_lab")
+    except PackageNotFoundError:
+        package_version = "unknown"
+    dataset = cfg.dataset
+    tiled = bool(dataset.get("tiled", False))
+    return {
+        "format_version": FORMAT_VERSION,
+        "anomaly_lab_version": package_version,
+        "net": plain(cfg.model.net),
+        "image_size": int(cfg.model.image_size),
+        # pixels are 8-bit RGB divided by 255; grayscale: luminance replicated over 3 channels first
+        "normalisation": {"divide_by": 255.0, "grayscale": bool(dataset.get("grayscale", False))},
+        "masking": plain(cfg.masking),
+        "scoring": {
+            "anomaly_map": plain(cfg.scoring.anomaly_map),
+            "reduce": str(cfg.scoring.reduce),
+            "topk_fraction": float(cfg.scoring.topk_fraction),
+        },
+        "tiling": {"stride": dataset.stride, "border": dataset.border, "page_width": dataset.page_width}
+        if tiled
+        else None,
+    }
+
+
 def build_module(cfg: DictConfig) -> InpaintingModule:
     net: UNet = instantiate(cfg.model.net)
     net.check_size(cfg.model.image_size, cfg.model.image_size)
+    if cfg.model.get("compile", False):
+        net.compile()  # in place: parameter names and checkpoints stay those of the plain net
     return InpaintingModule(
         net=net,
         masking=instantiate(cfg.masking),
@@ -51,6 +87,8 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
         topk_fraction=cfg.scoring.topk_fraction,
         normalise_wasserstein=cfg.objective.normalise,
         threshold_rule=instantiate(cfg.threshold) if cfg.get("threshold") else None,
+        channels_last=cfg.model.get("channels_last", False),
+        inference_spec=inference_spec(cfg),
     )
 
 

@@ -68,3 +68,18 @@ def compose_tiny(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Co
         return compose_config([*base, *overrides])
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of one epoch on tiny synthetic bottles (RIAD maps, two grid sizes), shared read-only.
+
+    Its checkpoints/best.ckpt serves predict and export tests; its scores.csv holds the test images' scores.
+    """
+    from anomaly_lab.train import run
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    overrides = ["scoring=riad", "masking=multiscale_grid", "masking.grid_sizes=[2,4]", "masking.ratio=0.5"]
+    run(compose_config([*TINY, *TINY_SYNTHETIC, f"paths.output_dir={out}", f"paths.cache_dir={cache}", *overrides]))
+    return out

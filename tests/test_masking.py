@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from anomaly_lab.masking import GridMasking, NoMasking, inpaint_full_coverage
+from anomaly_lab.masking import GridMasking, NoMasking, inpaint_for_training, inpaint_full_coverage
 
 
 @pytest.mark.parametrize(("grid", "ratio"), [(2, 0.25), (4, 0.5), (8, 0.3), (5, 0.5), (3, 0.9)])
@@ -56,3 +58,24 @@ def test_bad_ratio_is_rejected() -> None:
         GridMasking(4, 1.0)
     with pytest.raises(ValueError, match="blanks no cell"):
         GridMasking(2, 0.1)
+
+
+@pytest.mark.parametrize(("grid", "ratio"), [(4, 0.25), (8, 0.5), (5, 0.3)])
+def test_random_partition_blanks_every_pixel_once_per_sample(grid: int, ratio: float) -> None:
+    masking = GridMasking(grid_sizes=[grid], ratio=ratio)
+    masks = masking.random_partition(batch=3, height=40, width=40)  # (n,B,1,H,W)
+    assert masks.shape == (math.ceil(grid * grid / masking.cells_per_mask(grid)), 3, 1, 40, 40)
+    assert torch.equal(masks.sum(dim=0), torch.ones(3, 1, 40, 40))
+    assert not torch.equal(masks[:, 0], masks[:, 1])  # each sample its own split
+
+
+def test_full_coverage_training_stitches_only_inpainted_pixels() -> None:
+    images = torch.rand(2, 3, 16, 16)
+    masking = GridMasking(grid_sizes=[4], ratio=0.25, fill=0.0, train_full_coverage=True)
+    # a "net" that returns its masked input: the stitched image keeps only blanked (zero) pixels
+    assert torch.equal(inpaint_for_training(lambda x: x, images, masking), torch.zeros_like(images))
+    # a net that outputs a constant: every pixel comes from exactly one pass
+    assert torch.allclose(inpaint_for_training(lambda x: torch.full_like(x, 0.5), images, masking), images * 0 + 0.5)
+    random_cells = GridMasking(grid_sizes=[4], ratio=0.25)
+    blanked = inpaint_for_training(lambda x: x, images, random_cells) == 0  # one pass, a quarter of cells blank
+    assert blanked.float().mean().item() == pytest.approx(0.25, abs=0.01)

@@ -60,6 +60,7 @@ def test_metrics_at_threshold_by_hand() -> None:
     assert result["precision"] == pytest.approx(2 / 3)
     assert result["recall"] == pytest.approx(2 / 3)
     assert result["f1"] == pytest.approx(2 / 3)
+    assert (result["tp"], result["fp"], result["fn"], result["tn"]) == (2, 1, 1, 1)
     # scores far outside [0, 1] are compared as they are, not squashed as logits
     assert metrics_at_threshold(scores * 1000, labels, 500.0) == result
     assert metrics_at_threshold(scores, labels, 10.0)["recall"] == 0.0
@@ -81,5 +82,6 @@ def test_validation_threshold_is_saved_and_used_at_test(option: str, compose_tin
     labels = torch.tensor([int(r["label"]) for r in rows])
     assert [int(r["prediction"]) for r in rows] == (scores >= saved).long().tolist()
     expected = metrics_at_threshold(scores, labels, float(saved))
-    for name in ("precision", "recall", "f1"):
+    for name in ("precision", "recall", "f1", "tp", "fp", "fn", "tn"):
         assert metrics[f"test/{name}"] == pytest.approx(expected[name], abs=1e-6), name
+    assert sum(metrics[f"test/{name}"] for name in ("tp", "fp", "fn", "tn")) == len(rows)

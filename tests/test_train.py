@@ -32,6 +32,7 @@ GROUPS = [
 ON_CPU = {
     "gpu": ["trainer.accelerator=cpu", "trainer.benchmark=false"],
     "ddp": ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.sync_batchnorm=false"],
+    "ddp_multinode": ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.sync_batchnorm=false"],
 }
 PAGE_DIRS = {"normal": "normal", "abnormal": "anomalous", "mask": "masks"}
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]

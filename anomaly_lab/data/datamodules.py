@@ -17,6 +17,8 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from anomaly_lab.data.augmentation import add_rotated_copies
@@ -107,6 +109,24 @@ def validation_set(normal: DecodedImages, held_out: DecodedImages) -> DecodedIma
     return joined.subset(by_label[interleave(int((labels == 0).sum()), int((labels == 1).sum()))].tolist())
 
 
+def evaluation_sampler(dataset: ImageDataset, split: str) -> UnrepeatedDistributedSampler | None:
+    """Under DDP, a shard of the validation/test set per process in which every sample occurs exactly once.
+
+    Lightning's default DistributedSampler pads the last shard with repeated samples so that every process
+    runs as many batches; those repeats would enter the gathered image scores (CatMetric) and the pixel
+    histograms (PixelMetrics) twice, and the metrics would differ from one process's. Lightning's own
+    UnrepeatedDistributedSampler (used by its predict loop) leaves shards one sample apart instead; that is
+    safe in evaluation, which synchronises nothing per batch. Lightning keeps a sampler that is already a
+    DistributedSampler. Without DDP: None (the loader reads the split in order).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    world_size = torch.distributed.get_world_size()
+    if len(dataset) < world_size:
+        raise BadImageError(f"the {split} split has {len(dataset)} samples, fewer than the {world_size} DDP processes")
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world_size, shuffle=False)
+
+
 class SplitDataModule(L.LightningDataModule):
     """Loaders over decoded train/val/test splits, which a subclass's `build_splits` makes once.
 
@@ -155,6 +175,7 @@ class SplitDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=None if train else evaluation_sampler(dataset, split),
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

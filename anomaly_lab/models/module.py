@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torchmetrics import CatMetric
 
-from anomaly_lab.masking import Masking, inpaint_full_coverage
+from anomaly_lab.inference import SPEC_KEY
+from anomaly_lab.masking import Masking, inpaint_for_training, inpaint_full_coverage
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
 from anomaly_lab.scoring import image_score
 from anomaly_lab.thresholds import ThresholdRule, metrics_at_threshold
@@ -39,9 +40,15 @@ class InpaintingModule(L.LightningModule):
         topk_fraction: float = 0.01,
         normalise_wasserstein: bool = False,
         threshold_rule: ThresholdRule | None = None,
+        channels_last: bool = False,
+        inference_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.net = net
+        # channels_last: net weights and input images in NHWC memory order (faster convolutions on GPUs
+        # with tensor cores, bf16 especially); results are the same up to rounding.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # nn.Module.to takes memory_format at run time; its type stubs do not list it
+        self.net = net.to(memory_format=self.memory_format) if channels_last else net  # type: ignore[call-overload]
         self.masking = masking
         self.loss = loss
         self.anomaly_map = anomaly_map
@@ -57,9 +64,12 @@ class InpaintingModule(L.LightningModule):
         # Image-score threshold set at each validation end; a buffer, so the checkpoint carries it to test.
         self.threshold: torch.Tensor
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        # Plain values that predict/export rebuild the scorer from (see anomaly_lab.inference).
+        self.inference_spec = inference_spec
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-coverage inpainting error: anomaly maps (B,1,H,W) and image scores (B,)."""
+        images = images.contiguous(memory_format=self.memory_format)
         maps = torch.stack(
             [self.anomaly_map(recon, images) for recon in inpaint_full_coverage(self.net, images, self.masking)]
         ).mean(dim=0)  # (B,1,H,W), averaged over grid sizes
@@ -67,11 +77,9 @@ class InpaintingModule(L.LightningModule):
 
     def _step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
         """{"loss"}, plus the image "scores" (B,) in val/test, which callbacks receive as `outputs`."""
-        images = batch["image"]  # (B,3,H,W)
+        images = batch["image"].contiguous(memory_format=self.memory_format)  # (B,3,H,W)
         normal = batch["label"] == 0  # (B,)
-        batch_size, _, height, width = images.shape
-        masks = self.masking.random_masks(batch_size, height, width, device=images.device)
-        recon = self.net(self.masking.apply(images, masks))  # (B,3,H,W)
+        recon = inpaint_for_training(self.net, images, self.masking)  # (B,3,H,W)
         loss = self.loss(recon[normal], images[normal]) if normal.any() else images.new_zeros(())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{stage} loss is {loss.item()} at step {self.global_step}")
@@ -112,8 +120,13 @@ class InpaintingModule(L.LightningModule):
                 metrics.update({f"test/{name}": value for name, value in at_threshold.items()})
         if labels.min() == labels.max():
             return metrics  # one class only: no separation to measure
+        normal_scores, anomalous_scores = scores[labels == 0].numpy(), scores[labels == 1].numpy()
         metrics[f"{stage}/wasserstein"] = wasserstein_separation(
-            scores[labels == 0].numpy(), scores[labels == 1].numpy(), normalise=self.normalise_wasserstein
+            normal_scores, anomalous_scores, normalise=self.normalise_wasserstein
+        )
+        # scale-free form, comparable across losses and score rules (the benchmark's column)
+        metrics[f"{stage}/wasserstein_normalised"] = wasserstein_separation(
+            normal_scores, anomalous_scores, normalise=True
         )
         metrics[f"{stage}/image_auroc"] = image_auroc(scores, labels)
         metrics[f"{stage}/f1_max"] = f1_max(scores, labels)[0]
@@ -128,6 +141,10 @@ class InpaintingModule(L.LightningModule):
             metrics.update({f"test/{name}": float(value) for name, value in self.pixel_metrics.compute().items()})
         self.pixel_metrics.reset()
         self.log_dict(metrics)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.inference_spec is not None:
+            checkpoint[SPEC_KEY] = {**self.inference_spec, "threshold": float(self.threshold)}
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())

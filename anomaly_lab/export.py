@@ -1,0 +1,120 @@
+"""`python -m anomaly_lab.export ckpt_path=... format=onnx`: the trained net with its full-coverage scoring as ONNX.
+
+The graph takes "images" (B,3,S,S) float32 in [0, 1] (8-bit RGB / 255, resized as in training) and returns
+"anomaly_map" (B,1,S,S) and "score" (B,): every masked pass, the stitching and the anomaly map are in it, so a
+runtime needs nothing else. The spec (threshold, image size, normalisation, ...) goes into the model's metadata.
+
+Exporter: torch's torch.export-based one (dynamo=True, which needs onnxscript, part of the `onnx` extra).
+The older TorchScript exporter (dynamo=False) cannot export the computed Gaussian windows of the MSGMS
+blur and SSIM maps ("convolution for kernel of unknown shape").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from anomaly_lab.inference import TrainedModel, load_trained_model
+from anomaly_lab.train import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+FORMATS = ("onnx",)
+INPUT_NAMES = ["images"]
+OUTPUT_NAMES = ["anomaly_map", "score"]
+
+
+def export_onnx(model: TrainedModel, path: Path, opset: int = 18, dynamic_batch: bool = True) -> int | str:
+    """Write model's scorer as ONNX to path; returns the graph's batch dimension ("batch" when free).
+
+    With dynamic_batch the exporter is asked for a free batch dimension; where the traced code fixes it
+    (torchmetrics' SSIM splits a batch by its size), it falls back to the example's batch of 1.
+    """
+    try:
+        import onnx
+    except ImportError as error:
+        raise ImportError("ONNX export needs the onnx extra: pip install -e '.[onnx]'") from error
+    for name in ("onnxscript", "onnx_ir"):  # the graph optimiser logs every folded constant at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
+    scorer = model.scorer.cpu().eval()
+    example = torch.rand(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    torch.onnx.export(
+        scorer,
+        (example,),
+        str(path),
+        input_names=INPUT_NAMES,
+        output_names=OUTPUT_NAMES,
+        dynamic_shapes=dynamic_shapes,
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,  # one self-contained file (the 512px U-Net is ~120 MB, far below protobuf's 2 GB)
+        verbose=False,
+    )
+    proto = onnx.load(str(path))
+    metadata = {
+        "anomaly_lab_spec": json.dumps(model.spec),
+        "threshold": repr(model.threshold),
+        "image_size": str(model.image_size),
+        "input": "images (B,3,S,S) float32: 8-bit RGB / 255, resized to S x S (or S x S tiles of a page)",
+    }
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.save(proto, str(path))
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    return batch.dim_param or int(batch.dim_value)
+
+
+def onnx_deviation(path: Path, model: TrainedModel, batch: int = 2) -> dict[str, float]:
+    """Largest absolute difference between onnxruntime's and torch's outputs on seeded random images."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = torch.rand(batch, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
+    onnx_maps, onnx_scores = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.numpy()})
+    with torch.no_grad():
+        maps, scores = model.scorer.cpu().eval()(images)  # (B,1,S,S), (B,)
+    return {
+        "anomaly_map": float(np.abs(onnx_maps - maps.numpy()).max()),
+        "score": float(np.abs(onnx_scores - scores.numpy()).max()),
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Export cfg.ckpt_path's model in cfg.format; returns what was written and, with cfg.check, the deviation."""
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format={cfg.format!r} is not supported; choose one of {', '.join(FORMATS)}")
+    ckpt_path = Path(str(cfg.ckpt_path))
+    output = Path(str(cfg.output)) if cfg.output is not None else ckpt_path.with_suffix(f".{cfg.format}")
+    if output.exists() and not cfg.overwrite:
+        raise FileExistsError(f"output {output} exists; choose another output=... or pass overwrite=true")
+    model = load_trained_model(ckpt_path, "cpu")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    batch = export_onnx(model, output, int(cfg.opset), bool(cfg.dynamic_batch))
+    result: dict[str, Any] = {"output": str(output), "batch": batch, "image_size": model.image_size}
+    log.info("wrote %s: images (%s,3,%d,%d) -> anomaly_map, score", output, batch, model.image_size, model.image_size)
+    if cfg.dynamic_batch and batch != "batch":
+        log.warning("the exported graph fixes the batch size to %s (SSIM in the anomaly map); feed that many", batch)
+    if cfg.check:
+        try:
+            deviation = onnx_deviation(output, model, batch if isinstance(batch, int) else 2)
+        except ImportError:
+            log.warning("onnxruntime is not installed: skipped the check (pip install -e '.[onnx]')")
+        else:
+            result["max_abs_error"] = deviation
+            log.info("onnxruntime vs torch, max abs error: %s", deviation)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

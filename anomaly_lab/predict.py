@@ -1,0 +1,303 @@
+"""`python -m anomaly_lab.predict ckpt_path=... input=<file|folder|glob> output=...`: score new images.
+
+Per image: its score, a prediction at the checkpoint's threshold (or `score_threshold=`), a heatmap overlay and a
+binary mask, both PNGs the size of the input; scores.csv and summary.json for the lot. A model trained on
+tiles of pages scores every tile of each page and also draws the page with its tile grid (pages/, tiles.csv).
+Images are prepared by the training rule; a file that cannot be read is named in the log and in
+summary.json and skipped, so one bad file never stops the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from omegaconf import DictConfig
+from PIL import Image
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from anomaly_lab.data.folders import grayscale_rgb
+from anomaly_lab.data.images import IMAGE_SUFFIXES, BadImageError, read_image
+from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_scores, stitch_tiles
+from anomaly_lab.figures import tile_classification_figure
+from anomaly_lab.inference import FullCoverageScorer, TrainedModel, load_trained_model
+from anomaly_lab.train import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scored:
+    """One input image: its score and, for a tiled model, its tiles' grid and scores."""
+
+    path: Path
+    score: float
+    anomaly_map: np.ndarray  # (H,W) float32, at the input's own size
+    grid: TileGrid | None = None
+    tile_scores: np.ndarray | None = None  # (N,) in grid.positions() order
+    tiled_page: np.ndarray | None = None  # (h,w,3) uint8: the page area the tiles cover, as the model saw it
+
+
+def find_inputs(pattern: str) -> tuple[list[Path], Path]:
+    """The images to score and the folder their output names are relative to.
+
+    A folder is searched with its subfolders for files with an image suffix; a glob keeps the matches
+    with an image suffix (and searches matched folders); a single file is taken whatever its suffix.
+    """
+    path = Path(pattern)
+    if path.is_file():
+        return [path], path.parent
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise BadImageError(f"input {path}: empty folder (no {'/'.join(IMAGE_SUFFIXES)} images in it or below)")
+        return files, path
+    if not glob.has_magic(pattern):
+        raise FileNotFoundError(f"input {pattern}: no such file or folder")
+    found: set[Path] = set()
+    for match in map(Path, glob.glob(pattern, recursive=True)):
+        candidates = match.rglob("*") if match.is_dir() else [match]
+        found.update(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise BadImageError(f"input {pattern}: matches no {'/'.join(IMAGE_SUFFIXES)} image")
+    files = sorted(found)
+    return files, Path(os.path.commonpath([p.parent.absolute() for p in files]))
+
+
+def output_name(path: Path, root: Path) -> Path:
+    """The PNG name of an input's outputs, its path below the input root (x.png -> x.png, x.jpg -> x.jpg.png)."""
+    relative = Path(os.path.relpath(path.absolute(), root.absolute()))
+    return relative if relative.suffix.lower() == ".png" else relative.with_name(relative.name + ".png")
+
+
+def prepare_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"output {output} is a file; choose a folder with output=...")
+    if output.exists() and not overwrite:
+        raise FileExistsError(
+            f"output {output} exists; choose another output=... or pass overwrite=true "
+            f"(files of the same names are then replaced, others left as they are)"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def model_input(image: np.ndarray, model: TrainedModel) -> np.ndarray:
+    """An input image (H,W,3) uint8 prepared by the training rule.  # (S,S,3), or (h,w,3) for a page to tile
+
+    Whole images are resized to the model's size (bilinear, aspect not kept: `read_image`); pages keep their
+    size or are scaled to the training's page_width (aspect kept); grayscale models see replicated luminance.
+    """
+    height, width = image.shape[:2]
+    page_width = model.tiling.get("page_width") if model.tiling is not None else None
+    if model.tiling is None:
+        target = (model.image_size, model.image_size)
+    elif page_width:
+        target = (int(page_width), max(1, round(height * int(page_width) / width)))
+    else:
+        target = (width, height)
+    if target != (width, height):
+        image = np.asarray(Image.fromarray(image).resize(target, Image.Resampling.BILINEAR))
+    return grayscale_rgb(image) if model.normalisation.get("grayscale") else image
+
+
+@torch.no_grad()
+def score_units(
+    scorer: FullCoverageScorer, units: np.ndarray, divide_by: float, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps (N,S,S) and scores (N,) of images or tiles units (N,S,S,3) uint8."""
+    device = scorer.coverage_masks.device
+    maps, scores = [], []
+    for start in range(0, len(units), batch_size):
+        chunk = torch.from_numpy(np.array(units[start : start + batch_size])).to(device)  # a writable copy
+        images = chunk.permute(0, 3, 1, 2).float() / divide_by  # (b,3,S,S), as ImageDataset
+        chunk_maps, chunk_scores = scorer(images)  # (b,1,S,S), (b,)
+        maps.append(chunk_maps[:, 0].float().cpu().numpy())
+        scores.append(chunk_scores.float().cpu().numpy())
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A map (h,w) resized bilinearly to (height,width).  # (H,W) float32"""
+    if anomaly_map.shape == (height, width):
+        return anomaly_map.astype(np.float32)
+    resized = F.interpolate(torch.from_numpy(anomaly_map)[None, None].float(), size=(height, width), mode="bilinear")
+    return resized[0, 0].numpy()
+
+
+def score_image(path: Path, model: TrainedModel, batch_size: int) -> tuple[Scored, np.ndarray]:
+    """Score one file; returns the result and the decoded image (H,W,3) uint8. BadImageError if unusable."""
+    image = read_image(path, None)  # (H,W,3) uint8
+    prepared = model_input(image, model)
+    grid = None
+    if model.tiling is None:
+        units = prepared[None]  # (1,S,S,3)
+    else:
+        height, width = prepared.shape[:2]
+        try:
+            grid = TileGrid.of_page(height, width, model.image_size, model.tiling["stride"], model.tiling["border"])
+        except TileSizeError as error:
+            raise BadImageError(f"{path}: {error}") from error
+        units = cut_tiles(prepared, grid)  # (N,t,t,3)
+    maps, scores = score_units(model.scorer, units, float(model.normalisation.get("divide_by", 255.0)), batch_size)
+    if grid is None:
+        return Scored(path, float(scores[0]), resize_map(maps[0], *image.shape[:2])), image
+    page_map = stitch_tiles(maps, grid, prepared.shape[:2])  # (h,w); 0 where no tile lies (border=drop)
+    tiled_page = stitch_tiles(units, grid, grid.covered)  # (h',w',3)
+    # a page is as anomalous as its worst tile
+    return Scored(path, float(scores.max()), resize_map(page_map, *image.shape[:2]), grid, scores, tiled_page), image
+
+
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float) -> np.ndarray:
+    """The jet-coloured map, 0 to vmax, over the image (H,W,3) uint8.  # (H,W,3) uint8"""
+    colours = colormaps["jet"](np.clip(anomaly_map / vmax, 0.0, 1.0))[..., :3]  # (H,W,3) in [0, 1]
+    blended = (1 - alpha) * image.astype(np.float64) / 255.0 + alpha * colours
+    return np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Drawing:
+    """How outputs are drawn: thresholds, the heatmap's colour scale and opacity."""
+
+    threshold: float
+    pixel_threshold: float
+    heatmap_max: float
+    heatmap_alpha: float
+
+
+def write_image_outputs(
+    scored: Scored, image: np.ndarray, name: Path, output: Path, drawing: Drawing
+) -> dict[str, str]:
+    """Heatmap and mask PNGs (and a tiled model's page figure); their paths relative to output."""
+    written = {"heatmap": Path("heatmaps") / name, "mask": Path("masks") / name}
+    if scored.tiled_page is not None:
+        written["page"] = Path("pages") / name
+    for path in written.values():
+        (output / path).parent.mkdir(parents=True, exist_ok=True)
+    overlay = heatmap_overlay(image, scored.anomaly_map, drawing.heatmap_max, drawing.heatmap_alpha)
+    Image.fromarray(overlay).save(output / written["heatmap"])
+    mask = (scored.anomaly_map >= drawing.pixel_threshold).astype(np.uint8) * 255  # (H,W) 0 / 255
+    Image.fromarray(mask).save(output / written["mask"])
+    if scored.grid is not None and scored.tile_scores is not None and scored.tiled_page is not None:
+        rows, cols = scored.grid.positions()
+        grid_scores = stitch_scores(scored.tile_scores, rows, cols, scored.grid.shape)  # (R,C)
+        figure = tile_classification_figure(scored.tiled_page, grid_scores, drawing.threshold, title=str(name))
+        figure.savefig(output / written["page"], dpi=80)
+    return {key: str(path) for key, path in written.items()}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Score cfg.input with cfg.ckpt_path's model into cfg.output; returns the summary (also summary.json)."""
+    started = time.perf_counter()
+    files, root = find_inputs(str(cfg.input))
+    device = resolve_device(str(cfg.device))
+    model = load_trained_model(cfg.ckpt_path, device)
+    threshold = float(cfg.score_threshold) if cfg.score_threshold is not None else model.threshold
+    if not math.isfinite(threshold):
+        raise ValueError(
+            f"{cfg.ckpt_path}: the checkpoint holds no threshold (its training set none: no validation pass or "
+            f"no threshold rule); pass score_threshold=<image score>"
+        )
+    pixel_threshold = float(cfg.pixel_threshold) if cfg.pixel_threshold is not None else threshold
+    heatmap_max = float(cfg.heatmap_max) if cfg.heatmap_max is not None else 2.0 * pixel_threshold
+    if heatmap_max <= 0:
+        raise ValueError(f"heatmap_max must be positive, got {heatmap_max} (set heatmap_max=...)")
+    drawing = Drawing(threshold, pixel_threshold, heatmap_max, float(cfg.heatmap_alpha))
+    output = Path(str(cfg.output))
+    prepare_output(output, bool(cfg.overwrite))
+    rows: list[dict[str, Any]] = []
+    tile_rows: list[list[Any]] = []
+    skipped: list[dict[str, str]] = []
+    with logging_redirect_tqdm():
+        for path in tqdm(files, desc="predict", unit="image", disable=not cfg.progress):
+            try:
+                scored, image = score_image(path, model, int(cfg.batch_size))
+            except BadImageError as error:
+                log.warning("skipped %s", error)
+                skipped.append({"path": str(path), "error": str(error)})
+                continue
+            name = output_name(path, root)
+            written = write_image_outputs(scored, image, name, output, drawing)
+            rows.append({"path": str(path), "score": scored.score, "prediction": int(scored.score >= threshold)})
+            rows[-1].update(written)
+            if scored.grid is not None and scored.tile_scores is not None:
+                for row, col, tile_score in zip(*scored.grid.positions(), scored.tile_scores, strict=True):
+                    tile_rows.append([str(path), int(row), int(col), float(tile_score), int(tile_score >= threshold)])
+    summary = write_tables(rows, tile_rows, skipped, output)
+    summary.update(
+        checkpoint=str(cfg.ckpt_path),
+        input=str(cfg.input),
+        output=str(output),
+        threshold=threshold,
+        threshold_from="override" if cfg.score_threshold is not None else "checkpoint",
+        pixel_threshold=pixel_threshold,
+        heatmap_max=heatmap_max,
+        image_size=model.image_size,
+        tiling=model.tiling,
+        device=str(device),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    log.info(
+        "scored %d images (%d anomalous, %d skipped) into %s",
+        summary["images"],
+        summary["anomalous"],
+        len(skipped),
+        output,
+    )
+    return summary
+
+
+def write_tables(
+    rows: list[dict[str, Any]], tile_rows: list[list[Any]], skipped: list[dict[str, str]], output: Path
+) -> dict[str, Any]:
+    """scores.csv (one row per image) and, for a tiled model, tiles.csv; returns the summary's counts."""
+    columns = ["path", "score", "prediction", "heatmap", "mask"] + (["page"] if tile_rows else [])
+    with (output / "scores.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**row, "score": repr(row["score"])} for row in rows)
+    if tile_rows:
+        with (output / "tiles.csv").open("w", newline="") as file:
+            writer_tiles = csv.writer(file, lineterminator="\n")
+            writer_tiles.writerow(["path", "row", "col", "score", "prediction"])
+            writer_tiles.writerows(tile_rows)
+    scores = [row["score"] for row in rows]
+    anomalous = sum(row["prediction"] for row in rows)
+    return {
+        "images": len(rows),
+        "anomalous": anomalous,
+        "normal": len(rows) - anomalous,
+        "skipped": skipped,
+        "score_min": min(scores, default=math.nan),
+        "score_max": max(scores, default=math.nan),
+        "score_mean": float(np.mean(scores)) if scores else math.nan,
+    }
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The benchmark command: one tiny experiment end to end, a failed run as a row, missing data."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from anomaly_lab.benchmark import COLUMNS, run_benchmark
+from anomaly_lab.train import CONFIG_DIR
+
+TINY_RUN = [
+    "model.image_size=32",
+    "dataset.batch_size=4",
+    "dataset.eval_batch_size=8",
+    "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.max_time=null",
+]
+
+
+def compose_benchmark(overrides: list[str]):  # type: ignore[no-untyped-def]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="benchmark", overrides=overrides)
+
+
+def test_benchmark_writes_a_row_of_numbers_and_marks_a_failed_run(tiny_bottles_root: Path, tmp_path: Path) -> None:
+    report = tmp_path / "docs" / "benchmarks.md"
+    cfg = compose_benchmark(
+        [
+            f"data_root={tiny_bottles_root}",
+            "experiments=[bottles_cpu,no_such_experiment]",
+            "overrides=[" + ",".join(f"'{o}'" for o in TINY_RUN) + "]",
+            f"output_dir={tmp_path / 'bench'}",
+            f"report={report}",
+        ]
+    )
+    rows = run_benchmark(cfg)
+
+    good, failed = rows
+    assert len(good) == len(COLUMNS)
+    assert good[:3] == ["bottles_cpu", "32x32", "1"]
+    for cell in good[3:8]:  # image AUROC .. norm. Wasserstein: numbers, not n/a
+        assert re.fullmatch(r"-?\d+\.\d+", cell), good
+    assert good[-1].endswith("MiB")
+    assert failed[0] == "no_such_experiment" and failed[1].startswith("failed")
+    text = report.read_text()
+    assert "| bottles_cpu | 32x32 | 1 |" in text and "Machine:" in text
+    assert (tmp_path / "bench" / "benchmarks.md").read_text() == text
+
+
+def test_benchmark_without_data_names_the_path(tmp_path: Path) -> None:
+    cfg = compose_benchmark([f"data_root={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'bench'}"])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_benchmark(cfg)

@@ -1,0 +1,163 @@
+"""Every experiment (conf/experiment/) composes with the settings it promises and runs one step on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from anomaly_lab.train import run
+from tests.conftest import ComposeFn, compose_config
+
+CONF = Path(__file__).parents[1] / "conf"
+EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+NO_MASKING = "anomaly_lab.masking.NoMasking"
+GRID = "anomaly_lab.masking.GridMasking"
+PAGES = "anomaly_lab.data.folders.SyntheticPagesDataModule"
+MVTEC = "anomaly_lab.data.datamodules.MVTecDataModule"
+STEP_LR = "torch.optim.lr_scheduler.StepLR"
+THESIS_TILES = {
+    "model.image_size": 64,
+    "model.net.depth": 3,
+    "masking._target_": NO_MASKING,
+    "scoring.loss.l2": 1.0,
+    "scoring.loss.ssim": 0.0,
+    "scoring.anomaly_map.l2": 1.0,
+    "scoring.reduce": "mean",
+    "threshold._target_": "anomaly_lab.thresholds.FixedThreshold",
+    "dataset._target_": PAGES,
+    "trainer.accelerator": "cpu",
+    "callbacks.model_checkpoint.monitor": None,  # test the last epoch's model, as the thesis did
+}
+CPU_BOTTLES = {
+    "dataset._target_": MVTEC,
+    "model.image_size": 128,
+    "model.net.base_channels": 16,
+    "trainer.accelerator": "cpu",
+    "trainer.max_epochs": 40,
+    "trainer.check_val_every_n_epoch": 10,
+    "trainer.max_time": "00:00:15:00",
+}
+THESIS_RULE = {"scoring.loss.ssim": 0.0, "scoring.anomaly_map.l2": 1.0, "scoring.reduce": "mean"}
+RIAD = {
+    "masking._target_": GRID,
+    "masking.grid_sizes": [8, 16, 32, 64],
+    "masking.ratio": 0.25,
+    "scoring.loss.ssim": 1.0,
+    "scoring.anomaly_map.msgms": 1.0,
+    "scoring.reduce": "max",
+}
+# What each experiment must set (dotted key -> value), from THESIS.md and the measured CPU recipe.
+EXPECTED: dict[str, dict[str, Any]] = {
+    "notes_highlighter": {
+        **THESIS_TILES,
+        "dataset.write_pages._target_": "anomaly_lab.data.synthetic.write_notes_pages",
+        "threshold.value": 0.002,
+        "trainer.max_epochs": 5,
+    },
+    "sharks": {
+        **THESIS_TILES,
+        "dataset.write_pages._target_": "anomaly_lab.data.synthetic.write_sea_pages",
+        "dataset.grayscale": False,
+        "threshold.value": 0.005,
+        "trainer.max_epochs": 30,
+    },
+    "sharks_gray": {
+        **THESIS_TILES,
+        "dataset.write_pages._target_": "anomaly_lab.data.synthetic.write_sea_pages",
+        "dataset.grayscale": True,
+        "threshold.value": 0.005,
+        "trainer.max_epochs": 30,
+    },
+    "bottles_thesis": {
+        **THESIS_RULE,
+        "dataset._target_": MVTEC,
+        "dataset.rotation_copies": 9,
+        "dataset.train_transform.transforms": [],
+        "dataset.val_anomalous": 0.33,
+        "model.image_size": 512,
+        "model.net.base_channels": 64,
+        "masking._target_": GRID,
+        "masking.grid_sizes": [2],
+        "masking.ratio": 0.5,
+        "optimizer.lr": 1e-2,
+        "scheduler._target_": STEP_LR,
+        "trainer.accelerator": "gpu",
+        "trainer.precision": "bf16-mixed",
+    },
+    "bottles_best": {
+        **RIAD,
+        "dataset._target_": MVTEC,
+        "model.image_size": 256,
+        "model.net.base_channels": 64,
+        "trainer.accelerator": "gpu",
+        "trainer.precision": "bf16-mixed",
+    },
+    "bottles_cpu": {**CPU_BOTTLES, **RIAD, "optimizer.lr": 1e-3},
+    "bottles_thesis_cpu": {
+        **CPU_BOTTLES,
+        **THESIS_RULE,
+        "masking._target_": GRID,
+        "masking.grid_sizes": [2],
+        "masking.ratio": 0.5,
+        "optimizer.lr": 1e-3,
+    },
+    "bottles_unmasked_cpu": {**CPU_BOTTLES, **THESIS_RULE, "masking._target_": NO_MASKING, "optimizer.lr": 1e-3},
+}
+# The dataset option each experiment chooses, named again so compose_tiny shrinks it to tiny data.
+DATASET = {
+    "notes_highlighter": "synthetic_notes",
+    "sharks": "synthetic_sharks",
+    "sharks_gray": "synthetic_sharks",
+    **{name: "bottles" for name in EXPECTED if name.startswith("bottles")},
+}
+# GPU trainers run their code path on CPU here; precision stays as configured.
+ON_CPU = ["trainer.accelerator=cpu", "trainer.benchmark=false"]
+
+
+def test_every_experiment_has_expectations() -> None:
+    assert sorted(EXPECTED) == EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_settings_land(name: str) -> None:
+    cfg = compose_config([f"experiment={name}"])
+    for key, value in EXPECTED[name].items():
+        assert OmegaConf.select(cfg, key, throw_on_missing=True) == value, key
+    assert (CONF / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_\n# ")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs_one_step(name: str, compose_tiny: ComposeFn, tiny_bottles_root: Path) -> None:
+    data = [f"dataset={DATASET[name]}"]  # compose_tiny adds the tiny page sizes for generated pages
+    if DATASET[name] == "bottles":
+        data.append(f"dataset.root={tiny_bottles_root}")
+    gpu = ON_CPU if EXPECTED[name]["trainer.accelerator"] == "gpu" else []
+    # 32px (compose_tiny) and a narrow net: unet512's 64 base channels under 16 full-coverage passes take minutes
+    tiny_net = ["model.net.base_channels=8"]
+    cfg = compose_tiny([f"experiment={name}", *data, *gpu, *tiny_net, "trainer.fast_dev_run=true"])
+    assert OmegaConf.select(cfg, "dataset._target_") == EXPECTED[name]["dataset._target_"]
+    assert isinstance(run(cfg), float)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert "train/loss" in metrics
+    if "threshold.value" in EXPECTED[name]:  # the thesis's fixed threshold, and the counts at it
+        assert metrics["test/threshold"] == pytest.approx(EXPECTED[name]["threshold.value"])
+        counts = [metrics[f"test/{k}"] for k in ("tp", "fp", "fn", "tn")]
+        assert all(c >= 0 for c in counts) and sum(counts) > 0
+
+
+def test_command_line_overrides_an_experiment() -> None:
+    cfg = compose_config(["experiment=notes_highlighter", "dataset=notes", "trainer.max_epochs=2"])
+    assert cfg.dataset._target_ == "anomaly_lab.data.folders.FolderDataModule"
+    assert cfg.dataset.normal_dir.endswith("notes/normal")
+    assert cfg.trainer.max_epochs == 2 and cfg.threshold.value == 0.002
+
+
+def test_experiment_and_hparams_search_compose() -> None:
+    cfg = compose_config(["experiment=bottles_cpu", "hparams_search=bottles_thesis"])
+    assert cfg.trainer.max_epochs == 40
+    assert cfg.dataset.val_anomalous == 0.33  # the search's split, applied after the experiment
+    assert cfg.masking.grid_sizes == [8, 16, 32, 64]

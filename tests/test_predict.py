@@ -1,0 +1,236 @@
+"""Predict with a trained checkpoint: scores equal the test run's, outputs, thresholds, bad input, safe loading."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from anomaly_lab.data.images import BadImageError, read_image
+from anomaly_lab.inference import FORMAT_VERSION, SPEC_KEY, CheckpointError, load_trained_model, read_checkpoint
+from anomaly_lab.predict import run
+from anomaly_lab.train import CONFIG_DIR
+from anomaly_lab.train import run as train
+from tests.conftest import TINY, TINY_SYNTHETIC_PAGES, compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def predict_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="predict", overrides=["progress=false", *overrides])
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_run: Path) -> Path:
+    return tiny_run / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def test_images(tiny_run: Path) -> Path:
+    """The tiny run's test folder (test/<defect>/*.png), whose scores the run wrote to scores.csv."""
+    first = Path(read_rows(tiny_run / "scores.csv")[0]["path"])
+    return first.parent.parent
+
+
+def test_checkpoint_carries_the_spec_and_loads_weights_only(checkpoint: Path) -> None:
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)  # raises on any non-allowed object
+    spec = loaded[SPEC_KEY]
+    assert spec["format_version"] == FORMAT_VERSION
+    assert spec["net"]["_target_"] == "anomaly_lab.models.unet.UNet"
+    assert spec["image_size"] == 32
+    assert spec["masking"]["grid_sizes"] == [2, 4]
+    assert spec["scoring"]["reduce"] == "max"
+    assert spec["normalisation"] == {"divide_by": 255.0, "grayscale": False}
+    assert spec["tiling"] is None
+    assert spec["threshold"] == pytest.approx(float(loaded["state_dict"]["threshold"]))
+    model = load_trained_model(checkpoint)
+    assert model.threshold == spec["threshold"]
+
+
+def test_predict_scores_equal_the_test_run_and_writes_outputs(
+    tiny_run: Path, checkpoint: Path, test_images: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "predict"
+    summary = run(predict_config([f"ckpt_path={checkpoint}", f"input={test_images}", f"output={out}"]))
+    expected = {row["path"]: float(row["score"]) for row in read_rows(tiny_run / "scores.csv")}
+    rows = read_rows(out / "scores.csv")
+    on_disk = {str(p) for p in test_images.rglob("*.png")}
+    assert {row["path"] for row in rows} == on_disk  # the folder with its defect subfolders
+    assert set(expected) < on_disk  # the run's test split: the folder less the validation's anomalies
+    threshold = summary["threshold"]
+    for row in rows:
+        if row["path"] in expected:
+            assert float(row["score"]) == pytest.approx(expected[row["path"]], abs=1e-6), row["path"]
+        assert int(row["prediction"]) == int(float(row["score"]) >= threshold)
+        for kind in ("heatmap", "mask"):
+            with Image.open(out / row[kind]) as image:
+                assert image.size == (32, 32)
+        with Image.open(out / row["mask"]) as mask:
+            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert (out / "heatmaps" / "good" / "000.png").is_file()  # names follow the input's folders
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["images"] == len(on_disk) == saved["anomalous"] + saved["normal"]
+    assert saved["skipped"] == []
+    assert saved["threshold_from"] == "checkpoint"
+
+
+def test_other_sizes_are_resized_by_the_training_rule(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
+    source = sorted((test_images / "good").glob("*.png"))[0]
+    big = tmp_path / "in" / "big.png"
+    big.parent.mkdir()
+    Image.open(source).resize((48, 40), Image.Resampling.BILINEAR).save(big)
+    summary = run(predict_config([f"ckpt_path={checkpoint}", f"input={big}", f"output={tmp_path / 'out'}"]))
+    model = load_trained_model(checkpoint)
+    image = torch.from_numpy(np.array(read_image(big, 32))).permute(2, 0, 1).float()[None] / 255.0  # as the datamodules
+    with torch.no_grad():
+        _, expected = model.scorer(image)
+    assert summary["score_max"] == pytest.approx(float(expected[0]), abs=1e-6)
+    with Image.open(tmp_path / "out" / "heatmaps" / "big.png") as heatmap:
+        assert heatmap.size == (48, 40)  # outputs at the input's own size
+
+
+def test_unreadable_files_are_named_and_skipped(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(sorted((test_images / "good").glob("*.png"))[0], folder / "fine.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "notes.txt").write_text("not an image suffix: not an input")
+    summary = run(predict_config([f"ckpt_path={checkpoint}", f"input={folder}", f"output={tmp_path / 'out'}"]))
+    assert summary["images"] == 1
+    assert [Path(s["path"]).name for s in summary["skipped"]] == ["broken.png"]
+    assert "broken.png" in summary["skipped"][0]["error"]
+
+
+def test_threshold_override_sets_the_labels(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
+    args = [f"ckpt_path={checkpoint}", f"input={test_images}"]
+    low = run(predict_config([*args, f"output={tmp_path / 'low'}", "score_threshold=0.0", "heatmap_max=1.0"]))
+    high = run(predict_config([*args, f"output={tmp_path / 'high'}", "score_threshold=1e9", "pixel_threshold=1e9"]))
+    assert low["anomalous"] == low["images"] and low["threshold_from"] == "override"
+    assert high["anomalous"] == 0
+    masks = [np.asarray(Image.open(p)) for p in (tmp_path / "high" / "masks").rglob("*.png")]
+    assert masks and not any(mask.any() for mask in masks)
+
+
+def test_bad_input_is_a_clear_error(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadImageError, match="empty folder"):
+        run(predict_config([f"ckpt_path={checkpoint}", f"input={tmp_path / 'empty'}", f"output={tmp_path / 'a'}"]))
+    with pytest.raises(BadImageError, match="matches no"):
+        run(predict_config([f"ckpt_path={checkpoint}", f"input={tmp_path}/*.png", f"output={tmp_path / 'b'}"]))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        run(predict_config([f"ckpt_path={checkpoint}", f"input={tmp_path / 'nowhere'}", f"output={tmp_path / 'c'}"]))
+    assert not any((tmp_path / name).exists() for name in "abc")  # nothing written before the input is known good
+
+
+def test_an_existing_output_is_kept_unless_overwrite(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    args = [f"ckpt_path={checkpoint}", f"input={test_images / 'good'}", f"output={out}"]
+    with pytest.raises(FileExistsError, match="overwrite=true"):
+        run(predict_config(args))
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    run(predict_config([*args, "overwrite=true"]))
+    assert (out / "scores.csv").is_file() and (out / "mine.txt").read_text() == "keep"
+
+
+def _save(path: Path, checkpoint: dict) -> Path:
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_bad_checkpoints_are_clear_errors(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
+    good = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    not_a_checkpoint = tmp_path / "image.ckpt"
+    shutil.copy(sorted((test_images / "good").glob("*.png"))[0], not_a_checkpoint)
+    with pytest.raises(CheckpointError, match=r"image\.ckpt: not a PyTorch checkpoint"):
+        read_checkpoint(not_a_checkpoint)
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "empty.ckpt")
+    newer = _save(tmp_path / "newer.ckpt", {**good, SPEC_KEY: {**good[SPEC_KEY], "format_version": 99}})
+    with pytest.raises(CheckpointError, match=f"format 99.*reads format {FORMAT_VERSION}"):
+        read_checkpoint(newer)
+    foreign = _save(tmp_path / "foreign.ckpt", {key: value for key, value in good.items() if key != SPEC_KEY})
+    with pytest.raises(CheckpointError, match="without anomaly_lab's inference spec"):
+        read_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
+        read_checkpoint(_save(tmp_path / "tensor.ckpt", {"weights": torch.zeros(2)}))
+    # arbitrary pickled objects are refused before anything of them runs
+    pickled = _save(tmp_path / "pickled.ckpt", {**good, "extra": Path("x")})
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        read_checkpoint(pickled)
+    # so is a spec whose _target_ names something other than anomaly_lab's own classes, even nested
+    evil_net = {**good[SPEC_KEY]["net"], "base_channels": {"_target_": "os.system", "command": "echo hi"}}
+    evil = _save(tmp_path / "evil.ckpt", {**good, SPEC_KEY: {**good[SPEC_KEY], "net": evil_net}})
+    with pytest.raises(CheckpointError, match=r"'os\.system' is not one of anomaly_lab's own"):
+        load_trained_model(evil)
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        run(predict_config([f"ckpt_path={not_a_checkpoint}", f"input={test_images}", f"output={tmp_path / 'o'}"]))
+    assert not (tmp_path / "o").exists()
+
+
+def test_pickle_refusal_is_torch_weights_only(checkpoint: Path, tmp_path: Path) -> None:
+    """The refusal above comes from torch.load(weights_only=True) itself, not from a check of ours."""
+    good = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    path = _save(tmp_path / "pickled.ckpt", {**good, "extra": Path("x")})
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def tiled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch run on tiny generated notes pages: 96x96 pages cut into 32px tiles."""
+    out = tmp_path_factory.mktemp("tiled_run")
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    overrides = [*TINY, *TINY_SYNTHETIC_PAGES, "dataset=synthetic_notes", "threshold=percentile", "test=false"]
+    train(compose_config([*overrides, f"paths.output_dir={out}", f"paths.cache_dir={cache}"]))
+    return out
+
+
+def test_tiled_model_scores_every_tile_and_draws_the_page(tiled_run: Path, tmp_path: Path) -> None:
+    checkpoint = tiled_run / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)[SPEC_KEY]["tiling"] == {
+        "stride": None,
+        "border": "drop",
+        "page_width": None,
+    }
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (100, 70, 3), dtype=np.uint8)).save(pages / "page.png")
+    summary = run(predict_config([f"ckpt_path={checkpoint}", f"input={pages}", f"output={tmp_path / 'out'}"]))
+    tiles = read_rows(tmp_path / "out" / "tiles.csv")
+    assert [(int(t["row"]), int(t["col"])) for t in tiles] == [(r, c) for r in range(3) for c in range(2)]
+    assert summary["score_max"] == pytest.approx(max(float(t["score"]) for t in tiles))
+    assert (tmp_path / "out" / "pages" / "page.png").is_file()
+    with Image.open(tmp_path / "out" / "heatmaps" / "page.png") as heatmap:
+        assert heatmap.size == (70, 100)
+
+
+def test_cli_writes_only_its_output_folder(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "anomaly_lab.predict", f"ckpt_path={checkpoint}", f"input={test_images}"]
+    done = subprocess.run([*command, "output=out"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no Hydra run folder, .hydra/ or log file
+    assert {"scores.csv", "summary.json", "heatmaps", "masks"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert "predict: 100%" in done.stderr  # the progress bar
