@@ -96,7 +96,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "trainer.accelerator": "gpu",
         "trainer.precision": "bf16-mixed",
     },
-    "bottles_cpu": {**CPU_BOTTLES, **RIAD, "optimizer.lr": 1e-3},
+    "bottles_cpu": {**CPU_BOTTLES, **RIAD, "optimizer.lr": 1e-3, "masking.train_full_coverage": False},
+    "bottles_riad_cpu": {
+        **CPU_BOTTLES,
+        **RIAD,
+        "masking.train_full_coverage": True,
+        "trainer.max_epochs": 12,
+        "trainer.check_val_every_n_epoch": 4,
+    },
     "bottles_thesis_cpu": {
         **CPU_BOTTLES,
         **THESIS_RULE,
