@@ -164,8 +164,8 @@ def scored_samples(batch: dict[str, Any], outputs: Any) -> list[ScoredSample]:
 def gather_samples(samples: list[ScoredSample]) -> list[ScoredSample]:
     """Every process's samples under DDP (each saw a shard); every rank must call this. Unchanged otherwise.
 
-    DistributedSampler pads the last shard with repeated samples; evaluation is deterministic, so the
-    repeats are identical rows and are dropped.
+    Evaluation loaders use an unrepeated distributed sampler (data.datamodules.evaluation_sampler), so
+    shards do not overlap; identical rows are still dropped as a safeguard against a padding sampler.
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return samples
