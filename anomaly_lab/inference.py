@@ -20,8 +20,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from anomaly_lab.masking import Masking, inpaint_full_coverage
-from anomaly_lab.scoring import image_score
+from anomaly_lab.masking import Masking
+from anomaly_lab.scoring import full_coverage_scores
 
 SPEC_KEY = "anomaly_lab"  # the checkpoint entry that holds the spec
 FORMAT_VERSION = 1  # bump when the spec's meaning changes; older readers then refuse newer checkpoints
@@ -69,9 +69,9 @@ class FullCoverageScorer(nn.Module):
         if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape)}")
         mask_sets = self.coverage_masks.split(self.set_sizes)
-        recons = inpaint_full_coverage(self.net, images, self.masking, mask_sets)
-        maps = torch.stack([self.anomaly_map(recon, images) for recon in recons]).mean(dim=0)  # (B,1,S,S)
-        return maps, image_score(maps, self.reduce, self.topk_fraction)
+        return full_coverage_scores(
+            self.net, images, self.masking, self.anomaly_map, self.reduce, self.topk_fraction, mask_sets
+        )
 
 
 @dataclass

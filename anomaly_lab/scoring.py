@@ -9,11 +9,14 @@ All maps take images (B,C,H,W) in [0, 1] and return (B,1,H,W).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
+
+from anomaly_lab.masking import Masking, inpaint_full_coverage
 
 MSGMS_C = 0.0026  # GMS stability constant of RIAD (for images in [0, 1])
 REDUCTIONS = ("mean", "max", "topk")
@@ -206,3 +209,19 @@ def image_score(
     top = masked.topk(int(ks.max()), dim=1).values  # (B,kmax), descending
     keep = torch.arange(top.shape[1], device=top.device)[None, :] < ks[:, None]  # (B,kmax)
     return torch.where(keep, top, torch.zeros_like(top)).sum(dim=1) / ks
+
+
+def full_coverage_scores(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    masking: Masking,
+    anomaly_map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    reduce: str = "mean",
+    topk_fraction: float = 0.01,
+    mask_sets: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps (B,1,H,W) averaged over the full-coverage inpaintings of each grid size, and image
+    scores (B,). The one scoring rule of training (InpaintingModule) and of predict/export."""
+    recons = inpaint_full_coverage(net, images, masking, mask_sets)
+    maps = torch.stack([anomaly_map(recon, images) for recon in recons]).mean(dim=0)  # (B,1,H,W)
+    return maps, image_score(maps, reduce, topk_fraction)

@@ -14,9 +14,9 @@ from torch import nn
 from torchmetrics import CatMetric
 
 from anomaly_lab.inference import SPEC_KEY
-from anomaly_lab.masking import Masking, inpaint_for_training, inpaint_full_coverage
+from anomaly_lab.masking import Masking, inpaint_for_training
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
-from anomaly_lab.scoring import image_score
+from anomaly_lab.scoring import full_coverage_scores
 from anomaly_lab.thresholds import ThresholdRule, metrics_at_threshold
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -70,10 +70,9 @@ class InpaintingModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-coverage inpainting error: anomaly maps (B,1,H,W) and image scores (B,)."""
         images = images.contiguous(memory_format=self.memory_format)
-        maps = torch.stack(
-            [self.anomaly_map(recon, images) for recon in inpaint_full_coverage(self.net, images, self.masking)]
-        ).mean(dim=0)  # (B,1,H,W), averaged over grid sizes
-        return maps, image_score(maps, self.score_reduce, self.topk_fraction)
+        return full_coverage_scores(
+            self.net, images, self.masking, self.anomaly_map, self.score_reduce, self.topk_fraction
+        )
 
     def _step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
         """{"loss"}, plus the image "scores" (B,) in val/test, which callbacks receive as `outputs`."""
