@@ -30,6 +30,7 @@ FAST = [
     "model.net.base_channels=4",
     "~logger",
     "~callbacks.model_checkpoint",
+    "~callbacks.last_checkpoint",
     "~callbacks.throughput",
     "~callbacks.reconstruction_images",
     "+trainer.enable_checkpointing=false",

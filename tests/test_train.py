@@ -77,6 +77,18 @@ def test_resume_continues_the_step_count(compose_tiny: ComposeFn, tmp_path: Path
     assert torch.load(last, weights_only=False)["global_step"] == 3 * steps_one_epoch
 
 
+def test_last_checkpoint_is_the_last_epoch_even_without_validation(compose_tiny: ComposeFn, tmp_path: Path) -> None:
+    out = tmp_path / "sparse_val"
+    run(compose_tiny(["trainer.max_epochs=1", "test=false"], output_dir=out / "one"))
+    steps_one_epoch = torch.load(out / "one" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    # epoch 3 is not validated: last.ckpt must still hold it, best.ckpt the validated epoch 2
+    run(compose_tiny(["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2", "test=false"], output_dir=out))
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
+    assert last["global_step"] == 3 * steps_one_epoch
+    assert best["global_step"] == 2 * steps_one_epoch
+
+
 def test_resume_without_checkpoint_is_a_clear_error(compose_tiny: ComposeFn) -> None:
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*last\.ckpt"):
         run(compose_tiny(["resume=true"]))
