@@ -15,6 +15,10 @@ only the loop:
   seeded draws of the run before it (only a fresh study is reproducible from the seed).
 - A trial that raises (e.g. NonFiniteLossError on a NaN loss) or returns a non-finite value is told
   FAIL and the sweep goes on, until more than max_failure_rate * n_trials of its own trials failed.
+- Training is seeded, so parameters that already COMPLETEd give the same value again: a trial the sampler
+  draws with the parameters of a complete one is told that trial's value without training (user attr
+  `duplicate_of`, as Optuna's FAQ advises). TPE redraws its best point of a small categorical space
+  often; once every point of a finite (all-categorical) space has completed, the sweep ends.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import optuna
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
-from optuna.trial import Trial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,37 @@ def heartbeats(storage: BaseStorage, trials: Sequence[Trial], interval: float) -
     finally:
         stop.set()
         thread.join()
+
+
+def finite_space_size(distributions: dict[str, BaseDistribution]) -> int | None:
+    """The number of points of an all-categorical search space; None when any parameter is continuous."""
+    size = 1
+    for distribution in distributions.values():
+        if not isinstance(distribution, CategoricalDistribution):
+            return None
+        size *= len(distribution.choices)
+    return size
+
+
+def completed_params(study: optuna.Study) -> dict[tuple[tuple[str, Any], ...], FrozenTrial]:
+    """The first COMPLETE trial of each distinct parameter set."""
+    first: dict[tuple[tuple[str, Any], ...], FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        first.setdefault(tuple(sorted(trial.params.items())), trial)
+    return first
+
+
+def tell_if_duplicate(study: optuna.Study, trial: Trial) -> bool:
+    """Tell `trial` the value of a complete trial with the same parameters, if there is one."""
+    twin = completed_params(study).get(tuple(sorted(trial.params.items())))
+    if twin is None:
+        return False
+    log.info(
+        "trial %d: the parameters of trial %d, value %s (not trained again)", trial.number, twin.number, twin.value
+    )
+    trial.set_user_attr("duplicate_of", twin.number)
+    study.tell(trial, twin.value)
+    return True
 
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
@@ -125,17 +161,25 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             log.info("the study has trials already: sampler reseeded so this run draws new parameters")
         launched = failed = 0
         last_error: BaseException | None = None
+        space_size = finite_space_size(distributions)
         while launched < self.n_trials:
             optuna.storages.fail_stale_trials(study)  # no-op without heartbeats
             missing = self.n_trials - self._counts(study)[TrialState.COMPLETE]
             if missing <= 0:
                 break
-            trials = [study.ask() for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
-            overrides = self._configure_trials(trials, distributions, fixed_params)
+            if space_size is not None and len(completed_params(study)) >= space_size:
+                log.info("all %d points of the search space have completed: the sweep is done", space_size)
+                break
+            asked = [study.ask() for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
+            asked_overrides = self._configure_trials(asked, distributions, fixed_params)
+            launched += len(asked)
+            pending = [(t, o) for t, o in zip(asked, asked_overrides, strict=True) if not tell_if_duplicate(study, t)]
+            if not pending:
+                continue
+            trials = [trial for trial, _ in pending]
             with heartbeats(storage, trials, self.heartbeat_interval):
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                returns = self.launcher.launch([o for _, o in pending], initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
-            launched += len(returns)
             for trial, job in zip(trials, returns, strict=True):
                 error = self._tell(study, trial, job)
                 if error is not None:

@@ -42,17 +42,21 @@ def format_value(value: object) -> str:
 
 
 def trials_table(trials: Sequence[FrozenTrial]) -> str:
-    """A fixed-width table: number, state, objective, duration and one column per parameter."""
+    """A fixed-width table: number, state, objective, the run's validation image AUROC (a check on the
+    objective), duration and one column per parameter; a trial told a twin's value names it."""
     params = sorted({name for trial in trials for name in trial.params})
-    header = ["#", "state", "objective", "seconds", *params]
+    header = ["#", "state", "objective", "val AUROC", "seconds", *params]
     rows = [header]
     for trial in trials:
         seconds = trial.duration.total_seconds() if trial.duration is not None else None
+        twin = trial.user_attrs.get("duplicate_of")
+        source = next((t for t in trials if t.number == twin), trial)
         rows.append(
             [
                 str(trial.number),
-                trial.state.name,
+                trial.state.name if twin is None else f"= #{twin}",
                 format_value(trial.value),
+                format_value(run_metrics(source).get("val/image_auroc")),
                 format_value(None if seconds is None else round(seconds, 1)),
                 *(format_value(trial.params.get(name)) for name in params),
             ]
@@ -62,13 +66,15 @@ def trials_table(trials: Sequence[FrozenTrial]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def best_test_metrics(trial: FrozenTrial) -> dict[str, float]:
-    """The test/* metrics of a trial's run, read from its metrics.json (empty when it has none)."""
+def run_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """The metrics.json of a trial's run (empty when it has none: failed early, or told a twin's value)."""
     path = Path(str(trial.user_attrs.get("output_dir", ""))) / "metrics.json"
-    if not path.is_file():
-        return {}
-    metrics = json.loads(path.read_text())
-    return {name: value for name, value in sorted(metrics.items()) if name.startswith("test/")}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def best_test_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """The test/* metrics of a trial's run."""
+    return {name: value for name, value in sorted(run_metrics(trial).items()) if name.startswith("test/")}
 
 
 def plot_param_importances(study: optuna.Study, axes: Axes) -> None:
@@ -108,6 +114,8 @@ def report(study: optuna.Study, out_dir: Path) -> str:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if complete:
         best = study.best_trial
+        twin = best.user_attrs.get("duplicate_of")
+        best = best if twin is None else next(t for t in trials if t.number == twin)
         lines.append(f"best trial {best.number}: objective {best.value:.6g}")
         lines += [f"  {name} = {value}" for name, value in sorted(best.params.items())]
         test = best_test_metrics(best)

@@ -140,6 +140,23 @@ def test_killed_sweep_resumes_to_n_trials(
     assert TrialState.RUNNING not in {t.state for t in after.values()}
 
 
+def test_a_redrawn_point_is_not_trained_again_and_a_finished_space_ends_the_sweep(
+    sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a 2-point space (mask ratio 0.25 or 0.5) and up to 6 trials: each point trains once, redraws are told
+    sweep([*sweep_args, "optimizer.lr=1e-3", "masking.grid_sizes=[2]", "hydra.sweeper.n_trials=6"], monkeypatch)
+    trials = load(tmp_path).get_trials()
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    trained = {t.number: t for t in trials if "duplicate_of" not in t.user_attrs}
+    assert sorted(t.params["masking.ratio"] for t in trained.values()) == [0.25, 0.5]
+    for trial in trials:
+        if trial.number not in trained:
+            twin = trained[trial.user_attrs["duplicate_of"]]
+            assert trial.params == twin.params and trial.value == twin.value
+            assert "output_dir" not in trial.user_attrs  # no run of its own
+    assert len(trials) == max(trained) + 1  # nothing asked once both points had completed
+
+
 NAN = ["model.net.output_activation=none", "trainer.max_epochs=2", "scheduler=none"]
 
 
