@@ -75,7 +75,7 @@ sweep-report: $(VENV)/.installed ## a stored study's trials table, best params a
 DATA ?= $(if $(wildcard data/mvtec_bottle),data/mvtec_bottle,../shared/data/mvtec_bottle)
 benchmark: $(VENV)/.installed ## train+test the CPU-sized bottle experiments on MVTec (DATA=...), write docs/benchmarks.md
 	$(PY) -m anomaly_lab.benchmark data_root=$(DATA) report=docs/benchmarks.md \
-		'command="make benchmark DATA=$(DATA) $(ARGS)"' $(ARGS)
+		'command="make benchmark DATA=$(DATA)$(if $(ARGS), $(ARGS))"' $(ARGS)
 
 bench-loader: $(VENV)/.installed ## data loader vs unet64 training throughput on synthetic notes tiles (want >= 5x)
 	$(PY) -m anomaly_lab.benchmark_loader dataset=synthetic_notes model=unet64 hydra.run.dir=outputs/bench_loader $(ARGS)
