@@ -68,8 +68,9 @@ def trials_table(trials: Sequence[FrozenTrial]) -> str:
 
 def run_metrics(trial: FrozenTrial) -> dict[str, float]:
     """The metrics.json of a trial's run (empty when it has none: failed early, or told a twin's value)."""
-    path = Path(str(trial.user_attrs.get("output_dir", ""))) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    output_dir = trial.user_attrs.get("output_dir")
+    path = Path(str(output_dir)) / "metrics.json" if output_dir else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
 
 
 def best_test_metrics(trial: FrozenTrial) -> dict[str, float]:
