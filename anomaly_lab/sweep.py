@@ -92,17 +92,24 @@ def finite_space_size(distributions: dict[str, BaseDistribution]) -> int | None:
     return size
 
 
-def completed_params(study: optuna.Study) -> dict[tuple[tuple[str, Any], ...], FrozenTrial]:
+ParamsKey = tuple[tuple[str, Any], ...]
+
+
+def params_key(params: dict[str, Any]) -> ParamsKey:
+    return tuple(sorted(params.items()))
+
+
+def completed_params(study: optuna.Study) -> dict[ParamsKey, FrozenTrial]:
     """The first COMPLETE trial of each distinct parameter set."""
-    first: dict[tuple[tuple[str, Any], ...], FrozenTrial] = {}
+    first: dict[ParamsKey, FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        first.setdefault(tuple(sorted(trial.params.items())), trial)
+        first.setdefault(params_key(trial.params), trial)
     return first
 
 
-def tell_if_duplicate(study: optuna.Study, trial: Trial) -> bool:
-    """Tell `trial` the value of a complete trial with the same parameters, if there is one."""
-    twin = completed_params(study).get(tuple(sorted(trial.params.items())))
+def tell_if_duplicate(study: optuna.Study, trial: Trial, completed: dict[ParamsKey, FrozenTrial]) -> bool:
+    """Tell `trial` the value of the completed trial with the same parameters, if there is one."""
+    twin = completed.get(params_key(trial.params))
     if twin is None:
         return False
     log.info(
@@ -167,13 +174,18 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             missing = self.n_trials - self._counts(study)[TrialState.COMPLETE]
             if missing <= 0:
                 break
-            if space_size is not None and len(completed_params(study)) >= space_size:
+            completed = completed_params(study)
+            if space_size is not None and len(completed) >= space_size:
                 log.info("all %d points of the search space have completed: the sweep is done", space_size)
                 break
             asked = [study.ask() for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
             asked_overrides = self._configure_trials(asked, distributions, fixed_params)
             launched += len(asked)
-            pending = [(t, o) for t, o in zip(asked, asked_overrides, strict=True) if not tell_if_duplicate(study, t)]
+            pending = [
+                (t, o)
+                for t, o in zip(asked, asked_overrides, strict=True)
+                if not tell_if_duplicate(study, t, completed)
+            ]
             if not pending:
                 continue
             trials = [trial for trial, _ in pending]

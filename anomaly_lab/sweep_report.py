@@ -50,13 +50,12 @@ def trials_table(trials: Sequence[FrozenTrial]) -> str:
     for trial in trials:
         seconds = trial.duration.total_seconds() if trial.duration is not None else None
         twin = trial.user_attrs.get("duplicate_of")
-        source = next((t for t in trials if t.number == twin), trial)
         rows.append(
             [
                 str(trial.number),
                 trial.state.name if twin is None else f"= #{twin}",
                 format_value(trial.value),
-                format_value(run_metrics(source).get("val/image_auroc")),
+                format_value(run_metrics(trained_trial(trial, trials)).get("val/image_auroc")),
                 format_value(None if seconds is None else round(seconds, 1)),
                 *(format_value(trial.params.get(name)) for name in params),
             ]
@@ -64,6 +63,12 @@ def trials_table(trials: Sequence[FrozenTrial]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def trained_trial(trial: FrozenTrial, trials: Sequence[FrozenTrial]) -> FrozenTrial:
+    """The trial whose run gave `trial` its value: itself, or the twin a redrawn trial was told about."""
+    twin = trial.user_attrs.get("duplicate_of")
+    return trial if twin is None else next(t for t in trials if t.number == twin)
 
 
 def run_metrics(trial: FrozenTrial) -> dict[str, float]:
@@ -114,9 +119,7 @@ def report(study: optuna.Study, out_dir: Path) -> str:
     lines = [f"study {study.study_name}: {len(trials)} trials", trials_table(trials)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if complete:
-        best = study.best_trial
-        twin = best.user_attrs.get("duplicate_of")
-        best = best if twin is None else next(t for t in trials if t.number == twin)
+        best = trained_trial(study.best_trial, trials)
         lines.append(f"best trial {best.number}: objective {best.value:.6g}")
         lines += [f"  {name} = {value}" for name, value in sorted(best.params.items())]
         test = best_test_metrics(best)
