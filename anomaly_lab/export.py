@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.inference import TrainedModel, load_trained_model
 from anomaly_lab.train import CONFIG_DIR
 
@@ -113,8 +114,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with user_errors_exit():
+        run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

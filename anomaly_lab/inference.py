@@ -3,7 +3,8 @@
 train.run gives the module a spec of plain values (net config, image size, normalisation, masking, scoring,
 tiling) that the module writes into every checkpoint under "anomaly_lab", with the validation threshold.
 Such a checkpoint loads with `torch.load(weights_only=True)`, so one downloaded from elsewhere cannot run
-code while it is unpickled; predict and export rebuild net, masking and anomaly map from the spec.
+code while it is unpickled; predict and export build net, masking and anomaly map from the spec, and the spec
+may name only the few classes of CHECKPOINT_CLASSES, with plain values: a file never chooses what is called.
 """
 
 from __future__ import annotations
@@ -11,28 +12,33 @@ from __future__ import annotations
 import math
 import pickle
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
-from anomaly_lab.masking import Masking
-from anomaly_lab.scoring import full_coverage_scores
+from anomaly_lab.errors import UserError
+from anomaly_lab.masking import GridMasking, Masking, NoMasking
+from anomaly_lab.models.unet import UNet
+from anomaly_lab.scoring import AnomalyMap, full_coverage_scores
 
 SPEC_KEY = "anomaly_lab"  # the checkpoint entry that holds the spec
 FORMAT_VERSION = 1  # bump when the spec's meaning changes; older readers then refuse newer checkpoints
-# instantiate() imports and calls whatever a `_target_` names, with arguments from the file: a spec naming,
-# say, os.system or torch.hub.load (which runs a repository's code) would undo what weights_only=True
-# guards against. Only this project's nets, masking and anomaly maps may be built from a checkpoint
-# (not torch.*: torch.hub.load, torch.load(weights_only=False) and friends live there).
-ALLOWED_TARGETS = ("anomaly_lab.models.", "anomaly_lab.masking.", "anomaly_lab.scoring.")
+# The only classes a checkpoint may name, each by its exact dotted name, built with plain keyword values. Nothing is
+# imported or resolved from the file's strings (hydra's instantiate would walk module attributes, so a prefix such
+# as "anomaly_lab.masking." reaches every module anomaly_lab imports, torch.load among them).
+CHECKPOINT_CLASSES: dict[str, type] = {
+    "anomaly_lab.models.unet.UNet": UNet,
+    "anomaly_lab.masking.GridMasking": GridMasking,
+    "anomaly_lab.masking.NoMasking": NoMasking,
+    "anomaly_lab.scoring.AnomalyMap": AnomalyMap,
+}
+PlainValue = bool | int | float | str | None
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file that is not a usable anomaly_lab checkpoint; the message names the file and says why."""
 
 
@@ -86,25 +92,63 @@ class TrainedModel:
     spec: dict[str, Any]
 
 
-def check_targets(node: Any, where: str) -> None:
-    """Raise CheckpointError if any `_target_` in a spec (nested too) is outside ALLOWED_TARGETS."""
-    if isinstance(node, dict):
-        target = node.get("_target_")
-        if target is not None and not (isinstance(target, str) and target.startswith(ALLOWED_TARGETS)):
+def is_plain(value: Any) -> bool:
+    """A bool, number, string or None, or a list of them: nothing that could name code."""
+    if isinstance(value, list | tuple):
+        return all(isinstance(item, PlainValue) for item in value)
+    return isinstance(value, PlainValue)
+
+
+def build_from_spec(node: Any, where: str) -> Any:
+    """The object a spec entry describes: one of CHECKPOINT_CLASSES, called with its plain keyword values.
+
+    CheckpointError for anything else: another `_target_`, a nested dict (a nested `_target_` would be built by
+    instantiate), a non-plain value or keyword arguments the class does not take.
+    """
+    if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+        raise CheckpointError(f"{where}: expected a mapping with a _target_, got {type(node).__name__}")
+    target = node["_target_"]
+    cls = CHECKPOINT_CLASSES.get(target)
+    if cls is None:
+        raise CheckpointError(
+            f"{where}: _target_ {target!r} is not one of the classes a checkpoint may name "
+            f"({', '.join(sorted(CHECKPOINT_CLASSES))}); refusing to build it"
+        )
+    kwargs = {key: value for key, value in node.items() if key != "_target_"}
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or key.startswith("_") or not is_plain(value):
             raise CheckpointError(
-                f"{where}: _target_ {target!r} is not one of anomaly_lab's own classes "
-                f"({', '.join(t + '*' for t in ALLOWED_TARGETS)}); refusing to build it from a checkpoint"
+                f"{where}.{key}: only plain values (numbers, strings, booleans, lists of them) may configure "
+                f"{target}; refusing {type(value).__name__}"
             )
-        for key, value in node.items():
-            check_targets(value, f"{where}.{key}")
-    elif isinstance(node, Sequence) and not isinstance(node, str):
-        for i, value in enumerate(node):
-            check_targets(value, f"{where}[{i}]")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: cannot build {target} from the checkpoint ({first_line(error)})") from error
 
 
 def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+def unpickling_refusal(error: pickle.UnpicklingError) -> str:
+    """Why torch's weights-only unpickler refused a file, in this project's words.
+
+    torch's own message ends in advice to retry with weights_only=False, which would run the file's code:
+    it is never passed on.
+    """
+    text = str(error)
+    if re.search(r"unsupported\s+(global|class)|GLOBAL\s+\S+\s+was not an allowed global", text, re.IGNORECASE):
+        return (
+            "holds Python objects other than tensors and plain values; refusing to unpickle it, since unpickling "
+            "such objects can run any code. Checkpoints written by anomaly_lab's train load safely"
+        )
+    reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    detail = reason.group(1) if reason else "its pickle is malformed"
+    if "weights_only" in detail:
+        detail = "its pickle is malformed"
+    return f"not a PyTorch checkpoint ({detail.strip()})"
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -115,16 +159,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error) or "Unsupported class" in str(error):
-            raise CheckpointError(
-                f"{path}: holds Python objects other than tensors and plain values; refusing to unpickle it "
-                f"(torch.load with weights_only=True), since unpickling such objects can run any code. "
-                f"Checkpoints written by this anomaly_lab's train load safely."
-            ) from error
-        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-        raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint ({reason.group(1) if reason else first_line(error)})"
-        ) from error
+        raise CheckpointError(f"{path}: {unpickling_refusal(error)}") from error
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
@@ -148,21 +183,24 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     """Rebuild the scorer of a checkpoint written by anomaly_lab.train (see read_checkpoint)."""
     spec, state_dict = read_checkpoint(path)
     try:
-        for key in ("net", "masking", "scoring"):
-            check_targets(spec[key], f"{path}: {key}")
-        net: nn.Module = instantiate(spec["net"])
-        masking: Masking = instantiate(spec["masking"])
-        anomaly_map: nn.Module = instantiate(spec["scoring"]["anomaly_map"])
-        image_size = int(spec["image_size"])
+        net: nn.Module = build_from_spec(spec["net"], f"{path}: net")
+        masking: Masking = build_from_spec(spec["masking"], f"{path}: masking")
         scoring = spec["scoring"]
+        anomaly_map: nn.Module = build_from_spec(scoring["anomaly_map"], f"{path}: scoring.anomaly_map")
+        image_size = int(spec["image_size"])
+        reduce, topk_fraction = str(scoring["reduce"]), float(scoring["topk_fraction"])
     except KeyError as error:
         raise CheckpointError(f"{path}: the inference spec lacks {error}") from error
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: a malformed inference spec ({first_line(error)})") from error
     net_state = {key.removeprefix("net."): value for key, value in state_dict.items() if key.startswith("net.")}
     try:
         net.load_state_dict(net_state)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit the net of its spec ({error})") from error
-    scorer = FullCoverageScorer(net, masking, anomaly_map, image_size, scoring["reduce"], scoring["topk_fraction"])
+    scorer = FullCoverageScorer(net, masking, anomaly_map, image_size, reduce, topk_fraction)
     threshold = spec.get("threshold")
     return TrainedModel(
         scorer=scorer.to(device).eval(),

@@ -3,8 +3,10 @@
 Per image: its score, a prediction at the checkpoint's threshold (or `score_threshold=`), a heatmap overlay and a
 binary mask, both PNGs the size of the input; scores.csv and summary.json for the lot. A model trained on
 tiles of pages scores every tile of each page and also draws the page with its tile grid (pages/, tiles.csv).
-Images are prepared by the training rule; a file that cannot be read is named in the log and in
-summary.json and skipped, so one bad file never stops the batch.
+Images are prepared by the training rule; a file that cannot be read (or is larger than max_image_pixels) is
+named in the log and in summary.json and skipped, so one bad file never stops the batch; scoring nothing at all
+is an error. Outputs are written into a staging folder beside the output and moved into place at the end, so a
+run that fails leaves no output behind.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.data.folders import grayscale_rgb
-from anomaly_lab.data.images import IMAGE_SUFFIXES, BadImageError, read_image
+from anomaly_lab.data.images import IMAGE_SUFFIXES, BadImageError, check_max_image_pixels, read_image
 from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_scores, stitch_tiles
+from anomaly_lab.errors import ConfigError, UserError
 from anomaly_lab.figures import tile_classification_figure
 from anomaly_lab.inference import FullCoverageScorer, TrainedModel, load_trained_model
 from anomaly_lab.train import CONFIG_DIR
@@ -84,7 +90,8 @@ def output_name(path: Path, root: Path) -> Path:
     return relative if relative.suffix.lower() == ".png" else relative.with_name(relative.name + ".png")
 
 
-def prepare_output(output: Path, overwrite: bool) -> None:
+def prepare_output(output: Path, overwrite: bool) -> Path:
+    """Check the output folder and make the staging folder beside it, where this run writes until it is done."""
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"output {output} is a file; choose a folder with output=...")
     if output.exists() and not overwrite:
@@ -92,7 +99,32 @@ def prepare_output(output: Path, overwrite: bool) -> None:
             f"output {output} exists; choose another output=... or pass overwrite=true "
             f"(files of the same names are then replaced, others left as they are)"
         )
-    output.mkdir(parents=True, exist_ok=True)
+    absolute = Path(os.path.abspath(output))
+    staging = absolute.parent / f"{absolute.name}.partial-{os.getpid()}"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.mkdir()
+    except FileExistsError as error:
+        raise FileExistsError(f"staging folder {staging} exists (left by a killed predict?); remove it") from error
+    return staging
+
+
+def publish(staging: Path, output: Path, overwrite: bool) -> None:
+    """Move the staged outputs into place: by one rename into a new output folder, or (overwrite=true) file by
+    file into the existing one, replacing files of the same names and keeping the others."""
+    if not output.exists():
+        staging.rename(output)
+        return
+    if not overwrite:
+        raise FileExistsError(f"output {output} was created while predict ran; rerun with another output=...")
+    targets = {path: output / path.relative_to(staging) for path in sorted(staging.rglob("*")) if path.is_file()}
+    for target in targets.values():
+        if target.is_dir() or any(parent.is_file() for parent in target.parents):
+            raise FileExistsError(f"output {output}: {target} cannot be written, a folder or file is in its way")
+    for path, target in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(staging)
 
 
 def model_input(image: np.ndarray, model: TrainedModel) -> np.ndarray:
@@ -138,9 +170,9 @@ def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
-def score_image(path: Path, model: TrainedModel, batch_size: int) -> tuple[Scored, np.ndarray]:
+def score_image(path: Path, model: TrainedModel, batch_size: int, max_pixels: int | None) -> tuple[Scored, np.ndarray]:
     """Score one file; returns the result and the decoded image (H,W,3) uint8. BadImageError if unusable."""
-    image = read_image(path, None)  # (H,W,3) uint8
+    image = read_image(path, None, max_pixels=max_pixels)  # (H,W,3) uint8
     prepared = model_input(image, model)
     grid = None
     if model.tiling is None:
@@ -202,67 +234,152 @@ def write_image_outputs(
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:<index>") from error
+
+
+@dataclass
+class Settings:
+    """predict's config values, checked before any file is read or written."""
+
+    ckpt_path: str
+    input: str
+    output: Path
+    overwrite: bool
+    score_threshold: float | None
+    pixel_threshold: float | None
+    heatmap_max: float | None
+    heatmap_alpha: float
+    batch_size: int
+    max_image_pixels: int | None
+    device: torch.device
+    progress: bool
+
+
+def number_setting(cfg: DictConfig, key: str, allowed: str, valid: Callable[[float], bool] = math.isfinite) -> float:
+    """cfg[key] as a float; ConfigError naming the key and the allowed values when it is not a valid number."""
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not valid(float(value)):
+        raise ConfigError(f"{key}={value!r} is not valid: use {allowed}")
+    return float(value)
+
+
+def optional_number_setting(
+    cfg: DictConfig, key: str, allowed: str, valid: Callable[[float], bool] = math.isfinite
+) -> float | None:
+    """None for null, else `number_setting`."""
+    return None if cfg[key] is None else number_setting(cfg, key, allowed, valid)
+
+
+def checked_settings(cfg: DictConfig) -> Settings:
+    """predict's settings from its config; a value that cannot work is a ConfigError naming its key."""
+    for key in ("ckpt_path", "input", "output"):
+        if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
+            raise ConfigError(f"{key} is not set: pass {key}=...")
+    for key in ("overwrite", "progress"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} is not valid: use true or false")
+    batch_size = cfg.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is not valid: use a positive whole number")
+    return Settings(
+        ckpt_path=str(cfg.ckpt_path),
+        input=str(cfg.input),
+        output=Path(str(cfg.output)),
+        overwrite=cfg.overwrite,
+        score_threshold=optional_number_setting(
+            cfg, "score_threshold", "a number, or null for the checkpoint's threshold"
+        ),
+        pixel_threshold=optional_number_setting(cfg, "pixel_threshold", "a number, or null for score_threshold"),
+        heatmap_max=optional_number_setting(
+            cfg, "heatmap_max", "a positive number, or null for 2 x pixel_threshold", lambda value: 0 < value < math.inf
+        ),
+        heatmap_alpha=number_setting(cfg, "heatmap_alpha", "a number from 0 to 1", lambda value: 0 <= value <= 1),
+        batch_size=batch_size,
+        max_image_pixels=check_max_image_pixels(cfg.max_image_pixels, "max_image_pixels"),
+        device=resolve_device(str(cfg.device)),
+        progress=cfg.progress,
+    )
+
+
+def score_files(
+    files: list[Path], root: Path, model: TrainedModel, drawing: Drawing, settings: Settings, staging: Path
+) -> tuple[list[dict[str, Any]], list[list[Any]], list[dict[str, str]]]:
+    """Score each file and draw its outputs into staging: (image rows, tile rows, skipped files with their errors)."""
+    rows: list[dict[str, Any]] = []
+    tile_rows: list[list[Any]] = []
+    skipped: list[dict[str, str]] = []
+    with logging_redirect_tqdm():
+        for path in tqdm(files, desc="predict", unit="image", disable=not settings.progress):
+            try:
+                scored, image = score_image(path, model, settings.batch_size, settings.max_image_pixels)
+            except BadImageError as error:
+                log.warning("skipped %s", error)
+                skipped.append({"path": str(path), "error": str(error)})
+                continue
+            written = write_image_outputs(scored, image, output_name(path, root), staging, drawing)
+            prediction = int(scored.score >= drawing.threshold)
+            rows.append({"path": str(path), "score": scored.score, "prediction": prediction, **written})
+            if scored.grid is not None and scored.tile_scores is not None:
+                for row, col, tile_score in zip(*scored.grid.positions(), scored.tile_scores, strict=True):
+                    tile_rows.append(
+                        [str(path), int(row), int(col), float(tile_score), int(tile_score >= drawing.threshold)]
+                    )
+    if not rows:
+        raise UserError(
+            f"input {settings.input}: nothing scored: {len(files)} inputs, all skipped; first reason: "
+            f"{skipped[0]['error']}"
+        )
+    return rows, tile_rows, skipped
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Score cfg.input with cfg.ckpt_path's model into cfg.output; returns the summary (also summary.json)."""
     started = time.perf_counter()
-    files, root = find_inputs(str(cfg.input))
-    device = resolve_device(str(cfg.device))
-    model = load_trained_model(cfg.ckpt_path, device)
-    threshold = float(cfg.score_threshold) if cfg.score_threshold is not None else model.threshold
+    settings = checked_settings(cfg)
+    files, root = find_inputs(settings.input)
+    model = load_trained_model(settings.ckpt_path, settings.device)
+    threshold = settings.score_threshold if settings.score_threshold is not None else model.threshold
     if not math.isfinite(threshold):
-        raise ValueError(
-            f"{cfg.ckpt_path}: the checkpoint holds no threshold (its training set none: no validation pass or "
+        raise ConfigError(
+            f"{settings.ckpt_path}: the checkpoint holds no threshold (its training set none: no validation pass or "
             f"no threshold rule); pass score_threshold=<image score>"
         )
-    pixel_threshold = float(cfg.pixel_threshold) if cfg.pixel_threshold is not None else threshold
-    heatmap_max = float(cfg.heatmap_max) if cfg.heatmap_max is not None else 2.0 * pixel_threshold
+    pixel_threshold = settings.pixel_threshold if settings.pixel_threshold is not None else threshold
+    heatmap_max = settings.heatmap_max if settings.heatmap_max is not None else 2.0 * pixel_threshold
     if heatmap_max <= 0:
-        raise ValueError(f"heatmap_max must be positive, got {heatmap_max} (set heatmap_max=...)")
-    drawing = Drawing(threshold, pixel_threshold, heatmap_max, float(cfg.heatmap_alpha))
-    output = Path(str(cfg.output))
-    prepare_output(output, bool(cfg.overwrite))
-    rows: list[dict[str, Any]] = []
-    tile_rows: list[list[Any]] = []
-    skipped: list[dict[str, str]] = []
-    with logging_redirect_tqdm():
-        for path in tqdm(files, desc="predict", unit="image", disable=not cfg.progress):
-            try:
-                scored, image = score_image(path, model, int(cfg.batch_size))
-            except BadImageError as error:
-                log.warning("skipped %s", error)
-                skipped.append({"path": str(path), "error": str(error)})
-                continue
-            name = output_name(path, root)
-            written = write_image_outputs(scored, image, name, output, drawing)
-            rows.append({"path": str(path), "score": scored.score, "prediction": int(scored.score >= threshold)})
-            rows[-1].update(written)
-            if scored.grid is not None and scored.tile_scores is not None:
-                for row, col, tile_score in zip(*scored.grid.positions(), scored.tile_scores, strict=True):
-                    tile_rows.append([str(path), int(row), int(col), float(tile_score), int(tile_score >= threshold)])
-    summary = write_tables(rows, tile_rows, skipped, output)
-    summary.update(
-        checkpoint=str(cfg.ckpt_path),
-        input=str(cfg.input),
-        output=str(output),
-        threshold=threshold,
-        threshold_from="override" if cfg.score_threshold is not None else "checkpoint",
-        pixel_threshold=pixel_threshold,
-        heatmap_max=heatmap_max,
-        image_size=model.image_size,
-        tiling=model.tiling,
-        device=str(device),
-        seconds=round(time.perf_counter() - started, 3),
-    )
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+        raise ConfigError(f"heatmap_max (2 x pixel_threshold) is {heatmap_max}, not positive: set heatmap_max=...")
+    drawing = Drawing(threshold, pixel_threshold, heatmap_max, settings.heatmap_alpha)
+    staging = prepare_output(settings.output, settings.overwrite)
+    try:
+        rows, tile_rows, skipped = score_files(files, root, model, drawing, settings, staging)
+        summary = write_tables(rows, tile_rows, skipped, staging)
+        summary.update(
+            checkpoint=settings.ckpt_path,
+            input=settings.input,
+            output=str(settings.output),
+            threshold=threshold,
+            threshold_from="override" if settings.score_threshold is not None else "checkpoint",
+            pixel_threshold=pixel_threshold,
+            heatmap_max=heatmap_max,
+            image_size=model.image_size,
+            tiling=model.tiling,
+            device=str(settings.device),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2))
+        publish(staging, settings.output, settings.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     log.info(
         "scored %d images (%d anomalous, %d skipped) into %s",
         summary["images"],
         summary["anomalous"],
         len(skipped),
-        output,
+        settings.output,
     )
     return summary
 
@@ -296,8 +413,9 @@ def write_tables(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with user_errors_exit():
+        run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

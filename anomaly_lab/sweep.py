@@ -9,8 +9,12 @@ only the loop:
   launches only the missing ones; several processes (or hosts) on one storage share that budget
   (each stops once the study holds n_trials complete trials, so W workers may add up to W-1 more).
   One run launches at most n_trials trials, so a sweep whose trials keep failing ends.
-- While a trial runs, its heartbeat is written to the RDB storage; a trial whose heartbeat stopped
-  for longer than the grace period (a killed worker) is failed with optuna's fail_stale_trials.
+- Each trial records its owner (host, pid, process start time) right after ask(). Every round first fails
+  the RUNNING trials whose owner process on this host is gone (a `kill -9`), at once; those of other hosts
+  are failed once their heartbeat, written to the RDB storage while the trial runs, stopped for longer than
+  the grace period (optuna's fail_stale_trials).
+- A COMPLETE trial whose run reports a collapse in its metrics.json (`collapsed`, `collapse_reasons`) keeps
+  its value but gets user attr `collapsed` with the reasons, and a warning.
 - A run joining a study that already has trials reseeds the sampler, so it does not replay the
   seeded draws of the run before it (only a fresh study is reproducible from the seed).
 - A trial that raises (e.g. NonFiniteLossError on a NaN loss) or returns a non-finite value is told
@@ -23,12 +27,16 @@ only the loop:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,8 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
+from optuna.storages._rdb.models import TrialHeartbeatModel
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.engine import make_url
 
@@ -80,6 +90,99 @@ def heartbeats(storage: BaseStorage, trials: Sequence[Trial], interval: float) -
     finally:
         stop.set()
         thread.join()
+
+
+def proc_stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on; None where /proc is absent or the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()  # field 2, the name in parentheses, may hold spaces
+
+
+def pid_namespace() -> str | None:
+    """This process's pid namespace: containers that share a hostname (host networking) do not share pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    """Who runs a trial: host, pid and start time (field 22 of /proc/<pid>/stat, clock ticks after boot, which
+    tells this process apart from a later one that gets the same pid)."""
+    fields = proc_stat_fields(os.getpid())
+    return {
+        "host": socket.gethostname(),
+        "pid_namespace": pid_namespace(),
+        "pid": os.getpid(),
+        "started": None if fields is None else int(fields[19]),
+    }
+
+
+def ask_owned(study: optuna.Study) -> Trial:
+    """Ask for a trial and record its owner (user attr `owner`, one write) at once, so a re-run can fail it as
+    soon as that process is gone."""
+    trial = study.ask()
+    trial.set_user_attr("owner", this_process())
+    return trial
+
+
+def process_is_alive(pid: int, started: int | None) -> bool:
+    """Whether `pid` is still the live process that started at `started` (None: the pid alone decides)."""
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the pid exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists and belongs to another user
+        pass
+    fields = proc_stat_fields(pid)
+    if fields is None:  # no /proc (or it just exited): the next round decides
+        return True
+    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
+
+
+def trials_with_heartbeat(storage: RDBStorage, trial_ids: Sequence[int]) -> set[int]:
+    """The trials among `trial_ids` that ever recorded a heartbeat (optuna 2.10 has no public way to ask)."""
+    with _create_scoped_session(storage.scoped_session) as session:
+        rows = session.query(TrialHeartbeatModel.trial_id).filter(TrialHeartbeatModel.trial_id.in_(trial_ids))
+        return {trial_id for (trial_id,) in rows}
+
+
+def fail_trials_of_dead_workers(study: optuna.Study, storage: RDBStorage, grace_period: int) -> None:
+    """Fail the RUNNING trials whose owner process on this host is gone, whatever the grace period, and those
+    with neither owner nor heartbeat (killed right after ask()) older than the grace period. Trials of other
+    hosts are left to the heartbeats (fail_stale_trials)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    beating = trials_with_heartbeat(storage, [trial._trial_id for trial in running])
+    here = this_process()
+    for trial in running:
+        owner, started = trial.user_attrs.get("owner"), trial.datetime_start or datetime.now()  # RUNNING: started
+        if owner is not None:
+            same_host = all(owner[key] == here[key] for key in ("host", "pid_namespace"))
+            if not same_host or process_is_alive(owner["pid"], owner["started"]):
+                continue
+            reason = f"its worker process {owner['pid']} on {owner['host']} is gone"
+        elif trial._trial_id not in beating and datetime.now() - started > timedelta(seconds=grace_period):
+            reason = f"it has neither owner nor heartbeat {grace_period} s after it started (killed after ask())"
+        else:
+            continue
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "failed_because", reason)
+            study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+        except RuntimeError:  # another worker on this host failed it first
+            continue
+        log.warning("trial %d failed: %s", trial.number, reason)
+
+
+def collapse_reasons(output_dir: Path) -> str | None:
+    """The reasons a run's metrics.json gives for a collapsed model; None when it did not collapse."""
+    path = output_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    if not metrics.get("collapsed"):
+        return None
+    return "; ".join(metrics.get("collapse_reasons", [])) or "no reason given"
 
 
 def finite_space_size(distributions: dict[str, BaseDistribution]) -> int | None:
@@ -166,11 +269,15 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             # a seeded sampler would replay the draws the earlier run (or the other worker) already made
             self.sampler.reseed_rng()
             log.info("the study has trials already: sampler reseeded so this run draws new parameters")
+        # optuna's default: two heartbeats
+        grace_period = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
         launched = failed = 0
         last_error: BaseException | None = None
         space_size = finite_space_size(distributions)
         while launched < self.n_trials:
-            optuna.storages.fail_stale_trials(study)  # no-op without heartbeats
+            if isinstance(storage, RDBStorage):
+                fail_trials_of_dead_workers(study, storage, grace_period)
+                optuna.storages.fail_stale_trials(study)
             missing = self.n_trials - self._counts(study)[TrialState.COMPLETE]
             if missing <= 0:
                 break
@@ -178,7 +285,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             if space_size is not None and len(completed) >= space_size:
                 log.info("all %d points of the search space have completed: the sweep is done", space_size)
                 break
-            asked = [study.ask() for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
+            asked = [ask_owned(study) for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
             asked_overrides = self._configure_trials(asked, distributions, fixed_params)
             launched += len(asked)
             pending = [
@@ -218,9 +325,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
 
     @staticmethod
     def _tell(study: optuna.Study, trial: Trial, job: JobReturn) -> BaseException | None:
-        """Tell the job's objective; a raised error or a non-finite value makes the trial FAIL."""
-        if job.hydra_cfg is not None:
-            trial.set_user_attr("output_dir", str(job.hydra_cfg.hydra.runtime.output_dir))
+        """Tell the job's objective; a raised error or a non-finite value makes the trial FAIL. A run that
+        reports a collapse keeps its value (it is a real, bad result) but is marked `collapsed`."""
+        output_dir = None if job.hydra_cfg is None else Path(str(job.hydra_cfg.hydra.runtime.output_dir))
+        if output_dir is not None:
+            trial.set_user_attr("output_dir", str(output_dir))
         try:
             value = float(job.return_value)  # re-raises the job's exception
             if not math.isfinite(value):
@@ -230,6 +339,10 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:1000])
             study.tell(trial, state=TrialState.FAIL)
             return error
+        collapsed = None if output_dir is None else collapse_reasons(output_dir)
+        if collapsed is not None:
+            log.warning("trial %d collapsed: %s", trial.number, collapsed)
+            trial.set_user_attr("collapsed", collapsed)
         study.tell(trial, value)
         return None
 

@@ -1,8 +1,9 @@
 """What a stored Optuna sweep found: `python -m anomaly_lab.sweep_report [--study NAME] [--storage URL]`.
 
 Reads the study from its storage (no run needs to be alive), prints every trial (params, objective,
-state, duration), the best parameters and the best trial's test metrics (measured on the held-out
-anomalies only, from its metrics.json), and writes optimisation-history and parameter-importance plots.
+state, run time or time until it failed, and why), the best parameters and the best trial's test metrics
+(measured on the held-out anomalies only, from its metrics.json), and writes optimisation-history and
+parameter-importance plots.
 """
 
 from __future__ import annotations
@@ -41,22 +42,31 @@ def format_value(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def state_label(trial: FrozenTrial) -> str:
+    """The state; a trial told a twin's value names it, a collapsed run says so."""
+    twin = trial.user_attrs.get("duplicate_of")
+    if twin is not None:
+        return f"= #{twin}"
+    return f"{trial.state.name} (collapsed)" if "collapsed" in trial.user_attrs else trial.state.name
+
+
 def trials_table(trials: Sequence[FrozenTrial]) -> str:
     """A fixed-width table: number, state, objective, the run's validation image AUROC (a check on the
-    objective), duration and one column per parameter; a trial told a twin's value names it."""
+    objective), run time of a complete trial, time until a failed one was failed (for a killed worker's trial
+    that is when a later run noticed, not a run time), and one column per parameter."""
     params = sorted({name for trial in trials for name in trial.params})
-    header = ["#", "state", "objective", "val AUROC", "seconds", *params]
+    header = ["#", "state", "objective", "val AUROC", "seconds", "failed after", *params]
     rows = [header]
     for trial in trials:
-        seconds = trial.duration.total_seconds() if trial.duration is not None else None
-        twin = trial.user_attrs.get("duplicate_of")
+        seconds = round(trial.duration.total_seconds(), 1) if trial.duration is not None else None
         rows.append(
             [
                 str(trial.number),
-                trial.state.name if twin is None else f"= #{twin}",
+                state_label(trial),
                 format_value(trial.value),
                 format_value(run_metrics(trained_trial(trial, trials)).get("val/image_auroc")),
-                format_value(None if seconds is None else round(seconds, 1)),
+                format_value(seconds if trial.state == TrialState.COMPLETE else None),
+                format_value(seconds if trial.state == TrialState.FAIL else None),
                 *(format_value(trial.params.get(name)) for name in params),
             ]
         )
@@ -128,11 +138,22 @@ def report(study: optuna.Study, out_dir: Path) -> str:
             lines += [f"  {name} = {value:.4f}" for name, value in test.items() if math.isfinite(value)]
     else:
         lines.append("no complete trial yet")
-    for trial in trials:
-        if trial.state == TrialState.FAIL and "error" in trial.user_attrs:
-            lines.append(f"trial {trial.number} failed: {trial.user_attrs['error']}")
+    lines += trial_notes(trials)
     lines += [f"wrote {path}" for path in write_plots(study, out_dir)]
     return "\n".join(lines)
+
+
+def trial_notes(trials: Sequence[FrozenTrial]) -> list[str]:
+    """Why each failed trial failed (its error, or why a later run failed it) and why a collapsed run collapsed."""
+    notes = []
+    for trial in trials:
+        attrs = trial.user_attrs
+        if trial.state == TrialState.FAIL:
+            reason = attrs.get("error") or attrs.get("failed_because") or "no reason recorded"
+            notes.append(f"trial {trial.number} failed: {reason}")
+        if "collapsed" in attrs:
+            notes.append(f"trial {trial.number} collapsed: {attrs['collapsed']}")
+    return notes
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,28 +16,22 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, resume_checkpoint
+from anomaly_lab.cli import run_cli, user_errors_exit
+from anomaly_lab.config_checks import check_train_config, needs_validation_anomalies
+from anomaly_lab.errors import SplitError
+from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reasons
 from anomaly_lab.inference import FORMAT_VERSION
 from anomaly_lab.models.module import InpaintingModule
 from anomaly_lab.models.unet import UNet
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def resume_checkpoint(resume: bool | str, output_dir: Path) -> str | None:
-    """The checkpoint to continue from: none, the run dir's last.ckpt (resume=true), or a given path."""
-    if resume is False or resume is None:
-        return None
-    path = output_dir / "checkpoints" / "last.ckpt" if resume is True else Path(str(resume))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"resume: no checkpoint at {path}; pass resume=<path/to/last.ckpt> or "
-            f"resume=true hydra.run.dir=<the run dir to continue>"
-        )
-    return str(path)
 
 
 def inference_spec(cfg: DictConfig) -> dict[str, Any]:
@@ -92,36 +86,79 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
     )
 
 
+def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
+    """Every split the run will use holds what it needs, checked before the first training step."""
+    splits = getattr(datamodule, "splits", None)
+    if not splits:
+        return  # a datamodule of another kind: Lightning's own checks apply
+    counts = {name: [s.label for s in split.samples] for name, split in splits.items()}
+    if not counts["train"]:
+        raise SplitError("the training split is empty; lower dataset.val_fraction (or dataset.test_fraction)")
+    if counts["val"].count(0) == 0:
+        raise SplitError(
+            f"dataset.val_fraction={cfg.dataset.get('val_fraction')} leaves no normal validation image; "
+            f"validation needs some (threshold, objective): raise it (e.g. 0.1)"
+        )
+    if needs_validation_anomalies(cfg) and counts["val"].count(1) == 0:
+        raise SplitError(
+            f"dataset.val_anomalous={cfg.dataset.get('val_anomalous')} leaves no anomalous validation image; "
+            f"objective.metric={cfg.objective.metric} needs some: raise it (a share or a count), "
+            f"or set objective.metric=val/loss"
+        )
+    if cfg.test and not counts["test"]:
+        raise SplitError("the test split is empty; lower dataset.val_anomalous or set test=false")
+
+
 def run(cfg: DictConfig) -> float:
     """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
+    check_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: L.LightningDataModule = instantiate(cfg.dataset)
-    module = build_module(cfg)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    datamodule: L.LightningDataModule = instantiate(cfg.dataset)
+    datamodule.setup("fit")  # decode and split now: bad data and empty splits fail before training
+    check_splits(datamodule, cfg)
+    module = build_module(cfg)
+    health = TrainingHealth()
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks += [RandomState(), ValidateLastEpoch(), health]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1) after its own clean-up
+        log.error(
+            "training interrupted; last.ckpt holds the last finished epoch: continue with "
+            "`python -m anomaly_lab.train <the same options> resume=true hydra.run.dir=%s`",
+            output_dir,
+        )
+        raise
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.test:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None  # none under fast_dev_run
-        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    reasons = collapse_reasons(metrics, health.epoch_losses)
+    metrics.update(collapsed=bool(reasons), collapse_reasons=reasons)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = output_dir / "metrics.json"
+        if ckpt_path is not None and metrics_path.is_file():  # a resumed run keeps what the run recorded before
+            metrics = {**json.loads(metrics_path.read_text()), **metrics}
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         for name in sorted(metrics):
             if name.startswith("test/"):
                 log.info("%s = %.4f", name, metrics[name])
+        if reasons:
+            log.warning(
+                "THE MODEL LOOKS COLLAPSED (metrics.json: collapsed=true): %s. Lower optimizer.lr or check the data.",
+                "; ".join(reasons),
+            )
     name = cfg.objective.metric
     if name not in metrics:
-        raise KeyError(
-            f"objective {name!r} was not logged (logged: {sorted(metrics)}); "
-            f"validation needs anomalous images for val/wasserstein (dataset.val_anomalous>0)"
-        )
+        raise KeyError(f"objective.metric={name!r} was not logged (logged: {sorted(metrics)})")
     value = metrics[name]
     return value if math.isfinite(value) else -math.inf
 
@@ -130,8 +167,10 @@ def run(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float:
     torch.set_float32_matmul_precision("high")
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
-    return run(cfg)
+    with user_errors_exit(enabled=HydraConfig.get().mode == RunMode.RUN):
+        objective = run(cfg)
+    return objective
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

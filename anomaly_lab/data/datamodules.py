@@ -11,6 +11,7 @@ needs anomalies); test = test/good plus the anomalous images validation did not 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from anomaly_lab.data.augmentation import add_rotated_copies
-from anomaly_lab.data.images import BadImageError, DecodedImages, ImageDataset, Sample, list_images
+from anomaly_lab.data.images import (
+    MAX_IMAGE_PIXELS,
+    BadImageError,
+    DecodedImages,
+    ImageDataset,
+    Sample,
+    check_max_image_pixels,
+    list_images,
+)
 from anomaly_lab.data.synthetic import write_synthetic_bottles
 
 
@@ -193,20 +202,36 @@ class SplitDataModule(L.LightningDataModule):
 
 
 class MVTecDataModule(SplitDataModule):
-    """An MVTec AD category folder, whole images resized to image_size x image_size."""
+    """An MVTec AD category folder, whole images resized to image_size x image_size.
 
-    def __init__(self, root: str, image_size: int = 256, **loader_args: Any) -> None:
+    skip_bad_files=true leaves out images that cannot be decoded (corrupt, larger than max_image_pixels, a mask of
+    another size) with one warning listing them; a missing mask is a layout error and still stops.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 256,
+        skip_bad_files: bool = False,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        **loader_args: Any,
+    ) -> None:
         super().__init__(**loader_args)
         self.root = Path(root)
         self.image_size = image_size
+        self.skip_bad_files = skip_bad_files
+        self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
 
     def build_splits(self) -> dict[str, DecodedImages]:
         train, test = scan_mvtec(self.root)
+        bad: list[str] | None = [] if self.skip_bad_files else None
+        normal = DecodedImages.decode(train, self.image_size, self.max_image_pixels, bad)
+        held_out = DecodedImages.decode(test, self.image_size, self.max_image_pixels, bad)
+        if bad:
+            warnings.warn(f"skip_bad_files: skipped {len(bad)} bad files:\n" + "\n".join(bad), stacklevel=2)
         train_ids, val_ids, val_anom_ids, test_ids = split_validation(
-            train, test, self.val_fraction, self.val_anomalous, self.split_seed
+            normal.samples, held_out.samples, self.val_fraction, self.val_anomalous, self.split_seed
         )
-        normal = DecodedImages.decode(train, self.image_size)
-        held_out = DecodedImages.decode(test, self.image_size)
         return {
             "train": normal.subset(train_ids),
             "val": validation_set(normal.subset(val_ids), held_out.subset(val_anom_ids)),

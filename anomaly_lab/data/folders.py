@@ -6,10 +6,11 @@ notes and sea pages are written once into such a folder (`SyntheticPagesDataModu
 synthetic data take the same path.
 
 Conversion rule for any folder: every image is decoded to 8-bit RGB (grayscale replicated, RGBA and
-palette images composited on white, 16-bit scaled to 8 bits). Whole images are resized to
-image_size x image_size (aspect not kept); tiled pages keep their size (or are scaled to
-`page_width`, aspect kept) and may differ in size. grayscale=true turns the RGB into luminance,
-replicated over 3 channels, so models stay unchanged.
+palette images composited on white, 16-bit scaled by its type's range, v / 65535 * 255, whatever
+the image holds). Whole images are resized to image_size x image_size (aspect not kept); tiled pages
+keep their size (or are scaled to `page_width`, aspect kept) and may differ in size. grayscale=true
+turns the RGB into luminance, replicated over 3 channels, so models stay unchanged. An image of more
+than `max_image_pixels` is refused from its header, before it is decoded.
 
 Splits: normal images (or tiles of normal pages) are split at random, seeded, into train /
 validation / test (`val_fraction`, `test_fraction`); anomalous pages are held out whole, a seeded
@@ -35,14 +36,17 @@ from PIL import Image
 from anomaly_lab.data.datamodules import SplitDataModule, split_validation, validation_set
 from anomaly_lab.data.images import (
     IMAGE_SUFFIXES,
+    MAX_IMAGE_PIXELS,
     BadImageError,
     DecodedImages,
     Sample,
+    check_max_image_pixels,
     list_images,
     read_image,
     read_mask,
 )
 from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, tile_labels
+from anomaly_lab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,7 @@ class FolderDataModule(SplitDataModule):
         grayscale: bool = False,
         test_fraction: float = 0.0,
         skip_bad_files: bool = False,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         **loader_args: Any,
     ) -> None:
         super().__init__(**loader_args)
@@ -134,14 +139,19 @@ class FolderDataModule(SplitDataModule):
         self.grayscale = grayscale
         self.test_fraction = test_fraction
         self.skip_bad_files = skip_bad_files
+        self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
         self.page_grids: dict[str, tuple[int, int]] = {}
 
     def read_page(self, path: Path, anomalous: bool) -> Page:
         """Decode one file (and its mask) to the size the samples are cut from; BadImageError names what is wrong."""
         mask_path = find_mask(self.mask_dir, path) if anomalous and self.mask_dir is not None else None
-        image = read_image(path, None)  # (H,W,3) uint8
+        image = read_image(path, None, max_pixels=self.max_image_pixels)  # (H,W,3) uint8
         # (H,W) bool; a mask's size is checked against its image
-        mask = read_mask(mask_path, path, None) if mask_path is not None else np.full(image.shape[:2], anomalous)
+        mask = (
+            read_mask(mask_path, path, None, self.max_image_pixels)
+            if mask_path is not None
+            else np.full(image.shape[:2], anomalous)
+        )
         height, width = image.shape[:2]
         if not self.tiled:
             image, mask = resize_page(image, mask, self.image_size, self.image_size)
@@ -196,11 +206,26 @@ class FolderDataModule(SplitDataModule):
             parts.append(DecodedImages(samples, tiles, mask_tiles))
         return DecodedImages.concat(parts)
 
+    def check_separate_folders(self) -> None:
+        """Refuse normal and anomalous folders that hold the same images (one folder, or files linked into both):
+        those images would count as normal and as anomalous."""
+        keys = f"dataset.normal_dir={self.normal_dir} and dataset.abnormal_dir={self.abnormal_dir}"
+        if self.normal_dir.resolve() == self.abnormal_dir.resolve():
+            raise ConfigError(f"{keys} are the same folder: its images would count as normal and as anomalous")
+        normal_files = {path.resolve(): path for path in list_images(self.normal_dir)}
+        shared = [(normal_files[p.resolve()], p) for p in list_images(self.abnormal_dir) if p.resolve() in normal_files]
+        if shared:
+            raise ConfigError(
+                f"{keys} share {len(shared)} image files through links, e.g. {shared[0][0]} and {shared[0][1]}: "
+                f"they would count as normal and as anomalous"
+            )
+
     def build_splits(self) -> dict[str, DecodedImages]:
         if self.mask_dir is not None and not self.mask_dir.is_dir():
             raise FileNotFoundError(
                 f"mask_dir {self.mask_dir} not found; set mask_dir=null if the anomalous images have no masks"
             )
+        self.check_separate_folders()
         bad: list[str] = []
         normal_pages = self.read_folder(self.normal_dir, anomalous=False, bad=bad)
         anomalous_pages = self.read_folder(self.abnormal_dir, anomalous=True, bad=bad)

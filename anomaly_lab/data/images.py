@@ -5,7 +5,8 @@ Images are decoded and resized once and kept as uint8, so epochs after the first
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from anomaly_lab.errors import ConfigError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# The default of `max_image_pixels`: 100 megapixels, 300 MB as 8-bit RGB (14000x14000 is twice that).
+MAX_IMAGE_PIXELS = 100_000_000
 
 
 class BadImageError(ValueError):
@@ -31,12 +36,42 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
+def check_max_image_pixels(value: Any, key: str) -> int | None:
+    """The pixel limit of a config key: a positive whole number, or None for no limit."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{key}={value!r} is not a pixel limit: use a positive whole number or null (no limit)")
+    return value
+
+
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """PIL's decompression-bomb check (a warning, then an error naming neither file nor size) off while we open
+    and decode: `read_image` checks its own limit from the header first."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+
+
+def _check_pixels(path: Path, image: Image.Image, max_pixels: int | None) -> None:
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadImageError(
+            f"{path}: {width}x{height} image ({width * height} pixels) is larger than max_image_pixels={max_pixels}"
+            f" (a decompression bomb, or a page to shrink first; raise the limit to read it)"
+        )
+
+
 def _to_uint8(image: Image.Image, mode: str) -> Image.Image:
-    # 16-bit grayscale ("I;16", "I") is scaled down to 8 bits instead of clipped.
+    # 16-bit grayscale is scaled by its type's range, not its content, so frames of one sensor keep their
+    # relative brightness: v / 65535 * 255 (as OpenCV and scikit-image do; PIL's own convert clips to 255).
+    # Mode "I" (32-bit, e.g. a 16-bit PNG from older Pillow, or a 32-bit TIFF) is taken as 16-bit: clipped to
+    # [0, 65535] first.
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)  # (H,W)
+        image = Image.fromarray((array / 65535.0 * 255.0 + 0.5).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "P") and mode == "RGB":
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -44,10 +79,16 @@ def _to_uint8(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def read_image(path: Path, size: int | None, mode: str = "RGB") -> np.ndarray:
-    """Decode one image to uint8 (H,W,3) for RGB or (H,W) for L, resized to size x size."""
+def read_image(
+    path: Path, size: int | None, mode: str = "RGB", max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> np.ndarray:
+    """Decode one image to uint8 (H,W,3) for RGB or (H,W) for L, resized to size x size.
+
+    An image of more than max_pixels (None: any size) is refused from its header, before it is decoded.
+    """
     try:
-        with Image.open(path) as opened:
+        with _own_pixel_limit(), Image.open(path) as opened:
+            _check_pixels(path, opened, max_pixels)
             opened.load()
             image = _to_uint8(opened, mode)
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
@@ -58,10 +99,10 @@ def read_image(path: Path, size: int | None, mode: str = "RGB") -> np.ndarray:
     return np.asarray(image)
 
 
-def read_mask(path: Path, image_path: Path, size: int | None) -> np.ndarray:
+def read_mask(path: Path, image_path: Path, size: int | None, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode a ground-truth mask (nonzero = defect) to bool (H,W); its size must match the image's."""
     try:
-        with Image.open(path) as mask, Image.open(image_path) as image:
+        with _own_pixel_limit(), Image.open(path) as mask, Image.open(image_path) as image:
             if mask.size != image.size:
                 raise BadImageError(
                     f"{path}: mask size {mask.size[0]}x{mask.size[1]} differs from its image "
@@ -69,7 +110,7 @@ def read_mask(path: Path, image_path: Path, size: int | None) -> np.ndarray:
                 )
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise BadImageError(f"{path}: corrupt or unreadable mask ({error})") from error
-    return read_image(path, size, mode="L") > 0
+    return read_image(path, size, mode="L", max_pixels=max_pixels) > 0
 
 
 @dataclass
@@ -92,13 +133,36 @@ class DecodedImages:
     masks: np.ndarray = field(repr=False)
 
     @classmethod
-    def decode(cls, samples: Sequence[Sample], size: int | None) -> DecodedImages:
-        images = [read_image(Path(s.path), size) for s in samples]
-        masks = [
-            read_mask(Path(s.mask_path), Path(s.path), size) if s.mask_path else np.zeros(i.shape[:2], bool)
-            for s, i in zip(samples, images, strict=True)
-        ]
-        return cls(list(samples), np.stack(images), np.stack(masks))
+    def decode(
+        cls,
+        samples: Sequence[Sample],
+        size: int | None,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        skipped: list[str] | None = None,
+    ) -> DecodedImages:
+        """Decode samples; a bad file raises BadImageError, or with `skipped` is left out and its error appended."""
+        kept: list[Sample] = []
+        images: list[np.ndarray] = []  # (H,W,3) uint8 each
+        masks: list[np.ndarray] = []  # (H,W) bool each
+        for sample in samples:
+            try:
+                image = read_image(Path(sample.path), size, max_pixels=max_pixels)
+                mask = (
+                    read_mask(Path(sample.mask_path), Path(sample.path), size, max_pixels)
+                    if sample.mask_path
+                    else np.zeros(image.shape[:2], bool)
+                )
+            except BadImageError as error:
+                if skipped is None:
+                    raise
+                skipped.append(str(error))
+                continue
+            kept.append(sample)
+            images.append(image)
+            masks.append(mask)
+        if not kept:
+            raise BadImageError(f"no usable image of {len(samples)}; skipped as bad:\n" + "\n".join(skipped or []))
+        return cls(kept, np.stack(images), np.stack(masks))
 
     @classmethod
     def concat(cls, parts: Sequence[DecodedImages]) -> DecodedImages:

@@ -83,6 +83,11 @@ class InpaintingModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{stage} loss is {loss.item()} at step {self.global_step}")
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=int(normal.sum()))
+        if stage == "val" and len(images) > 1:  # signs of a dead net (see anomaly_lab.health)
+            output = recon.detach().float()
+            self.log("val/output_spread", output.std(dim=0).mean(), batch_size=len(images))
+            saturated = (output <= 1e-4) | (output >= 1 - 1e-4)
+            self.log("val/output_saturated", saturated.float().mean(), batch_size=len(images))
         if stage != "train":
             maps, scores = self(images)
             self._collector("scores", stage).update(scores)

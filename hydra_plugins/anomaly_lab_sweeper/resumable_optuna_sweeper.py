@@ -18,7 +18,7 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 class ResumableOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.anomaly_lab_sweeper.resumable_optuna_sweeper.ResumableOptunaSweeper"
     # a running trial records a heartbeat every heartbeat_interval s; one silent for grace_period s
-    # (default 2 x interval) belongs to a dead worker and is failed
+    # (default 2 x interval) belongs to a dead worker and is failed (at once where that worker ran on this host)
     heartbeat_interval: int = 10
     grace_period: Optional[int] = None  # noqa: UP045 (OmegaConf 2.3 reads Optional, not X | None)
 

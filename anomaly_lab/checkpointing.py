@@ -1,0 +1,126 @@
+"""Checkpoints that survive kills and full disks, load without running code, and resume the same run.
+
+- AtomicCheckpointIO writes each checkpoint to a temporary file beside its target, fsyncs it and renames it
+  over the target (atomic on POSIX), so a kill or a full disk during a save leaves the previous good file in
+  place. Lightning's own writer goes through a temporary file in the system temp folder and then copies it
+  across file systems, which truncates the target first. Loading (resume, test) is weights-only: a checkpoint
+  handed to `resume=` cannot run code either.
+- RandomState puts the global random generators (torch, numpy, random: masks, shuffling, augmentation) into
+  every checkpoint and restores them when one is loaded to resume, so a run killed in epoch k and resumed
+  from last.ckpt draws the same masks and batches as a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from anomaly_lab.inference import CheckpointError, first_line, unpickling_refusal
+
+log = logging.getLogger(__name__)
+
+
+def resume_checkpoint(resume: bool | str | None, output_dir: Path) -> str | None:
+    """The checkpoint to continue from: none, the run dir's last.ckpt (resume=true), or a given path."""
+    if resume is False or resume is None:
+        return None
+    path = output_dir / "checkpoints" / "last.ckpt" if resume is True else Path(str(resume))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"resume: no checkpoint at {path}; pass resume=<path/to/last.ckpt> or "
+            f"resume=true hydra.run.dir=<the run dir to continue>"
+        )
+    return str(path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in path's folder, flushed to disk, then renamed over path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it owner-only; a checkpoint is an ordinary file
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer and reader, with atomic saves and weights-only loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found")
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(f"{path}: {unpickling_refusal(error)}") from error
+        except (RuntimeError, EOFError, ValueError, OSError) as error:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from error
+
+
+def random_state() -> dict[str, Any]:
+    """The global generators' states as tensors and plain values (weights-only loadable)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": int(version), "state": list(python_state), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((numpy["kind"], keys, numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RandomState(L.Callback):
+    """Saves the global random state with every checkpoint and restores it when a checkpoint is loaded.
+
+    Lightning loads a resumed checkpoint before its first training iterator is made and runs the sanity-check
+    validation inside `isolate_rng`, so the first resumed epoch starts from the saved state.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return random_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        set_random_state(state_dict)

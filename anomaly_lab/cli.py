@@ -1,0 +1,78 @@
+"""How the command-line entry points end: a user's mistake is one line and exit code 2, a bug keeps its traceback.
+
+Hydra prints a 20-40 line traceback for any exception. Here Hydra is told to re-raise (HYDRA_FULL_ERROR=1 for
+the duration of the call), and errors the user caused (config, data, checkpoint, a folder in the way) become
+one line on stderr, `<ErrorClass>: <message>`, with exit code 2. `HYDRA_FULL_ERROR=1 python -m anomaly_lab.train ...`
+shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+from hydra.errors import HydraException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import OmegaConfBaseException
+
+from anomaly_lab.data.images import BadImageError
+from anomaly_lab.errors import UserError
+
+USER_ERROR_EXIT = 2
+FULL_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's choice, read before run_cli sets it
+# BadImageError and CheckpointError (a UserError) name the file; Hydra's and OmegaConf's errors name the key
+# (composition, a missing ??? value, instantiation of a config with a value its class refuses).
+USER_ERRORS = (
+    UserError,
+    BadImageError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    HydraException,
+    OmegaConfBaseException,
+    MisconfigurationException,
+)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line; an instantiation error also gives the refusal of the class it built."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = error.__cause__
+    if isinstance(error, HydraException | OmegaConfBaseException) and cause is not None and str(cause) not in lines:
+        lines.append(str(cause).strip().splitlines()[0])
+    return " ".join(lines) or type(error).__name__
+
+
+def exit_for_user_error(error: BaseException) -> NoReturn:
+    print(f"{type(error).__name__}: {one_line(error)} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT)
+
+
+@contextmanager
+def user_errors_exit(enabled: bool = True) -> Iterator[None]:
+    """Inside a single run (a Hydra task or callback): a user error exits at once, before Hydra adds lines of
+    its own or, in a callback, turns it into a warning. Off in sweeps, where a trial's error fails the trial."""
+    if not enabled or FULL_TRACEBACK:
+        yield
+        return
+    try:
+        yield
+    except USER_ERRORS as error:
+        exit_for_user_error(error)
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Call a @hydra.main function; a user error is printed as `<ErrorClass>: <one line>` and exits with code 2."""
+    if FULL_TRACEBACK:
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own traceback
+    try:
+        main()
+    except USER_ERRORS as error:
+        exit_for_user_error(error)
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -1,0 +1,112 @@
+"""Config values that cannot work, refused before anything is built, trained or written.
+
+Each refusal is one sentence naming the key, the value and what is allowed. train's Hydra callback runs
+check_train_config before Hydra creates the run folder (so a config error leaves none), and train.run runs it
+again for callers of the compose API.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly_lab.errors import ConfigError
+
+
+def positive_int(cfg: DictConfig, key: str, examples: str = "") -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        hint = f" (e.g. {examples})" if examples else ""
+        raise ConfigError(f"{key}={value!r}: must be a positive integer{hint}")
+    return value
+
+
+def fraction(cfg: DictConfig, key: str, low_open: bool, high: float, why: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r}: must be a number")
+    if (value <= 0 if low_open else value < 0) or value >= high:
+        interval = f"{'(' if low_open else '['}0, {high:g})"
+        raise ConfigError(f"{key}={value!r}: must be in {interval}; {why}")
+    return float(value)
+
+
+def check_image_size(cfg: DictConfig) -> int:
+    size = positive_int(cfg, "model.image_size", "64, 128, 256")
+    depth = OmegaConf.select(cfg, "model.net.depth")
+    if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
+        multiple = 2**depth
+        if size % multiple:
+            lower, upper = max(multiple, size // multiple * multiple), (size // multiple + 1) * multiple
+            raise ConfigError(
+                f"model.image_size={size}: must be a multiple of 2**model.net.depth = {multiple} "
+                f"(model.net.depth={depth}); use model.image_size={lower} or {upper}, or lower model.net.depth"
+            )
+    return size
+
+
+def check_masking(cfg: DictConfig, size: int) -> None:
+    grid_sizes = OmegaConf.select(cfg, "masking.grid_sizes")
+    if grid_sizes is None:
+        return  # no grid: masking=none
+    values: list[Any] = list(grid_sizes) if OmegaConf.is_list(grid_sizes) else [grid_sizes]
+    if not values or any(isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= size for g in values):
+        raise ConfigError(
+            f"masking.grid_sizes={OmegaConf.to_object(grid_sizes) if OmegaConf.is_list(grid_sizes) else grid_sizes!r}:"
+            f" each must be an integer from 1 to model.image_size={size} (a larger grid has cells smaller than a pixel)"
+        )
+    fraction(cfg, "masking.ratio", True, 1.0, "the share of grid cells blanked per mask")
+
+
+def check_training(cfg: DictConfig) -> None:
+    lr = OmegaConf.select(cfg, "optimizer.lr")
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0
+    ):
+        raise ConfigError(f"optimizer.lr={lr!r}: must be a positive number (e.g. 1e-3)")
+    positive_int(cfg, "dataset.batch_size", "8")
+    if OmegaConf.select(cfg, "dataset.eval_batch_size") is not None:
+        positive_int(cfg, "dataset.eval_batch_size", "8")
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
+    if max_epochs is not None and max_epochs != -1:
+        positive_int(cfg, "trainer.max_epochs", "40; -1 with trainer.max_time for a time budget")
+    if OmegaConf.select(cfg, "trainer.check_val_every_n_epoch") is not None:
+        positive_int(cfg, "trainer.check_val_every_n_epoch", "1 or 5")
+
+
+def needs_validation_anomalies(cfg: DictConfig) -> bool:
+    """Whether the objective is a separation of normal and anomalous validation scores (not val/loss)."""
+    metric = str(OmegaConf.select(cfg, "objective.metric") or "")
+    return metric.startswith("val/") and metric != "val/loss"
+
+
+def check_splits(cfg: DictConfig) -> None:
+    fraction(cfg, "dataset.val_fraction", True, 1.0, "validation needs normal images (threshold, objective)")
+    val_anomalous = OmegaConf.select(cfg, "dataset.val_anomalous")
+    if val_anomalous is not None:
+        if isinstance(val_anomalous, bool) or not isinstance(val_anomalous, int | float) or val_anomalous < 0:
+            raise ConfigError(
+                f"dataset.val_anomalous={val_anomalous!r}: must be a share in (0, 1) or a count >= 1 of "
+                f"anomalous images"
+            )
+        if val_anomalous == 0 and needs_validation_anomalies(cfg):
+            raise ConfigError(
+                f"dataset.val_anomalous=0 leaves validation without anomalous images, but "
+                f"objective.metric={OmegaConf.select(cfg, 'objective.metric')} needs them; set dataset.val_anomalous "
+                f"to a share (e.g. 0.25) or a count, or objective.metric=val/loss"
+            )
+    if OmegaConf.select(cfg, "dataset.test_fraction") is not None:
+        fraction(cfg, "dataset.test_fraction", False, 1.0, "the share of normal images held out for testing")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """ConfigError naming the first key whose value cannot work."""
+    mode = OmegaConf.select(cfg, "objective.mode")
+    if mode not in ("min", "max"):
+        raise ConfigError(f"objective.mode={mode!r}: must be min or max")
+    size = check_image_size(cfg)
+    check_masking(cfg, size)
+    check_training(cfg)
+    check_splits(cfg)

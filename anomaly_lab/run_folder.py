@@ -1,0 +1,81 @@
+"""A run folder is written by one run: reusing it must not lose what an earlier run recorded.
+
+RunFolderGuard is a Hydra callback (conf/hydra/default.yaml): it runs before Hydra creates the run folder and
+writes .hydra/ into it, so a refusal there leaves everything as it was, and a config error leaves no folder.
+
+- a non-empty folder is refused unless `resume=true` (continue the run in it) or `overwrite=true` (delete
+  the earlier run's outputs first; files that are not run outputs are kept);
+- resuming keeps the earlier record: the earlier .hydra/ files move to .hydra/previous/<n>/, and train.run
+  merges the earlier metrics.json into the new one (keys the resumed run logs again take the new values).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from anomaly_lab.checkpointing import resume_checkpoint
+from anomaly_lab.cli import user_errors_exit
+from anomaly_lab.config_checks import check_train_config
+from anomaly_lab.errors import RunFolderError
+
+log = logging.getLogger(__name__)
+# What a train run writes into its folder (conf/callbacks, conf/logger, Hydra's job log and .hydra).
+RUN_OUTPUTS = ("metrics.json", "scores.csv", "checkpoints", "tensorboard", "csv", ".hydra", "train.log")
+
+
+def previous_hydra_dir(hydra_dir: Path) -> Path:
+    """The next free .hydra/previous/<n>."""
+    number = 1
+    while (hydra_dir / "previous" / str(number)).exists():
+        number += 1
+    return hydra_dir / "previous" / str(number)
+
+
+def prepare_run_folder(folder: Path, resume: bool | str | None, overwrite: bool) -> None:
+    """Refuse, clear or keep the folder a run is about to write into (see the module docstring)."""
+    if not folder.exists() or not any(folder.iterdir()):
+        if resume is True:
+            resume_checkpoint(resume, folder)  # raises: nothing to resume there
+        return
+    if folder.is_file():
+        raise RunFolderError(f"hydra.run.dir={folder} is a file; choose a folder")
+    if resume not in (False, None):
+        resume_checkpoint(resume, folder)  # a clear error before anything is touched
+        hydra_dir = folder / ".hydra"
+        if hydra_dir.is_dir():
+            keep = previous_hydra_dir(hydra_dir)
+            keep.mkdir(parents=True)
+            for path in hydra_dir.glob("*.yaml"):
+                path.rename(keep / path.name)
+            log.info("resuming in %s: its earlier config is kept in %s", folder, keep)
+        return
+    if not overwrite:
+        recorded = sorted(path.name for path in folder.iterdir())
+        listed = ", ".join(recorded[:6]) + (", ..." if len(recorded) > 6 else "")
+        raise RunFolderError(
+            f"hydra.run.dir={folder} already holds a run ({listed});"
+            f" pass resume=true to continue it, overwrite=true to replace its results, or choose another hydra.run.dir"
+        )
+    for name in RUN_OUTPUTS:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    log.info("overwrite=true: removed the earlier run's outputs from %s", folder)
+
+
+class RunFolderGuard(Callback):
+    """Checks the config and prepares the run folder before Hydra writes anything (single runs only)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with user_errors_exit():  # Hydra would turn an exception here into a warning and run anyway
+            check_train_config(config)
+            folder = Path(str(config.hydra.run.dir))
+            prepare_run_folder(folder, config.get("resume"), bool(config.get("overwrite", False)))
