@@ -21,4 +21,3 @@ class HoldInEpoch(L.Callback):
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             self.marker.write_text(f"epoch {self.epoch} batch {self.batch}\n")
             time.sleep(self.wait)
-

@@ -1,0 +1,335 @@
+"""Faults caused the way a user causes them: crafted checkpoints, kill -9 and Ctrl-C mid-epoch, a full disk,
+a reused run folder, impossible settings, a dead model. Data and predict faults are in test_faults_data.py,
+sweep faults in test_faults_sweep.py.
+
+Training runs here are real `python -m anomaly_lab.train` processes on tiny generated bottles; a test-only
+callback (tests/fault_helpers.py) holds a process at a known batch so the kill lands mid-epoch whatever the
+machine's load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from anomaly_lab.config_checks import check_train_config
+from anomaly_lab.errors import ConfigError
+from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_trained_model
+from anomaly_lab.train import run
+from tests.conftest import ComposeFn
+
+REPO = Path(__file__).resolve().parents[1]
+# 21 training images in batches of 4: 5 steps per epoch, so "batch 2 of epoch 2" is mid-epoch
+RUN = [
+    "dataset.n_train=24",
+    "dataset.n_test_good=3",
+    "dataset.n_test_per_defect=2",
+    "model.image_size=32",
+    "dataset.batch_size=4",
+    "trainer.max_epochs=3",
+    "trainer.enable_progress_bar=false",
+]
+TIMING_KEYS = ("train/images_per_s", "train/seconds", "test/images_per_s", "peak_memory_mb")
+HANG_GUARD = 600  # seconds; only against a hung process, never a measure of speed
+
+
+def train_cli(
+    args: list[str], run_dir: Path, cache: Path, full_error: bool = False, **popen: Any
+) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "anomaly_lab.train", *RUN, f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
+    return subprocess.Popen([*command, *args], cwd=REPO, env=env, text=True, **popen)
+
+
+def train(
+    args: list[str], run_dir: Path, cache: Path, full_error: bool = False, **popen: Any
+) -> subprocess.CompletedProcess[str]:
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    process = train_cli(args, run_dir, cache, full_error, **pipes, **popen)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def hold_at(epoch: int, batch: int, marker: Path) -> str:
+    callback = f"_target_: tests.fault_helpers.HoldInEpoch, epoch: {epoch}, batch: {batch}, marker: {marker}"
+    return f"+callbacks.hold={{{callback}}}"
+
+
+def kill_mid_epoch(run_dir: Path, cache: Path, sig: signal.Signals) -> int:
+    """Start a 3-epoch run, send `sig` during batch 2 of epoch 2 (0-based epoch 1); its exit code."""
+    marker = run_dir.parent / f"{run_dir.name}.held"
+    with (run_dir.parent / f"{run_dir.name}.log").open("w") as log:
+        process = train_cli([hold_at(1, 2, marker)], run_dir, cache, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + HANG_GUARD
+            while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert marker.exists(), f"the run never reached epoch 2 (exit code {process.poll()}, see {log.name})"
+            process.send_signal(sig)
+            return process.wait(timeout=HANG_GUARD)
+        finally:
+            process.kill()
+            process.wait()
+
+
+def quality_metrics(run_dir: Path) -> dict[str, Any]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {key: value for key, value in metrics.items() if key not in TIMING_KEYS}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = train([], run_dir, cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+# ------------------------------------------------------------------------------- 1. checkpoints choose nothing
+
+
+class RunsACommand:
+    """A pickle payload: unpickling it calls os.system (what a crafted checkpoint smuggles in)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (self.command,))
+
+
+def crafted_checkpoint(good: Path, path: Path, marker: Path) -> Path:
+    """The issue's attack: a net spec that names torch.load through an allowed prefix, on a pickled os.system."""
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    payload = pickle.dumps(RunsACommand(f"touch {marker}"))
+    checkpoint[SPEC_KEY]["net"] = {
+        "_target_": "anomaly_lab.masking.torch.load",
+        "f": {"_target_": "anomaly_lab.masking.torch.serialization.io.BytesIO", "initial_bytes": payload},
+        "weights_only": False,
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("tool", ["predict", "export"])
+def test_a_crafted_checkpoint_runs_nothing_in_predict_and_export(tiny_run: Path, tmp_path: Path, tool: str) -> None:
+    marker = tmp_path / "pwned"
+    crafted = crafted_checkpoint(tiny_run / "checkpoints" / "best.ckpt", tmp_path / "crafted.ckpt", marker)
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(tmp_path / "part.png")
+    predict_args = [f"input={tmp_path / 'part.png'}", f"output={tmp_path / 'out'}"]
+    args = [f"ckpt_path={crafted}", *(predict_args if tool == "predict" else [])]
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    result = subprocess.run(
+        [sys.executable, "-m", f"anomaly_lab.{tool}", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists() and not crafted.with_suffix(".onnx").exists()
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("CheckpointError: ") and "anomaly_lab.masking.torch.load" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_only_the_table_of_classes_with_plain_values_is_built(tiny_run: Path, tmp_path: Path) -> None:
+    good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    spec = good[SPEC_KEY]
+    variants = {
+        "an allowed prefix walking to torch": (
+            "net",
+            {**spec["net"], "_target_": "anomaly_lab.models.unet.torch.load"},
+        ),
+        "a nested _target_": ("masking", {**spec["masking"], "grid_sizes": {"_target_": "os.system", "c": "id"}}),
+        "a class's attribute": ("net", {**spec["net"], "_target_": "anomaly_lab.models.unet.UNet.__init__"}),
+        "hydra's positional args": ("net", {**spec["net"], "_args_": ["id"]}),
+        "a keyword the class lacks": ("net", {**spec["net"], "command": "id"}),
+    }
+    for name, (key, value) in variants.items():
+        path = tmp_path / f"{key}.ckpt"
+        torch.save({**good, SPEC_KEY: {**spec, key: value}}, path)
+        with pytest.raises(CheckpointError, match=rf"{path.name}: {key}"):
+            load_trained_model(path)
+        assert name
+    scoring = {**spec["scoring"], "anomaly_map": {"_target_": "anomaly_lab.scoring.torch.hub.load", "repo": "x"}}
+    torch.save({**good, SPEC_KEY: {**spec, "scoring": scoring}}, tmp_path / "map.ckpt")
+    with pytest.raises(CheckpointError, match="is not one of the classes a checkpoint may name"):
+        load_trained_model(tmp_path / "map.ckpt")
+
+
+def test_a_pickled_payload_is_refused_without_torchs_advice(tiny_run: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    torch.save({**good, "extra": RunsACommand(f"touch {marker}")}, tmp_path / "pickled.ckpt")
+    with pytest.raises(CheckpointError, match="holds Python objects other than tensors") as error:
+        load_trained_model(tmp_path / "pickled.ckpt")
+    assert "weights_only" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_resume_from_a_crafted_checkpoint_runs_nothing(compose_tiny: ComposeFn, tiny_run: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    good = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    torch.save({**good, "extra": RunsACommand(f"touch {marker}")}, tmp_path / "last.ckpt")
+    with pytest.raises(CheckpointError, match="holds Python objects"):
+        run(compose_tiny([f"resume={tmp_path / 'last.ckpt'}"]))
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------- 2. kill, Ctrl-C, full disk
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_a_run_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_run(
+    sig: signal.Signals, uninterrupted: Path, cache: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    code = kill_mid_epoch(run_dir, cache, sig)
+    assert code != 0
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 0  # the last finished epoch; the killed epoch 2 left nothing half-written
+    assert not (run_dir / "metrics.json").exists()
+    result = train(["resume=true"], run_dir, cache)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert quality_metrics(run_dir) == quality_metrics(uninterrupted)
+    scores = (run_dir / "scores.csv").read_text()
+    assert scores == (uninterrupted / "scores.csv").read_text()
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoints(cache: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert train(["trainer.max_epochs=1", "test=false"], run_dir, cache).returncode == 0
+    checkpoints = run_dir / "checkpoints"
+    before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in checkpoints.glob("*.ckpt")}
+    limit = (checkpoints / "last.ckpt").stat().st_size // 2
+
+    def small_disk() -> None:  # files may not grow past `limit` bytes: writes fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = train(["trainer.max_epochs=2", "test=false", "resume=true"], run_dir, cache, preexec_fn=small_disk)
+    assert result.returncode != 0
+    after = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in checkpoints.glob("*.ckpt")}
+    assert after == before
+    assert sorted(path.name for path in checkpoints.iterdir()) == sorted(before)  # no temporary file left
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
+
+
+# ------------------------------------------------------------------------------- 3. last epoch validated
+
+
+def test_one_epoch_with_sparse_validation_still_reports_every_metric(compose_tiny: ComposeFn) -> None:
+    cfg = compose_tiny(["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=5"])
+    objective = run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert objective == metrics["val/wasserstein"]
+    for key in ("val/image_auroc", "val/threshold", "test/image_auroc", "test/pixel_auroc", "test/aupro"):
+        assert key in metrics, key
+
+
+# ------------------------------------------------------------------------------- 4. a reused run folder
+
+
+def test_a_reused_run_folder_is_refused_and_resuming_keeps_the_record(cache: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert train(["trainer.max_epochs=1"], run_dir, cache).returncode == 0
+    recorded = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+
+    again = train(["trainer.max_epochs=1", "dataset.data_seed=1"], run_dir, cache)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith(f"RunFolderError: hydra.run.dir={run_dir} already holds")
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == recorded
+
+    old_metrics = json.loads((run_dir / "metrics.json").read_text())
+    old_config = (run_dir / ".hydra" / "config.yaml").read_text()
+    resumed = train(["trainer.max_epochs=1", "resume=true"], run_dir, cache)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {key for key in old_metrics if key.startswith(("val/", "train/"))} <= set(metrics)
+    assert (run_dir / ".hydra" / "previous" / "1" / "config.yaml").read_text() == old_config
+
+    replaced = train(["trainer.max_epochs=1", "overwrite=true", "dataset.data_seed=1"], run_dir, cache)
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not (run_dir / ".hydra" / "previous").exists()
+
+
+# ------------------------------------------------------------------------------- 6. a dead model says so
+
+
+def test_a_collapsed_run_says_so_in_the_log_and_metrics(cache: Path, tmp_path: Path) -> None:
+    result = train(["optimizer.lr=1e6"], tmp_path / "dead", cache)
+    assert result.returncode == 0
+    metrics = json.loads((tmp_path / "dead" / "metrics.json").read_text())
+    assert metrics["collapsed"] is True
+    assert any("saturated" in reason or "same for every" in reason for reason in metrics["collapse_reasons"])
+    assert "THE MODEL LOOKS COLLAPSED" in result.stdout + result.stderr
+
+
+def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
+    metrics = json.loads((uninterrupted / "metrics.json").read_text())
+    assert metrics["collapsed"] is False and metrics["collapse_reasons"] == []
+
+
+# ------------------------------------------------------------------------------- 8, 11, 12. settings
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dataset.val_fraction=0", r"dataset\.val_fraction=0: must be in \(0, 1\)"),
+        ("dataset.val_anomalous=0", r"dataset\.val_anomalous=0 leaves validation without anomalous"),
+        ("model.image_size=50", r"model\.image_size=50: must be a multiple of 2\*\*model\.net\.depth = 16.*=48 or 64"),
+        ("model.image_size=0", r"model\.image_size=0: must be a positive integer"),
+        ("model.image_size=-64", r"model\.image_size=-64: must be a positive integer"),
+        ("model.image_size=abc", r"model\.image_size='abc': must be a positive integer"),
+        ("masking.grid_sizes=[1000]", r"masking\.grid_sizes=\[1000\]: each must be an integer from 1 to"),
+        ("masking.ratio=1.5", r"masking\.ratio=1\.5: must be in \(0, 1\)"),
+        ("optimizer.lr=-1", r"optimizer\.lr=-1: must be a positive number"),
+        ("dataset.batch_size=0", r"dataset\.batch_size=0: must be a positive integer"),
+        ("trainer.max_epochs=0", r"trainer\.max_epochs=0: must be a positive integer"),
+    ],
+)
+def test_impossible_settings_name_the_key_before_anything_runs(
+    override: str, message: str, compose_tiny: ComposeFn
+) -> None:
+    cfg = compose_tiny([override])
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(cfg)
+    with pytest.raises(ConfigError, match=message):
+        run(cfg)
+    assert not Path(cfg.paths.output_dir).exists()
+
+
+def test_a_user_error_is_one_line_and_no_run_folder(cache: Path, tmp_path: Path) -> None:
+    result = train(["model.image_size=abc"], tmp_path / "run", cache)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ConfigError: model.image_size='abc': must be a positive integer (e.g. 64, 128, 256) "
+        "[HYDRA_FULL_ERROR=1 shows the traceback]"
+    ]
+    assert not (tmp_path / "run").exists()
+    typo = train(["modle.image_size=64"], tmp_path / "run", cache)
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert typo.stderr.strip().splitlines()[-1].startswith("ConfigCompositionException: Could not override 'modle")
+    full = train(["model.image_size=abc"], tmp_path / "run", cache, full_error=True)
+    assert full.returncode != 0 and "Traceback" in full.stderr
