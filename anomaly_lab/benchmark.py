@@ -58,9 +58,14 @@ def machine_description() -> str:
     return f"{cpu}, {cores} cores, {gpu}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def log_path(run_dir: Path) -> Path:
+    """Where a benchmark run's console output goes: beside its run folder, which must start empty."""
+    return run_dir.with_name(f"{run_dir.name}.log")
+
+
 def run_experiment(name: str, data_root: Path, overrides: list[str], run_dir: Path) -> tuple[int, float]:
-    """Train + test one experiment in a child process; its output goes to run_dir/train.log."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train + test one experiment in a child process; its output goes to <run_dir>.log beside the run folder."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
         "-m",
@@ -73,7 +78,7 @@ def run_experiment(name: str, data_root: Path, overrides: list[str], run_dir: Pa
     ]
     log.info("%s: %s", name, " ".join(command[2:]))
     start = time.perf_counter()
-    with (run_dir / "train.log").open("w") as out:
+    with log_path(run_dir).open("w") as out:
         returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     return returncode, time.perf_counter() - start
 
@@ -87,7 +92,7 @@ def table_row(name: str, run_dir: Path, returncode: int) -> list[str]:
     metrics_file = run_dir / "metrics.json"
     config_file = run_dir / ".hydra" / "config.yaml"
     if returncode != 0 or not metrics_file.is_file() or not config_file.is_file():
-        return [name, f"failed (exit {returncode}, see {run_dir / 'train.log'})", *[""] * (len(COLUMNS) - 2)]
+        return [name, f"failed (exit {returncode}, see {log_path(run_dir)})", *[""] * (len(COLUMNS) - 2)]
     metrics: dict[str, float] = json.loads(metrics_file.read_text())
     cfg = OmegaConf.load(config_file)
     size = cfg.model.image_size

@@ -12,7 +12,7 @@ from anomaly_lab.benchmark import COLUMNS, run_benchmark
 from anomaly_lab.train import CONFIG_DIR
 
 TINY_RUN = [
-    "model.image_size=32",
+    "model.image_size=64",  # bottles_cpu's 64x64 grid needs 64 pixels
     "dataset.batch_size=4",
     "dataset.eval_batch_size=8",
     "trainer.max_epochs=1",
@@ -41,13 +41,13 @@ def test_benchmark_writes_a_row_of_numbers_and_marks_a_failed_run(tiny_bottles_r
 
     good, failed = rows
     assert len(good) == len(COLUMNS)
-    assert good[:3] == ["bottles_cpu", "32x32", "1"]
+    assert good[:3] == ["bottles_cpu", "64x64", "1"]
     for cell in good[3:8]:  # image AUROC .. norm. Wasserstein: numbers, not n/a
         assert re.fullmatch(r"-?\d+\.\d+", cell), good
     assert good[-1].endswith("MiB")
     assert failed[0] == "no_such_experiment" and failed[1].startswith("failed")
     text = report.read_text()
-    assert "| bottles_cpu | 32x32 | 1 |" in text and "Machine:" in text
+    assert "| bottles_cpu | 64x64 | 1 |" in text and "Machine:" in text
     assert (tmp_path / "bench" / "benchmarks.md").read_text() == text
 
 
