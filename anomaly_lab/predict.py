@@ -245,7 +245,7 @@ class Settings:
     """predict's config values, checked before any file is read or written."""
 
     ckpt_path: str
-    input: str
+    input: str | None  # None: not given (an error once the checkpoint has loaded)
     output: Path
     overwrite: bool
     score_threshold: float | None
@@ -275,7 +275,7 @@ def optional_number_setting(
 
 def checked_settings(cfg: DictConfig) -> Settings:
     """predict's settings from its config; a value that cannot work is a ConfigError naming its key."""
-    for key in ("ckpt_path", "input", "output"):
+    for key in ("ckpt_path", "output"):  # input is checked after the checkpoint (run)
         if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
             raise ConfigError(f"{key} is not set: pass {key}=...")
     for key in ("overwrite", "progress"):
@@ -286,7 +286,7 @@ def checked_settings(cfg: DictConfig) -> Settings:
         raise ConfigError(f"batch_size={batch_size!r} is not valid: use a positive whole number")
     return Settings(
         ckpt_path=str(cfg.ckpt_path),
-        input=str(cfg.input),
+        input=None if OmegaConf.is_missing(cfg, "input") or cfg.input in (None, "") else str(cfg.input),
         output=Path(str(cfg.output)),
         overwrite=cfg.overwrite,
         score_threshold=optional_number_setting(
@@ -339,8 +339,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Score cfg.input with cfg.ckpt_path's model into cfg.output; returns the summary (also summary.json)."""
     started = time.perf_counter()
     settings = checked_settings(cfg)
+    model = load_trained_model(settings.ckpt_path, settings.device)  # a bad checkpoint is named before anything else
+    if settings.input is None:
+        raise ConfigError("input is not set: pass input=<an image, a folder or a quoted glob>")
     files, root = find_inputs(settings.input)
-    model = load_trained_model(settings.ckpt_path, settings.device)
     threshold = settings.score_threshold if settings.score_threshold is not None else model.threshold
     if not math.isfinite(threshold):
         raise ConfigError(

@@ -132,16 +132,20 @@ def crafted_checkpoint(good: Path, path: Path, marker: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("tool", ["predict", "export"])
+@pytest.mark.parametrize("tool", ["predict", "predict with no input", "export"])
 def test_a_crafted_checkpoint_runs_nothing_in_predict_and_export(tiny_run: Path, tmp_path: Path, tool: str) -> None:
     marker = tmp_path / "pwned"
     crafted = crafted_checkpoint(tiny_run / "checkpoints" / "best.ckpt", tmp_path / "crafted.ckpt", marker)
     Image.new("RGB", (40, 40), (90, 90, 90)).save(tmp_path / "part.png")
-    predict_args = [f"input={tmp_path / 'part.png'}", f"output={tmp_path / 'out'}"]
-    args = [f"ckpt_path={crafted}", *(predict_args if tool == "predict" else [])]
+    args = {
+        "predict": [f"input={tmp_path / 'part.png'}", f"output={tmp_path / 'out'}"],
+        "predict with no input": [f"output={tmp_path / 'out'}"],
+        "export": [],
+    }[tool]
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    module = f"anomaly_lab.{tool.split()[0]}"
     result = subprocess.run(
-        [sys.executable, "-m", f"anomaly_lab.{tool}", *args], cwd=REPO, env=env, capture_output=True, text=True
+        [sys.executable, "-m", module, f"ckpt_path={crafted}", *args], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert result.returncode == 2
     assert not marker.exists()
