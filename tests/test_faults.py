@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,12 @@ def hold_at(epoch: int, batch: int, marker: Path) -> str:
     return f"+callbacks.hold={{{callback}}}"
 
 
-def kill_mid_epoch(run_dir: Path, cache: Path, sig: signal.Signals) -> int:
+def kill_mid_epoch(run_dir: Path, cache: Path, sig: signal.Signals, args: Sequence[str] = ()) -> int:
     """Start a 3-epoch run, send `sig` during batch 2 of epoch 2 (0-based epoch 1); its exit code."""
     marker = run_dir.parent / f"{run_dir.name}.held"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     with (run_dir.parent / f"{run_dir.name}.log").open("w") as log:
-        process = train_cli([hold_at(1, 2, marker)], run_dir, cache, stdout=log, stderr=subprocess.STDOUT)
+        process = train_cli([*args, hold_at(1, 2, marker)], run_dir, cache, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + HANG_GUARD
             while not marker.exists() and process.poll() is None and time.monotonic() < deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,24 @@ def test_unet_small_on_real_bottles_gives_finite_auroc(compose_tiny: ComposeFn) 
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert math.isfinite(metrics["test/image_auroc"])
     assert math.isfinite(metrics["test/pixel_auroc"])
+
+
+def test_one_epoch_at_64px_reports_every_metric_and_a_killed_run_resumes_to_the_same(tmp_path: Path) -> None:
+    """The reliability issue's commands on real data: 1 epoch with validation every 5 epochs; 3 epochs killed
+    with SIGKILL in epoch 2, resumed, equal to an uninterrupted run."""
+    from tests.test_faults import kill_mid_epoch, quality_metrics, train
+
+    real = ["dataset=bottles", f"dataset.root={REAL_BOTTLES}", "model=unet_small", "model.image_size=64"]
+    cache = tmp_path / "cache"
+    one = train([*real, "trainer.max_epochs=1", "dataset.batch_size=8"], tmp_path / "one", cache)
+    assert one.returncode == 0, one.stderr[-2000:]
+    metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    for key in ("test/image_auroc", "test/pixel_auroc", "test/aupro", "test/f1_max", "val/wasserstein"):
+        assert math.isfinite(metrics[key]), key
+
+    three = [*real, "trainer.max_epochs=3", "dataset.batch_size=8"]
+    assert train(three, tmp_path / "uninterrupted", cache).returncode == 0
+    assert kill_mid_epoch(tmp_path / "killed", cache, signal.SIGKILL, three) != 0
+    resumed = train([*three, "resume=true"], tmp_path / "killed", cache)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert quality_metrics(tmp_path / "killed") == quality_metrics(tmp_path / "uninterrupted")

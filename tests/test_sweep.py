@@ -104,10 +104,16 @@ HANG_GUARD_S = 600  # only stops a hung sweep: no assertion depends on how long 
 
 
 def kill_sweep_during_job(args: list[str], tmp_path: Path, job: int) -> int:
-    """Run `--multirun <args>` in a subprocess, SIGKILL it once job number `job` has started, return its pid."""
+    """Run `--multirun <args>` in a subprocess, SIGKILL it while job number `job` trains, return its pid.
+
+    A test-only callback holds that job's trial at its first training batch (tests/fault_helpers.py), so the
+    kill lands mid-trial however busy the machine is.
+    """
+    marker = tmp_path / "held"
+    hold = f"_target_: tests.fault_helpers.HoldInEpoch, epoch: 0, batch: 0, marker: {marker}, occurrence: {job + 1}"
     with (tmp_path / "killed.log").open("w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args],
+            [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args, f"+callbacks.hold={{{hold}}}"],
             cwd=REPO,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
             stdout=output,
@@ -116,8 +122,7 @@ def kill_sweep_during_job(args: list[str], tmp_path: Path, job: int) -> int:
         )
         try:
             hang_deadline = time.monotonic() + HANG_GUARD_S
-            # the job's folder appears once its trial runs, after its owner and first heartbeat are recorded
-            while not list((tmp_path / "outputs" / "sweeps").glob(f"{STUDY}/*/{job}")):
+            while not marker.exists():
                 if process.poll() is not None or time.monotonic() > hang_deadline:
                     pytest.fail(f"job {job} never started (exit code {process.poll()}, see {output.name})")
                 time.sleep(0.2)
