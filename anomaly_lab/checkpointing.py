@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from anomaly_lab.inference import CheckpointError, first_line, unpickling_refusal
+from anomaly_lab.inference import CheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +72,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found")
-        try:
-            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise CheckpointError(f"{path}: {unpickling_refusal(error)}") from error
-        except (RuntimeError, EOFError, ValueError, OSError) as error:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from error
+        checkpoint = load_weights_only(path)
+        check_resumable(checkpoint, path)
+        return checkpoint
+
+
+# What Lightning reads when it resumes, and the type each entry must have.
+RESUMED_ENTRIES: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "global_step": int,
+    "state_dict": dict,
+    "loops": dict,
+    "callbacks": dict,
+    "optimizer_states": list,
+    "lr_schedulers": list,
+}
+
+
+def check_resumable(checkpoint: Any, path: Path) -> None:
+    """CheckpointError unless the file has the shape of a Lightning training checkpoint (no garbage states)."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (a {type(checkpoint).__name__}, not a dict)")
+    for key, kind in RESUMED_ENTRIES.items():
+        if key in checkpoint and not isinstance(checkpoint[key], kind):
+            raise CheckpointError(f"{path}: not a Lightning checkpoint ({key} is a {type(checkpoint[key]).__name__})")
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    for owner in ("callbacks", "loops"):
+        for name, state in checkpoint.get(owner, {}).items():
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path}: not a Lightning checkpoint ({owner}[{name!r}] is not a mapping)")
 
 
 def random_state() -> dict[str, Any]:

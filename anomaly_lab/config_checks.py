@@ -8,11 +8,28 @@ again for callers of the compose API.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.errors import ConfigError
+
+# What run(cfg) can return: the metrics every validation logs (models.module) and the training loss.
+OBJECTIVE_METRICS = (
+    "val/wasserstein",
+    "val/wasserstein_normalised",
+    "val/image_auroc",
+    "val/f1_max",
+    "val/loss",
+    "train/loss",
+)
+SCORE_REDUCTIONS = ("mean", "max", "topk")
+DATASET_FOLDER_HINTS = {
+    "dataset.root": "; point it at an MVTec AD category folder (train/good, test/<defect>, ground_truth/<defect>), "
+    "e.g. dataset.root=../shared/data/mvtec_bottle, or symlink one to data/mvtec_bottle",
+    "dataset.mask_dir": "; set dataset.mask_dir=null if the anomalous images have no masks",
+}
 
 
 def positive_int(cfg: DictConfig, key: str, examples: str = "") -> int:
@@ -99,12 +116,85 @@ def check_splits(cfg: DictConfig) -> None:
         fraction(cfg, "dataset.test_fraction", False, 1.0, "the share of normal images held out for testing")
 
 
+def check_choice(cfg: DictConfig, key: str, choices: tuple[Any, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+        names = [str(choice).lower() if isinstance(choice, bool) else str(choice) for choice in choices]
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(names)}")
+
+
+def check_optional(cfg: DictConfig, key: str, check: Any, *args: Any) -> None:
+    """Run check(cfg, key, *args) when the key is set in this config (options differ in their keys)."""
+    if OmegaConf.select(cfg, key) is not None:
+        check(cfg, key, *args)
+
+
+def non_negative_int(cfg: DictConfig, key: str) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}={value!r}: must be an integer >= 0")
+    return value
+
+
+def positive_number(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}={value!r}: must be a positive number")
+    return float(value)
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    for key in ("test", "overwrite"):
+        check_choice(cfg, key, (True, False))
+    for key in ("seed", "dataset.split_seed", "dataset.data_seed", "masking.seed"):
+        check_optional(cfg, key, non_negative_int)
+    check_choice(cfg, "objective.mode", ("min", "max"))
+    check_choice(cfg, "objective.metric", OBJECTIVE_METRICS)
+    resume = OmegaConf.select(cfg, "resume")
+    if resume not in (True, False, None) and not Path(str(resume)).is_file():
+        raise ConfigError(f"resume={resume!r}: must be true, false or the path of a .ckpt file (no file there)")
+
+
+def check_scoring_and_schedule(cfg: DictConfig) -> None:
+    check_choice(cfg, "scoring.reduce", SCORE_REDUCTIONS)
+    fraction = OmegaConf.select(cfg, "scoring.topk_fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise ConfigError(f"scoring.topk_fraction={fraction!r}: must be in (0, 1]")
+    check_optional(cfg, "scheduler.gamma", positive_number)
+    check_optional(cfg, "scheduler.step_size", positive_int)
+    check_optional(cfg, "optimizer.weight_decay", non_negative_number)
+    check_optional(cfg, "trainer.log_every_n_steps", positive_int)
+
+
+def non_negative_number(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key}={value!r}: must be a number >= 0")
+    return float(value)
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """Folders that must exist and counts that must be positive, for the keys this dataset option has."""
+    for key in ("dataset.root", "dataset.normal_dir", "dataset.abnormal_dir", "dataset.mask_dir"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not Path(str(value)).is_dir():
+            what = "is a file, not a folder" if Path(str(value)).is_file() else "not found"
+            hint = DATASET_FOLDER_HINTS.get(key, "")
+            raise ConfigError(f"{key}={value}: {what}{hint}")
+    for key in ("dataset.n_train", "dataset.n_test_good", "dataset.n_test_per_defect"):
+        check_optional(cfg, key, positive_int)
+    for key in ("dataset.num_workers", "dataset.rotation_copies"):
+        check_optional(cfg, key, non_negative_int)
+    check_optional(cfg, "dataset.max_image_pixels", positive_int)
+    check_optional(cfg, "dataset.border", check_choice, ("drop", "pad"))
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """ConfigError naming the first key whose value cannot work."""
-    mode = OmegaConf.select(cfg, "objective.mode")
-    if mode not in ("min", "max"):
-        raise ConfigError(f"objective.mode={mode!r}: must be min or max")
+    check_top_level(cfg)
     size = check_image_size(cfg)
     check_masking(cfg, size)
     check_training(cfg)
+    check_scoring_and_schedule(cfg)
     check_splits(cfg)
+    check_dataset(cfg)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -123,7 +124,7 @@ def build_from_spec(node: Any, where: str) -> Any:
             )
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{where}: cannot build {target} from the checkpoint ({first_line(error)})") from error
 
 
@@ -151,17 +152,33 @@ def unpickling_refusal(error: pickle.UnpicklingError) -> str:
     return f"not a PyTorch checkpoint ({detail.strip()})"
 
 
+def load_weights_only(path: Path) -> Any:
+    """torch.load(weights_only=True); any refusal or breakage of the file is a CheckpointError naming it."""
+    with path.open("rb") as file:
+        head = file.read(2)
+    if head[:1] == b"\x80":  # a bare pickle stream, not torch.save's zip archive
+        raise CheckpointError(
+            f"{path}: a plain pickle, not a checkpoint written by torch.save; refusing to unpickle it "
+            f"(unpickling can run any code)"
+        )
+    try:
+        with warnings.catch_warnings():  # torch's own warnings about the file end in advice we do not give
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: {unpickling_refusal(error)}") from error
+    except Exception as error:  # the unpickler breaks on garbage in many ways (KeyError, EOFError, ...)
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {first_line(error)})"
+        ) from error
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The spec (threshold included) and the state dict of an anomaly_lab checkpoint, loaded weights-only."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path}: {unpickling_refusal(error)}") from error
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first_line(error)})") from error
+    checkpoint = load_weights_only(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     spec = checkpoint.get(SPEC_KEY)
@@ -179,34 +196,84 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return spec, checkpoint["state_dict"]
 
 
+def checked_settings(spec: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The spec's plain settings, each checked: a CheckpointError names the first one that cannot work."""
+
+    def bad(key: str, value: Any, allowed: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {key}={value!r} in the inference spec; expected {allowed}")
+
+    def is_int(value: Any) -> TypeGuard[int]:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_number(value: Any) -> TypeGuard[float]:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    size, scoring = spec["image_size"], spec["scoring"]
+    if not is_int(size) or not 1 <= size <= 16384:
+        raise bad("image_size", size, "an integer from 1 to 16384")
+    if not isinstance(scoring, dict) or scoring.get("reduce") not in ("mean", "max", "topk"):
+        raise bad("scoring.reduce", scoring.get("reduce") if isinstance(scoring, dict) else scoring, "mean|max|topk")
+    topk = scoring.get("topk_fraction")
+    if not is_number(topk) or not 0 < topk <= 1:
+        raise bad("scoring.topk_fraction", topk, "a number in (0, 1]")
+    threshold = spec.get("threshold")
+    if threshold is not None and not is_number(threshold):
+        raise bad("threshold", threshold, "a number or null")
+    normalisation = spec.get("normalisation") or {"divide_by": 255.0, "grayscale": False}
+    divide_by = normalisation.get("divide_by") if isinstance(normalisation, dict) else None
+    if not is_number(divide_by) or not 0 < divide_by < math.inf:
+        raise bad("normalisation.divide_by", divide_by, "a positive number (255.0)")
+    if not isinstance(normalisation.get("grayscale", False), bool):
+        raise bad("normalisation.grayscale", normalisation.get("grayscale"), "true or false")
+    tiling = spec.get("tiling")
+    if tiling is not None:
+        if not isinstance(tiling, dict):
+            raise bad("tiling", tiling, "null or {stride, border, page_width}")
+        for key in ("stride", "page_width"):
+            if tiling.get(key) is not None and (not is_int(tiling[key]) or tiling[key] < 1):
+                raise bad(f"tiling.{key}", tiling.get(key), "null or a positive integer")
+        if tiling.get("border") not in ("drop", "pad"):
+            raise bad("tiling.border", tiling.get("border"), "drop or pad")
+    return {
+        "image_size": size,
+        "reduce": scoring["reduce"],
+        "topk_fraction": float(topk),
+        "threshold": math.nan if threshold is None else float(threshold),
+        "normalisation": {"divide_by": float(divide_by), "grayscale": normalisation.get("grayscale", False)},
+        "tiling": None if tiling is None else {key: tiling.get(key) for key in ("stride", "border", "page_width")},
+    }
+
+
 def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
     """Rebuild the scorer of a checkpoint written by anomaly_lab.train (see read_checkpoint)."""
     spec, state_dict = read_checkpoint(path)
+    path = Path(path)
     try:
+        settings = checked_settings(spec, path)
         net: nn.Module = build_from_spec(spec["net"], f"{path}: net")
         masking: Masking = build_from_spec(spec["masking"], f"{path}: masking")
-        scoring = spec["scoring"]
-        anomaly_map: nn.Module = build_from_spec(scoring["anomaly_map"], f"{path}: scoring.anomaly_map")
-        image_size = int(spec["image_size"])
-        reduce, topk_fraction = str(scoring["reduce"]), float(scoring["topk_fraction"])
+        anomaly_map: nn.Module = build_from_spec(spec["scoring"]["anomaly_map"], f"{path}: scoring.anomaly_map")
     except KeyError as error:
         raise CheckpointError(f"{path}: the inference spec lacks {error}") from error
-    except CheckpointError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: a malformed inference spec ({first_line(error)})") from error
     net_state = {key.removeprefix("net."): value for key, value in state_dict.items() if key.startswith("net.")}
     try:
         net.load_state_dict(net_state)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit the net of its spec ({error})") from error
-    scorer = FullCoverageScorer(net, masking, anomaly_map, image_size, reduce, topk_fraction)
-    threshold = spec.get("threshold")
+    image_size = settings["image_size"]
+    try:
+        scorer = FullCoverageScorer(
+            net, masking, anomaly_map, image_size, settings["reduce"], settings["topk_fraction"]
+        ).eval()
+        with torch.no_grad():  # one image through the whole scoring: a spec that builds but cannot score fails here
+            scorer(torch.zeros(1, 3, image_size, image_size))
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: its model cannot score a {image_size}px image ({first_line(error)})") from error
     return TrainedModel(
-        scorer=scorer.to(device).eval(),
-        threshold=float(threshold) if threshold is not None else math.nan,
+        scorer=scorer.to(device),
+        threshold=settings["threshold"],
         image_size=image_size,
-        normalisation=dict(spec.get("normalisation") or {"divide_by": 255.0, "grayscale": False}),
-        tiling=spec.get("tiling"),
+        normalisation=settings["normalisation"],
+        tiling=settings["tiling"],
         spec=spec,
     )

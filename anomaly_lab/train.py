@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -17,14 +20,17 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, resume_checkpoint
-from anomaly_lab.cli import run_cli, user_errors_exit
+from anomaly_lab.cli import one_line, run_cli, user_errors_exit
 from anomaly_lab.config_checks import check_train_config, needs_validation_anomalies
-from anomaly_lab.errors import SplitError
+from anomaly_lab.errors import ConfigError, SplitError, UserError
 from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reasons
 from anomaly_lab.inference import FORMAT_VERSION
 from anomaly_lab.models.module import InpaintingModule
@@ -86,6 +92,53 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
     )
 
 
+@contextmanager
+def config_group(name: str) -> Iterator[None]:
+    """An error while building `name` from its config becomes a ConfigError naming the group."""
+    try:
+        yield
+    except (ValueError, TypeError, RuntimeError, KeyError, HydraException, MisconfigurationException) as error:
+        if isinstance(error, UserError):
+            raise
+        raise ConfigError(f"{name}: {one_line(error)}") from error
+
+
+def check_buildable(cfg: DictConfig) -> None:
+    """Build what the config describes, without data, and run the net once: a ConfigError naming the group
+    for a value only the class itself refuses (a norm, a weight decay, an accelerator, ...)."""
+    quiet = logging.getLogger("lightning.pytorch")
+    level, quiet.level = quiet.level, logging.WARNING  # no "GPU available" lines for a check
+    try:
+        with warnings.catch_warnings():  # torch's warnings about an odd net are not the point here
+            warnings.simplefilter("ignore")
+            size = int(cfg.model.image_size)
+            with config_group("model.net"):
+                net: nn.Module = instantiate(cfg.model.net).eval()
+                with torch.no_grad():
+                    out = net(torch.zeros(1, 3, size, size))
+                if tuple(out.shape) != (1, 3, size, size):
+                    raise ConfigError(
+                        f"model.net maps (1,3,{size},{size}) images to {tuple(out.shape)}, not the same shape"
+                    )
+            with config_group("masking"):
+                instantiate(cfg.masking)
+            with config_group("scoring"):
+                instantiate(cfg.scoring.loss)
+                instantiate(cfg.scoring.anomaly_map)
+            if cfg.get("threshold"):
+                with config_group("threshold"):
+                    instantiate(cfg.threshold)
+            with config_group("optimizer"):
+                optimizer = instantiate(cfg.optimizer)(params=net.parameters())
+            if cfg.get("scheduler"):
+                with config_group("scheduler"):
+                    instantiate(cfg.scheduler)(optimizer=optimizer)
+            with config_group("trainer"):
+                instantiate(cfg.trainer, default_root_dir=None, logger=False, callbacks=[], enable_checkpointing=False)
+    finally:
+        quiet.level = level
+
+
 def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
     """Every split the run will use holds what it needs, checked before the first training step."""
     splits = getattr(datamodule, "splits", None)
@@ -112,6 +165,7 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> float:
     """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
     check_train_config(cfg)
+    check_buildable(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
@@ -139,15 +193,15 @@ def run(cfg: DictConfig) -> float:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None  # none under fast_dev_run
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+    metrics_path = output_dir / "metrics.json"
+    if ckpt_path is not None and metrics_path.is_file():  # a resumed run keeps what the run recorded before
+        metrics = {**json.loads(metrics_path.read_text()), **metrics}
     reasons = collapse_reasons(metrics, health.epoch_losses)
     metrics.update(collapsed=bool(reasons), collapse_reasons=reasons)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = output_dir / "metrics.json"
-        if ckpt_path is not None and metrics_path.is_file():  # a resumed run keeps what the run recorded before
-            metrics = {**json.loads(metrics_path.read_text()), **metrics}
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         for name in sorted(metrics):
             if name.startswith("test/"):
                 log.info("%s = %.4f", name, metrics[name])

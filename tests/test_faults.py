@@ -29,7 +29,7 @@ from PIL import Image
 from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_trained_model
-from anomaly_lab.train import run
+from anomaly_lab.train import check_buildable, run
 from tests.conftest import ComposeFn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,6 +182,57 @@ def test_only_the_table_of_classes_with_plain_values_is_built(tiny_run: Path, tm
         load_trained_model(tmp_path / "map.ckpt")
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image_size": float("inf")}, "image_size=inf"),
+        ({"image_size": 0}, "image_size=0"),
+        ({"image_size": -32}, "image_size=-32"),
+        ({"threshold": "abc"}, "threshold='abc'"),
+        ({"threshold": [1, 2]}, r"threshold=\[1, 2\]"),
+        ({"normalisation": [1, 2]}, "normalisation.divide_by=None"),
+        ({"normalisation": {"divide_by": 0, "grayscale": False}}, "normalisation.divide_by=0"),
+        ({"normalisation": {"divide_by": "abc", "grayscale": False}}, "normalisation.divide_by='abc'"),
+        ({"tiling": "abc"}, "tiling='abc'"),
+        ({"tiling": {}}, "tiling.border=None"),
+        ({"scoring": {"reduce": "median", "topk_fraction": 0.01}}, "scoring.reduce='median'"),
+        ({"net": {"_target_": "anomaly_lab.models.unet.UNet", "base_channels": -1}}, "net: cannot build"),
+    ],
+)
+def test_a_spec_with_impossible_values_is_a_checkpoint_error(
+    change: dict[str, Any], message: str, tiny_run: Path, tmp_path: Path
+) -> None:
+    good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    spec = {**good[SPEC_KEY], **change}
+    if "scoring" in change:
+        spec["scoring"] = {**good[SPEC_KEY]["scoring"], **change["scoring"]}
+    torch.save({**good, SPEC_KEY: spec}, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match=message):
+        load_trained_model(tmp_path / "odd.ckpt")
+
+
+def test_garbage_files_are_checkpoint_errors(compose_tiny: ComposeFn, tiny_run: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    (tmp_path / "text.ckpt").write_text("hello")
+    (tmp_path / "raw.ckpt").write_bytes(pickle.dumps(RunsACommand(f"touch {marker}")))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_trained_model(tmp_path / "text.ckpt")
+    with pytest.raises(CheckpointError, match=r"a plain pickle, not a checkpoint written by torch\.save"):
+        load_trained_model(tmp_path / "raw.ckpt")
+    good = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    broken = {
+        "callbacks": {**good, "callbacks": {name: "garbage" for name in good["callbacks"]}},
+        "loops": {**good, "loops": "garbage"},
+    }
+    for name, checkpoint in broken.items():
+        torch.save(checkpoint, tmp_path / f"{name}.ckpt")
+        with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
+            run(compose_tiny([f"resume={tmp_path / f'{name}.ckpt'}"], output_dir=tmp_path / name))
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        run(compose_tiny([f"resume={tmp_path / 'text.ckpt'}"], output_dir=tmp_path / "text"))
+    assert not marker.exists()
+
+
 def test_a_pickled_payload_is_refused_without_torchs_advice(tiny_run: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
@@ -289,6 +340,18 @@ def test_a_collapsed_run_says_so_in_the_log_and_metrics(cache: Path, tmp_path: P
     assert metrics["collapsed"] is True
     assert any("saturated" in reason or "same for every" in reason for reason in metrics["collapse_reasons"])
     assert "THE MODEL LOOKS COLLAPSED" in result.stdout + result.stderr
+    resumed = train(["optimizer.lr=1e6", "resume=true"], tmp_path / "dead", cache)  # nothing left to train
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = json.loads((tmp_path / "dead" / "metrics.json").read_text())
+    assert again["collapsed"] is True and again["collapse_reasons"] == metrics["collapse_reasons"]
+
+
+def test_a_diverged_run_is_one_line(cache: Path, tmp_path: Path) -> None:
+    diverging = ["optimizer.lr=1e30", "scheduler=none", "model.net.output_activation=none"]  # as test_train's NaN
+    result = train([*diverging, "trainer.check_val_every_n_epoch=5"], tmp_path / "run", cache)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("NonFiniteLossError: ") and "lower optimizer.lr (now 1e+30)" in last
 
 
 def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
@@ -313,6 +376,20 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
         ("optimizer.lr=-1", r"optimizer\.lr=-1: must be a positive number"),
         ("dataset.batch_size=0", r"dataset\.batch_size=0: must be a positive integer"),
         ("trainer.max_epochs=0", r"trainer\.max_epochs=0: must be a positive integer"),
+        ("dataset.num_workers=-1", r"dataset\.num_workers=-1: must be an integer >= 0"),
+        ("scoring.reduce=median", r"scoring\.reduce='median': must be one of mean, max, topk"),
+        ("scoring.topk_fraction=2", r"scoring\.topk_fraction=2: must be in \(0, 1\]"),
+        ("optimizer.weight_decay=-1", r"optimizer\.weight_decay=-1: must be a number >= 0"),
+        ("scheduler.gamma=abc", r"scheduler\.gamma='abc': must be a positive number"),
+        ("seed=abc", r"seed='abc': must be an integer >= 0"),
+        ("overwrite=maybe", r"overwrite='maybe': must be one of true, false"),
+        ("objective.metric=val/nope", r"objective\.metric='val/nope': must be one of val/wasserstein"),
+        ("resume=/no/such.ckpt", r"resume='/no/such\.ckpt': must be true, false or the path of a \.ckpt file"),
+        ("dataset.n_train=0", r"dataset\.n_train=0: must be a positive integer"),
+        ("model.net.norm=foo", r"model\.net: .*unknown norm 'foo'"),
+        ("model.net.base_channels=0", r"model\.net: "),
+        ("trainer.precision=17", r"trainer: .*Precision 17 is invalid"),
+        ("trainer.devices=0", r"trainer: .*devices=0"),
     ],
 )
 def test_impossible_settings_name_the_key_before_anything_runs(
@@ -321,6 +398,7 @@ def test_impossible_settings_name_the_key_before_anything_runs(
     cfg = compose_tiny([override])
     with pytest.raises(ConfigError, match=message):
         check_train_config(cfg)
+        check_buildable(cfg)
     with pytest.raises(ConfigError, match=message):
         run(cfg)
     assert not Path(cfg.paths.output_dir).exists()

@@ -11,6 +11,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import open_dict
 
 from anomaly_lab.data.images import BadImageError
+from anomaly_lab.errors import ConfigError
 from anomaly_lab.train import run
 from tests.conftest import ComposeFn, compose_config
 
@@ -112,7 +113,7 @@ def test_same_seed_gives_the_same_metrics(compose_tiny: ComposeFn, tmp_path: Pat
 
 def test_missing_root_says_how_to_point_at_data(compose_tiny: ComposeFn, tmp_path: Path) -> None:
     cfg = compose_tiny(["dataset=bottles", f"dataset.root={tmp_path / 'nowhere'}"])
-    with pytest.raises(FileNotFoundError, match=r"nowhere not found.*dataset.root="):
+    with pytest.raises(ConfigError, match=r"dataset\.root=.*nowhere: not found; point it at an MVTec AD category"):
         run(cfg)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchmetrics import CatMetric
 
+from anomaly_lab.errors import UserError
 from anomaly_lab.inference import SPEC_KEY
 from anomaly_lab.masking import Masking, inpaint_for_training
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
@@ -23,8 +24,9 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf; raised so a run (or sweep trial) fails loudly."""
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The loss became NaN or inf (a diverged model, e.g. a far too high optimizer.lr); the run (or sweep
+    trial) fails loudly."""
 
 
 class InpaintingModule(L.LightningModule):
@@ -81,7 +83,11 @@ class InpaintingModule(L.LightningModule):
         recon = inpaint_for_training(self.net, images, self.masking)  # (B,3,H,W)
         loss = self.loss(recon[normal], images[normal]) if normal.any() else images.new_zeros(())
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{stage} loss is {loss.item()} at step {self.global_step}")
+            lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+            hint = f"lower optimizer.lr (now {lr}) or check the data" if lr is not None else "check the data"
+            raise NonFiniteLossError(
+                f"{stage} loss is {loss.item()} at step {self.global_step}: the model diverged; {hint}"
+            )
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=int(normal.sum()))
         if stage == "val" and len(images) > 1:  # signs of a dead net (see anomaly_lab.health)
             output = recon.detach().float()
