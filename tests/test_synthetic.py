@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
-from anomaly_lab.data import synthetic
 from anomaly_lab.data.synthetic import (
     BOTTLE_DEFECTS,
     make_bottle,
@@ -19,6 +18,7 @@ from anomaly_lab.data.synthetic import (
     make_sea_image,
     write_synthetic_bottles,
 )
+from anomaly_lab.data.synthetic import bottles as synthetic
 
 
 def twins(make: Callable, seed: int, plain_args: tuple, anomalous_args: tuple) -> tuple[np.ndarray, ...]:

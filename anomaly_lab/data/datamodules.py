@@ -35,10 +35,6 @@ from anomaly_lab.data.images import (
 from anomaly_lab.data.synthetic import write_synthetic_bottles
 
 
-def batch_size_of(batch: dict[str, Any]) -> int:
-    return int(batch["image"].shape[0])
-
-
 def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
     """Normal training samples and test samples of an MVTec AD category folder."""
     if not root.is_dir():
