@@ -72,12 +72,25 @@ def hold_at(epoch: int, batch: int, marker: Path) -> str:
     return f"+callbacks.hold={{{callback}}}"
 
 
+def interruptible() -> None:
+    """In the child: Ctrl-C as in a terminal. A background job of a non-interactive shell (nohup, `&` in a
+    script, some CI runners) inherits SIGINT ignored, and the child would never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kill_mid_epoch(run_dir: Path, cache: Path, sig: signal.Signals, args: Sequence[str] = ()) -> int:
     """Start a 3-epoch run, send `sig` during batch 2 of epoch 2 (0-based epoch 1); its exit code."""
     marker = run_dir.parent / f"{run_dir.name}.held"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with (run_dir.parent / f"{run_dir.name}.log").open("w") as log:
-        process = train_cli([*args, hold_at(1, 2, marker)], run_dir, cache, stdout=log, stderr=subprocess.STDOUT)
+        process = train_cli(
+            [*args, hold_at(1, 2, marker)],
+            run_dir,
+            cache,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=interruptible,
+        )
         try:
             deadline = time.monotonic() + HANG_GUARD
             while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
