@@ -7,6 +7,7 @@ import logging
 import math
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -14,6 +15,8 @@ from typing import Any, cast
 import lightning as L
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch.utils.data import default_collate
 
 from anomaly_lab.data.tiles import stitch_scores
@@ -97,11 +100,27 @@ class ImagesPerSecond(L.Callback):
         module.log("peak_memory_mb", peak_memory_mb(module.device))
 
 
+def column_header(titles: Sequence[str], width: int) -> torch.Tensor:
+    """A white strip (3,h,len(titles)*width) in [0,1], each title in black centred over its width-px column."""
+    fit = width / (0.6 * max(map(len, titles)))  # the longest title fills its column (72 dpi: points = pixels)
+    points = max(6.0, min(fit, max(14.0, width / 16)))  # 14 pt, larger for wide columns
+    height, total = math.ceil(1.6 * points), len(titles) * width
+    figure = Figure(figsize=((total + 0.5) / 72, (height + 0.5) / 72), dpi=72)  # +0.5: Agg truncates to int
+    for i, title in enumerate(titles):
+        figure.text((i + 0.5) / len(titles), 0.5, title, ha="center", va="center", fontsize=points)
+    (canvas := FigureCanvasAgg(figure)).draw()
+    rgb = np.asarray(canvas.buffer_rgba())[:height, :total, :3]  # (h,total,3) uint8
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
+
+
 class ReconstructionImages(L.Callback):
     """TensorBoard image grid per validation: input | masked input | inpainted | error map | ground truth.
 
-    A few normal and a few anomalous validation images, one row each.
+    A few normal and a few anomalous validation images, one row each, under a header row naming the columns
+    (the panels are the images' own pixels, unscaled).
     """
+
+    columns = ("input", "masked", "inpainting", "error", "truth")
 
     def __init__(self, num_images: int = 3) -> None:
         self.num_images = num_images
@@ -125,16 +144,11 @@ class ReconstructionImages(L.Callback):
             recon = module.net(masked)
             maps, _ = module(images)  # (B,1,H,W)
         maps = maps / maps.amax().clamp_min(1e-8)
-        panels = [
-            images,
-            masked.clamp(0, 1),
-            recon.clamp(0, 1),
-            maps.expand_as(images),
-            batch["mask"].to(images).expand_as(images),
-        ]
-        rows = torch.cat(panels, dim=-1)  # (B,3,H,5W)
-        grid = torch.cat(list(rows), dim=-2)  # (3,B*H,5W)
-        experiment.add_image("val/input_masked_inpainted_error_truth", grid.cpu(), trainer.global_step)
+        truth = batch["mask"].to(images).expand_as(images)
+        panels = [images, masked.clamp(0, 1), recon.clamp(0, 1), maps.expand_as(images), truth]  # as self.columns
+        rows = torch.cat(panels, dim=-1).float().cpu()  # (B,3,H,5W)
+        grid = torch.cat([column_header(self.columns, images.shape[-1]), *rows], dim=-2)  # (3,h+B*H,5W)
+        experiment.add_image("val/input_masked_inpainted_error_truth", grid, trainer.global_step)
 
 
 @dataclass(frozen=True)

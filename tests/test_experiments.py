@@ -51,7 +51,7 @@ RIAD = {
     "scoring.anomaly_map.msgms": 1.0,
     "scoring.reduce": "max",
 }
-# What each experiment must set (dotted key -> value), from THESIS.md and the measured CPU recipe.
+# What each experiment must set (dotted key -> value), from the thesis's settings and the measured CPU recipe.
 EXPECTED: dict[str, dict[str, Any]] = {
     "notes_highlighter": {
         **THESIS_TILES,

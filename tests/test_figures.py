@@ -10,6 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from anomaly_lab.callbacks import ReconstructionImages, column_header
 from anomaly_lab.figures import precision_recall_figure, roc_figure, score_histogram, tile_classification_figure
 from anomaly_lab.metrics import image_auroc
 from anomaly_lab.train import run
@@ -88,6 +89,9 @@ def test_run_writes_scores_csv_and_tensorboard_figures(compose_tiny: ComposeFn) 
         "val/input_masked_inpainted_error_truth",
     }
     assert expected <= images, images
+    strip = events.Images("val/input_masked_inpainted_error_truth")[-1]  # a header row naming the 5 columns
+    header = column_header(ReconstructionImages.columns, 32).shape[1]  # then one 32px row of panels per image
+    assert strip.width == 5 * 32 and strip.height > header and (strip.height - header) % 32 == 0
 
 
 def test_tiled_run_draws_its_test_pages(compose_tiny: ComposeFn) -> None:

@@ -34,6 +34,8 @@ def test_indivisible_size_is_a_clear_error() -> None:
         net(torch.rand(1, 3, 36, 36))
     with pytest.raises(ValueError, match="not divisible"):
         net.check_size(100, 96)
+    with pytest.raises(ValueError, match=r"model\.image_size=32\) or lower model\.net\.depth"):  # real keys
+        net.check_size(36, 36)
 
 
 def test_unknown_norm_names_the_choices() -> None:

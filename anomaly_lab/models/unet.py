@@ -92,7 +92,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"input size {height}x{width} is not divisible by 2**depth = {m} "
                 f"(depth={self.depth}); resize the images to a multiple of {m} "
-                f"(e.g. dataset.image_size={max(m, height // m * m)}) or lower model.depth"
+                f"(e.g. model.image_size={max(m, height // m * m)}) or lower model.net.depth"
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,C,H,W) -> (B,C_out,H,W)
