@@ -69,19 +69,19 @@ sweep: $(VENV)/.installed ## resumable Optuna sweep (SEARCH=bottles_thesis, WORK
 	done; status=0; for pid in $$pids; do wait $$pid || status=1; done; exit $$status
 
 sweep-report: $(VENV)/.installed ## a stored study's trials table, best params and test metrics, plots (STUDY=name)
-	$(PY) -m anomaly_lab.sweep_report $(if $(STUDY),--study $(STUDY)) $(ARGS)
+	$(PY) -m anomaly_lab.tools.sweep_report $(if $(STUDY),--study $(STUDY)) $(ARGS)
 
 # MVTec AD bottle: data/mvtec_bottle when present, else this workplace's shared copy; DATA=... to choose.
 DATA ?= $(if $(wildcard data/mvtec_bottle),data/mvtec_bottle,../shared/data/mvtec_bottle)
 benchmark: $(VENV)/.installed ## train+test the CPU-sized bottle experiments on MVTec (DATA=...), write docs/benchmarks.md
-	$(PY) -m anomaly_lab.benchmark data_root=$(DATA) report=docs/benchmarks.md \
+	$(PY) -m anomaly_lab.tools.benchmark data_root=$(DATA) report=docs/benchmarks.md \
 		'command="make benchmark DATA=$(DATA)$(if $(ARGS), $(ARGS))"' $(ARGS)
 
 bench-loader: $(VENV)/.installed ## data loader vs unet64 training throughput on synthetic notes tiles (want >= 5x)
-	$(PY) -m anomaly_lab.benchmark_loader dataset=synthetic_notes model=unet64 hydra.run.dir=outputs/bench_loader $(ARGS)
+	$(PY) -m anomaly_lab.tools.benchmark_loader dataset=synthetic_notes model=unet64 hydra.run.dir=outputs/bench_loader $(ARGS)
 
 overhead: $(VENV)/.installed ## plain PyTorch loop vs Lightning img/s on the same steps (unet64 notes tiles; want ratio >= 0.95)
-	$(PY) -m anomaly_lab.overhead dataset=synthetic_notes model=unet64 $(ARGS)
+	$(PY) -m anomaly_lab.tools.overhead dataset=synthetic_notes model=unet64 $(ARGS)
 
 tb: $(VENV)/.installed ## TensorBoard on outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -22,8 +22,8 @@ import torch
 from omegaconf import DictConfig
 
 from anomaly_lab.cli import run_cli, user_errors_exit
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.inference import TrainedModel, load_trained_model
-from anomaly_lab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx",)

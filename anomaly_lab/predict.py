@@ -35,13 +35,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from anomaly_lab.cli import run_cli, user_errors_exit
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.folders import grayscale_rgb
 from anomaly_lab.data.images import IMAGE_SUFFIXES, BadImageError, check_max_image_pixels, read_image
 from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_scores, stitch_tiles
 from anomaly_lab.errors import ConfigError, UserError
 from anomaly_lab.figures import tile_classification_figure
 from anomaly_lab.inference import FullCoverageScorer, TrainedModel, load_trained_model
-from anomaly_lab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from torch import nn
 from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, resume_checkpoint
 from anomaly_lab.cli import one_line, run_cli, user_errors_exit
 from anomaly_lab.config_checks import check_train_config, needs_validation_anomalies
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import ConfigError, SplitError, UserError
 from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reasons
 from anomaly_lab.inference import FORMAT_VERSION
@@ -37,7 +38,6 @@ from anomaly_lab.models.module import InpaintingModule
 from anomaly_lab.models.unet import UNet
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def inference_spec(cfg: DictConfig) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from anomaly_lab.train import CONFIG_DIR
+from anomaly_lab.configs import CONFIG_DIR
 
 REAL_BOTTLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_bottle"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from anomaly_lab.benchmark import COLUMNS, run_benchmark
-from anomaly_lab.train import CONFIG_DIR
+from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.tools.benchmark import COLUMNS, run_benchmark
 
 TINY_RUN = [
     "model.image_size=64",  # bottles_cpu's 64x64 grid needs 64 pixels

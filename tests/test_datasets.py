@@ -12,12 +12,12 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-from anomaly_lab.benchmark_loader import benchmark
 from anomaly_lab.data.augmentation import add_rotated_copies
 from anomaly_lab.data.folders import FolderDataModule
 from anomaly_lab.data.images import BadImageError, DecodedImages, ImageDataset, Sample
 from anomaly_lab.data.synthetic import make_notes_page, make_sea_image, write_notes_pages, write_sea_pages
 from anomaly_lab.data.tiles import stitch_scores
+from anomaly_lab.tools.benchmark_loader import benchmark
 from anomaly_lab.train import run
 from tests.conftest import REAL_BOTTLES, TINY_PAGES, ComposeFn, compose_config
 from tests.test_synthetic import assert_mask_is_exactly_the_change

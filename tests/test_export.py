@@ -11,10 +11,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import read_image
 from anomaly_lab.export import run
 from anomaly_lab.inference import load_trained_model
-from anomaly_lab.train import CONFIG_DIR
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")

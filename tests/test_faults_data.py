@@ -23,10 +23,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import BadImageError, read_image
 from anomaly_lab.errors import ConfigError, UserError
 from anomaly_lab.predict import run
-from anomaly_lab.train import CONFIG_DIR
 from tests.conftest import ComposeFn, compose_config
 from tests.test_predict import ROOT, predict_config, read_rows
 

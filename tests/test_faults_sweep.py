@@ -15,8 +15,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from anomaly_lab import sweep_report
 from anomaly_lab.sweep import ResumableOptunaSweeperImpl, fail_trials_of_dead_workers, rdb_storage, this_process
+from anomaly_lab.tools import sweep_report
 from tests.test_sweep import kill_sweep_during_job, load, one_torch_thread, sweep, sweep_args  # noqa: F401 (fixtures)
 
 LONG_GRACE = ["hydra.sweeper.grace_period=3600"]  # far longer than the test: heartbeats cannot be what fails a trial

@@ -18,10 +18,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import BadImageError, read_image
 from anomaly_lab.inference import FORMAT_VERSION, SPEC_KEY, CheckpointError, load_trained_model, read_checkpoint
 from anomaly_lab.predict import run
-from anomaly_lab.train import CONFIG_DIR
 from anomaly_lab.train import run as train
 from tests.conftest import TINY, TINY_SYNTHETIC_PAGES, compose_config
 

@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from optuna.trial import TrialState
 
-from anomaly_lab import sweep_report
+from anomaly_lab.tools import sweep_report
 from anomaly_lab.train import main
 from tests.conftest import TINY, TINY_SYNTHETIC, ComposeFn
 

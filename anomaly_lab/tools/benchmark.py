@@ -22,7 +22,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_lab.train import CONFIG_DIR
+from anomaly_lab.configs import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 

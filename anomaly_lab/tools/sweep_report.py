@@ -1,4 +1,4 @@
-"""What a stored Optuna sweep found: `python -m anomaly_lab.sweep_report [--study NAME] [--storage URL]`.
+"""What a stored Optuna sweep found: `python -m anomaly_lab.tools.sweep_report [--study NAME] [--storage URL]`.
 
 Reads the study from its storage (no run needs to be alive), prints every trial (params, objective,
 state, run time or time until it failed, and why), the best parameters and the best trial's test metrics

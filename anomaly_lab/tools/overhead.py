@@ -1,6 +1,6 @@
 """What does Lightning cost? The same training steps through a plain PyTorch loop and through the Trainer.
 
-`python -m anomaly_lab.overhead [train.py overrides] overhead.steps=50` builds one configured module
+`python -m anomaly_lab.tools.overhead [train.py overrides] overhead.steps=50` builds one configured module
 (net, masking, loss, optimizer, scheduler: `train.build_module`), draws `warmup + steps` training
 batches once and keeps them on the device, then trains a fresh copy of the same initial weights on
 those batches, with the same random masks (same seed), twice:
@@ -32,9 +32,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.masking import inpaint_for_training
 from anomaly_lab.models.module import InpaintingModule
-from anomaly_lab.train import CONFIG_DIR, build_module
+from anomaly_lab.train import build_module
 
 log = logging.getLogger(__name__)
 Batch = dict[str, Any]

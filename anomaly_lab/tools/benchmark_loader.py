@@ -1,6 +1,6 @@
 """Does data loading keep up with training? Loader throughput beside the model's training throughput.
 
-`python -m anomaly_lab.benchmark_loader dataset=synthetic_notes model=unet64` (any train.py overrides,
+`python -m anomaly_lab.tools.benchmark_loader dataset=synthetic_notes model=unet64` (any train.py overrides,
 e.g. dataset.num_workers=2 augmentation=flip_jitter). Both numbers are samples per second on the
 training split of the configured dataset; the loader should be several times faster (`make bench-loader`).
 """
@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from anomaly_lab.callbacks import ImagesPerSecond
-from anomaly_lab.train import CONFIG_DIR, build_module
+from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.train import build_module
 
 log = logging.getLogger(__name__)
 
