@@ -79,8 +79,9 @@ def check_masking(cfg: DictConfig, size: int) -> None:
 
 def check_training(cfg: DictConfig) -> None:
     lr = OmegaConf.select(cfg, "optimizer.lr")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0):
-        raise ConfigError(f"optimizer.lr={lr!r}: must be a positive number (e.g. 1e-3)")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0):
+        # 0 is allowed: weights held fixed (tests/test_ddp.py compares evaluation that way)
+        raise ConfigError(f"optimizer.lr={lr!r}: must be a number >= 0 (e.g. 1e-3)")
     positive_int(cfg, "dataset.batch_size", "8")
     if OmegaConf.select(cfg, "dataset.eval_batch_size") is not None:
         positive_int(cfg, "dataset.eval_batch_size", "8")
