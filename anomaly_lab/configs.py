@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the package (package-data)

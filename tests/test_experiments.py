@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from anomaly_lab.configs import CONFIG_DIR
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 from anomaly_lab.train import run
 from tests.conftest import ComposeFn, compose_config
 
-CONF = Path(__file__).parents[1] / "conf"
+CONF = Path(CONFIG_DIR)
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
 NO_MASKING = "anomaly_lab.masking.NoMasking"
 GRID = "anomaly_lab.masking.GridMasking"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from anomaly_lab.configs import CONFIG_DIR
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from anomaly_lab.errors import ConfigError
 from anomaly_lab.train import run
 from tests.conftest import ComposeFn, compose_config
 
-CONF = Path(__file__).parents[1] / "conf"
+CONF = Path(CONFIG_DIR)
 GROUPS = [
     "dataset",
     "augmentation",

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from anomaly_lab.configs import CONFIG_DIR
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -7,7 +8,7 @@ from hydra.utils import instantiate
 from anomaly_lab.models.unet import UNet
 from tests.conftest import compose_config
 
-MODELS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("model", MODELS)
