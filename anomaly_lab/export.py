@@ -1,8 +1,8 @@
 """`python -m anomaly_lab.export ckpt_path=... format=onnx`: the trained net with its full-coverage scoring as ONNX.
 
-The graph takes "images" (B,3,S,S) float32 in [0, 1] (8-bit RGB / 255, resized as in training) and returns
+The graph takes "images" (B,3,S,S) float32 prepared as in training (anomaly_lab.preprocessing) and returns
 "anomaly_map" (B,1,S,S) and "score" (B,): every masked pass, the stitching and the anomaly map are in it, so a
-runtime needs nothing else. The spec (threshold, image size, normalisation, ...) goes into the model's metadata.
+runtime needs nothing else. The checkpoint spec, the preprocessing and the threshold go into the model's metadata.
 
 Exporter: torch's torch.export-based one (dynamo=True, which needs onnxscript, part of the `onnx` extra).
 The older TorchScript exporter (dynamo=False) cannot export the computed Gaussian windows of the MSGMS
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from omegaconf import DictConfig
 
 from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.inference import TrainedModel, load_trained_model
+from anomaly_lab.inference import load_model, read_checkpoint
+from anomaly_lab.model import InpaintingModel
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx",)
@@ -31,8 +33,11 @@ INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["anomaly_map", "score"]
 
 
-def export_onnx(model: TrainedModel, path: Path, opset: int = 18, dynamic_batch: bool = True) -> int | str:
-    """Write model's scorer as ONNX to path; returns the graph's batch dimension ("batch" when free).
+def export_onnx(
+    model: InpaintingModel, path: Path, spec: dict[str, Any], opset: int = 18, dynamic_batch: bool = True
+) -> int | str:
+    """Write the model (net and full-coverage scoring) as ONNX to path, with its checkpoint spec and preprocessing
+    in the metadata; returns the graph's batch dimension ("batch" when free).
 
     With dynamic_batch the exporter is asked for a free batch dimension; where the traced code fixes it
     (torchmetrics' SSIM splits a batch by its size), it falls back to the example's batch of 1.
@@ -43,7 +48,7 @@ def export_onnx(model: TrainedModel, path: Path, opset: int = 18, dynamic_batch:
         raise ImportError("ONNX export needs the onnx extra: pip install -e '.[onnx]'") from error
     for name in ("onnxscript", "onnx_ir"):  # the graph optimiser logs every folded constant at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
-    scorer = model.scorer.cpu().eval()
+    scorer = model.cpu().eval()
     example = torch.rand(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     torch.onnx.export(
@@ -60,10 +65,11 @@ def export_onnx(model: TrainedModel, path: Path, opset: int = 18, dynamic_batch:
     )
     proto = onnx.load(str(path))
     metadata = {
-        "anomaly_lab_spec": json.dumps(model.spec),
-        "threshold": repr(model.threshold),
+        "anomaly_lab_spec": json.dumps(spec),
+        "preprocessing": json.dumps(asdict(model.preprocessing)),
+        "threshold": repr(float(model.threshold)),
         "image_size": str(model.image_size),
-        "input": "images (B,3,S,S) float32: 8-bit RGB / 255, resized to S x S (or S x S tiles of a page)",
+        "input": "images (B,3,S,S) float32: prepared as `preprocessing` says (anomaly_lab.preprocessing)",
     }
     onnx.helper.set_model_props(proto, metadata)
     onnx.save(proto, str(path))
@@ -71,7 +77,7 @@ def export_onnx(model: TrainedModel, path: Path, opset: int = 18, dynamic_batch:
     return batch.dim_param or int(batch.dim_value)
 
 
-def onnx_deviation(path: Path, model: TrainedModel, batch: int = 2) -> dict[str, float]:
+def onnx_deviation(path: Path, model: InpaintingModel, batch: int = 2) -> dict[str, float]:
     """Largest absolute difference between onnxruntime's and torch's outputs on seeded random images."""
     import onnxruntime
 
@@ -79,7 +85,7 @@ def onnx_deviation(path: Path, model: TrainedModel, batch: int = 2) -> dict[str,
     images = torch.rand(batch, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
     onnx_maps, onnx_scores = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.numpy()})
     with torch.no_grad():
-        maps, scores = model.scorer.cpu().eval()(images)  # (B,1,S,S), (B,)
+        maps, scores = model.cpu().eval()(images)  # (B,1,S,S), (B,)
     return {
         "anomaly_map": float(np.abs(onnx_maps - maps.numpy()).max()),
         "score": float(np.abs(onnx_scores - scores.numpy()).max()),
@@ -94,9 +100,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output = Path(str(cfg.output)) if cfg.output is not None else ckpt_path.with_suffix(f".{cfg.format}")
     if output.exists() and not cfg.overwrite:
         raise FileExistsError(f"output {output} exists; choose another output=... or pass overwrite=true")
-    model = load_trained_model(ckpt_path, "cpu")
+    model = load_model(ckpt_path, "cpu")
+    spec, _ = read_checkpoint(ckpt_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    batch = export_onnx(model, output, int(cfg.opset), bool(cfg.dynamic_batch))
+    batch = export_onnx(model, output, spec, int(cfg.opset), bool(cfg.dynamic_batch))
     result: dict[str, Any] = {"output": str(output), "batch": batch, "image_size": model.image_size}
     log.info("wrote %s: images (%s,3,%d,%d) -> anomaly_map, score", output, batch, model.image_size, model.image_size)
     if cfg.dynamic_batch and batch != "batch":

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from anomaly_lab.registry import checkpoint_class
+
 
 def _cell_index(height: int, width: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
     """Cell number of every pixel for a grid x grid split; works for any image size.  # (H,W) long"""
@@ -21,6 +23,7 @@ def _cell_index(height: int, width: int, grid: int, device: torch.device | None 
     return rows[:, None] * grid + cols[None, :]
 
 
+@checkpoint_class
 class NoMasking:
     """Plain autoencoder: the net sees the whole image and every pixel is scored from one pass."""
 
@@ -37,6 +40,7 @@ class NoMasking:
         return images
 
 
+@checkpoint_class
 class GridMasking:
     """Blank a fraction `ratio` of the cells of an m x m grid, m drawn from `grid_sizes`.
 

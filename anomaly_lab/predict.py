@@ -11,7 +11,6 @@ run that fails leaves no output behind.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import logging
@@ -20,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,34 +27,28 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.data.folders import grayscale_rgb
 from anomaly_lab.data.images import IMAGE_SUFFIXES, BadImageError, check_max_image_pixels, read_image
-from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_scores, stitch_tiles
+from anomaly_lab.data.tiles import TileSizeError, cut_tiles, stitch_tiles
 from anomaly_lab.errors import ConfigError, UserError
-from anomaly_lab.figures import tile_classification_figure
-from anomaly_lab.inference import FullCoverageScorer, TrainedModel, load_trained_model
+from anomaly_lab.inference import load_model
+from anomaly_lab.model import InpaintingModel
+from anomaly_lab.predict_outputs import (
+    Drawing,
+    Scored,
+    output_name,
+    prepare_output,
+    publish,
+    write_image_outputs,
+    write_tables,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scored:
-    """One input image: its score and, for a tiled model, its tiles' grid and scores."""
-
-    path: Path
-    score: float
-    anomaly_map: np.ndarray  # (H,W) float32, at the input's own size
-    grid: TileGrid | None = None
-    tile_scores: np.ndarray | None = None  # (N,) in grid.positions() order
-    tiled_page: np.ndarray | None = None  # (h,w,3) uint8: the page area the tiles cover, as the model saw it
 
 
 def find_inputs(pattern: str) -> tuple[list[Path], Path]:
@@ -84,79 +77,14 @@ def find_inputs(pattern: str) -> tuple[list[Path], Path]:
     return files, Path(os.path.commonpath([p.parent.absolute() for p in files]))
 
 
-def output_name(path: Path, root: Path) -> Path:
-    """The PNG name of an input's outputs, its path below the input root (x.png -> x.png, x.jpg -> x.jpg.png)."""
-    relative = Path(os.path.relpath(path.absolute(), root.absolute()))
-    return relative if relative.suffix.lower() == ".png" else relative.with_name(relative.name + ".png")
-
-
-def prepare_output(output: Path, overwrite: bool) -> Path:
-    """Check the output folder and make the staging folder beside it, where this run writes until it is done."""
-    if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"output {output} is a file; choose a folder with output=...")
-    if output.exists() and not overwrite:
-        raise FileExistsError(
-            f"output {output} exists; choose another output=... or pass overwrite=true "
-            f"(files of the same names are then replaced, others left as they are)"
-        )
-    absolute = Path(os.path.abspath(output))
-    staging = absolute.parent / f"{absolute.name}.partial-{os.getpid()}"
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        staging.mkdir()
-    except FileExistsError as error:
-        raise FileExistsError(f"staging folder {staging} exists (left by a killed predict?); remove it") from error
-    return staging
-
-
-def publish(staging: Path, output: Path, overwrite: bool) -> None:
-    """Move the staged outputs into place: by one rename into a new output folder, or (overwrite=true) file by
-    file into the existing one, replacing files of the same names and keeping the others."""
-    if not output.exists():
-        staging.rename(output)
-        return
-    if not overwrite:
-        raise FileExistsError(f"output {output} was created while predict ran; rerun with another output=...")
-    targets = {path: output / path.relative_to(staging) for path in sorted(staging.rglob("*")) if path.is_file()}
-    for target in targets.values():
-        if target.is_dir() or any(parent.is_file() for parent in target.parents):
-            raise FileExistsError(f"output {output}: {target} cannot be written, a folder or file is in its way")
-    for path, target in targets.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-    shutil.rmtree(staging)
-
-
-def model_input(image: np.ndarray, model: TrainedModel) -> np.ndarray:
-    """An input image (H,W,3) uint8 prepared by the training rule.  # (S,S,3), or (h,w,3) for a page to tile
-
-    Whole images are resized to the model's size (bilinear, aspect not kept: `read_image`); pages keep their
-    size or are scaled to the training's page_width (aspect kept); grayscale models see replicated luminance.
-    """
-    height, width = image.shape[:2]
-    page_width = model.tiling.get("page_width") if model.tiling is not None else None
-    if model.tiling is None:
-        target = (model.image_size, model.image_size)
-    elif page_width:
-        target = (int(page_width), max(1, round(height * int(page_width) / width)))
-    else:
-        target = (width, height)
-    if target != (width, height):
-        image = np.asarray(Image.fromarray(image).resize(target, Image.Resampling.BILINEAR))
-    return grayscale_rgb(image) if model.normalisation.get("grayscale") else image
-
-
 @torch.no_grad()
-def score_units(
-    scorer: FullCoverageScorer, units: np.ndarray, divide_by: float, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
+def score_units(model: InpaintingModel, units: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps (N,S,S) and scores (N,) of images or tiles units (N,S,S,3) uint8."""
-    device = scorer.coverage_masks.device
+    device = model.threshold.device
     maps, scores = [], []
     for start in range(0, len(units), batch_size):
-        chunk = torch.from_numpy(np.array(units[start : start + batch_size])).to(device)  # a writable copy
-        images = chunk.permute(0, 3, 1, 2).float() / divide_by  # (b,3,S,S), as ImageDataset
-        chunk_maps, chunk_scores = scorer(images)  # (b,1,S,S), (b,)
+        images = model.preprocessing.to_tensor(units[start : start + batch_size]).to(device)  # (b,3,S,S)
+        chunk_maps, chunk_scores = model(images)  # (b,1,S,S), (b,)
         maps.append(chunk_maps[:, 0].float().cpu().numpy())
         scores.append(chunk_scores.float().cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores)
@@ -170,65 +98,26 @@ def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
-def score_image(path: Path, model: TrainedModel, batch_size: int, max_pixels: int | None) -> tuple[Scored, np.ndarray]:
-    """Score one file; returns the result and the decoded image (H,W,3) uint8. BadImageError if unusable."""
+def score_image(
+    path: Path, model: InpaintingModel, batch_size: int, max_pixels: int | None
+) -> tuple[Scored, np.ndarray]:
+    """Score one file, prepared as in training (model.preprocessing); returns the result and the decoded image
+    (H,W,3) uint8. BadImageError if unusable."""
     image = read_image(path, None, max_pixels=max_pixels)  # (H,W,3) uint8
-    prepared = model_input(image, model)
-    grid = None
-    if model.tiling is None:
-        units = prepared[None]  # (1,S,S,3)
-    else:
-        height, width = prepared.shape[:2]
-        try:
-            grid = TileGrid.of_page(height, width, model.image_size, model.tiling["stride"], model.tiling["border"])
-        except TileSizeError as error:
-            raise BadImageError(f"{path}: {error}") from error
-        units = cut_tiles(prepared, grid)  # (N,t,t,3)
-    maps, scores = score_units(model.scorer, units, float(model.normalisation.get("divide_by", 255.0)), batch_size)
-    if grid is None:
+    prepared, _ = model.preprocessing.prepare(image)  # (S,S,3), or a page (h,w,3) to tile
+    if not model.preprocessing.tiled:
+        maps, scores = score_units(model, prepared[None], batch_size)
         return Scored(path, float(scores[0]), resize_map(maps[0], *image.shape[:2])), image
+    try:
+        grid = model.preprocessing.tile_grid(*prepared.shape[:2])
+    except TileSizeError as error:
+        raise BadImageError(f"{path}: {error}") from error
+    units = cut_tiles(prepared, grid)  # (N,t,t,3)
+    maps, scores = score_units(model, units, batch_size)
     page_map = stitch_tiles(maps, grid, prepared.shape[:2])  # (h,w); 0 where no tile lies (border=drop)
     tiled_page = stitch_tiles(units, grid, grid.covered)  # (h',w',3)
     # a page is as anomalous as its worst tile
     return Scored(path, float(scores.max()), resize_map(page_map, *image.shape[:2]), grid, scores, tiled_page), image
-
-
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float) -> np.ndarray:
-    """The jet-coloured map, 0 to vmax, over the image (H,W,3) uint8.  # (H,W,3) uint8"""
-    colours = colormaps["jet"](np.clip(anomaly_map / vmax, 0.0, 1.0))[..., :3]  # (H,W,3) in [0, 1]
-    blended = (1 - alpha) * image.astype(np.float64) / 255.0 + alpha * colours
-    return np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-@dataclass
-class Drawing:
-    """How outputs are drawn: thresholds, the heatmap's colour scale and opacity."""
-
-    threshold: float
-    pixel_threshold: float
-    heatmap_max: float
-    heatmap_alpha: float
-
-
-def write_image_outputs(
-    scored: Scored, image: np.ndarray, name: Path, output: Path, drawing: Drawing
-) -> dict[str, str]:
-    """Heatmap and mask PNGs (and a tiled model's page figure); their paths relative to output."""
-    written = {"heatmap": Path("heatmaps") / name, "mask": Path("masks") / name}
-    if scored.tiled_page is not None:
-        written["page"] = Path("pages") / name
-    for path in written.values():
-        (output / path).parent.mkdir(parents=True, exist_ok=True)
-    overlay = heatmap_overlay(image, scored.anomaly_map, drawing.heatmap_max, drawing.heatmap_alpha)
-    Image.fromarray(overlay).save(output / written["heatmap"])
-    mask = (scored.anomaly_map >= drawing.pixel_threshold).astype(np.uint8) * 255  # (H,W) 0 / 255
-    Image.fromarray(mask).save(output / written["mask"])
-    if scored.grid is not None and scored.tile_scores is not None and scored.tiled_page is not None:
-        rows, cols = scored.grid.positions()
-        grid_scores = stitch_scores(scored.tile_scores, rows, cols, scored.grid.shape)  # (R,C)
-        figure = tile_classification_figure(scored.tiled_page, grid_scores, drawing.threshold, title=str(name))
-        figure.savefig(output / written["page"], dpi=80)
-    return {key: str(path) for key, path in written.items()}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -305,7 +194,7 @@ def checked_settings(cfg: DictConfig) -> Settings:
 
 
 def score_files(
-    files: list[Path], root: Path, model: TrainedModel, drawing: Drawing, settings: Settings, staging: Path
+    files: list[Path], root: Path, model: InpaintingModel, drawing: Drawing, settings: Settings, staging: Path
 ) -> tuple[list[dict[str, Any]], list[list[Any]], list[dict[str, str]]]:
     """Score each file and draw its outputs into staging: (image rows, tile rows, skipped files with their errors)."""
     rows: list[dict[str, Any]] = []
@@ -339,11 +228,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Score cfg.input with cfg.ckpt_path's model into cfg.output; returns the summary (also summary.json)."""
     started = time.perf_counter()
     settings = checked_settings(cfg)
-    model = load_trained_model(settings.ckpt_path, settings.device)  # a bad checkpoint is named before anything else
+    model = load_model(settings.ckpt_path, settings.device)  # a bad checkpoint is named before anything else
     if settings.input is None:
         raise ConfigError("input is not set: pass input=<an image, a folder or a quoted glob>")
     files, root = find_inputs(settings.input)
-    threshold = settings.score_threshold if settings.score_threshold is not None else model.threshold
+    threshold = settings.score_threshold if settings.score_threshold is not None else float(model.threshold)
     if not math.isfinite(threshold):
         raise ConfigError(
             f"{settings.ckpt_path}: the checkpoint holds no threshold (its training set none: no validation pass or "
@@ -367,7 +256,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             pixel_threshold=pixel_threshold,
             heatmap_max=heatmap_max,
             image_size=model.image_size,
-            tiling=model.tiling,
+            preprocessing=asdict(model.preprocessing),
             device=str(settings.device),
             seconds=round(time.perf_counter() - started, 3),
         )
@@ -384,33 +273,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         settings.output,
     )
     return summary
-
-
-def write_tables(
-    rows: list[dict[str, Any]], tile_rows: list[list[Any]], skipped: list[dict[str, str]], output: Path
-) -> dict[str, Any]:
-    """scores.csv (one row per image) and, for a tiled model, tiles.csv; returns the summary's counts."""
-    columns = ["path", "score", "prediction", "heatmap", "mask"] + (["page"] if tile_rows else [])
-    with (output / "scores.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({**row, "score": repr(row["score"])} for row in rows)
-    if tile_rows:
-        with (output / "tiles.csv").open("w", newline="") as file:
-            writer_tiles = csv.writer(file, lineterminator="\n")
-            writer_tiles.writerow(["path", "row", "col", "score", "prediction"])
-            writer_tiles.writerows(tile_rows)
-    scores = [row["score"] for row in rows]
-    anomalous = sum(row["prediction"] for row in rows)
-    return {
-        "images": len(rows),
-        "anomalous": anomalous,
-        "normal": len(rows) - anomalous,
-        "skipped": skipped,
-        "score_min": min(scores, default=math.nan),
-        "score_max": max(scores, default=math.nan),
-        "score_mean": float(np.mean(scores)) if scores else math.nan,
-    }
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

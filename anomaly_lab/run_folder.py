@@ -23,7 +23,7 @@ from anomaly_lab.checkpointing import resume_checkpoint
 from anomaly_lab.cli import user_errors_exit
 from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.errors import RunFolderError
-from anomaly_lab.train import check_buildable
+from anomaly_lab.train import build_module
 
 log = logging.getLogger(__name__)
 # What a train run writes into its folder (conf/callbacks, conf/logger, Hydra's job log and .hydra).
@@ -78,6 +78,6 @@ class RunFolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with user_errors_exit():  # Hydra would turn an exception here into a warning and run anyway
             check_train_config(config)
-            check_buildable(config)
+            build_module(config)  # every part builds: a ConfigError before any folder exists
             folder = Path(str(config.hydra.run.dir))
             prepare_run_folder(folder, config.get("resume"), bool(config.get("overwrite", False)))

@@ -12,7 +12,6 @@ import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, resume_checkpoint
 from anomaly_lab.cli import one_line, run_cli, user_errors_exit
@@ -33,63 +31,11 @@ from anomaly_lab.config_checks import check_train_config, needs_validation_anoma
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import ConfigError, SplitError, UserError
 from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reasons
-from anomaly_lab.inference import FORMAT_VERSION
-from anomaly_lab.models.module import InpaintingModule
-from anomaly_lab.models.unet import UNet
+from anomaly_lab.inference import model_spec
+from anomaly_lab.lightning_model import InpaintingModule
+from anomaly_lab.model import InpaintingModel
 
 log = logging.getLogger(__name__)
-
-
-def inference_spec(cfg: DictConfig) -> dict[str, Any]:
-    """What predict and export rebuild the scorer from, as plain values (kept in every checkpoint)."""
-
-    def plain(node: Any) -> Any:
-        return OmegaConf.to_container(node, resolve=True)
-
-    try:
-        package_version = version("anomaly_lab")
-    except PackageNotFoundError:
-        package_version = "unknown"
-    dataset = cfg.dataset
-    tiled = bool(dataset.get("tiled", False))
-    return {
-        "format_version": FORMAT_VERSION,
-        "anomaly_lab_version": package_version,
-        "net": plain(cfg.model.net),
-        "image_size": int(cfg.model.image_size),
-        # pixels are 8-bit RGB divided by 255; grayscale: luminance replicated over 3 channels first
-        "normalisation": {"divide_by": 255.0, "grayscale": bool(dataset.get("grayscale", False))},
-        "masking": plain(cfg.masking),
-        "scoring": {
-            "anomaly_map": plain(cfg.scoring.anomaly_map),
-            "reduce": str(cfg.scoring.reduce),
-            "topk_fraction": float(cfg.scoring.topk_fraction),
-        },
-        "tiling": {"stride": dataset.stride, "border": dataset.border, "page_width": dataset.page_width}
-        if tiled
-        else None,
-    }
-
-
-def build_module(cfg: DictConfig) -> InpaintingModule:
-    net: UNet = instantiate(cfg.model.net)
-    net.check_size(cfg.model.image_size, cfg.model.image_size)
-    if cfg.model.get("compile", False):
-        net.compile()  # in place: parameter names and checkpoints stay those of the plain net
-    return InpaintingModule(
-        net=net,
-        masking=instantiate(cfg.masking),
-        loss=instantiate(cfg.scoring.loss),
-        anomaly_map=instantiate(cfg.scoring.anomaly_map),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        score_reduce=cfg.scoring.reduce,
-        topk_fraction=cfg.scoring.topk_fraction,
-        normalise_wasserstein=cfg.objective.normalise,
-        threshold_rule=instantiate(cfg.threshold) if cfg.get("threshold") else None,
-        channels_last=cfg.model.get("channels_last", False),
-        inference_spec=inference_spec(cfg),
-    )
 
 
 @contextmanager
@@ -103,40 +49,44 @@ def config_group(name: str) -> Iterator[None]:
         raise ConfigError(f"{name}: {one_line(error)}") from error
 
 
-def check_buildable(cfg: DictConfig) -> None:
-    """Build what the config describes, without data, and run the net once: a ConfigError naming the group
-    for a value only the class itself refuses (a norm, a weight decay, an accelerator, ...)."""
+def build_module(cfg: DictConfig) -> InpaintingModule:
+    """The trained model (one instantiate of `model`) in its LightningModule, every part built and checked before
+    any data is read: a ConfigError names the group of a value only the class itself refuses."""
     quiet = logging.getLogger("lightning.pytorch")
     level, quiet.level = quiet.level, logging.WARNING  # no "GPU available" lines for a check
     try:
         with warnings.catch_warnings():  # torch's warnings about an odd net are not the point here
             warnings.simplefilter("ignore")
-            size = int(cfg.model.image_size)
-            with config_group("model.net"):
-                net: nn.Module = instantiate(cfg.model.net).eval()
-                with torch.no_grad():
-                    out = net(torch.zeros(1, 3, size, size))
-                if tuple(out.shape) != (1, 3, size, size):
-                    raise ConfigError(
-                        f"model.net maps (1,3,{size},{size}) images to {tuple(out.shape)}, not the same shape"
-                    )
-            with config_group("masking"):
-                instantiate(cfg.masking)
+            with config_group("model"):
+                model: InpaintingModel = instantiate(cfg.model)
+                spec = model_spec(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
             with config_group("scoring"):
-                instantiate(cfg.scoring.loss)
-                instantiate(cfg.scoring.anomaly_map)
+                loss = instantiate(cfg.scoring.loss)
+            threshold_rule = None
             if cfg.get("threshold"):
                 with config_group("threshold"):
-                    instantiate(cfg.threshold)
+                    threshold_rule = instantiate(cfg.threshold)
             with config_group("optimizer"):
-                optimizer = instantiate(cfg.optimizer)(params=net.parameters())
+                optimizer = instantiate(cfg.optimizer)
+                optimizer(params=model.parameters())  # a refused setting (weight decay, betas, ...) fails here
+            scheduler = None
             if cfg.get("scheduler"):
                 with config_group("scheduler"):
-                    instantiate(cfg.scheduler)(optimizer=optimizer)
+                    scheduler = instantiate(cfg.scheduler)
+                    scheduler(optimizer=optimizer(params=model.parameters()))
             with config_group("trainer"):
                 instantiate(cfg.trainer, default_root_dir=None, logger=False, callbacks=[], enable_checkpointing=False)
     finally:
         quiet.level = level
+    return InpaintingModule(
+        model=model,
+        loss=loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        normalise_wasserstein=cfg.objective.normalise,
+        threshold_rule=threshold_rule,
+        spec=spec,
+    )
 
 
 def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
@@ -165,14 +115,13 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> float:
     """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
     check_train_config(cfg)
-    check_buildable(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
-    datamodule: L.LightningDataModule = instantiate(cfg.dataset)
+    datamodule: L.LightningDataModule = instantiate(cfg.dataset, preprocessing=module.model.preprocessing)
     datamodule.setup("fit")  # decode and split now: bad data and empty splits fail before training
     check_splits(datamodule, cfg)
-    module = build_module(cfg)
     health = TrainingHealth()
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += [RandomState(), ValidateLastEpoch(), health]

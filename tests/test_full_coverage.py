@@ -9,7 +9,8 @@ from torch import nn
 
 from anomaly_lab.masking import GridMasking, NoMasking
 from anomaly_lab.models.module import InpaintingModule
-from anomaly_lab.scoring import AnomalyMap, ReconstructionLoss, l2_map
+from anomaly_lab.pixel_maps.l2 import l2_map
+from anomaly_lab.scoring import AnomalyMap, ReconstructionLoss
 
 
 class Oracle(nn.Module):

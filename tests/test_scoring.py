@@ -8,16 +8,10 @@ import torch
 from scipy import ndimage
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from anomaly_lab.scoring import (
-    MSGMS_C,
-    AnomalyMap,
-    ReconstructionLoss,
-    gaussian_blur,
-    image_score,
-    l2_map,
-    msgms_map,
-    ssim_map,
-)
+from anomaly_lab.pixel_maps.l2 import l2_map
+from anomaly_lab.pixel_maps.msgms import MSGMS_C, msgms_map
+from anomaly_lab.pixel_maps.ssim import ssim_map
+from anomaly_lab.scoring import AnomalyMap, ReconstructionLoss, gaussian_blur, image_score
 
 MAPS = {"l2": l2_map, "ssim": ssim_map, "msgms": msgms_map}
 

@@ -33,6 +33,8 @@ from anomaly_lab.data.images import (
     list_images,
 )
 from anomaly_lab.data.synthetic import write_synthetic_bottles
+from anomaly_lab.errors import ConfigError
+from anomaly_lab.preprocessing import Preprocessing
 
 
 def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
@@ -141,6 +143,7 @@ class SplitDataModule(L.LightningDataModule):
 
     def __init__(
         self,
+        preprocessing: Preprocessing,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -152,6 +155,7 @@ class SplitDataModule(L.LightningDataModule):
         rotation_copies: int = 0,
     ) -> None:
         super().__init__()
+        self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -175,7 +179,7 @@ class SplitDataModule(L.LightningDataModule):
         self.splits = splits
 
     def _loader(self, split: str, train: bool) -> DataLoader[dict[str, Any]]:
-        dataset = ImageDataset(self.splits[split], self.train_transform if train else None)
+        dataset = ImageDataset(self.splits[split], self.preprocessing, self.train_transform if train else None)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -198,7 +202,7 @@ class SplitDataModule(L.LightningDataModule):
 
 
 class MVTecDataModule(SplitDataModule):
-    """An MVTec AD category folder, whole images resized to image_size x image_size.
+    """An MVTec AD category folder (any category: bottle, screw, ...), whole images prepared by `preprocessing`.
 
     skip_bad_files=true leaves out images that cannot be decoded (corrupt, larger than max_image_pixels, a mask of
     another size) with one warning listing them; a missing mask is a layout error and still stops.
@@ -207,22 +211,25 @@ class MVTecDataModule(SplitDataModule):
     def __init__(
         self,
         root: str,
-        image_size: int = 256,
         skip_bad_files: bool = False,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         **loader_args: Any,
     ) -> None:
         super().__init__(**loader_args)
         self.root = Path(root)
-        self.image_size = image_size
+        if self.preprocessing.tiled:
+            raise ConfigError(
+                "dataset.preprocessing.tiled=true: the MVTec AD layout is read as whole images; tile pages with "
+                "dataset=folder"
+            )
         self.skip_bad_files = skip_bad_files
         self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
 
     def build_splits(self) -> dict[str, DecodedImages]:
         train, test = scan_mvtec(self.root)
         bad: list[str] | None = [] if self.skip_bad_files else None
-        normal = DecodedImages.decode(train, self.image_size, self.max_image_pixels, bad)
-        held_out = DecodedImages.decode(test, self.image_size, self.max_image_pixels, bad)
+        normal = DecodedImages.decode(train, self.preprocessing, self.max_image_pixels, bad)
+        held_out = DecodedImages.decode(test, self.preprocessing, self.max_image_pixels, bad)
         if bad:
             warnings.warn(f"skip_bad_files: skipped {len(bad)} bad files:\n" + "\n".join(bad), stacklevel=2)
         train_ids, val_ids, val_anom_ids, test_ids = split_validation(
@@ -247,7 +254,7 @@ class SyntheticBottlesDataModule(MVTecDataModule):
         data_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        image_size = kwargs.get("image_size", 256)
+        image_size = kwargs["preprocessing"].image_size
         root = Path(cache_dir) / f"bottles_{image_size}px_{n_train}-{n_test_good}-{n_test_per_defect}_seed{data_seed}"
         super().__init__(root=str(root), **kwargs)
         self.generator_args = dict(

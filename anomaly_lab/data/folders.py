@@ -7,10 +7,9 @@ synthetic data take the same path.
 
 Conversion rule for any folder: every image is decoded to 8-bit RGB (grayscale replicated, RGBA and
 palette images composited on white, 16-bit scaled by its type's range, v / 65535 * 255, whatever
-the image holds). Whole images are resized to image_size x image_size (aspect not kept); tiled pages
-keep their size (or are scaled to `page_width`, aspect kept) and may differ in size. grayscale=true
-turns the RGB into luminance, replicated over 3 channels, so models stay unchanged. An image of more
-than `max_image_pixels` is refused from its header, before it is decoded.
+the image holds), then prepared by the model's Preprocessing (anomaly_lab.preprocessing: resized whole
+images, or pages to tile; grayscale). An image of more than `max_image_pixels` is refused from its header,
+before it is decoded.
 
 Splits: normal images (or tiles of normal pages) are split at random, seeded, into train /
 validation / test (`val_fraction`, `test_fraction`); anomalous pages are held out whole, a seeded
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from anomaly_lab.data.datamodules import SplitDataModule, split_validation, validation_set
 from anomaly_lab.data.images import (
@@ -75,21 +73,6 @@ def find_mask(mask_dir: Path, image_path: Path) -> Path:
     )
 
 
-def resize_page(image: np.ndarray, mask: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image bilinear, mask nearest, to width x height."""
-    if image.shape[:2] == (height, width):
-        return image, mask
-    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
-    resized_mask = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
-    return np.asarray(resized), np.asarray(resized_mask)
-
-
-def grayscale_rgb(image: np.ndarray) -> np.ndarray:
-    """Luminance (ITU-R 601, as PIL's "L") replicated over 3 channels.  # (H,W,3) uint8"""
-    luminance = np.asarray(Image.fromarray(image).convert("L"))
-    return np.repeat(luminance[..., None], 3, axis=-1)
-
-
 def hold_out(n: int, fraction: float, rng: np.random.Generator, what: str) -> tuple[list[int], list[int]]:
     """Seeded (kept, held-out) indices of range(n); held-out is ceil(fraction * n), kept must stay non-empty."""
     order = rng.permutation(n).tolist()
@@ -102,10 +85,9 @@ def hold_out(n: int, fraction: float, rng: np.random.Generator, what: str) -> tu
 class FolderDataModule(SplitDataModule):
     """Normal images in `normal_dir`, anomalous ones in `abnormal_dir`, their masks in `mask_dir`.
 
-    tiled=false: each image, resized to image_size, is one sample. tiled=true: each page is cut
-    into image_size x image_size tiles (`stride` apart, default image_size: non-overlapping;
-    border "drop" or "pad", see TileGrid.of_page) and each tile is one sample, with its page, row
-    and column; `page_grids` maps each page to its (rows, cols).
+    preprocessing.tiled=false: each image, resized to image_size, is one sample. tiled=true: each page is cut
+    into image_size x image_size tiles (see anomaly_lab.preprocessing) and each tile is one sample, with its
+    page, row and column; `page_grids` maps each page to its (rows, cols).
     Without mask_dir an anomalous image counts as anomalous everywhere (its mask is all ones).
     """
 
@@ -114,13 +96,7 @@ class FolderDataModule(SplitDataModule):
         normal_dir: str,
         abnormal_dir: str,
         mask_dir: str | None = None,
-        image_size: int = 64,
-        tiled: bool = False,
-        stride: int | None = None,
-        border: str = "drop",
         min_anomalous_fraction: float = 0.0,
-        page_width: int | None = None,
-        grayscale: bool = False,
         test_fraction: float = 0.0,
         skip_bad_files: bool = False,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
@@ -130,13 +106,8 @@ class FolderDataModule(SplitDataModule):
         self.normal_dir = Path(normal_dir)
         self.abnormal_dir = Path(abnormal_dir)
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
-        self.image_size = image_size
-        self.tiled = tiled
-        self.stride = stride
-        self.border = border
         self.min_anomalous_fraction = min_anomalous_fraction
-        self.page_width = page_width
-        self.grayscale = grayscale
+        self.tiled = self.preprocessing.tiled
         self.test_fraction = test_fraction
         self.skip_bad_files = skip_bad_files
         self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
@@ -152,13 +123,7 @@ class FolderDataModule(SplitDataModule):
             if mask_path is not None
             else np.full(image.shape[:2], anomalous)
         )
-        height, width = image.shape[:2]
-        if not self.tiled:
-            image, mask = resize_page(image, mask, self.image_size, self.image_size)
-        elif self.page_width is not None:
-            image, mask = resize_page(image, mask, self.page_width, max(1, round(height * self.page_width / width)))
-        if self.grayscale:
-            image = grayscale_rgb(image)
+        image, mask = self.preprocessing.prepare(image, mask)
         return Page(path, image, mask, anomalous, self.abnormal_dir.name if anomalous else "good", mask_path)
 
     def read_folder(self, folder: Path, anomalous: bool, bad: list[str]) -> list[Page]:
@@ -181,7 +146,7 @@ class FolderDataModule(SplitDataModule):
     def grid_of(self, page: Page) -> TileGrid:
         height, width = page.image.shape[:2]
         try:
-            return TileGrid.of_page(height, width, self.image_size, self.stride, self.border)
+            return self.preprocessing.tile_grid(height, width)
         except TileSizeError as error:
             raise BadImageError(f"{page.path}: {error}") from error
 

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from anomaly_lab.errors import ConfigError
+from anomaly_lab.preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # The default of `max_image_pixels`: 100 megapixels, 300 MB as 8-bit RGB (14000x14000 is twice that).
@@ -136,7 +137,7 @@ class DecodedImages:
     def decode(
         cls,
         samples: Sequence[Sample],
-        size: int | None,
+        preprocessing: Preprocessing,
         max_pixels: int | None = MAX_IMAGE_PIXELS,
         skipped: list[str] | None = None,
     ) -> DecodedImages:
@@ -146,12 +147,10 @@ class DecodedImages:
         masks: list[np.ndarray] = []  # (H,W) bool each
         for sample in samples:
             try:
-                image = read_image(Path(sample.path), size, max_pixels=max_pixels)
-                mask = (
-                    read_mask(Path(sample.mask_path), Path(sample.path), size, max_pixels)
-                    if sample.mask_path
-                    else np.zeros(image.shape[:2], bool)
-                )
+                image = read_image(Path(sample.path), None, max_pixels=max_pixels)  # (H,W,3) uint8
+                mask_path = Path(sample.mask_path) if sample.mask_path else None
+                mask = read_mask(mask_path, Path(sample.path), None, max_pixels) if mask_path else None
+                image, mask = preprocessing.prepare(image, mask)
             except BadImageError as error:
                 if skipped is None:
                     raise
@@ -178,10 +177,17 @@ class DecodedImages:
 
 
 class ImageDataset(Dataset[dict[str, Any]]):
-    """Items are dicts: image (3,H,W) float in [0,1], mask (1,H,W) float, label, defect, path, page, row, col."""
+    """Items are dicts: image (3,H,W) float (preprocessing.to_tensor), mask (1,H,W) float, label, defect, path,
+    page, row, col."""
 
-    def __init__(self, decoded: DecodedImages, transform: Callable[..., dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        decoded: DecodedImages,
+        preprocessing: Preprocessing,
+        transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
         self.decoded = decoded
+        self.preprocessing = preprocessing
         self.transform = transform
 
     def __len__(self) -> int:
@@ -195,7 +201,7 @@ class ImageDataset(Dataset[dict[str, Any]]):
             image, mask = out["image"], out["mask"]
         sample = self.decoded.samples[index]
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0,
+            "image": self.preprocessing.to_tensor(image),  # (3,H,W)
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float(),
             "label": sample.label,
             "defect": sample.defect,

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from anomaly_lab.registry import checkpoint_class
+
 NORMS = ("batch", "instance", "group", "none")
 UPSAMPLING = ("transpose", "bilinear", "nearest")
 
@@ -56,6 +58,7 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
+@checkpoint_class
 class UNet(nn.Module):
     """U-Net with `depth` down/up levels; level i has `base_channels * 2**i` channels."""
 

@@ -33,8 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.masking import inpaint_for_training
-from anomaly_lab.models.module import InpaintingModule
+from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.train import build_module
 
 log = logging.getLogger(__name__)
@@ -89,15 +88,15 @@ def plain_loop(
 ) -> float:
     """Images per second of the timed steps (after `warmup` steps) of a hand-written training loop."""
     module.to(device).train()
-    net, masking, loss_fn = module.net, module.masking, module.loss
+    model, loss_fn = module.model, module.loss
     optimizer = module.optimizer_factory(params=module.parameters())
     scheduler = module.scheduler_factory(optimizer=optimizer) if module.scheduler_factory is not None else None
     start = time.perf_counter()
     for step, batch in enumerate(batches):
-        images = batch["image"].contiguous(memory_format=module.memory_format)  # (B,3,H,W)
+        images = batch["image"]  # (B,3,H,W)
         normal = batch["label"] == 0  # (B,)
         with autocast_of(precision, device):
-            recon = inpaint_for_training(net, images, masking)  # (B,3,H,W)
+            recon = model.training_reconstruction(images)  # (B,3,H,W)
             loss = loss_fn(recon[normal], images[normal])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,23 +1,24 @@
-"""The LightningModule: trains a net to inpaint masked images and scores images by inpainting error.
+"""The LightningModule: trains an InpaintingModel (anomaly_lab.model) and measures how its scores separate.
 
-It receives built objects (net, masking, loss, anomaly map, optimizer partial); wiring is train.run's.
+It wraps the built model with what training needs (loss, optimizer, scheduler, threshold rule, logging,
+metrics); wiring is train.run's. Per-sample results are collected once per validation/test pass, gathered
+once under DDP, and published as `self.results[stage]` for the callbacks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from dataclasses import replace
+from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
-from torchmetrics import CatMetric
 
 from anomaly_lab.errors import UserError
 from anomaly_lab.inference import SPEC_KEY
-from anomaly_lab.masking import Masking, inpaint_for_training
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
-from anomaly_lab.scoring import full_coverage_scores
+from anomaly_lab.model import InpaintingModel
+from anomaly_lab.results import ScoredSample, StageResults, gather_samples, scored_samples
 from anomaly_lab.thresholds import ThresholdRule, metrics_at_threshold
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -32,55 +33,35 @@ class NonFiniteLossError(UserError, FloatingPointError):
 class InpaintingModule(L.LightningModule):
     def __init__(
         self,
-        net: nn.Module,
-        masking: Masking,
+        model: InpaintingModel,
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        anomaly_map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
-        score_reduce: str = "mean",
-        topk_fraction: float = 0.01,
         normalise_wasserstein: bool = False,
         threshold_rule: ThresholdRule | None = None,
-        channels_last: bool = False,
-        inference_spec: dict[str, Any] | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        # channels_last: net weights and input images in NHWC memory order (faster convolutions on GPUs
-        # with tensor cores, bf16 especially); results are the same up to rounding.
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # nn.Module.to takes memory_format at run time; its type stubs do not list it
-        self.net = net.to(memory_format=self.memory_format) if channels_last else net  # type: ignore[call-overload]
-        self.masking = masking
+        self.model = model
         self.loss = loss
-        self.anomaly_map = anomaly_map
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.score_reduce = score_reduce
-        self.topk_fraction = topk_fraction
         self.normalise_wasserstein = normalise_wasserstein
-        self.scores = nn.ModuleDict({stage: CatMetric() for stage in ("val", "test")})
-        self.labels = nn.ModuleDict({stage: CatMetric() for stage in ("val", "test")})
-        self.pixel_metrics = PixelMetrics()
         self.threshold_rule = threshold_rule
-        # Image-score threshold set at each validation end; a buffer, so the checkpoint carries it to test.
-        self.threshold: torch.Tensor
-        self.register_buffer("threshold", torch.tensor(float("nan")))
-        # Plain values that predict/export rebuild the scorer from (see anomaly_lab.inference).
-        self.inference_spec = inference_spec
+        self.pixel_metrics = PixelMetrics()
+        self.samples: dict[str, list[ScoredSample]] = {"val": [], "test": []}
+        self.results: dict[str, StageResults] = {}
+        # Plain values that predict/export rebuild the model from (anomaly_lab.inference.model_spec).
+        self.spec = spec
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-coverage inpainting error: anomaly maps (B,1,H,W) and image scores (B,)."""
-        images = images.contiguous(memory_format=self.memory_format)
-        return full_coverage_scores(
-            self.net, images, self.masking, self.anomaly_map, self.score_reduce, self.topk_fraction
-        )
+        return self.model(images)
 
-    def _step(self, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
-        """{"loss"}, plus the image "scores" (B,) in val/test, which callbacks receive as `outputs`."""
-        images = batch["image"].contiguous(memory_format=self.memory_format)  # (B,3,H,W)
+    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        images = batch["image"]  # (B,3,H,W)
         normal = batch["label"] == 0  # (B,)
-        recon = inpaint_for_training(self.net, images, self.masking)  # (B,3,H,W)
+        recon = self.model.training_reconstruction(images)  # (B,3,H,W)
         loss = self.loss(recon[normal], images[normal]) if normal.any() else images.new_zeros(())
         if not torch.isfinite(loss):
             lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
@@ -95,42 +76,46 @@ class InpaintingModule(L.LightningModule):
             saturated = (output <= 1e-4) | (output >= 1 - 1e-4)
             self.log("val/output_saturated", saturated.float().mean(), batch_size=len(images))
         if stage != "train":
-            maps, scores = self(images)
-            self._collector("scores", stage).update(scores)
-            self._collector("labels", stage).update(batch["label"])
+            maps, scores = self.model(images)
+            self.samples[stage] += scored_samples(batch, scores)
             if stage == "test":
                 self.pixel_metrics.update(maps, batch["mask"] > 0.5)
-            return {"loss": loss, "scores": scores.detach()}
-        return {"loss": loss}
-
-    def _collector(self, kind: str, stage: str) -> CatMetric:
-        return cast(CatMetric, cast(nn.ModuleDict, getattr(self, kind))[stage])
+        return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")["loss"]
+        return self._step(batch, "train")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "test")
 
+    def on_validation_epoch_start(self) -> None:
+        self.samples["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self.samples["test"] = []
+
     def _separation_metrics(self, stage: str) -> dict[str, float]:
-        scores = self._collector("scores", stage).compute().float().cpu()  # (N,)
-        labels = self._collector("labels", stage).compute().long().cpu()  # (N,)
-        self._collector("scores", stage).reset()
-        self._collector("labels", stage).reset()
-        metrics = {f"{stage}/score_normal_mean": float(scores[labels == 0].mean())}
+        """Publish self.results[stage] (one gather) and measure it; validation sets the threshold first."""
+        results = StageResults(stage, gather_samples(self.samples[stage]))
+        self.samples[stage] = []
+        scores, labels = torch.from_numpy(results.scores), torch.from_numpy(results.labels)  # (N,), (N,)
+        threshold = self.model.threshold
         if stage == "val" and self.threshold_rule is not None and not self.trainer.sanity_checking:
-            self.threshold.fill_(self.threshold_rule(scores, labels))
-        if torch.isfinite(self.threshold):  # NaN when no rule is set or no validation pass has run
-            metrics[f"{stage}/threshold"] = float(self.threshold)
+            threshold.fill_(self.threshold_rule(scores, labels))
+        if not self.trainer.sanity_checking:
+            self.results[stage] = replace(results, threshold=float(threshold))
+        metrics = {f"{stage}/score_normal_mean": float(scores[labels == 0].mean())}
+        if torch.isfinite(threshold):  # NaN when no rule is set or no validation pass has run
+            metrics[f"{stage}/threshold"] = float(threshold)
             if stage == "test":
-                at_threshold = metrics_at_threshold(scores, labels, float(self.threshold))
+                at_threshold = metrics_at_threshold(scores, labels, float(threshold))
                 metrics.update({f"test/{name}": value for name, value in at_threshold.items()})
         if labels.min() == labels.max():
             return metrics  # one class only: no separation to measure
-        normal_scores, anomalous_scores = scores[labels == 0].numpy(), scores[labels == 1].numpy()
+        normal_scores, anomalous_scores = results.scores[labels == 0], results.scores[labels == 1]
         metrics[f"{stage}/wasserstein"] = wasserstein_separation(
             normal_scores, anomalous_scores, normalise=self.normalise_wasserstein
         )
@@ -153,8 +138,8 @@ class InpaintingModule(L.LightningModule):
         self.log_dict(metrics)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.inference_spec is not None:
-            checkpoint[SPEC_KEY] = {**self.inference_spec, "threshold": float(self.threshold)}
+        if self.spec is not None:
+            checkpoint[SPEC_KEY] = self.spec
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())

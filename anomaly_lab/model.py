@@ -1,0 +1,112 @@
+"""The trained model: one torch object that is trained, scored, saved, predicted with and exported.
+
+InpaintingModel holds the backbone net, the masking, the anomaly map, the image-score reduction and the
+preprocessing, plus the image-score threshold chosen on validation. It is built from config by one
+`instantiate(cfg.model)`; the LightningModule (anomaly_lab.lightning_model) wraps it for training, and
+anomaly_lab.inference rebuilds it from a checkpoint for predict and export. Any nn.Module that maps
+(B,3,S,S) to (B,3,S,S) is a backbone: the size check is a test forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from anomaly_lab.masking import Masking, inpaint_for_training
+from anomaly_lab.preprocessing import Preprocessing
+from anomaly_lab.registry import checkpoint_class
+from anomaly_lab.scoring import REDUCTIONS, full_coverage_scores
+
+
+class NetShapeError(ValueError):
+    """A backbone that does not map (B,3,S,S) images to (B,3,S,S)."""
+
+
+def check_net_shape(net: nn.Module, size: int) -> None:
+    """One blank (1,3,size,size) image through the net (eval mode, no grad): its output must have that shape."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError) as error:
+        raise NetShapeError(f"the net cannot take (1,3,{size},{size}) images: {error}") from error
+    finally:
+        net.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 3, size, size):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise NetShapeError(f"the net maps (1,3,{size},{size}) images to {shape}, not the same shape")
+
+
+@checkpoint_class
+class InpaintingModel(nn.Module):
+    """images (B,3,S,S) in [0, 1] -> anomaly maps (B,1,S,S) and image scores (B,), by full-coverage inpainting.
+
+    The full-coverage mask sets are computed once for S x S and kept as a buffer, so the forward graph is
+    static (ONNX export) and no batch recomputes them.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        net: nn.Module,
+        masking: Masking,
+        anomaly_map: nn.Module,
+        preprocessing: Preprocessing,
+        reduce: str = "mean",
+        topk_fraction: float = 0.01,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce={reduce!r}: choose one of {', '.join(REDUCTIONS)}")
+        if not 0.0 < topk_fraction <= 1.0:
+            raise ValueError(f"topk_fraction={topk_fraction}: expected a number in (0, 1]")
+        if preprocessing.image_size != image_size:
+            raise ValueError(f"preprocessing.image_size={preprocessing.image_size} differs from image_size={image_size}")
+        size = image_size
+        check_net_shape(net, size)
+        # channels_last: net weights and input images in NHWC memory order (faster convolutions on GPUs
+        # with tensor cores, bf16 especially); results are the same up to rounding.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net = net.to(memory_format=self.memory_format) if channels_last else net  # type: ignore[call-overload]
+        if compile:
+            self.net.compile()  # in place: parameter names and checkpoints stay those of the plain net
+        self.masking = masking
+        self.anomaly_map = anomaly_map
+        self.preprocessing = preprocessing
+        self.reduce = reduce
+        self.topk_fraction = topk_fraction
+        mask_sets = masking.coverage_masks(size, size)  # per grid size (n,1,S,S)
+        self.set_sizes = [len(masks) for masks in mask_sets]
+        self.coverage_masks: torch.Tensor
+        self.register_buffer("coverage_masks", torch.cat(mask_sets), persistent=False)  # (sum n,1,S,S)
+        # Image-score threshold chosen on validation (NaN: none); a buffer, so checkpoints carry it.
+        self.threshold: torch.Tensor
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (B,1,S,S) and image scores (B,) of images (B,3,S,S)."""
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape)}")
+        images = images.contiguous(memory_format=self.memory_format)
+        mask_sets = self.coverage_masks.split(self.set_sizes)
+        return full_coverage_scores(
+            self.net, images, self.masking, self.anomaly_map, self.reduce, self.topk_fraction, mask_sets
+        )
+
+    def training_reconstruction(self, images: torch.Tensor) -> torch.Tensor:
+        """The inpainting the training loss sees (random masks, or the stitched disjoint set).  # (B,3,S,S)"""
+        return inpaint_for_training(self.net, images.contiguous(memory_format=self.memory_format), self.masking)
+
+    def masked_inpainting(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One random masking of images (B,3,S,S) and the net's inpainting of it, for pictures: (masked, recon)."""
+        height, width = images.shape[-2:]
+        masks = self.masking.random_masks(len(images), height, width, device=images.device)  # (B,1,H,W)
+        masked = self.masking.apply(images, masks)
+        return masked, self.net(masked.contiguous(memory_format=self.memory_format))

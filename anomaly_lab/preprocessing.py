@@ -1,0 +1,89 @@
+"""How a decoded file becomes model input: the one rule of training, validation, predict and export.
+
+A Preprocessing travels inside the trained model (and so inside every checkpoint), so a served model prepares
+images exactly as it was trained. Decoding (any mode and bit depth to 8-bit RGB) is data.images.read_image's;
+from its uint8 (H,W,3) on, everything is here:
+- whole images are resized to image_size x image_size (bilinear, aspect not kept; masks nearest);
+- tiled pages keep their size, or are scaled to page_width (aspect kept), then cut into image_size tiles
+  `stride` apart (border: drop or pad the remainder);
+- grayscale=true turns RGB into luminance replicated over 3 channels (models stay 3-channel);
+- pixel values are divided by divide_by (255: [0, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from anomaly_lab.data.tiles import BORDERS, TileGrid
+from anomaly_lab.registry import checkpoint_class
+
+
+def resize_page(image: np.ndarray, mask: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image bilinear, mask nearest, to width x height."""
+    if image.shape[:2] == (height, width):
+        return image, mask
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    resized_mask = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(resized), np.asarray(resized_mask)
+
+
+def grayscale_rgb(image: np.ndarray) -> np.ndarray:
+    """Luminance (ITU-R 601, as PIL's "L") replicated over 3 channels.  # (H,W,3) uint8"""
+    luminance = np.asarray(Image.fromarray(image).convert("L"))
+    return np.repeat(luminance[..., None], 3, axis=-1)
+
+
+@dataclass(frozen=True)
+@checkpoint_class
+class Preprocessing:
+    image_size: int
+    grayscale: bool = False
+    tiled: bool = False
+    stride: int | None = None  # tiled: pixels between tiles; None = image_size
+    border: str = "drop"  # tiled: drop | pad the remainder a whole tile does not cover
+    page_width: int | None = None  # tiled: scale each page to this width first (aspect kept)
+    divide_by: float = 255.0
+
+    def __post_init__(self) -> None:
+        def positive_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        if not positive_int(self.image_size):
+            raise ValueError(f"image_size={self.image_size!r}: expected a positive integer")
+        for key in ("stride", "page_width"):
+            if getattr(self, key) is not None and not positive_int(getattr(self, key)):
+                raise ValueError(f"{key}={getattr(self, key)!r}: expected null or a positive integer")
+        if self.border not in BORDERS:
+            raise ValueError(f"border={self.border!r}: expected one of {', '.join(BORDERS)}")
+        if not isinstance(self.grayscale, bool) or not isinstance(self.tiled, bool):
+            raise ValueError("grayscale and tiled must be true or false")
+        if isinstance(self.divide_by, bool) or not 0 < float(self.divide_by) < math.inf:
+            raise ValueError(f"divide_by={self.divide_by!r}: expected a positive number (255.0)")
+
+    def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A decoded file (H,W,3) uint8 and its mask (H,W) bool (None: all normal) at model geometry and colour.
+
+        Returns (S,S,3) and (S,S) for whole images, or the page (h,w,3) and (h,w) to cut into tiles.
+        """
+        height, width = image.shape[:2]
+        if mask is None:
+            mask = np.zeros((height, width), bool)
+        if not self.tiled:
+            image, mask = resize_page(image, mask, self.image_size, self.image_size)
+        elif self.page_width is not None:
+            image, mask = resize_page(image, mask, self.page_width, max(1, round(height * self.page_width / width)))
+        return (grayscale_rgb(image) if self.grayscale else image), mask
+
+    def tile_grid(self, height: int, width: int) -> TileGrid:
+        """The tiles of a prepared page (TileSizeError for a page smaller than a tile)."""
+        return TileGrid.of_page(height, width, self.image_size, self.stride, self.border)
+
+    def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 images (...,H,W,3) -> float model input (...,3,H,W)."""
+        pixels = torch.from_numpy(np.require(images, requirements=["C", "W"])) if isinstance(images, np.ndarray) else images
+        return pixels.movedim(-1, -3).float() / float(self.divide_by)

@@ -1,0 +1,66 @@
+"""Per-sample results of a validation or test pass, collected once by the LightningModule.
+
+The module gathers them across DDP processes once per stage (one all_gather) and publishes them as
+`module.results[stage]` before the stage ends; callbacks (scores.csv, figures) read them in on_validation_end /
+on_test_end instead of collecting their own copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """One evaluated image (or tile: its page and position in the page's tile grid) and its image score."""
+
+    path: str
+    label: int
+    defect: str
+    score: float
+    page: str
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class StageResults:
+    """Every sample of one validation or test pass, in loader order, and the threshold in force after it."""
+
+    stage: str
+    samples: list[ScoredSample]
+    threshold: float = float("nan")  # the image-score threshold (NaN: none chosen)
+    scores: np.ndarray = field(init=False, repr=False)  # (N,) float64
+    labels: np.ndarray = field(init=False, repr=False)  # (N,) int64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scores", np.array([s.score for s in self.samples], dtype=np.float64))
+        object.__setattr__(self, "labels", np.array([s.label for s in self.samples], dtype=np.int64))
+
+
+def scored_samples(batch: dict[str, Any], scores: torch.Tensor) -> list[ScoredSample]:
+    """The batch's samples with their image scores (B,)."""
+    values = scores.detach().float().cpu().tolist()
+    labels, rows, cols = (torch.as_tensor(batch[key]).cpu().tolist() for key in ("label", "row", "col"))
+    columns = zip(batch["path"], labels, batch["defect"], values, batch["page"], rows, cols, strict=True)
+    return [
+        ScoredSample(str(path), int(label), str(defect), float(score), str(page), int(row), int(col))
+        for path, label, defect, score, page, row, col in columns
+    ]
+
+
+def gather_samples(samples: list[ScoredSample]) -> list[ScoredSample]:
+    """Every process's samples under DDP (each saw a shard; every rank must call this); unchanged otherwise.
+
+    Evaluation loaders use an unrepeated distributed sampler (data.datamodules.evaluation_sampler), so shards do
+    not overlap; identical rows are still dropped as a safeguard against a padding sampler.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return samples
+    parts: list[list[ScoredSample] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, samples)
+    return list(dict.fromkeys(sample for part in parts for sample in part or []))
