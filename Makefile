@@ -32,7 +32,7 @@ train: $(VENV)/.installed ## train on CPU on generated synthetic bottles (a few 
 	$(PY) -m anomaly_lab.train dataset=synthetic_bottles model=unet_small masking=multiscale_grid scoring=riad trainer=cpu $(ARGS)
 
 train-gpu: $(VENV)/.installed ## train the full U-Net at 512px on MVTec bottle on one GPU (DATA=path)
-	$(PY) -m anomaly_lab.train dataset=bottles dataset.root=$(or $(DATA),data/mvtec_bottle) model=unet512 masking=grid trainer=gpu $(ARGS)
+	$(PY) -m anomaly_lab.train dataset=mvtec dataset.root=$(or $(DATA),data/mvtec_bottle) model=unet512 masking=grid trainer=gpu $(ARGS)
 
 # CKPT: a checkpoint of a train run (outputs/runs/<run>/checkpoints/best.ckpt); INPUT: an image, a folder or a glob
 # (quoted); OUT: the output folder (default outputs/predict/<date_time>); ARGS: more key=value (score_threshold=...).
@@ -58,7 +58,7 @@ lint: $(VENV)/.installed ## ruff and mypy
 # The thesis's Optuna search (24 TPE trials over the 4 x 3 x 2 lr x grid x mask-ratio space) at CPU size on
 # synthetic bottles: 5 min on 2 cores. Resumable: run it again to finish a killed
 # sweep. SEARCH=bottles_wide for the continuous space; WORKERS=n parallel processes on one study; SWEEP_ARGS
-# replaces the data/model/size choice (e.g. "dataset=bottles model=unet512 trainer=gpu").
+# replaces the data/model/size choice (e.g. "dataset=mvtec model=unet512 trainer=gpu").
 SEARCH ?= bottles_thesis
 WORKERS ?= 1
 SWEEP_ARGS ?= dataset=synthetic_bottles model=unet_small model.image_size=64 trainer.max_epochs=8 trainer.check_val_every_n_epoch=4

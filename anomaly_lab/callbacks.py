@@ -8,7 +8,6 @@ import math
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,11 +16,11 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch.utils.data import default_collate
 
 from anomaly_lab.data.tiles import stitch_scores
 from anomaly_lab.figures import precision_recall_figure, roc_figure, score_histogram, tile_classification_figure
-from anomaly_lab.models.module import InpaintingModule
+from anomaly_lab.model import InpaintingModel
+from anomaly_lab.results import ScoredSample, StageResults
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,28 @@ class ImagesPerSecond(L.Callback):
         module.log("peak_memory_mb", peak_memory_mb(module.device))
 
 
+def published_results(pl_module: L.LightningModule, stage: str) -> StageResults | None:
+    """`pl_module.results[stage]`: the stage's per-sample results, gathered once across DDP processes by the
+    module (anomaly_lab.lightning_model, not imported here: no cycle); None while it has published none.
+
+    The module publishes them in its on_validation_epoch_end / on_test_epoch_end, which Lightning calls after
+    the callbacks' on_*_epoch_end, so callbacks read them in on_validation_end / on_test_end.
+    """
+    results = cast(dict[str, StageResults], getattr(pl_module, "results", {}))
+    return results.get(stage)
+
+
+def inpainting_model(pl_module: L.LightningModule) -> InpaintingModel:
+    """The module's InpaintingModel (`pl_module.model`)."""
+    return cast(InpaintingModel, pl_module.model)
+
+
+def rank_zero_experiment(trainer: L.Trainer, method: str) -> Any | None:
+    """The logger's experiment on global rank 0 when it has `method` (add_image, add_figure); None otherwise."""
+    experiment = getattr(trainer.logger, "experiment", None)
+    return experiment if trainer.is_global_zero and hasattr(experiment, method) else None
+
+
 def column_header(titles: Sequence[str], width: int) -> torch.Tensor:
     """A white strip (3,h,len(titles)*width) in [0,1], each title in black centred over its width-px column."""
     fit = width / (0.6 * max(map(len, titles)))  # the longest title fills its column (72 dpi: points = pixels)
@@ -116,93 +137,19 @@ def column_header(titles: Sequence[str], width: int) -> torch.Tensor:
 class ReconstructionImages(L.Callback):
     """TensorBoard image grid per validation: input | masked input | inpainted | error map | ground truth.
 
-    A few normal and a few anomalous validation images, one row each, under a header row naming the columns
-    (the panels are the images' own pixels, unscaled).
+    The first `num_images` normal and `num_images` anomalous images of each validation pass (rank 0's own
+    batches under DDP), one row each, under a header row naming the columns (the panels are the images' own
+    pixels, unscaled; the error maps are scaled together to the largest value).
     """
 
     columns = ("input", "masked", "inpainting", "error", "truth")
 
     def __init__(self, num_images: int = 3) -> None:
         self.num_images = num_images
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        experiment = getattr(trainer.logger, "experiment", None)
-        if trainer.sanity_checking or experiment is None or not hasattr(experiment, "add_image"):
-            return
-        if not trainer.is_global_zero:
-            return
-        module = cast(InpaintingModule, pl_module)
-        dataset = trainer.val_dataloaders.dataset  # type: ignore[union-attr]
-        labels = [s.label for s in dataset.decoded.samples]
-        normal = [i for i, y in enumerate(labels) if y == 0][: self.num_images]
-        anomalous = [i for i, y in enumerate(labels) if y == 1][: self.num_images]
-        batch = default_collate([dataset[i] for i in normal + anomalous])
-        images = batch["image"].to(module.device)  # (B,3,H,W)
-        with torch.no_grad():
-            masks = module.masking.random_masks(len(images), images.shape[-2], images.shape[-1], device=images.device)
-            masked = module.masking.apply(images, masks)
-            recon = module.net(masked)
-            maps, _ = module(images)  # (B,1,H,W)
-        maps = maps / maps.amax().clamp_min(1e-8)
-        truth = batch["mask"].to(images).expand_as(images)
-        panels = [images, masked.clamp(0, 1), recon.clamp(0, 1), maps.expand_as(images), truth]  # as self.columns
-        rows = torch.cat(panels, dim=-1).float().cpu()  # (B,3,H,5W)
-        grid = torch.cat([column_header(self.columns, images.shape[-1]), *rows], dim=-2)  # (3,h+B*H,5W)
-        experiment.add_image("val/input_masked_inpainted_error_truth", grid, trainer.global_step)
-
-
-@dataclass(frozen=True)
-class ScoredSample:
-    """One evaluated image (or tile: its page and position in the page's tile grid) and its image score."""
-
-    path: str
-    label: int
-    defect: str
-    score: float
-    page: str
-    row: int
-    col: int
-
-
-def scored_samples(batch: dict[str, Any], outputs: Any) -> list[ScoredSample]:
-    """The batch's samples with the scores its val/test step returned (`outputs["scores"]`, (B,))."""
-    scores = outputs["scores"].detach().float().cpu().tolist()
-    labels, rows, cols = (torch.as_tensor(batch[key]).cpu().tolist() for key in ("label", "row", "col"))
-    columns = zip(batch["path"], labels, batch["defect"], scores, batch["page"], rows, cols, strict=True)
-    return [
-        ScoredSample(str(path), int(label), str(defect), float(score), str(page), int(row), int(col))
-        for path, label, defect, score, page, row, col in columns
-    ]
-
-
-def gather_samples(samples: list[ScoredSample]) -> list[ScoredSample]:
-    """Every process's samples under DDP (each saw a shard); every rank must call this. Unchanged otherwise.
-
-    Evaluation loaders use an unrepeated distributed sampler (data.datamodules.evaluation_sampler), so
-    shards do not overlap; identical rows are still dropped as a safeguard against a padding sampler.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return samples
-    parts: list[list[ScoredSample] | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, samples)
-    return list(dict.fromkeys(sample for part in parts for sample in part or []))
-
-
-class ScoredSampleCollector(L.Callback):
-    """Base: collects each batch's ScoredSamples in self.samples[stage] for the stages in `stages`."""
-
-    stages: tuple[str, ...] = ("test",)
-
-    def __init__(self) -> None:
-        self.samples: dict[str, list[ScoredSample]] = {stage: [] for stage in self.stages}
+        self.kept: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {0: [], 1: []}  # label -> (image, mask)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if "val" in self.stages:
-            self.samples["val"] = []
-
-    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if "test" in self.stages:
-            self.samples["test"] = []
+        self.kept = {0: [], 1: []}
 
     def on_validation_batch_end(
         self,
@@ -213,73 +160,80 @@ class ScoredSampleCollector(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if "val" in self.stages:
-            self.samples["val"] += scored_samples(batch, outputs)
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        for i, label in enumerate(torch.as_tensor(batch["label"]).tolist()):
+            kept = self.kept.get(int(label))
+            if kept is not None and len(kept) < self.num_images:
+                kept.append((batch["image"][i].detach().cpu().clone(), batch["mask"][i].detach().cpu().clone()))
 
-    def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if "test" in self.stages:
-            self.samples["test"] += scored_samples(batch, outputs)
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        experiment = rank_zero_experiment(trainer, "add_image")
+        pairs = self.kept[0] + self.kept[1]
+        if trainer.sanity_checking or experiment is None or not pairs:
+            return
+        model = inpainting_model(pl_module)
+        images = torch.stack([image for image, _ in pairs]).to(pl_module.device)  # (B,3,S,S)
+        truth = torch.stack([mask for _, mask in pairs]).to(images).expand_as(images)  # (B,3,S,S)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                masked, recon = model.masked_inpainting(images)
+                maps, _ = model(images)  # (B,1,S,S)
+        finally:
+            model.train(was_training)
+        maps = maps / maps.amax().clamp_min(1e-8)
+        panels = [images, masked.clamp(0, 1), recon.clamp(0, 1), maps.expand_as(images), truth]  # as self.columns
+        rows = torch.cat(panels, dim=-1).float().cpu()  # (B,3,S,5S)
+        grid = torch.cat([column_header(self.columns, images.shape[-1]), *rows], dim=-2)  # (3,h+B*S,5S)
+        experiment.add_image("val/input_masked_inpainted_error_truth", grid, trainer.global_step)
 
 
-class ScoresTable(ScoredSampleCollector):
-    """Per-sample test results as CSV: path, label, defect, score, prediction (score >= the module's threshold).
+class ScoresTable(L.Callback):
+    """Per-sample test results as CSV: path, label, defect, score, prediction (score >= the test threshold).
 
-    prediction is left empty when the module has no threshold (no rule, or no validation pass ran).
+    prediction is left empty when there is no threshold (no rule, or no validation pass ran).
     """
 
     def __init__(self, path: str) -> None:
-        super().__init__()
         self.path = Path(path)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        samples = gather_samples(self.samples["test"])
-        if not trainer.is_global_zero:
+        results = published_results(pl_module, "test")
+        if not trainer.is_global_zero or results is None:
             return
-        threshold = float(cast(InpaintingModule, pl_module).threshold)
+        threshold = results.threshold
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("w", newline="") as file:
             writer = csv.writer(file, lineterminator="\n")
             writer.writerow(["path", "label", "defect", "score", "prediction"])
-            for s in samples:
+            for s in results.samples:
                 prediction = int(s.score >= threshold) if math.isfinite(threshold) else ""
                 writer.writerow([s.path, s.label, s.defect, repr(s.score), prediction])
         log.info("per-sample test scores: %s", self.path)
 
 
-class ScoreFigures(ScoredSampleCollector):
+class ScoreFigures(L.Callback):
     """TensorBoard figures of score separation: a normal-vs-anomalous histogram with the threshold after each
     validation and at test, plus ROC and precision-recall curves at test."""
 
-    stages = ("val", "test")
-
     def __init__(self, bins: int = 30) -> None:
-        super().__init__()
         self.bins = bins
 
-    # on_*_end, not on_*_epoch_end: callbacks' epoch-end hooks run before the module's, which sets the threshold
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._add_figures("val", trainer, cast(InpaintingModule, pl_module))
+        if not trainer.sanity_checking:  # the module publishes no results of the sanity check
+            self._add_figures("val", trainer, pl_module)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._add_figures("test", trainer, cast(InpaintingModule, pl_module))
+        self._add_figures("test", trainer, pl_module)
 
-    def _add_figures(self, stage: str, trainer: L.Trainer, module: InpaintingModule) -> None:
-        samples = gather_samples(self.samples[stage])
-        experiment = getattr(trainer.logger, "experiment", None)
-        if not trainer.is_global_zero or not samples or experiment is None or not hasattr(experiment, "add_figure"):
+    def _add_figures(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = published_results(pl_module, stage)
+        experiment = rank_zero_experiment(trainer, "add_figure")
+        if results is None or not results.samples or experiment is None:
             return
-        scores = torch.tensor([s.score for s in samples])  # (N,)
-        labels = torch.tensor([s.label for s in samples])  # (N,)
-        threshold = float(module.threshold)
+        scores, labels, threshold = results.scores, results.labels, results.threshold  # (N,), (N,)
         step = trainer.global_step
         histogram = score_histogram(
             scores[labels == 0], scores[labels == 1], threshold, title=f"{stage} image scores", bins=self.bins
@@ -290,44 +244,74 @@ class ScoreFigures(ScoredSampleCollector):
             experiment.add_figure("test/precision_recall", precision_recall_figure(scores, labels, threshold), step)
 
 
-class TilePageFigures(ScoredSampleCollector):
+class TilePageFigures(L.Callback):
     """TensorBoard figure per tiled test page (the thesis's notes figure): the page, its per-tile score grid and
-    its tile classification at the module's threshold. Pages with anomalous tiles come first; whole-image
-    datasets (every page a single tile) get none.
+    its tile classification at the test threshold. Pages with anomalous tiles come first, at most `max_pages`;
+    whole-image datasets (every page a single tile) get none.
 
     The page is redrawn from its test tiles side by side at their (row, col), so it shows exactly what was
-    scored; tiles of the page that are not in the test set stay black and NaN in the grid.
+    scored; tiles of the page that are not in the test set stay black and NaN in the grid. The tiles' pixels
+    are kept (uint8) from the test batches, when the model's preprocessing tiles pages; under DDP each process
+    sends rank 0 the kept tiles of the pages drawn, once at test end.
     """
 
     def __init__(self, max_pages: int = 4) -> None:
-        super().__init__()
         self.max_pages = max_pages
+        self.tiles: dict[str, np.ndarray] = {}  # path -> (S,S,3) uint8
+        self.keep = False
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.tiles = {}
+        self.keep = bool(inpainting_model(pl_module).preprocessing.tiled)  # whole images: keep nothing
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.keep:
+            pixels = (batch["image"].detach() * 255).round().clamp(0, 255).to(torch.uint8)  # (B,3,S,S)
+            self.tiles.update(zip(map(str, batch["path"]), pixels.permute(0, 2, 3, 1).cpu().numpy(), strict=True))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        samples = gather_samples(self.samples["test"])
-        experiment = getattr(trainer.logger, "experiment", None)
-        if not trainer.is_global_zero or experiment is None or not hasattr(experiment, "add_figure"):
+        results = published_results(pl_module, "test")  # the same on every rank
+        if results is None or not self.keep:
             return
         by_page: dict[str, list[ScoredSample]] = {}
-        for sample in samples:
+        for sample in results.samples:
             by_page.setdefault(sample.page, []).append(sample)
         tiled = {page: tiles for page, tiles in by_page.items() if any(t.row or t.col for t in tiles)}
         pages = sorted(tiled, key=lambda page: (-max(t.label for t in tiled[page]), page))[: self.max_pages]
-        if not pages:
+        if not pages:  # decided alike on every rank: the results are the gathered ones
             return
-        dataset = trainer.test_dataloaders.dataset  # type: ignore[union-attr]  # whole on every rank
-        index = {sample.path: i for i, sample in enumerate(dataset.decoded.samples)}
-        threshold = float(cast(InpaintingModule, pl_module).threshold)
+        wanted = {t.path for page in pages for t in tiled[page]}
+        kept = gather_tiles({path: tile for path, tile in self.tiles.items() if path in wanted})  # every rank
+        self.tiles = {}
+        experiment = rank_zero_experiment(trainer, "add_figure")
+        if experiment is None:
+            return
+        size = inpainting_model(pl_module).image_size
         for number, page in enumerate(pages):
             tiles = tiled[page]
             grid_shape = (max(t.row for t in tiles) + 1, max(t.col for t in tiles) + 1)
-            rows, cols = [t.row for t in tiles], [t.col for t in tiles]
-            scores = stitch_scores([t.score for t in tiles], rows, cols, grid_shape)  # (R,C)
-            images = dataset.decoded.images[[index[t.path] for t in tiles]]  # (N,t,t,3) uint8
-            size = images.shape[1]
-            canvas = np.zeros((grid_shape[0] * size, grid_shape[1] * size, *images.shape[3:]), images.dtype)
+            scores = stitch_scores([t.score for t in tiles], [t.row for t in tiles], [t.col for t in tiles], grid_shape)
+            canvas = np.zeros((grid_shape[0] * size, grid_shape[1] * size, 3), np.uint8)  # black where no tile
             # tile (row, col) at (row * size, col * size); the grid's positions() order is not assumed
-            for image, row, col in zip(images, rows, cols, strict=True):
-                canvas[row * size : (row + 1) * size, col * size : (col + 1) * size] = image
-            figure = tile_classification_figure(canvas, scores, threshold, title=Path(page).name)
+            for t in tiles:
+                if t.path in kept:
+                    canvas[t.row * size : (t.row + 1) * size, t.col * size : (t.col + 1) * size] = kept[t.path]
+            figure = tile_classification_figure(canvas, scores, results.threshold, title=Path(page).name)
             experiment.add_figure(f"test/tile_page_{number}", figure, trainer.global_step)
+
+
+def gather_tiles(tiles: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every process's tiles under DDP (every rank must call this); unchanged otherwise."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return tiles
+    parts: list[dict[str, np.ndarray] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, tiles)
+    return {path: tile for part in parts for path, tile in (part or {}).items()}

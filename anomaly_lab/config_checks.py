@@ -187,7 +187,7 @@ def check_dataset(cfg: DictConfig) -> None:
     for key in ("dataset.num_workers", "dataset.rotation_copies"):
         check_optional(cfg, key, non_negative_int)
     check_optional(cfg, "dataset.max_image_pixels", positive_int)
-    check_optional(cfg, "dataset.border", check_choice, ("drop", "pad"))
+    check_optional(cfg, "dataset.preprocessing.border", check_choice, ("drop", "pad"))
 
 
 def check_train_config(cfg: DictConfig) -> None:

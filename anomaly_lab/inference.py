@@ -27,6 +27,7 @@ SPEC_KEY = "anomaly_lab"  # the checkpoint entry that holds the spec
 FORMAT_VERSION = 2  # bump when the spec's meaning changes; older readers then refuse newer checkpoints
 MODEL_CLASS = f"{InpaintingModel.__module__}.{InpaintingModel.__qualname__}"
 TRAINING_ONLY = {"compile": False}  # model options that only training uses: a rebuilt model runs without them
+MODEL_PARTS = ("net", "masking", "anomaly_map", "preprocessing")  # each a node of its own class, never a plain value
 PlainValue = bool | int | float | str | None
 
 
@@ -77,7 +78,7 @@ def build_from_spec(node: Any, where: str, build: bool = True) -> Any:
         return None
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError, RuntimeError) as error:
+    except (TypeError, ValueError, RuntimeError, AttributeError) as error:  # AttributeError: a part of the wrong kind
         raise CheckpointError(f"{where}: cannot build {target} from the checkpoint ({first_line(error)})") from error
 
 
@@ -176,12 +177,19 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Inpainti
     model_node = spec.get("model")
     if not isinstance(model_node, dict) or model_node.get("_target_") != MODEL_CLASS:
         raise CheckpointError(f"{path}: the spec's model is not a {MODEL_CLASS} node")
+    for part in MODEL_PARTS:
+        if not isinstance(model_node.get(part), dict):
+            kind = type(model_node.get(part)).__name__
+            raise CheckpointError(f"{path}: model.{part}: expected a mapping with a _target_, got {kind}")
     model: InpaintingModel = build_from_spec({**model_node, **TRAINING_ONLY}, f"{path}: model")
     weights = {key.removeprefix("model."): value for key, value in state_dict.items() if key.startswith("model.")}
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit the model of its spec ({first_line(error)})") from error
+        reasons = str(error).strip().splitlines()[1:]  # torch's first line only says that loading failed
+        detail = reasons[0].strip() if reasons else first_line(error)
+        detail = detail if len(detail) <= 300 else f"{detail[:300]}..."
+        raise CheckpointError(f"{path}: weights do not fit the model of its spec ({detail})") from error
     model.eval()
     size = model.image_size
     try:

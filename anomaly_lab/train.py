@@ -29,6 +29,7 @@ from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, resume_ch
 from anomaly_lab.cli import one_line, run_cli, user_errors_exit
 from anomaly_lab.config_checks import check_train_config, needs_validation_anomalies
 from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.deprecations import warn_deprecated_options
 from anomaly_lab.errors import ConfigError, SplitError, UserError
 from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reasons
 from anomaly_lab.inference import model_spec
@@ -170,6 +171,7 @@ def run(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float:
     torch.set_float32_matmul_precision("high")
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+    warn_deprecated_options(HydraConfig.get().runtime.choices)
     with user_errors_exit(enabled=HydraConfig.get().mode == RunMode.RUN):
         objective = run(cfg)
     return objective

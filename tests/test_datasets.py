@@ -17,6 +17,7 @@ from anomaly_lab.data.folders import FolderDataModule
 from anomaly_lab.data.images import BadImageError, DecodedImages, ImageDataset, Sample
 from anomaly_lab.data.synthetic import make_notes_page, make_sea_image, write_notes_pages, write_sea_pages
 from anomaly_lab.data.tiles import stitch_scores
+from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.tools.benchmark_loader import benchmark
 from anomaly_lab.train import run
 from tests.conftest import REAL_BOTTLES, TINY_PAGES, ComposeFn, compose_config
@@ -25,19 +26,22 @@ from tests.test_synthetic import assert_mask_is_exactly_the_change
 SMALL_PAGES = {"n_normal": 2, "n_anomalous": 3, "height": 96, "width": 128}
 
 
+PREPROCESSING_KEYS = ("image_size", "tiled", "grayscale", "page_width", "stride", "border")
+
+
 def pages_module(root: Path, **kwargs: Any) -> FolderDataModule:
-    """Tiled 32px datamodule over a pages folder (normal/, anomalous/, masks/)."""
+    """Tiled 32px datamodule over a pages folder (normal/, anomalous/, masks/); preprocessing keys go to its
+    Preprocessing, the others to the datamodule."""
+    preprocessing = {"image_size": 32, "tiled": True, **{k: kwargs.pop(k) for k in PREPROCESSING_KEYS if k in kwargs}}
     settings: dict[str, Any] = dict(
         normal_dir=str(root / "normal"),
         abnormal_dir=str(root / "anomalous"),
         mask_dir=str(root / "masks"),
-        image_size=32,
-        tiled=True,
         val_fraction=0.2,
         val_anomalous=1,
         test_fraction=0.0,
     )
-    return FolderDataModule(**{**settings, **kwargs})
+    return FolderDataModule(preprocessing=Preprocessing(**preprocessing), **{**settings, **kwargs})
 
 
 def copy_pages(src: Path, dst: Path) -> Path:
@@ -234,7 +238,8 @@ def test_augmentation_moves_masks_with_images(option: str) -> None:
     transform = instantiate(compose_config([f"augmentation={option}", "paths.output_dir=x"]).dataset.train_transform)
     image = np.zeros((1, 32, 32, 3), np.uint8)
     image[0, 3:12, 18:29] = 200
-    dataset = ImageDataset(DecodedImages([Sample("x", 0, "good")], image, image[..., 0] > 0), transform)
+    decoded = DecodedImages([Sample("x", 0, "good")], image, image[..., 0] > 0)
+    dataset = ImageDataset(decoded, Preprocessing(image.shape[1]), transform)
     for _ in range(5):
         item = dataset[0]
         bright, mask = item["image"][0] > 0.3, item["mask"][0] > 0.5  # (H,W)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from anomaly_lab.configs import CONFIG_DIR
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.train import run
 from tests.conftest import ComposeFn, compose_config
 
@@ -63,14 +64,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "sharks": {
         **THESIS_TILES,
         "dataset.write_pages._target_": "anomaly_lab.data.synthetic.write_sea_pages",
-        "dataset.grayscale": False,
+        "dataset.preprocessing.grayscale": False,
         "threshold.value": 0.005,
         "trainer.max_epochs": 30,
     },
     "sharks_gray": {
         **THESIS_TILES,
         "dataset.write_pages._target_": "anomaly_lab.data.synthetic.write_sea_pages",
-        "dataset.grayscale": True,
+        "dataset.preprocessing.grayscale": True,
         "threshold.value": 0.005,
         "trainer.max_epochs": 30,
     },
@@ -121,7 +122,7 @@ DATASET = {
     "notes_highlighter": "synthetic_notes",
     "sharks": "synthetic_sharks",
     "sharks_gray": "synthetic_sharks",
-    **{name: "bottles" for name in EXPECTED if name.startswith("bottles")},
+    **{name: "mvtec" for name in EXPECTED if name.startswith("bottles")},
 }
 # GPU trainers run their code path on CPU here; precision stays as configured.
 ON_CPU = ["trainer.accelerator=cpu", "trainer.benchmark=false"]
@@ -142,7 +143,7 @@ def test_experiment_settings_land(name: str) -> None:
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_one_step(name: str, compose_tiny: ComposeFn, tiny_bottles_root: Path) -> None:
     data = [f"dataset={DATASET[name]}"]  # compose_tiny adds the tiny page sizes for generated pages
-    if DATASET[name] == "bottles":
+    if DATASET[name] == "mvtec":
         data.append(f"dataset.root={tiny_bottles_root}")
     gpu = ON_CPU if EXPECTED[name]["trainer.accelerator"] == "gpu" else []
     # 32px (compose_tiny) and a narrow net: unet512's 64 base channels under 16 full-coverage passes take minutes
@@ -175,3 +176,29 @@ def test_experiment_and_hparams_search_compose() -> None:
     assert cfg.trainer.max_epochs == 40
     assert cfg.dataset.val_anomalous == 0.33  # the search's split, applied after the experiment
     assert cfg.masking.grid_sizes == [8, 16, 32, 64]
+
+
+@pytest.mark.parametrize(("mode", "direction"), [("max", "maximize"), ("min", "minimize")])
+def test_sweep_direction_follows_objective_mode(mode: str, direction: str) -> None:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["hparams_search=bottles_wide", f"objective.mode={mode}"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.sweeper.direction == direction
+    assert "objective" not in OmegaConf.load(CONF / "hparams_search" / "bottles_thesis.yaml")  # train.yaml's
+
+
+PREPROCESSING_KEYS = ["_target_", "image_size", "grayscale", "tiled", "stride", "border", "page_width"]
+TILED = {"notes", "sharks", "synthetic_notes", "synthetic_sharks"}
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in (CONF / "dataset").glob("*.yaml")))
+def test_every_dataset_has_one_preprocessing_node(name: str) -> None:
+    dataset = compose_config([f"dataset={name}"]).dataset
+    assert list(dataset.preprocessing) == PREPROCESSING_KEYS
+    assert dataset.preprocessing._target_ == "anomaly_lab.preprocessing.Preprocessing"
+    assert OmegaConf.to_container(dataset.preprocessing)["image_size"] == "${model.image_size}"
+    assert dataset.preprocessing.tiled == (name in TILED)
+    assert not set(PREPROCESSING_KEYS[1:]) & set(dataset)  # no flat image_size, grayscale, tiled, ... keys

@@ -9,10 +9,12 @@ machine's load.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import pickle
+import re
 import resource
 import signal
 import subprocess
@@ -28,8 +30,8 @@ from PIL import Image
 
 from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.errors import ConfigError
-from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_trained_model
-from anomaly_lab.train import check_buildable, run
+from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_model
+from anomaly_lab.train import build_module, run
 from tests.conftest import ComposeFn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,13 +140,24 @@ def crafted_checkpoint(good: Path, path: Path, marker: Path) -> Path:
     """The issue's attack: a net spec that names torch.load through an allowed prefix, on a pickled os.system."""
     checkpoint = torch.load(good, map_location="cpu", weights_only=True)
     payload = pickle.dumps(RunsACommand(f"touch {marker}"))
-    checkpoint[SPEC_KEY]["net"] = {
+    checkpoint[SPEC_KEY]["model"]["net"] = {
         "_target_": "anomaly_lab.masking.torch.load",
         "f": {"_target_": "anomaly_lab.masking.torch.serialization.io.BytesIO", "initial_bytes": payload},
         "weights_only": False,
     }
     torch.save(checkpoint, path)
     return path
+
+
+def with_spec(good: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of checkpoint `good` whose spec has `value` at the dotted `key` (e.g. "model.net._target_")."""
+    checkpoint = copy.deepcopy(good)
+    *parents, last = key.split(".")
+    node = checkpoint[SPEC_KEY]
+    for name in parents:
+        node = node[name]
+    node[last] = value
+    return checkpoint
 
 
 @pytest.mark.parametrize("tool", ["predict", "predict with no input", "export"])
@@ -166,62 +179,110 @@ def test_a_crafted_checkpoint_runs_nothing_in_predict_and_export(tiny_run: Path,
     assert not marker.exists()
     assert not (tmp_path / "out").exists() and not crafted.with_suffix(".onnx").exists()
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("CheckpointError: ") and "anomaly_lab.masking.torch.load" in last
+    assert last.startswith(f"CheckpointError: {crafted}: model.net: _target_ 'anomaly_lab.masking.torch.load' is not")
     assert "Traceback" not in result.stderr
 
 
-def test_only_the_table_of_classes_with_plain_values_is_built(tiny_run: Path, tmp_path: Path) -> None:
+NOT_LISTED = "_target_ '{}' is not one of the classes a checkpoint may name"
+REFUSED_SPECS = {  # name: (dotted spec key, crafted value, what the refusal says after the checkpoint's path)
+    "an allowed prefix walking to torch": (
+        "model.net._target_",
+        "anomaly_lab.models.unet.torch.load",
+        "model.net: " + NOT_LISTED.format("anomaly_lab.models.unet.torch.load"),
+    ),
+    "a nested _target_": (
+        "model.masking.grid_sizes",
+        {"_target_": "os.system", "c": "id"},
+        "model.masking.grid_sizes: " + NOT_LISTED.format("os.system"),
+    ),
+    "a class's attribute": (
+        "model.net._target_",
+        "anomaly_lab.models.unet.UNet.__init__",
+        "model.net: " + NOT_LISTED.format("anomaly_lab.models.unet.UNet.__init__"),
+    ),
+    "hydra's positional args": ("model.net._args_", ["id"], "model.net._args_: not a keyword argument"),
+    "a hidden _partial_": ("model.preprocessing._partial_", True, "model.preprocessing._partial_: not a keyword"),
+    "a keyword the class lacks": (
+        "model.net.command",
+        "id",
+        "model.net: cannot build anomaly_lab.models.unet.UNet from the checkpoint (",
+    ),
+    "torch.hub.load as the map": (
+        "model.anomaly_map",
+        {"_target_": "anomaly_lab.scoring.torch.hub.load", "repo": "x"},
+        "model.anomaly_map: " + NOT_LISTED.format("anomaly_lab.scoring.torch.hub.load"),
+    ),
+    "a tensor as a value": ("model.net.base_channels", torch.tensor(16), "model.net.base_channels: only plain values"),
+    "another model class": ("model._target_", "os.system", "the spec's model is not a anomaly_lab.model.Inpainting"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED_SPECS)
+def test_only_the_table_of_classes_with_plain_values_is_built(name: str, tiny_run: Path, tmp_path: Path) -> None:
     good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    spec = good[SPEC_KEY]
-    variants = {
-        "an allowed prefix walking to torch": (
-            "net",
-            {**spec["net"], "_target_": "anomaly_lab.models.unet.torch.load"},
-        ),
-        "a nested _target_": ("masking", {**spec["masking"], "grid_sizes": {"_target_": "os.system", "c": "id"}}),
-        "a class's attribute": ("net", {**spec["net"], "_target_": "anomaly_lab.models.unet.UNet.__init__"}),
-        "hydra's positional args": ("net", {**spec["net"], "_args_": ["id"]}),
-        "a keyword the class lacks": ("net", {**spec["net"], "command": "id"}),
-    }
-    for name, (key, value) in variants.items():
-        path = tmp_path / f"{key}.ckpt"
-        torch.save({**good, SPEC_KEY: {**spec, key: value}}, path)
-        with pytest.raises(CheckpointError, match=rf"{path.name}: {key}"):
-            load_trained_model(path)
-        assert name
-    scoring = {**spec["scoring"], "anomaly_map": {"_target_": "anomaly_lab.scoring.torch.hub.load", "repo": "x"}}
-    torch.save({**good, SPEC_KEY: {**spec, "scoring": scoring}}, tmp_path / "map.ckpt")
-    with pytest.raises(CheckpointError, match="is not one of the classes a checkpoint may name"):
-        load_trained_model(tmp_path / "map.ckpt")
+    key, value, message = REFUSED_SPECS[name]
+    path = tmp_path / "crafted.ckpt"
+    torch.save(with_spec(good, key, value), path)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(f'{path}: {message}')}"):
+        load_model(path)
+
+
+CANNOT_BUILD = "{key}: cannot build {cls} from the checkpoint ({reason}"
+PREPROCESSING, MODEL = "anomaly_lab.preprocessing.Preprocessing", "anomaly_lab.model.InpaintingModel"
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("key", "value", "message"),
     [
-        ({"image_size": float("inf")}, "image_size=inf"),
-        ({"image_size": 0}, "image_size=0"),
-        ({"image_size": -32}, "image_size=-32"),
-        ({"threshold": "abc"}, "threshold='abc'"),
-        ({"threshold": [1, 2]}, r"threshold=\[1, 2\]"),
-        ({"normalisation": [1, 2]}, "normalisation.divide_by=None"),
-        ({"normalisation": {"divide_by": 0, "grayscale": False}}, "normalisation.divide_by=0"),
-        ({"normalisation": {"divide_by": "abc", "grayscale": False}}, "normalisation.divide_by='abc'"),
-        ({"tiling": "abc"}, "tiling='abc'"),
-        ({"tiling": {}}, "tiling.border=None"),
-        ({"scoring": {"reduce": "median", "topk_fraction": 0.01}}, "scoring.reduce='median'"),
-        ({"net": {"_target_": "anomaly_lab.models.unet.UNet", "base_channels": -1}}, "net: cannot build"),
+        ("model.preprocessing.image_size", float("inf"), ("model.preprocessing", PREPROCESSING, "image_size=inf")),
+        ("model.preprocessing.image_size", 0, ("model.preprocessing", PREPROCESSING, "image_size=0: expected a pos")),
+        ("model.preprocessing.image_size", -32, ("model.preprocessing", PREPROCESSING, "image_size=-32")),
+        ("model.image_size", 64, ("model", MODEL, "preprocessing.image_size=32 differs from image_size=64")),
+        ("model.threshold", 0.5, ("model", MODEL, "InpaintingModel.__init__() got an unexpected keyword argument")),
+        ("model.preprocessing", [1, 2], "model.preprocessing: expected a mapping with a _target_, got list"),
+        ("model.preprocessing.divide_by", 0, ("model.preprocessing", PREPROCESSING, "divide_by=0: expected a pos")),
+        ("model.preprocessing.divide_by", -1, ("model.preprocessing", PREPROCESSING, "divide_by=-1")),
+        ("model.preprocessing.divide_by", float("inf"), ("model.preprocessing", PREPROCESSING, "divide_by=inf")),
+        ("model.preprocessing.divide_by", True, ("model.preprocessing", PREPROCESSING, "divide_by=True")),
+        ("model.preprocessing.divide_by", "abc", ("model.preprocessing", PREPROCESSING, "")),
+        ("model.preprocessing.border", "x", ("model.preprocessing", PREPROCESSING, "border='x': expected one of")),
+        ("model.preprocessing", {}, "model.preprocessing: expected a mapping with a _target_, got dict"),
+        ("model.reduce", "median", ("model", MODEL, "reduce='median': choose one of mean, max, topk")),
+        ("model.topk_fraction", 0, ("model", MODEL, "topk_fraction=0: expected a number in (0, 1]")),
+        ("model.topk_fraction", 2, ("model", MODEL, "topk_fraction=2: expected a number in (0, 1]")),
+        ("model.net.base_channels", -1, ("model.net", "anomaly_lab.models.unet.UNet", "")),
+        ("model.net.out_channels", 1, ("model", MODEL, "the net maps (1,3,32,32) images to (1, 1, 32, 32), not")),
+        ("model.masking", {"_target_": PREPROCESSING, "image_size": 32}, ("model", MODEL, "'Preprocessing' object")),
     ],
 )
 def test_a_spec_with_impossible_values_is_a_checkpoint_error(
-    change: dict[str, Any], message: str, tiny_run: Path, tmp_path: Path
+    key: str, value: Any, message: str | tuple[str, str, str], tiny_run: Path, tmp_path: Path
 ) -> None:
     good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    spec = {**good[SPEC_KEY], **change}
-    if "scoring" in change:
-        spec["scoring"] = {**good[SPEC_KEY]["scoring"], **change["scoring"]}
-    torch.save({**good, SPEC_KEY: spec}, tmp_path / "odd.ckpt")
-    with pytest.raises(CheckpointError, match=message):
-        load_trained_model(tmp_path / "odd.ckpt")
+    path = tmp_path / "odd.ckpt"
+    torch.save(with_spec(good, key, value), path)
+    if isinstance(message, tuple):
+        message = CANNOT_BUILD.format(key=message[0], cls=message[1], reason=message[2])
+    with pytest.raises(CheckpointError, match=f"^{re.escape(f'{path}: {message}')}"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("abc", 'While copying the parameter named "threshold", expected torch.Tensor'),
+        (torch.tensor([1.0, 2.0]), "size mismatch for threshold"),
+    ],
+)
+def test_a_threshold_that_is_not_one_number_is_a_checkpoint_error(
+    value: Any, message: str, tiny_run: Path, tmp_path: Path
+) -> None:
+    good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    path = tmp_path / "odd.ckpt"
+    torch.save({**good, "state_dict": {**good["state_dict"], "model.threshold": value}}, path)
+    expected = f"{path}: weights do not fit the model of its spec ({message}"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(expected)}"):
+        load_model(path)
 
 
 def test_garbage_files_are_checkpoint_errors(compose_tiny: ComposeFn, tiny_run: Path, tmp_path: Path) -> None:
@@ -229,9 +290,9 @@ def test_garbage_files_are_checkpoint_errors(compose_tiny: ComposeFn, tiny_run: 
     (tmp_path / "text.ckpt").write_text("hello")
     (tmp_path / "raw.ckpt").write_bytes(pickle.dumps(RunsACommand(f"touch {marker}")))
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
-        load_trained_model(tmp_path / "text.ckpt")
+        load_model(tmp_path / "text.ckpt")
     with pytest.raises(CheckpointError, match=r"a plain pickle, not a checkpoint written by torch\.save"):
-        load_trained_model(tmp_path / "raw.ckpt")
+        load_model(tmp_path / "raw.ckpt")
     good = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     broken = {
         "callbacks": {**good, "callbacks": {name: "garbage" for name in good["callbacks"]}},
@@ -251,7 +312,7 @@ def test_a_pickled_payload_is_refused_without_torchs_advice(tiny_run: Path, tmp_
     good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     torch.save({**good, "extra": RunsACommand(f"touch {marker}")}, tmp_path / "pickled.ckpt")
     with pytest.raises(CheckpointError, match="holds Python objects other than tensors") as error:
-        load_trained_model(tmp_path / "pickled.ckpt")
+        load_model(tmp_path / "pickled.ckpt")
     assert "weights_only" not in str(error.value)
     assert not marker.exists()
 
@@ -399,8 +460,14 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
         ("objective.metric=val/nope", r"objective\.metric='val/nope': must be one of val/wasserstein"),
         ("resume=/no/such.ckpt", r"resume='/no/such\.ckpt': must be true, false or the path of a \.ckpt file"),
         ("dataset.n_train=0", r"dataset\.n_train=0: must be a positive integer"),
-        ("model.net.norm=foo", r"model\.net: .*unknown norm 'foo'"),
-        ("model.net.base_channels=0", r"model\.net: "),
+        ("model.net.norm=foo", r"^model: .*'anomaly_lab\.models\.unet\.UNet'.*unknown norm 'foo'"),
+        ("model.net.base_channels=0", r"^model: .*the net cannot take \(1,3,32,32\) images"),
+        ("model.net.out_channels=1", r"^model: .*the net maps \(1,3,32,32\) images to \(1, 1, 32, 32\), not the same"),
+        ("dataset.preprocessing.border=middle", r"dataset\.preprocessing\.border='middle': must be one of drop, pad"),
+        ("dataset.preprocessing.stride=0", r"^model: .*Preprocessing.*stride=0: expected null or a positive integer"),
+        ("++dataset.preprocessing.divide_by=0", r"^model: .*Preprocessing.*divide_by=0: expected a positive number"),
+        ("dataset.preprocessing.image_size=64", r"^model: .*preprocessing\.image_size=64 differs from image_size=32"),
+        ("scoring.anomaly_map.l2=-1", r"^model: .*AnomalyMap.*map weights must be finite and non-negative"),
         ("trainer.precision=17", r"trainer: .*Precision 17 is invalid"),
         ("trainer.devices=0", r"trainer: .*devices=0"),
     ],
@@ -411,7 +478,7 @@ def test_impossible_settings_name_the_key_before_anything_runs(
     cfg = compose_tiny([override])
     with pytest.raises(ConfigError, match=message):
         check_train_config(cfg)
-        check_buildable(cfg)
+        build_module(cfg)
     with pytest.raises(ConfigError, match=message):
         run(cfg)
     assert not Path(cfg.paths.output_dir).exists()

@@ -159,7 +159,7 @@ def test_a_giant_image_in_an_mvtec_folder(
     root = tmp_path / "bottles"
     shutil.copytree(tiny_bottles_root, root)
     giant = giant_png(root / "train" / "good" / "giant.png")
-    cfg = compose_tiny(["dataset=bottles", f"dataset.root={root}", f"dataset.skip_bad_files={str(skip).lower()}"])
+    cfg = compose_tiny(["dataset=mvtec", f"dataset.root={root}", f"dataset.skip_bad_files={str(skip).lower()}"])
     module = instantiate(cfg.dataset)
     if not skip:
         with pytest.raises(BadImageError, match=rf"giant\.png: {GIANT}"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import math
 import os
 import pickle
 import shutil
@@ -20,8 +22,10 @@ from PIL import Image
 
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import BadImageError, read_image
-from anomaly_lab.inference import FORMAT_VERSION, SPEC_KEY, CheckpointError, load_trained_model, read_checkpoint
+from anomaly_lab.inference import FORMAT_VERSION, SPEC_KEY, CheckpointError, load_model, read_checkpoint
+from anomaly_lab.model import InpaintingModel
 from anomaly_lab.predict import run
+from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.train import run as train
 from tests.conftest import TINY, TINY_SYNTHETIC_PAGES, compose_config
 
@@ -50,19 +54,39 @@ def test_images(tiny_run: Path) -> Path:
     return first.parent.parent
 
 
+WHOLE_IMAGES_32 = {
+    "_target_": "anomaly_lab.preprocessing.Preprocessing",
+    "image_size": 32,
+    "grayscale": False,
+    "tiled": False,
+    "stride": None,
+    "border": "drop",
+    "page_width": None,
+}
+
+
 def test_checkpoint_carries_the_spec_and_loads_weights_only(checkpoint: Path) -> None:
     loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)  # raises on any non-allowed object
     spec = loaded[SPEC_KEY]
     assert spec["format_version"] == FORMAT_VERSION
-    assert spec["net"]["_target_"] == "anomaly_lab.models.unet.UNet"
-    assert spec["image_size"] == 32
-    assert spec["masking"]["grid_sizes"] == [2, 4]
-    assert spec["scoring"]["reduce"] == "max"
-    assert spec["normalisation"] == {"divide_by": 255.0, "grayscale": False}
-    assert spec["tiling"] is None
-    assert spec["threshold"] == pytest.approx(float(loaded["state_dict"]["threshold"]))
-    model = load_trained_model(checkpoint)
-    assert model.threshold == spec["threshold"]
+    assert json.loads(json.dumps(spec)) == spec  # plain values only
+    node = spec["model"]
+    assert node["_target_"] == "anomaly_lab.model.InpaintingModel"
+    assert node["net"]["_target_"] == "anomaly_lab.models.unet.UNet"
+    assert node["image_size"] == 32
+    assert node["masking"]["_target_"] == "anomaly_lab.masking.GridMasking"
+    assert node["masking"]["grid_sizes"] == [2, 4]
+    assert node["anomaly_map"]["_target_"] == "anomaly_lab.scoring.AnomalyMap"
+    assert node["reduce"] == "max"
+    assert node["preprocessing"] == WHOLE_IMAGES_32
+    assert "threshold" not in node and "threshold" not in spec  # the state dict's, not the spec's
+    threshold = float(loaded["state_dict"]["model.threshold"])
+    assert math.isfinite(threshold)  # chosen on validation
+    model = load_model(checkpoint)
+    assert isinstance(model, InpaintingModel) and not model.training
+    assert float(model.threshold) == threshold
+    assert model.preprocessing == Preprocessing(image_size=32) and model.preprocessing.divide_by == 255.0
+    assert model.image_size == 32 and model.reduce == "max"
 
 
 def test_predict_scores_equal_the_test_run_and_writes_outputs(
@@ -90,6 +114,8 @@ def test_predict_scores_equal_the_test_run_and_writes_outputs(
     assert saved["images"] == len(on_disk) == saved["anomalous"] + saved["normal"]
     assert saved["skipped"] == []
     assert saved["threshold_from"] == "checkpoint"
+    plain = {key: value for key, value in WHOLE_IMAGES_32.items() if key != "_target_"}
+    assert saved["preprocessing"] == {**plain, "divide_by": 255.0}  # how the inputs were prepared
 
 
 def test_other_sizes_are_resized_by_the_training_rule(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
@@ -98,10 +124,10 @@ def test_other_sizes_are_resized_by_the_training_rule(checkpoint: Path, test_ima
     big.parent.mkdir()
     Image.open(source).resize((48, 40), Image.Resampling.BILINEAR).save(big)
     summary = run(predict_config([f"ckpt_path={checkpoint}", f"input={big}", f"output={tmp_path / 'out'}"]))
-    model = load_trained_model(checkpoint)
+    model = load_model(checkpoint)
     image = torch.from_numpy(np.array(read_image(big, 32))).permute(2, 0, 1).float()[None] / 255.0  # as the datamodules
     with torch.no_grad():
-        _, expected = model.scorer(image)
+        _, expected = model(image)
     assert summary["score_max"] == pytest.approx(float(expected[0]), abs=1e-6)
     with Image.open(tmp_path / "out" / "heatmaps" / "big.png") as heatmap:
         assert heatmap.size == (48, 40)  # outputs at the input's own size
@@ -179,10 +205,19 @@ def test_bad_checkpoints_are_clear_errors(checkpoint: Path, test_images: Path, t
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         read_checkpoint(pickled)
     # so is a spec whose _target_ names something other than anomaly_lab's own classes, even nested
-    evil_net = {**good[SPEC_KEY]["net"], "base_channels": {"_target_": "os.system", "command": "echo hi"}}
-    evil = _save(tmp_path / "evil.ckpt", {**good, SPEC_KEY: {**good[SPEC_KEY], "net": evil_net}})
-    with pytest.raises(CheckpointError, match=r"net\.base_channels: only plain values"):
-        load_trained_model(evil)
+    evil_spec = copy.deepcopy(good[SPEC_KEY])
+    evil_spec["model"]["net"]["base_channels"] = {"_target_": "os.system", "command": "echo hi"}
+    evil = _save(tmp_path / "evil.ckpt", {**good, SPEC_KEY: evil_spec})
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: model\.net\.base_channels: _target_ 'os\.system' is not"):
+        load_model(evil)
+    # and one whose values are not plain (a tensor where a number belongs)
+    evil_spec["model"]["net"]["base_channels"] = torch.tensor(16)
+    evil = _save(tmp_path / "evil.ckpt", {**good, SPEC_KEY: evil_spec})
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: model\.net\.base_channels: only plain values"):
+        load_model(evil)
+    misfit = {**good, "state_dict": {k: v for k, v in good["state_dict"].items() if k != "model.threshold"}}
+    with pytest.raises(CheckpointError, match=r"misfit\.ckpt: weights do not fit the model of its spec \(Missing key"):
+        load_model(_save(tmp_path / "misfit.ckpt", misfit))
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         run(predict_config([f"ckpt_path={not_a_checkpoint}", f"input={test_images}", f"output={tmp_path / 'o'}"]))
     assert not (tmp_path / "o").exists()
@@ -208,11 +243,8 @@ def tiled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiled_model_scores_every_tile_and_draws_the_page(tiled_run: Path, tmp_path: Path) -> None:
     checkpoint = tiled_run / "checkpoints" / "last.ckpt"
-    assert torch.load(checkpoint, weights_only=True)[SPEC_KEY]["tiling"] == {
-        "stride": None,
-        "border": "drop",
-        "page_width": None,
-    }
+    spec = torch.load(checkpoint, weights_only=True)[SPEC_KEY]
+    assert spec["model"]["preprocessing"] == {**WHOLE_IMAGES_32, "tiled": True}
     pages = tmp_path / "pages"
     pages.mkdir()
     rng = np.random.default_rng(0)
@@ -221,6 +253,7 @@ def test_tiled_model_scores_every_tile_and_draws_the_page(tiled_run: Path, tmp_p
     tiles = read_rows(tmp_path / "out" / "tiles.csv")
     assert [(int(t["row"]), int(t["col"])) for t in tiles] == [(r, c) for r in range(3) for c in range(2)]
     assert summary["score_max"] == pytest.approx(max(float(t["score"]) for t in tiles))
+    assert summary["preprocessing"]["tiled"] is True and summary["preprocessing"]["image_size"] == 32
     assert (tmp_path / "out" / "pages" / "page.png").is_file()
     with Image.open(tmp_path / "out" / "heatmaps" / "page.png") as heatmap:
         assert heatmap.size == (70, 100)

@@ -21,7 +21,7 @@ pytestmark = [
 def test_unet_small_on_real_bottles_gives_finite_auroc(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(
         [
-            "dataset=bottles",
+            "dataset=mvtec",
             f"dataset.root={REAL_BOTTLES}",
             "model=unet_small",
             "model.image_size=128",
@@ -40,7 +40,7 @@ def test_one_epoch_at_64px_reports_every_metric_and_a_killed_run_resumes_to_the_
     with SIGKILL in epoch 2, resumed, equal to an uninterrupted run."""
     from tests.test_faults import kill_mid_epoch, quality_metrics, train
 
-    real = ["dataset=bottles", f"dataset.root={REAL_BOTTLES}", "model=unet_small", "model.image_size=64"]
+    real = ["dataset=mvtec", f"dataset.root={REAL_BOTTLES}", "model=unet_small", "model.image_size=64"]
     cache = tmp_path / "cache"
     one = train([*real, "trainer.max_epochs=1", "dataset.batch_size=8"], tmp_path / "one", cache)
     assert one.returncode == 0, one.stderr[-2000:]

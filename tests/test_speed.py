@@ -19,7 +19,7 @@ from tests.conftest import ComposeFn
 def test_channels_last_runs_and_converts_net_and_inputs(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["model.channels_last=true", "trainer.fast_dev_run=true"])
     module = build_module(cfg)
-    weight = module.net.stem[0].weight  # (C,3,3,3)
+    weight = module.model.net.stem[0].weight  # (C,3,3,3)
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     images = torch.rand(2, 3, 32, 32)
     module.eval()
@@ -73,7 +73,7 @@ def test_overhead_loops_do_the_same_work(compose_tiny: ComposeFn) -> None:
     lightning = build_module(cfg)
     lightning_loop(cfg, lightning, batches, 1)
     assert lightning.trainer.global_step == 4
-    for a, b in zip(plain.net.parameters(), lightning.net.parameters(), strict=True):
+    for a, b in zip(plain.model.net.parameters(), lightning.model.net.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
 

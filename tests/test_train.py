@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from anomaly_lab.configs import CONFIG_DIR
 import json
 from pathlib import Path
 
@@ -11,7 +10,9 @@ import torch
 from hydra.errors import MissingConfigException
 from omegaconf import open_dict
 
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import BadImageError
+from anomaly_lab.deprecations import DEPRECATED_OPTIONS
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.train import run
 from tests.conftest import ComposeFn, compose_config
@@ -37,7 +38,13 @@ ON_CPU = {
     "ddp_multinode": ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.sync_batchnorm=false"],
 }
 PAGE_DIRS = {"normal": "normal", "abnormal": "anomalous", "mask": "masks"}
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+# deprecated aliases compose to their new option (tests/test_deprecations.py): not run twice
+OPTIONS = [
+    (group, path.stem)
+    for group in GROUPS
+    for path in sorted((CONF / group).glob("*.yaml"))
+    if (group, path.stem) not in DEPRECATED_OPTIONS
+]
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -45,13 +52,13 @@ def test_every_option_runs_one_step(
     group: str, option: str, compose_tiny: ComposeFn, tiny_bottles_root: Path, tiny_pages_root: Path
 ) -> None:
     overrides = [f"{group}={option}", "trainer.fast_dev_run=true"]
-    if group == "dataset" and option == "bottles":
+    if group == "dataset" and option == "mvtec":
         overrides.append(f"dataset.root={tiny_bottles_root}")
     if group == "dataset" and option in ("notes", "sharks", "folder"):
         overrides += [f"dataset.{key}_dir={tiny_pages_root / name}" for key, name in PAGE_DIRS.items()]
     if group == "trainer":
         overrides += ON_CPU.get(option, [])
-    if group == "masking" and option in ("multiscale_grid", "riad"):
+    if group == "masking" and option in ("multiscale_grid", "multiscale_grid_stitched"):
         overrides.append("model.image_size=64")  # its 64x64 grid needs at least 64 pixels
     cfg = compose_tiny(overrides)
     objective = run(cfg)
@@ -113,7 +120,7 @@ def test_same_seed_gives_the_same_metrics(compose_tiny: ComposeFn, tmp_path: Pat
 
 
 def test_missing_root_says_how_to_point_at_data(compose_tiny: ComposeFn, tmp_path: Path) -> None:
-    cfg = compose_tiny(["dataset=bottles", f"dataset.root={tmp_path / 'nowhere'}"])
+    cfg = compose_tiny(["dataset=mvtec", f"dataset.root={tmp_path / 'nowhere'}"])
     with pytest.raises(ConfigError, match=r"dataset\.root=.*nowhere: not found; point it at an MVTec AD category"):
         run(cfg)
 
@@ -122,7 +129,7 @@ def test_wrong_layout_is_named(compose_tiny: ComposeFn, tmp_path: Path) -> None:
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "a.png").write_bytes(b"")
     with pytest.raises(BadImageError, match="wrong layout"):
-        run(compose_tiny(["dataset=bottles", f"dataset.root={tmp_path / 'flat'}"]))
+        run(compose_tiny(["dataset=mvtec", f"dataset.root={tmp_path / 'flat'}"]))
 
 
 def _copy_layout(src: Path, dst: Path) -> Path:
@@ -137,7 +144,7 @@ def test_empty_folder_is_named(compose_tiny: ComposeFn, tiny_bottles_root: Path,
     for png in (root / "train" / "good").iterdir():
         png.unlink()
     with pytest.raises(BadImageError, match=r"train/good: empty folder"):
-        run(compose_tiny(["dataset=bottles", f"dataset.root={root}"]))
+        run(compose_tiny(["dataset=mvtec", f"dataset.root={root}"]))
 
 
 def test_corrupt_png_is_named(compose_tiny: ComposeFn, tiny_bottles_root: Path, tmp_path: Path) -> None:
@@ -145,7 +152,7 @@ def test_corrupt_png_is_named(compose_tiny: ComposeFn, tiny_bottles_root: Path, 
     bad = sorted((root / "train" / "good").iterdir())[3]
     bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
     with pytest.raises(BadImageError, match=rf"{bad.name}: corrupt or unreadable image"):
-        run(compose_tiny(["dataset=bottles", f"dataset.root={root}"]))
+        run(compose_tiny(["dataset=mvtec", f"dataset.root={root}"]))
 
 
 def test_mask_size_mismatch_and_missing_mask_are_named(
@@ -157,10 +164,10 @@ def test_mask_size_mismatch_and_missing_mask_are_named(
     mask = sorted((root / "ground_truth").glob("*/*_mask.png"))[0]
     Image.new("L", (7, 9)).save(mask)
     with pytest.raises(BadImageError, match=rf"{mask.name}: mask size 7x9 differs"):
-        run(compose_tiny(["dataset=bottles", f"dataset.root={root}"]))
+        run(compose_tiny(["dataset=mvtec", f"dataset.root={root}"]))
     mask.unlink()
     with pytest.raises(BadImageError, match="has no mask"):
-        run(compose_tiny(["dataset=bottles", f"dataset.root={root}"]))
+        run(compose_tiny(["dataset=mvtec", f"dataset.root={root}"]))
 
 
 def test_unknown_option_lists_the_choices() -> None:

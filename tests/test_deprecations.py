@@ -1,0 +1,84 @@
+"""Renamed options: each old name composes to exactly its new option's config and is reported as deprecated."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.deprecations import DEPRECATED_OPTIONS, warn_deprecated_options
+
+CONF = Path(CONFIG_DIR)
+RENAMES = [(group, old, new.split("=", 1)[1]) for (group, old), new in DEPRECATED_OPTIONS.items()]
+IDS = [f"{group}={old}" for group, old, _ in RENAMES]
+
+
+def new_names_elsewhere(group: str) -> list[str]:
+    """The other renamed groups set to their new names, so one test sees one group's name only."""
+    return [f"{other}={new}" for other, _, new in RENAMES if other != group]
+
+
+def compose_train(overrides: list[str], hydra: bool = False) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=hydra)
+
+
+def test_the_renames() -> None:
+    assert DEPRECATED_OPTIONS == {
+        ("scheduler", "exponential"): "scheduler=step_lr",
+        ("dataset", "bottles"): "dataset=mvtec",
+        ("masking", "riad"): "masking=multiscale_grid_stitched",
+    }
+
+
+@pytest.mark.parametrize(("group", "old", "new"), RENAMES, ids=IDS)
+def test_old_name_composes_to_the_new_option(group: str, old: str, new: str) -> None:
+    assert (CONF / group / f"{new}.yaml").is_file()
+    assert (CONF / group / f"{old}.yaml").read_text().startswith("# DEPRECATED alias of ")
+    old_cfg = OmegaConf.to_container(compose_train([f"{group}={old}"]), resolve=False)
+    new_cfg = OmegaConf.to_container(compose_train([f"{group}={new}"]), resolve=False)
+    assert old_cfg == new_cfg
+
+
+@pytest.mark.parametrize(("group", "old", "new"), RENAMES, ids=IDS)
+def test_old_name_is_reported(group: str, old: str, new: str, caplog: pytest.LogCaptureFixture) -> None:
+    choices = compose_train([f"{group}={old}", *new_names_elsewhere(group)], hydra=True).hydra.runtime.choices
+    with caplog.at_level(logging.WARNING, logger="anomaly_lab.deprecations"):
+        messages = warn_deprecated_options(choices)
+    assert len(messages) == 1
+    assert messages[0].startswith(f"{group}={old} is deprecated (")
+    assert f"use {group}={new}; the old name goes in the next release" in messages[0]
+    assert [record.getMessage() for record in caplog.records] == messages
+
+
+def test_every_old_name_at_once_one_line_each() -> None:
+    choices = {"scheduler": "exponential", "dataset": "bottles", "masking": "riad", "scoring": "riad", "logger": None}
+    messages = warn_deprecated_options(choices)
+    assert [m.split(" ", 1)[0] for m in messages] == ["scheduler=exponential", "dataset=bottles", "masking=riad"]
+
+
+@pytest.mark.parametrize(("group", "old", "new"), RENAMES, ids=IDS)
+def test_new_name_is_not_reported(group: str, old: str, new: str, caplog: pytest.LogCaptureFixture) -> None:
+    choices = compose_train([f"{group}={new}", *new_names_elsewhere(group)], hydra=True).hydra.runtime.choices
+    with caplog.at_level(logging.WARNING, logger="anomaly_lab.deprecations"):
+        assert warn_deprecated_options(choices) == []
+    assert not caplog.records
+
+
+def test_scoring_riad_is_not_the_deprecated_masking_riad() -> None:
+    assert warn_deprecated_options({"scoring": "riad"}) == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[]]
+    + [[f"experiment={p.stem}"] for p in sorted((CONF / "experiment").glob("*.yaml"))]
+    + [[f"hparams_search={p.stem}"] for p in sorted((CONF / "hparams_search").glob("*.yaml"))],
+    ids=lambda overrides: overrides[0] if overrides else "defaults",
+)
+def test_defaults_experiments_and_searches_use_no_old_name(overrides: list[str]) -> None:
+    assert warn_deprecated_options(compose_train(overrides, hydra=True).hydra.runtime.choices) == []
