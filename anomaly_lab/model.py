@@ -61,10 +61,14 @@ class InpaintingModel(nn.Module):
         super().__init__()
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce={reduce!r}: choose one of {', '.join(REDUCTIONS)}")
+        if not isinstance(channels_last, bool) or not isinstance(compile, bool):
+            raise ValueError("channels_last and compile must be true or false")
         if not 0.0 < topk_fraction <= 1.0:
             raise ValueError(f"topk_fraction={topk_fraction}: expected a number in (0, 1]")
         if preprocessing.image_size != image_size:
-            raise ValueError(f"preprocessing.image_size={preprocessing.image_size} differs from image_size={image_size}")
+            raise ValueError(
+                f"preprocessing.image_size={preprocessing.image_size} differs from image_size={image_size}"
+            )
         size = image_size
         check_net_shape(net, size)
         # channels_last: net weights and input images in NHWC memory order (faster convolutions on GPUs

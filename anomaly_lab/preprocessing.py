@@ -38,9 +38,14 @@ def grayscale_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(luminance[..., None], 3, axis=-1)
 
 
+MAX_IMAGE_SIZE = 16384  # model input side in pixels: larger is a typo (or a crafted checkpoint), not a model
+
+
 @dataclass(frozen=True)
 @checkpoint_class
 class Preprocessing:
+    """The settings of the rule in the module docstring; the datamodules, predict and export apply them."""
+
     image_size: int
     grayscale: bool = False
     tiled: bool = False
@@ -53,8 +58,8 @@ class Preprocessing:
         def positive_int(value: object) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
-        if not positive_int(self.image_size):
-            raise ValueError(f"image_size={self.image_size!r}: expected a positive integer")
+        if not positive_int(self.image_size) or self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size={self.image_size!r}: expected an integer from 1 to {MAX_IMAGE_SIZE}")
         for key in ("stride", "page_width"):
             if getattr(self, key) is not None and not positive_int(getattr(self, key)):
                 raise ValueError(f"{key}={getattr(self, key)!r}: expected null or a positive integer")
@@ -62,7 +67,9 @@ class Preprocessing:
             raise ValueError(f"border={self.border!r}: expected one of {', '.join(BORDERS)}")
         if not isinstance(self.grayscale, bool) or not isinstance(self.tiled, bool):
             raise ValueError("grayscale and tiled must be true or false")
-        if isinstance(self.divide_by, bool) or not 0 < float(self.divide_by) < math.inf:
+        if isinstance(self.divide_by, bool) or not isinstance(self.divide_by, int | float):
+            raise ValueError(f"divide_by={self.divide_by!r}: expected a positive number (255.0)")
+        if not 0 < self.divide_by < math.inf:
             raise ValueError(f"divide_by={self.divide_by!r}: expected a positive number (255.0)")
 
     def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -85,5 +92,6 @@ class Preprocessing:
 
     def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 images (...,H,W,3) -> float model input (...,3,H,W)."""
-        pixels = torch.from_numpy(np.require(images, requirements=["C", "W"])) if isinstance(images, np.ndarray) else images
-        return pixels.movedim(-1, -3).float() / float(self.divide_by)
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.require(images, requirements=["C", "W"]))  # a copy only if read-only
+        return images.movedim(-1, -3).float() / float(self.divide_by)

@@ -142,7 +142,7 @@ def full_coverage_scores(
     mask_sets: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Anomaly maps (B,1,H,W) averaged over the full-coverage inpaintings of each grid size, and image
-    scores (B,). The one scoring rule of training (InpaintingModule) and of predict/export."""
+    scores (B,). The one scoring rule of the trained model (anomaly_lab.model.InpaintingModel)."""
     recons = inpaint_full_coverage(net, images, masking, mask_sets)
     maps = torch.stack([anomaly_map(recon, images) for recon in recons]).mean(dim=0)  # (B,1,H,W)
     return maps, image_score(maps, reduce, topk_fraction)

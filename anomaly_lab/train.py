@@ -44,7 +44,15 @@ def config_group(name: str) -> Iterator[None]:
     """An error while building `name` from its config becomes a ConfigError naming the group."""
     try:
         yield
-    except (ValueError, TypeError, RuntimeError, KeyError, HydraException, MisconfigurationException) as error:
+    except (
+        ValueError,
+        TypeError,
+        RuntimeError,
+        KeyError,
+        AttributeError,
+        HydraException,
+        MisconfigurationException,
+    ) as error:
         if isinstance(error, UserError):
             raise
         raise ConfigError(f"{name}: {one_line(error)}") from error

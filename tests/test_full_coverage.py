@@ -13,7 +13,7 @@ from anomaly_lab.masking import GridMasking, NoMasking
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.pixel_maps.l2 import l2_map
 from anomaly_lab.preprocessing import Preprocessing
-from anomaly_lab.scoring import AnomalyMap, ReconstructionLoss
+from anomaly_lab.scoring import AnomalyMap
 
 
 class Oracle(nn.Module):

@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from anomaly_lab.configs import CONFIG_DIR
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.models.unet import UNet
 from tests.conftest import compose_config
 

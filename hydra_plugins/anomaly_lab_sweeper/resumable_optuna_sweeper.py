@@ -1,7 +1,7 @@
 """Registers anomaly_lab's resumable Optuna sweeper with Hydra, which only loads plugins from hydra_plugins.
 
 `hydra/sweeper=resumable_optuna` takes every option of hydra-optuna-sweeper's `optuna` plus the
-heartbeat settings; the loop itself is anomaly_lab.sweep.ResumableOptunaSweeperImpl.
+heartbeat settings; the loop itself is anomaly_lab.sweeps.resumable_optuna.ResumableOptunaSweeperImpl.
 """
 
 # no `from __future__ import annotations`: Hydra's plugin scanner runs this module before it is in
@@ -12,6 +12,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+import anomaly_lab.configs  # noqa: F401  registers ${optuna_direction:...}, which the sweep configs use
 
 
 @dataclass
@@ -30,6 +32,6 @@ ConfigStore.instance().store(
 
 class ResumableOptunaSweeper(OptunaSweeper):
     def __init__(self, **kwargs: Any) -> None:
-        from anomaly_lab.sweep import ResumableOptunaSweeperImpl  # heavy (optuna); only when sweeping
+        from anomaly_lab.sweeps.resumable_optuna import ResumableOptunaSweeperImpl  # heavy (optuna); only when sweeping
 
         self.sweeper = ResumableOptunaSweeperImpl(**kwargs)
