@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.configs import CONFIG_DIR
 
@@ -53,6 +53,24 @@ def tiny_pages_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_notes_pages(tmp_path_factory.mktemp("data") / "tiny_pages", **TINY_PAGES, seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bottles_root: Path, tiny_pages_root: Path) -> Path:
+    """A `paths.data_dir` holding tiny data where each dataset option looks by default: mvtec_bottle/,
+    notes/, sharks/, folder/ (normal/, anomalous/ and masks/ of generated pages), csv_list/images.csv."""
+    data = tmp_path_factory.mktemp("data_dir")
+    (data / "mvtec_bottle").symlink_to(tiny_bottles_root)
+    for name in ("notes", "sharks", "folder"):
+        (data / name).symlink_to(tiny_pages_root)
+    rows = ["path,label,mask,defect"]
+    for image in sorted(tiny_bottles_root.glob("t*/*/*.png")):
+        defect = image.parent.name
+        mask = "" if defect == "good" else tiny_bottles_root / "ground_truth" / defect / f"{image.stem}_mask.png"
+        rows.append(f"{image},{int(defect != 'good')},{mask},{'' if defect == 'good' else defect}")
+    (data / "csv_list").mkdir()
+    (data / "csv_list" / "images.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
 @pytest.fixture
 def compose_tiny(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ComposeFn:
     """Compose the train config on tiny data; output goes to this test's tmp_path."""
@@ -60,12 +78,10 @@ def compose_tiny(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Co
 
     def _compose(overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:  # type: ignore[assignment]
         base = [*TINY, f"paths.output_dir={output_dir or tmp_path / 'run'}", f"paths.cache_dir={cache}"]
-        dataset = [o for o in overrides if o.startswith("dataset=")]
-        if not dataset or dataset[-1] == "dataset=synthetic_bottles":
-            base += TINY_SYNTHETIC
-        if dataset and dataset[-1] in ("dataset=synthetic_notes", "dataset=synthetic_sharks"):
-            base += TINY_SYNTHETIC_PAGES
-        return compose_config([*base, *overrides])
+        cfg = compose_config([*base, *overrides])
+        # a generated dataset (any option with these keys, whatever its name) gets its tiny size
+        tiny = [o for o in TINY_SYNTHETIC + TINY_SYNTHETIC_PAGES if OmegaConf.select(cfg, o.split("=")[0]) is not None]
+        return compose_config([*base, *tiny, *overrides]) if tiny else cfg
 
     return _compose
 

@@ -15,7 +15,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from anomaly_lab.sweeps.resumable_optuna import ResumableOptunaSweeperImpl, fail_trials_of_dead_workers, rdb_storage, this_process
+from anomaly_lab.sweeps.resumable_optuna import (
+    ResumableOptunaSweeperImpl,
+    fail_trials_of_dead_workers,
+    rdb_storage,
+    this_process,
+)
 from anomaly_lab.tools import sweep_report
 from tests.test_sweep import kill_sweep_during_job, load, one_torch_thread, sweep, sweep_args  # noqa: F401 (fixtures)
 
