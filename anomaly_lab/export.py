@@ -46,8 +46,10 @@ def export_onnx(
         import onnx
     except ImportError as error:
         raise ImportError("ONNX export needs the onnx extra: pip install -e '.[onnx]'") from error
-    for name in ("onnxscript", "onnx_ir"):  # the graph optimiser logs every folded constant at INFO
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # the graph optimiser logs every folded constant (and each op it cannot fold); torch's exporter lists the
+    # torchvision ops it skips (torchvision is not a dependency): none of it concerns this graph
+    for name in ("onnxscript", "onnx_ir", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     scorer = model.cpu().eval()
     example = torch.rand(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None

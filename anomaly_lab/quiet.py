@@ -8,7 +8,8 @@ predict, export, benchmark, sweeps) and the tests pass through it. It is idempot
   LitLogger is configured: a logging filter on Lightning's rank-zero loggers drops that one record.
 - torch's FutureWarning "`isinstance(treespec, LeafSpec)` is deprecated", raised when Lightning's
   lightning/pytorch/utilities/_pytree.py builds a `LeafSpec()` (torch 2.13 deprecates the class; Lightning
-  2.6.6 still builds it): ignored for that message from that module only.
+  2.6.6 still builds it): ignored for that message from that module only, and from copyreg, through which
+  torch.export rebuilds the same spec during ONNX export.
 
 pytest resets warning filters around collection and each test, so the ones set here at import do not
 reach the tests: pyproject.toml's [tool.pytest.ini_options] filterwarnings repeats the warning filter
@@ -25,6 +26,7 @@ RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.
 LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
 LEAFSPEC_MESSAGE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 LEAFSPEC_MODULE = r"lightning\.pytorch\.utilities\._pytree"
+LEAFSPEC_UNPICKLED = r"copyreg"  # the same LeafSpec rebuilt by torch.export (ONNX export) through copyreg
 
 
 class _DropLitLoggerTip(logging.Filter):
@@ -42,4 +44,5 @@ def quiet() -> None:
         if _TIP_FILTER not in logger.filters:
             logger.addFilter(_TIP_FILTER)
     # filterwarnings drops an identical earlier entry before inserting, so repeated calls do not pile up
-    warnings.filterwarnings("ignore", message=LEAFSPEC_MESSAGE, category=FutureWarning, module=LEAFSPEC_MODULE)
+    for module in (LEAFSPEC_MODULE, LEAFSPEC_UNPICKLED):
+        warnings.filterwarnings("ignore", message=LEAFSPEC_MESSAGE, category=FutureWarning, module=module)
