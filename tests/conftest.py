@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.configs import CONFIG_DIR
+
+# One torch thread in this process and in the processes tests start: on a small shared machine (CI's 2 cores)
+# two threads wait on each other at every small operation, tens of times slower under load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 REAL_BOTTLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_bottle"
 
