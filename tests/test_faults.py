@@ -235,7 +235,11 @@ PREPROCESSING, MODEL = "anomaly_lab.preprocessing.Preprocessing", "anomaly_lab.m
     ("key", "value", "message"),
     [
         ("model.preprocessing.image_size", float("inf"), ("model.preprocessing", PREPROCESSING, "image_size=inf")),
-        ("model.preprocessing.image_size", 0, ("model.preprocessing", PREPROCESSING, "image_size=0: expected a pos")),
+        (
+            "model.preprocessing.image_size",
+            0,
+            ("model.preprocessing", PREPROCESSING, "image_size=0: expected an integer from 1 to 16384"),
+        ),
         ("model.preprocessing.image_size", -32, ("model.preprocessing", PREPROCESSING, "image_size=-32")),
         ("model.image_size", 64, ("model", MODEL, "preprocessing.image_size=32 differs from image_size=64")),
         ("model.threshold", 0.5, ("model", MODEL, "InpaintingModel.__init__() got an unexpected keyword argument")),

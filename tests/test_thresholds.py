@@ -72,7 +72,7 @@ def test_validation_threshold_is_saved_and_used_at_test(option: str, compose_tin
     run(cfg)
     out = Path(cfg.paths.output_dir)
     metrics = json.loads((out / "metrics.json").read_text())
-    saved = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]["threshold"]
+    saved = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]["model.threshold"]
     assert math.isfinite(float(saved))
     assert metrics["val/threshold"] == pytest.approx(float(saved))
     assert metrics["test/threshold"] == pytest.approx(float(saved))
