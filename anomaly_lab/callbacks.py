@@ -65,10 +65,10 @@ class ImagesPerSecond(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.seconds > 0:
-            module.log("train/images_per_s", self.images / self.seconds)
-        module.log("train/seconds", time.perf_counter() - self._fit_start)
-        module.log("train/epochs", float(trainer.current_epoch + 1))
-        module.log("peak_memory_mb", peak_memory_mb(module.device))
+            module.log("train/images_per_s", self.images / self.seconds, sync_dist=True)  # per process, averaged
+        module.log("train/seconds", time.perf_counter() - self._fit_start, sync_dist=True, reduce_fx="max")
+        module.log("train/epochs", float(trainer.current_epoch + 1), sync_dist=True)
+        module.log("peak_memory_mb", peak_memory_mb(module.device), sync_dist=True, reduce_fx="max")
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.seconds > 0 and trainer.is_global_zero:
@@ -95,8 +95,8 @@ class ImagesPerSecond(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.test_seconds > 0:
-            module.log("test/images_per_s", self.test_images / self.test_seconds)
-        module.log("peak_memory_mb", peak_memory_mb(module.device))
+            module.log("test/images_per_s", self.test_images / self.test_seconds, sync_dist=True)
+        module.log("peak_memory_mb", peak_memory_mb(module.device), sync_dist=True, reduce_fx="max")
 
 
 def published_results(pl_module: L.LightningModule, stage: str) -> StageResults | None:

@@ -69,12 +69,13 @@ class InpaintingModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"{stage} loss is {loss.item()} at step {self.global_step}: the model diverged; {hint}"
             )
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=int(normal.sum()))
+        # epoch-level values are averaged over DDP processes (each saw a shard); step-level training loss is not
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=int(normal.sum()), sync_dist=stage != "train")
         if stage == "val" and len(images) > 1:  # signs of a dead net (see anomaly_lab.health)
             output = recon.detach().float()
-            self.log("val/output_spread", output.std(dim=0).mean(), batch_size=len(images))
+            self.log("val/output_spread", output.std(dim=0).mean(), batch_size=len(images), sync_dist=True)
             saturated = (output <= 1e-4) | (output >= 1 - 1e-4)
-            self.log("val/output_saturated", saturated.float().mean(), batch_size=len(images))
+            self.log("val/output_saturated", saturated.float().mean(), batch_size=len(images), sync_dist=True)
         if stage != "train":
             maps, scores = self.model(images)
             self.samples[stage] += scored_samples(batch, scores)
@@ -128,14 +129,14 @@ class InpaintingModule(L.LightningModule):
         return metrics
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self._separation_metrics("val"))
+        self.log_dict(self._separation_metrics("val"), sync_dist=True)  # the same on every process (gathered)
 
     def on_test_epoch_end(self) -> None:
         metrics = self._separation_metrics("test")
         if "test/image_auroc" in metrics:
             metrics.update({f"test/{name}": float(value) for name, value in self.pixel_metrics.compute().items()})
         self.pixel_metrics.reset()
-        self.log_dict(metrics)
+        self.log_dict(metrics, sync_dist=True)  # the same on every process (gathered)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.spec is not None:
