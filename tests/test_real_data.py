@@ -58,7 +58,7 @@ def test_one_epoch_at_64px_reports_every_metric_and_a_killed_run_resumes_to_the_
 
 def test_bottles_cpu_reaches_the_readme_cpu_bar(tmp_path: Path) -> None:
     """README's CPU bar (what a ~150-line plain RIAD script reaches on 2 cores): `experiment=bottles_cpu` on the
-    real bottle data gives test image AUROC >= 0.97 and pixel AUROC >= 0.93. About 13 minutes on 2 CPU cores."""
+    real bottle data gives test image AUROC >= 0.97 and pixel AUROC >= 0.93. 9-20 minutes on 2 CPU cores."""
     import subprocess
     import sys
 
@@ -72,9 +72,10 @@ def test_bottles_cpu_reaches_the_readme_cpu_bar(tmp_path: Path) -> None:
         f"dataset.root={REAL_BOTTLES}",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
+        "trainer.max_time=null",  # all 40 epochs however busy the machine: the bar must not depend on load
     ]
-    # The recipe caps training at 15 min (trainer.max_time); the timeout only stops a hung process.
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=3600)
+    # The recipe's 15-min cap is lifted above; the timeout only stops a hung process.
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=5400)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/image_auroc"] >= 0.97, metrics
