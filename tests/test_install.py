@@ -12,7 +12,6 @@ the .pth files inside that folder are not run, so this environment's editable ho
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sqlite3
@@ -110,8 +109,10 @@ def _source_yamls() -> set[str]:
 
 @pytest.fixture(scope="module")
 def source_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # find_spec, not import: importing setuptools here would swap distutils under the other tests
-    missing = [m for m in ("pip", "setuptools") if importlib.util.find_spec(m) is None]
+    # looked up on disk: importing setuptools, or even find_spec("pip") (setuptools' distutils hack then turns
+    # itself off), would leave the stdlib distutils under later tests (torch.compile's build then fails)
+    site = Path(sysconfig.get_path("purelib"))
+    missing = [m for m in ("pip", "setuptools") if not (site / m).is_dir()]
     if missing:
         pytest.skip(f"an offline build needs {' and '.join(missing)} in this environment")
     return _copy_source(tmp_path_factory.mktemp("src") / "anomaly_lab_src")
