@@ -59,7 +59,11 @@ def test_every_option_runs_one_step(group: str, option: str, compose_tiny: Compo
     absent = [v for v in absent if not Path(v).exists()]
     if absent:  # a new layout: its own test shows it runs (e.g. tests/test_extensions.py)
         pytest.skip(f"dataset={option} reads {absent}: no tiny data there (conftest.tiny_data_dir)")
-    objective = run(cfg)
+    try:
+        objective = run(cfg)
+    finally:  # Lightning leaves a DDP run's process group up: later single-device runs would think they are DDP
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     assert isinstance(objective, float)
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert "train/loss" in metrics
