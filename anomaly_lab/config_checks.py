@@ -107,11 +107,12 @@ def check_splits(cfg: DictConfig) -> None:
                 f"dataset.val_anomalous={val_anomalous!r}: must be a share in (0, 1) or a count >= 1 of "
                 f"anomalous images"
             )
-        if val_anomalous == 0 and needs_validation_anomalies(cfg):
+        synthetic = OmegaConf.select(cfg, "dataset.validation_anomalies.source", default="real") != "real"
+        if val_anomalous == 0 and needs_validation_anomalies(cfg) and not synthetic:
             raise ConfigError(
                 f"dataset.val_anomalous=0 leaves validation without anomalous images, but "
                 f"objective.metric={OmegaConf.select(cfg, 'objective.metric')} needs them; set dataset.val_anomalous "
-                f"to a share (e.g. 0.25) or a count, or objective.metric=val/loss"
+                f"to a share (e.g. 0.25) or a count, validation_anomalies=synthetic, or objective.metric=val/loss"
             )
     if OmegaConf.select(cfg, "dataset.test_fraction") is not None:
         fraction(cfg, "dataset.test_fraction", False, 1.0, "the share of normal images held out for testing")

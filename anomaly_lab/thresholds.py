@@ -1,4 +1,5 @@
-"""Decision thresholds on image scores: a fixed number (the thesis), a percentile of normal scores, or F1-optimal.
+"""Decision thresholds on image scores: a fixed number (the thesis), a percentile of normal scores, F1-optimal,
+or auto (F1 on real validation anomalies, else the percentile).
 
 A rule turns the validation scores into one number; the module keeps that number in a buffer so it
 travels with the checkpoint and test predictions use the threshold chosen on validation, never on test.
@@ -60,6 +61,21 @@ class F1Threshold:
                 f"threshold=f1 needs normal and anomalous validation images ({error}); "
                 f"set dataset.val_anomalous > 0 or use threshold=percentile"
             ) from error
+
+
+class AutoThreshold:
+    """F1-optimal when validation's anomalies are real, else the percentile of the normal validation scores:
+    a threshold tuned on synthetic anomalies would fit their look, not the defects to come. train.run sets
+    `real_anomalies` from the datamodule (data.validation_anomalies)."""
+
+    def __init__(self, percentile: float = 99.0) -> None:
+        self.f1 = F1Threshold()
+        self.percentile = PercentileThreshold(percentile)
+        self.real_anomalies = True
+
+    def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
+        has_anomalies = bool((torch.as_tensor(labels) == 1).any())
+        return self.f1(scores, labels) if self.real_anomalies and has_anomalies else self.percentile(scores, labels)
 
 
 def metrics_at_threshold(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:

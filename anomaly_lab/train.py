@@ -35,6 +35,7 @@ from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reaso
 from anomaly_lab.inference import model_spec
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.model import InpaintingModel
+from anomaly_lab.thresholds import AutoThreshold
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,13 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
         raise SplitError(
             f"dataset.val_anomalous={cfg.dataset.get('val_anomalous')} leaves no anomalous validation image; "
             f"objective.metric={cfg.objective.metric} needs some: raise it (a share or a count), "
-            f"or set objective.metric=val/loss"
+            f"use synthetic ones (validation_anomalies=synthetic), or set objective.metric=val/loss"
         )
     if cfg.test and not counts["test"]:
-        raise SplitError("the test split is empty; lower dataset.val_anomalous or set test=false")
+        raise SplitError(
+            "the test split is empty; lower dataset.val_anomalous, hold out normal images (dataset.test_fraction, "
+            "a test/good folder), or set test=false"
+        )
 
 
 def run(cfg: DictConfig) -> float:
@@ -131,6 +135,9 @@ def run(cfg: DictConfig) -> float:
     datamodule: L.LightningDataModule = instantiate(cfg.dataset, preprocessing=module.model.preprocessing)
     datamodule.setup("fit")  # decode and split now: bad data and empty splits fail before training
     check_splits(datamodule, cfg)
+    validation_anomalies = str(getattr(datamodule, "validation_anomaly_kind", "real"))
+    if isinstance(module.threshold_rule, AutoThreshold):  # F1 only on real anomalies, else a percentile of normals
+        module.threshold_rule.real_anomalies = validation_anomalies == "real"
     health = TrainingHealth()
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += [RandomState(), ValidateLastEpoch(), health]
@@ -158,7 +165,7 @@ def run(cfg: DictConfig) -> float:
     if ckpt_path is not None and metrics_path.is_file():  # a resumed run keeps what the run recorded before
         metrics = {**json.loads(metrics_path.read_text()), **metrics}
     reasons = collapse_reasons(metrics, health.epoch_losses)
-    metrics.update(collapsed=bool(reasons), collapse_reasons=reasons)
+    metrics.update(collapsed=bool(reasons), collapse_reasons=reasons, validation_anomalies=validation_anomalies)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +173,11 @@ def run(cfg: DictConfig) -> float:
         for name in sorted(metrics):
             if name.startswith("test/"):
                 log.info("%s = %.4f", name, metrics[name])
+        if cfg.test and "test/image_auroc" not in metrics:
+            log.warning(
+                "the test set holds no anomalous image (good images only): no AUROC, AUPRO or F1; test/fp and "
+                "test/tn count the normal test images called anomalous or normal at the threshold"
+            )
         if reasons:
             log.warning(
                 "THE MODEL LOOKS COLLAPSED (metrics.json: collapsed=true): %s. Lower optimizer.lr or check the data.",

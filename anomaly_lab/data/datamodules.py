@@ -33,6 +33,7 @@ from anomaly_lab.data.images import (
     list_images,
 )
 from anomaly_lab.data.synthetic import write_synthetic_bottles
+from anomaly_lab.data.validation_anomalies import ValidationAnomalies
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.preprocessing import Preprocessing
 
@@ -44,14 +45,15 @@ def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
             f"dataset root {root} not found. Point at an MVTec AD category folder, e.g. "
             f"dataset.root=../shared/data/mvtec_bottle (or symlink it to data/mvtec_bottle)"
         )
-    if not (root / "train" / "good").is_dir() or not (root / "test").is_dir():
+    if not (root / "train" / "good").is_dir():
         raise BadImageError(
-            f"{root}: wrong layout: expected train/good/, test/<defect>/ and ground_truth/<defect>/ "
+            f"{root}: wrong layout: expected train/good/, and optionally test/<defect>/ and ground_truth/<defect>/ "
             f"(MVTec AD); found {sorted(p.name for p in root.iterdir())}"
         )
     train = [Sample(str(p), 0, "good") for p in list_images(root / "train" / "good")]
     test: list[Sample] = []
-    for defect_dir in sorted(d for d in (root / "test").iterdir() if d.is_dir()):
+    test_dirs = sorted(d for d in (root / "test").iterdir() if d.is_dir()) if (root / "test").is_dir() else []
+    for defect_dir in test_dirs:  # none: good images only (validation anomalies are then synthetic)
         defect = defect_dir.name
         for path in list_images(defect_dir):
             if defect == "good":
@@ -83,7 +85,9 @@ def split_validation(
             by_defect.setdefault(sample.defect, []).append(i)
     shuffled = {d: list(rng.permutation(ids)) for d, ids in sorted(by_defect.items())}
     val_anom: list[int] = []
-    if 0 < val_anomalous < 1:
+    if not shuffled:
+        pass  # good images only: validation anomalies, if any, are synthetic (data.validation_anomalies)
+    elif 0 < val_anomalous < 1:
         for ids in shuffled.values():
             val_anom += ids[: min(len(ids) - 1, max(1, round(val_anomalous * len(ids))))]
     elif val_anomalous >= 1:
@@ -153,6 +157,7 @@ class SplitDataModule(L.LightningDataModule):
         split_seed: int = 0,
         train_transform: Callable[..., dict[str, Any]] | None = None,
         rotation_copies: int = 0,
+        validation_anomalies: ValidationAnomalies | None = None,
     ) -> None:
         super().__init__()
         self.preprocessing = preprocessing
@@ -161,11 +166,14 @@ class SplitDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.val_fraction = val_fraction
-        self.val_anomalous = val_anomalous
+        self.validation_anomalies = validation_anomalies or ValidationAnomalies(source="real")
+        # source=synthetic: no real anomaly is held out for validation, every one is tested
+        self.val_anomalous = val_anomalous if self.validation_anomalies.uses_real else 0
         self.split_seed = split_seed
         self.train_transform = train_transform
         self.rotation_copies = rotation_copies
         self.splits: dict[str, DecodedImages] = {}
+        self.validation_anomaly_kind = "none"  # what validation's anomalous images are, once set up
 
     def build_splits(self) -> dict[str, DecodedImages]:
         """{"train", "val", "test"}: decoded samples of each split."""
@@ -176,6 +184,8 @@ class SplitDataModule(L.LightningDataModule):
             return
         splits = self.build_splits()  # assigned only when complete: a failed setup leaves nothing half-built
         splits["train"] = add_rotated_copies(splits["train"], self.rotation_copies)
+        normal, anomalous, self.validation_anomaly_kind = self.validation_anomalies.split(splits["val"])
+        splits["val"] = validation_set(normal, anomalous)
         self.splits = splits
 
     def _loader(self, split: str, train: bool) -> DataLoader[dict[str, Any]]:

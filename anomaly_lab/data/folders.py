@@ -83,7 +83,8 @@ def hold_out(n: int, fraction: float, rng: np.random.Generator, what: str) -> tu
 
 
 class FolderDataModule(SplitDataModule):
-    """Normal images in `normal_dir`, anomalous ones in `abnormal_dir`, their masks in `mask_dir`.
+    """Normal images in `normal_dir`, anomalous ones in `abnormal_dir` (null: good images only), their masks in
+    `mask_dir`.
 
     preprocessing.tiled=false: each image, resized to image_size, is one sample. tiled=true: each page is cut
     into image_size x image_size tiles (see anomaly_lab.preprocessing) and each tile is one sample, with its
@@ -94,7 +95,7 @@ class FolderDataModule(SplitDataModule):
     def __init__(
         self,
         normal_dir: str,
-        abnormal_dir: str,
+        abnormal_dir: str | None = None,
         mask_dir: str | None = None,
         min_anomalous_fraction: float = 0.0,
         test_fraction: float = 0.0,
@@ -104,7 +105,7 @@ class FolderDataModule(SplitDataModule):
     ) -> None:
         super().__init__(**loader_args)
         self.normal_dir = Path(normal_dir)
-        self.abnormal_dir = Path(abnormal_dir)
+        self.abnormal_dir = Path(abnormal_dir) if abnormal_dir is not None else None  # None: good images only
         self.mask_dir = Path(mask_dir) if mask_dir is not None else None
         self.min_anomalous_fraction = min_anomalous_fraction
         self.tiled = self.preprocessing.tiled
@@ -124,7 +125,8 @@ class FolderDataModule(SplitDataModule):
             else np.full(image.shape[:2], anomalous)
         )
         image, mask = self.preprocessing.prepare(image, mask)
-        return Page(path, image, mask, anomalous, self.abnormal_dir.name if anomalous else "good", mask_path)
+        defect = self.abnormal_dir.name if anomalous and self.abnormal_dir is not None else "good"
+        return Page(path, image, mask, anomalous, defect, mask_path)
 
     def read_folder(self, folder: Path, anomalous: bool, bad: list[str]) -> list[Page]:
         pages: list[Page] = []
@@ -174,6 +176,8 @@ class FolderDataModule(SplitDataModule):
     def check_separate_folders(self) -> None:
         """Refuse normal and anomalous folders that hold the same images (one folder, or files linked into both):
         those images would count as normal and as anomalous."""
+        if self.abnormal_dir is None:
+            return
         keys = f"dataset.normal_dir={self.normal_dir} and dataset.abnormal_dir={self.abnormal_dir}"
         if self.normal_dir.resolve() == self.abnormal_dir.resolve():
             raise ConfigError(f"{keys} are the same folder: its images would count as normal and as anomalous")
@@ -193,7 +197,9 @@ class FolderDataModule(SplitDataModule):
         self.check_separate_folders()
         bad: list[str] = []
         normal_pages = self.read_folder(self.normal_dir, anomalous=False, bad=bad)
-        anomalous_pages = self.read_folder(self.abnormal_dir, anomalous=True, bad=bad)
+        anomalous_pages = (
+            self.read_folder(self.abnormal_dir, anomalous=True, bad=bad) if self.abnormal_dir is not None else []
+        )
         if bad:
             warnings.warn(f"skip_bad_files: skipped {len(bad)} bad files:\n" + "\n".join(bad), stacklevel=2)
 
@@ -214,7 +220,8 @@ class FolderDataModule(SplitDataModule):
                 self.decode_units([anomalous_pages[i] for i in val_page_ids]) if val_page_ids else normal.subset([]),
             ),
             "test": DecodedImages.concat(
-                [normal.subset(test_normal), self.decode_units([anomalous_pages[i] for i in test_page_ids])]
+                [normal.subset(test_normal)]
+                + ([self.decode_units([anomalous_pages[i] for i in test_page_ids])] if test_page_ids else [])
             ),
         }
         if self.tiled:
