@@ -99,6 +99,11 @@ def needs_validation_anomalies(cfg: DictConfig) -> bool:
 
 
 def check_splits(cfg: DictConfig) -> None:
+    if OmegaConf.select(cfg, "validation_anomalies") is not None:  # e.g. +validation_anomalies.generator=cutpaste
+        raise ConfigError(
+            "validation_anomalies.<key>: the group's settings live in dataset.validation_anomalies, "
+            "e.g. dataset.validation_anomalies.generator=cutpaste"
+        )
     fraction(cfg, "dataset.val_fraction", True, 1.0, "validation needs normal images (threshold, objective)")
     val_anomalous = OmegaConf.select(cfg, "dataset.val_anomalous")
     if val_anomalous is not None:

@@ -119,9 +119,10 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
             f"use synthetic ones (validation_anomalies=synthetic), or set objective.metric=val/loss"
         )
     if cfg.test and not counts["test"]:
+        hold_out = "dataset.test_fraction" if hasattr(datamodule, "test_fraction") else "a test/good folder"
         raise SplitError(
-            "the test split is empty; lower dataset.val_anomalous, hold out normal images (dataset.test_fraction, "
-            "a test/good folder), or set test=false"
+            f"the test split is empty; hold out normal images ({hold_out}), lower dataset.val_anomalous, "
+            f"or set test=false"
         )
 
 

@@ -78,7 +78,10 @@ def split_validation(
     order = rng.permutation(len(train))
     n_val = math.ceil(val_fraction * len(train)) if val_fraction > 0 else 0
     if n_val >= len(train):
-        raise BadImageError(f"val_fraction={val_fraction} leaves no training image of {len(train)}")
+        raise BadImageError(
+            f"dataset.val_fraction={val_fraction} leaves no training image of {len(train)}: lower it, or give more "
+            f"normal images (at least 2: one to train, one to validate)"
+        )
     by_defect: dict[str, list[int]] = {}
     for i, sample in enumerate(test):
         if sample.label:
@@ -239,7 +242,10 @@ class MVTecDataModule(SplitDataModule):
         train, test = scan_mvtec(self.root)
         bad: list[str] | None = [] if self.skip_bad_files else None
         normal = DecodedImages.decode(train, self.preprocessing, self.max_image_pixels, bad)
-        held_out = DecodedImages.decode(test, self.preprocessing, self.max_image_pixels, bad)
+        # no test/ folder (good images only): nothing held out; validation anomalies are then synthetic
+        held_out = (
+            DecodedImages.decode(test, self.preprocessing, self.max_image_pixels, bad) if test else normal.subset([])
+        )
         if bad:
             warnings.warn(f"skip_bad_files: skipped {len(bad)} bad files:\n" + "\n".join(bad), stacklevel=2)
         train_ids, val_ids, val_anom_ids, test_ids = split_validation(

@@ -78,7 +78,10 @@ def hold_out(n: int, fraction: float, rng: np.random.Generator, what: str) -> tu
     order = rng.permutation(n).tolist()
     n_out = math.ceil(fraction * n) if fraction > 0 else 0
     if n_out >= n:
-        raise BadImageError(f"{what}={fraction} leaves no training image of {n}")
+        raise BadImageError(
+            f"dataset.{what}={fraction} leaves no training image of {n}: lower it, or give more normal images "
+            f"(at least 3: one each to train, validate and test)"
+        )
     return sorted(order[n_out:]), sorted(order[:n_out])
 
 

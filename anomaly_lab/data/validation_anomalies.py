@@ -29,10 +29,11 @@ class ValidationAnomalies:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise ValueError(f"validation_anomalies.source={self.source!r}: choose one of {', '.join(SOURCES)}")
+            raise ValueError(f"dataset.validation_anomalies.source={self.source!r}: choose one of {', '.join(SOURCES)}")
         if self.generator not in GENERATORS:
             raise ValueError(
-                f"validation_anomalies.generator={self.generator!r}: choose one of {', '.join(sorted(GENERATORS))}"
+                f"dataset.validation_anomalies.generator={self.generator!r}: "
+                f"choose one of {', '.join(sorted(GENERATORS))}"
             )
 
     @property
