@@ -444,7 +444,10 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
     ("override", "message"),
     [
         ("dataset.val_fraction=0", r"dataset\.val_fraction=0: must be in \(0, 1\)"),
-        ("dataset.val_anomalous=0", r"dataset\.val_anomalous=0 leaves validation without anomalous"),
+        (
+            "dataset.val_anomalous=0 validation_anomalies=real",
+            r"dataset\.val_anomalous=0 leaves validation without anomalous.*validation_anomalies=synthetic",
+        ),
         ("model.image_size=50", r"model\.image_size=50: must be a multiple of 2\*\*model\.net\.depth = 16.*=48 or 64"),
         ("model.image_size=0", r"model\.image_size=0: must be a positive integer"),
         ("model.image_size=-64", r"model\.image_size=-64: must be a positive integer"),
@@ -479,7 +482,7 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
 def test_impossible_settings_name_the_key_before_anything_runs(
     override: str, message: str, compose_tiny: ComposeFn
 ) -> None:
-    cfg = compose_tiny([override])
+    cfg = compose_tiny(override.split())
     with pytest.raises(ConfigError, match=message):
         check_train_config(cfg)
         build_module(cfg)

@@ -33,6 +33,7 @@ import math
 import os
 import socket
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -277,7 +278,9 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         while launched < self.n_trials:
             if isinstance(storage, RDBStorage):
                 fail_trials_of_dead_workers(study, storage, grace_period)
-                optuna.storages.fail_stale_trials(study)
+                with warnings.catch_warnings():  # experimental in optuna 2.10 (the pinned release), used knowingly
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
             missing = self.n_trials - self._counts(study)[TrialState.COMPLETE]
             if missing <= 0:
                 break

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import statistics
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,7 +159,9 @@ def lightning_loop(cfg: DictConfig, module: InpaintingModule, batches: list[Batc
         enable_model_summary=False,
         callbacks=[clock],
     )
-    trainer.fit(module, train_dataloaders=Replay(batches))
+    with warnings.catch_warnings():  # training steps only, by design: no validation loader
+        warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
+        trainer.fit(module, train_dataloaders=Replay(batches))
     if clock.end <= clock.start:
         raise RuntimeError(f"overhead: the trainer ran {trainer.global_step} of {len(batches)} steps")
     return images_in(batches[warmup:]) / (clock.end - clock.start)
