@@ -35,6 +35,19 @@ TINY_SYNTHETIC = ["dataset.n_train=8", "dataset.n_test_good=3", "dataset.n_test_
 TINY_PAGES = {"n_normal": 4, "n_anomalous": 2, "height": 96, "width": 96}
 TINY_SYNTHETIC_PAGES = [f"dataset.write_pages.{key}={value}" for key, value in TINY_PAGES.items()]
 
+# A sweep trial in seconds on CPU: validation only (test=false), a narrow net, no checkpoints or image logging.
+FAST_SWEEP = [
+    "test=false",
+    "model.net.base_channels=4",
+    "~logger",
+    "~callbacks.model_checkpoint",
+    "~callbacks.last_checkpoint",
+    "~callbacks.throughput",
+    "~callbacks.reconstruction_images",
+    "+trainer.enable_checkpointing=false",
+    "hydra.sweeper.heartbeat_interval=1",
+]
+
 ComposeFn = Callable[..., DictConfig]
 
 

@@ -28,23 +28,11 @@ from anomaly_lab.errors import SplitError
 from anomaly_lab.inference import load_model
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, PercentileThreshold
 from anomaly_lab.train import run
-from tests.conftest import TINY, ComposeFn
+from tests.conftest import FAST_SWEEP, TINY, ComposeFn
 
 REPO = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 600  # only stops a hung process: no assertion depends on how long a run takes
 NO_ANOMALY_LINE = "the test set holds no anomalous image (good images only)"
-# validation only, a narrow net, no checkpoints or image logging: a sweep trial takes seconds on CPU
-FAST_SWEEP = [
-    "test=false",
-    "model.net.base_channels=4",
-    "~logger",
-    "~callbacks.model_checkpoint",
-    "~callbacks.last_checkpoint",
-    "~callbacks.throughput",
-    "~callbacks.reconstruction_images",
-    "+trainer.enable_checkpointing=false",
-    "hydra.sweeper.heartbeat_interval=1",
-]
 
 
 @pytest.fixture(scope="module")

@@ -20,22 +20,11 @@ from optuna.trial import TrialState
 
 from anomaly_lab.tools import sweep_report
 from anomaly_lab.train import main
-from tests.conftest import TINY, TINY_SYNTHETIC, ComposeFn
+from tests.conftest import FAST_SWEEP, TINY, TINY_SYNTHETIC, ComposeFn
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = "bottles_thesis-synthetic_bottles-unet_small-32px"
-# validation only (test=false), a narrow net, no checkpoints, no image logging: a trial takes seconds on CPU
-FAST = [
-    "test=false",
-    "model.net.base_channels=4",
-    "~logger",
-    "~callbacks.model_checkpoint",
-    "~callbacks.last_checkpoint",
-    "~callbacks.throughput",
-    "~callbacks.reconstruction_images",
-    "+trainer.enable_checkpointing=false",
-    "hydra.sweeper.heartbeat_interval=1",
-]
+FAST = FAST_SWEEP
 
 
 @pytest.fixture(autouse=True)
