@@ -19,6 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import OmegaConfBaseException
 
 from anomaly_lab.data.images import BadImageError
+from anomaly_lab.deprecations import moved_key_hint
 from anomaly_lab.errors import UserError
 
 USER_ERROR_EXIT = 2
@@ -47,7 +48,9 @@ def one_line(error: BaseException) -> str:
 
 
 def exit_for_user_error(error: BaseException) -> NoReturn:
-    print(f"{type(error).__name__}: {one_line(error)} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
+    message = one_line(error)
+    message += moved_key_hint(message)
+    print(f"{type(error).__name__}: {message} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
     sys.exit(USER_ERROR_EXIT)
 
 

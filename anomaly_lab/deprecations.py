@@ -47,3 +47,16 @@ def warn_deprecated_options(choices: Mapping[str, str | None]) -> list[str]:
     for message in messages:
         log.warning(message)
     return messages
+
+
+# dataset keys that moved into the model's preprocessing (anomaly_lab/preprocessing.py) with the redesign
+MOVED_DATASET_KEYS = ("image_size", "grayscale", "tiled", "stride", "border", "page_width")
+
+
+def moved_key_hint(message: str) -> str:
+    """For an error about one of MOVED_DATASET_KEYS (Hydra's "Could not override 'dataset.grayscale'", or the
+    datamodule's "unexpected keyword argument 'grayscale'" after a `+`), where the key lives now; else ""."""
+    for key in MOVED_DATASET_KEYS:
+        if f"'dataset.{key}'" in message or f"+dataset.{key}" in message or f"keyword argument '{key}'" in message:
+            return f" (dataset.{key} is now dataset.preprocessing.{key})"
+    return ""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.deprecations import DEPRECATED_OPTIONS, warn_deprecated_options
+from anomaly_lab.deprecations import DEPRECATED_OPTIONS, moved_key_hint, warn_deprecated_options
 
 CONF = Path(CONFIG_DIR)
 RENAMES = [(group, old, new.split("=", 1)[1]) for (group, old), new in DEPRECATED_OPTIONS.items()]
@@ -82,3 +84,19 @@ def test_scoring_riad_is_not_the_deprecated_masking_riad() -> None:
 )
 def test_defaults_experiments_and_searches_use_no_old_name(overrides: list[str]) -> None:
     assert warn_deprecated_options(compose_train(overrides, hydra=True).hydra.runtime.choices) == []
+
+
+def test_a_moved_dataset_key_names_its_new_place(tmp_path: Path) -> None:
+    """dataset.grayscale (and the other preprocessing keys) moved: the one-line error says where to."""
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly_lab.train", "dataset.grayscale=true", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "(dataset.grayscale is now dataset.preprocessing.grayscale)" in line
+    assert not (tmp_path / "run").exists()
+    assert moved_key_hint("unexpected keyword argument 'page_width'").endswith("dataset.preprocessing.page_width)")
+    assert moved_key_hint("Key 'batch_size' is not in struct") == ""
