@@ -176,7 +176,14 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Inpainti
     path = Path(path)
     model_node = spec.get("model")
     if not isinstance(model_node, dict) or model_node.get("_target_") != MODEL_CLASS:
-        raise CheckpointError(f"{path}: the spec's model is not a {MODEL_CLASS} node")
+        found = (
+            "missing"
+            if model_node is None
+            else f"_target_ {model_node.get('_target_')!r}"
+            if isinstance(model_node, dict)
+            else type(model_node).__name__
+        )
+        raise CheckpointError(f"{path}: the spec's model must be an {MODEL_CLASS} node ({found})")
     for part in MODEL_PARTS:
         if not isinstance(model_node.get(part), dict):
             kind = type(model_node.get(part)).__name__

@@ -35,7 +35,7 @@ from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reaso
 from anomaly_lab.inference import model_spec
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.thresholds import AutoThreshold
+from anomaly_lab.thresholds import AutoThreshold, F1Threshold
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,11 @@ def run(cfg: DictConfig) -> float:
     validation_anomalies = str(getattr(datamodule, "validation_anomaly_kind", "real"))
     if isinstance(module.threshold_rule, AutoThreshold):  # F1 only on real anomalies, else a percentile of normals
         module.threshold_rule.real_anomalies = validation_anomalies == "real"
+    elif isinstance(module.threshold_rule, F1Threshold) and validation_anomalies != "real":
+        log.warning("threshold=f1 fits the %s validation anomalies; threshold=auto does not", validation_anomalies)
+    source = OmegaConf.select(cfg, "dataset.validation_anomalies.source")
+    if source == "both" and validation_anomalies == "synthetic":
+        log.info("validation_anomalies=both: the data has no anomalous validation image, so they are synthetic only")
     health = TrainingHealth()
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += [RandomState(), ValidateLastEpoch(), health]

@@ -213,7 +213,11 @@ REFUSED_SPECS = {  # name: (dotted spec key, crafted value, what the refusal say
         "model.anomaly_map: " + NOT_LISTED.format("anomaly_lab.scoring.torch.hub.load"),
     ),
     "a tensor as a value": ("model.net.base_channels", torch.tensor(16), "model.net.base_channels: only plain values"),
-    "another model class": ("model._target_", "os.system", "the spec's model is not a anomaly_lab.model.Inpainting"),
+    "another model class": (
+        "model._target_",
+        "os.system",
+        "the spec's model must be an anomaly_lab.model.InpaintingModel node (_target_ 'os.system')",
+    ),
 }
 
 
