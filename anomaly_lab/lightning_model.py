@@ -119,12 +119,13 @@ class InpaintingModule(L.LightningModule):
         if labels.min() == labels.max():
             return metrics  # one class only: no separation to measure
         normal_scores, anomalous_scores = results.scores[labels == 0], results.scores[labels == 1]
+        # signed: negative when anomalies score lower on average (a sweep must not reward that)
         metrics[f"{stage}/wasserstein"] = wasserstein_separation(
-            normal_scores, anomalous_scores, normalise=self.normalise_wasserstein
+            normal_scores, anomalous_scores, normalise=self.normalise_wasserstein, signed=True
         )
         # scale-free form, comparable across losses and score rules (the benchmark's column)
         metrics[f"{stage}/wasserstein_normalised"] = wasserstein_separation(
-            normal_scores, anomalous_scores, normalise=True
+            normal_scores, anomalous_scores, normalise=True, signed=True
         )
         metrics[f"{stage}/image_auroc"] = image_auroc(scores, labels)
         metrics[f"{stage}/f1_max"] = f1_max(scores, labels)[0]

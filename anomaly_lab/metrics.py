@@ -63,12 +63,15 @@ def f1_max(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     return float(f1[best]), float(unique[index])
 
 
-def wasserstein_separation(normal_scores: ArrayLike, anomalous_scores: ArrayLike, normalise: bool = False) -> float:
+def wasserstein_separation(
+    normal_scores: ArrayLike, anomalous_scores: ArrayLike, normalise: bool = False, signed: bool = False
+) -> float:
     """1-Wasserstein (earth mover's) distance between the normal and the anomalous score samples.
 
     With normalise=True it is divided by the standard deviation of both samples pooled together
     (population std of their concatenation), so runs whose scores differ in scale compare; 0.0
-    when that std is 0 (all scores equal, so the distance is 0 too).
+    when that std is 0 (all scores equal, so the distance is 0 too). With signed=True it is negative when the
+    anomalous scores are lower on average: separated the wrong way round, which an objective must not reward.
     """
     normal = np.asarray(torch.as_tensor(normal_scores).detach().cpu(), dtype=np.float64).ravel()
     anomalous = np.asarray(torch.as_tensor(anomalous_scores).detach().cpu(), dtype=np.float64).ravel()
@@ -77,6 +80,8 @@ def wasserstein_separation(normal_scores: ArrayLike, anomalous_scores: ArrayLike
     if not (np.isfinite(normal).all() and np.isfinite(anomalous).all()):
         raise ValueError("wasserstein_separation got non-finite scores")
     distance = float(wasserstein_distance(normal, anomalous))
+    if signed and anomalous.mean() < normal.mean():
+        distance = -distance
     if not normalise:
         return distance
     pooled_std = float(np.concatenate([normal, anomalous]).std())

@@ -119,6 +119,8 @@ def test_wasserstein_matches_scipy_and_a_shift() -> None:
     assert normalised == pytest.approx(d / math.sqrt(1 + d * d / 4), abs=0.05)
     assert wasserstein_separation(100 * normal, 100 * anomalous, normalise=True) == pytest.approx(normalised)
     assert wasserstein_separation([0.0, 1.0], [3.0]) == pytest.approx(2.5)  # by hand: mean |x - 3|
+    assert wasserstein_separation([0.0, 1.0], [3.0], signed=True) == pytest.approx(2.5)
+    assert wasserstein_separation([3.0], [0.0, 1.0], signed=True) == pytest.approx(-2.5)  # anomalies lower
 
 
 def test_wasserstein_edge_cases() -> None:
