@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_lab.data.tiles import BORDERS
 from anomaly_lab.errors import ConfigError
 
 # What run(cfg) can return: the metrics every validation logs (models.module) and the training loss.
@@ -193,7 +194,7 @@ def check_dataset(cfg: DictConfig) -> None:
     for key in ("dataset.num_workers", "dataset.rotation_copies"):
         check_optional(cfg, key, non_negative_int)
     check_optional(cfg, "dataset.max_image_pixels", positive_int)
-    check_optional(cfg, "dataset.preprocessing.border", check_choice, ("drop", "pad"))
+    check_optional(cfg, "dataset.preprocessing.border", check_choice, BORDERS)
 
 
 def check_train_config(cfg: DictConfig) -> None:

@@ -78,12 +78,12 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
                     threshold_rule = instantiate(cfg.threshold)
             with config_group("optimizer"):
                 optimizer = instantiate(cfg.optimizer)
-                optimizer(params=model.parameters())  # a refused setting (weight decay, betas, ...) fails here
+                trial = optimizer(params=model.parameters())  # a refused setting (weight decay, betas, ...) fails here
             scheduler = None
             if cfg.get("scheduler"):
                 with config_group("scheduler"):
                     scheduler = instantiate(cfg.scheduler)
-                    scheduler(optimizer=optimizer(params=model.parameters()))
+                    scheduler(optimizer=trial)
             with config_group("trainer"):
                 instantiate(cfg.trainer, default_root_dir=None, logger=False, callbacks=[], enable_checkpointing=False)
     finally:
