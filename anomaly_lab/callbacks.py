@@ -17,10 +17,11 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from anomaly_lab.data.images import ImageDataset
 from anomaly_lab.data.tiles import stitch_scores
 from anomaly_lab.figures import precision_recall_figure, roc_figure, score_histogram, tile_classification_figure
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.results import ScoredSample, StageResults
+from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX, ScoredSample, StageResults
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,64 @@ class ReconstructionImages(L.Callback):
         rows = torch.cat(panels, dim=-1).float().cpu()  # (B,3,S,5S)
         grid = torch.cat([column_header(self.columns, images.shape[-1]), *rows], dim=-2)  # (3,h+B*S,5S)
         experiment.add_image("val/input_masked_inpainted_error_truth", grid, trainer.global_step)
+
+
+class SyntheticAnomalyImages(L.Callback):
+    """TensorBoard image grid, once per fit: the synthetic validation anomalies the objective measures.
+
+    Up to `num_images` of them, spread over the validation set, one row each: the normal validation image it was
+    made from | the synthetic anomaly | its exact mask | the model's anomaly map (scaled to the largest value), at
+    the first validation after the sanity check. Nothing when validation has no synthetic anomalies
+    (anomaly_lab.data.validation_anomalies) or the logger takes no images. The samples come from the validation
+    dataset, which every DDP process holds whole (only its loader's sampler shards it).
+    """
+
+    columns = ("source", "synthetic", "mask", "score map")
+    tag = "val/synthetic_anomalies_source_mask_map"
+
+    def __init__(self, num_images: int = 4) -> None:
+        self.num_images = num_images
+        self.logged = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.logged = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        experiment = rank_zero_experiment(trainer, "add_image")
+        if self.logged or trainer.sanity_checking or experiment is None:
+            return
+        self.logged = True
+        loaders = trainer.val_dataloaders
+        dataset = getattr(loaders[0] if isinstance(loaders, list | tuple) else loaders, "dataset", None)
+        if not isinstance(dataset, ImageDataset) or self.num_images < 1:
+            return
+        samples = dataset.decoded.samples
+        # validation_anomalies names them defect "synthetic_<generator>", path "<source's path>#<defect>"; several
+        # generators' come one after the other, so evenly spaced picks show each
+        synthetic = [i for i, s in enumerate(samples) if s.defect.startswith(SYNTHETIC_DEFECT_PREFIX)]
+        picked = synthetic[:: max(1, len(synthetic) // self.num_images)][: self.num_images]
+        if not picked:
+            return
+        items = [dataset[i] for i in picked]
+        normal = {s.path: i for i, s in enumerate(samples) if s.label == 0}
+        sources = [normal.get(samples[i].path.rsplit("#", 1)[0]) for i in picked]
+        blank = torch.zeros_like(items[0]["image"])  # should a source not be in validation
+        images = torch.stack([item["image"] for item in items]).to(pl_module.device)  # (B,3,S,S)
+        masks = torch.stack([item["mask"] for item in items]).to(images)  # (B,1,S,S)
+        normals = torch.stack([blank if j is None else dataset[j]["image"] for j in sources]).to(images)  # (B,3,S,S)
+        model = inpainting_model(pl_module)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                maps, _ = model(images)  # (B,1,S,S)
+        finally:
+            model.train(was_training)
+        maps = maps / maps.amax().clamp_min(1e-8)
+        panels = [normals, images, masks.expand_as(images), maps.expand_as(images)]  # as self.columns
+        rows = torch.cat(panels, dim=-1).float().cpu()  # (B,3,S,4S)
+        grid = torch.cat([column_header(self.columns, images.shape[-1]), *rows], dim=-2)  # (3,h+B*S,4S)
+        experiment.add_image(self.tag, grid, trainer.global_step)
 
 
 class ScoresTable(L.Callback):

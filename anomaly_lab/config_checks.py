@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.data.tiles import BORDERS
 from anomaly_lab.errors import ConfigError
+from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
 # What run(cfg) can return: the metrics every validation logs (models.module) and the training loss.
 OBJECTIVE_METRICS = (
@@ -124,6 +125,34 @@ def check_splits(cfg: DictConfig) -> None:
         fraction(cfg, "dataset.test_fraction", False, 1.0, "the share of normal images held out for testing")
 
 
+def check_objective_metric(cfg: DictConfig) -> None:
+    """One of OBJECTIVE_METRICS, or val/<kind>/wasserstein|image_auroc for a kind of validation anomaly this
+    config has (logged when validation has more than one kind: data.validation_anomalies)."""
+    metric = OmegaConf.select(cfg, "objective.metric")
+    parts = metric.split("/") if isinstance(metric, str) else []
+    if len(parts) != 3 or parts[0] != "val":
+        check_choice(cfg, "objective.metric", OBJECTIVE_METRICS)
+        return
+    source = OmegaConf.select(cfg, "dataset.validation_anomalies.source", default="real")
+    generators = OmegaConf.select(cfg, "dataset.validation_anomalies.generator", default="perlin")
+    generators = [generators] if isinstance(generators, str) else list(generators or [])
+    synthetic = [f"{SYNTHETIC_DEFECT_PREFIX}{name}" for name in generators] if source != "real" else []
+    kinds = (["real"] if source == "both" else []) + synthetic
+    if source == "real" or len(kinds) < 2:
+        kinds = []  # one kind of validation anomaly at most: only the overall metrics are logged
+    if parts[1] not in kinds or parts[2] not in ("wasserstein", "image_auroc"):
+        per_kind = [f"val/{kind}/{name}" for kind in kinds for name in ("wasserstein", "image_auroc")]
+        raise ConfigError(
+            f"objective.metric={metric!r}: must be one of {', '.join(OBJECTIVE_METRICS + tuple(per_kind))}"
+            + (
+                ""
+                if per_kind
+                else "; a metric of one kind of validation anomaly (val/<kind>/wasserstein) needs "
+                "several kinds: validation_anomalies=both or a generator list, e.g. [perlin,cutpaste]"
+            )
+        )
+
+
 def check_choice(cfg: DictConfig, key: str, choices: tuple[Any, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
@@ -157,7 +186,7 @@ def check_top_level(cfg: DictConfig) -> None:
     for key in ("seed", "dataset.split_seed", "dataset.data_seed", "masking.seed"):
         check_optional(cfg, key, non_negative_int)
     check_choice(cfg, "objective.mode", ("min", "max"))
-    check_choice(cfg, "objective.metric", OBJECTIVE_METRICS)
+    check_objective_metric(cfg)
     resume = OmegaConf.select(cfg, "resume")
     if resume not in (True, False, None) and not Path(str(resume)).is_file():
         raise ConfigError(f"resume={resume!r}: must be true, false or the path of a .ckpt file (no file there)")

@@ -4,9 +4,13 @@ composes (every entry point does, for CONFIG_DIR)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the package (package-data)
 
@@ -20,5 +24,47 @@ def optuna_direction(mode: str) -> str:
     return OPTUNA_DIRECTIONS[mode]
 
 
+# What says which images a dataset node reads, for the sweep's study name (`${data_digest:...}`). Paths: `root`,
+# `csv` and every `*_dir`, `*_path` or `*_file` key but `cache_dir` (generated data is cached there; what is
+# generated is fixed by the generator keys, whatever the folder). Loader, split and preprocessing keys are not
+# data: changing them must not start a new study. Changing this rule renames every existing study.
+DATA_PATH_KEYS = ("root", "csv")
+DATA_PATH_SUFFIXES = ("_dir", "_path", "_file")
+NOT_DATA_PATH_KEYS = ("cache_dir",)
+DATA_GENERATOR_KEYS = ("n_train", "n_test_good", "n_test_per_defect", "data_seed", "write_pages")
+DATA_DIGEST_CHARS = 8
+
+
+def is_data_path_key(key: str) -> bool:
+    return key not in NOT_DATA_PATH_KEYS and (key in DATA_PATH_KEYS or key.endswith(DATA_PATH_SUFFIXES))
+
+
+def data_identity(dataset: DictConfig, cwd: str | None = None) -> dict[str, Any]:
+    """The keys of a dataset node that say which images it reads: its paths, absolute (a relative path is
+    relative to `cwd`, the directory the command ran in; symbolic links resolved), and the settings of a
+    generator. A missing path (null) stays None."""
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    identity: dict[str, Any] = {}
+    for key in dataset:
+        name = str(key)
+        if is_data_path_key(name):
+            value = dataset[name]
+            identity[name] = None if value is None else os.fspath((base / str(value)).resolve())
+        elif name in DATA_GENERATOR_KEYS:
+            value = dataset[name]
+            identity[name] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    return identity
+
+
+def data_digest(dataset: DictConfig, cwd: str | None = None) -> str:
+    """A short stable digest of data_identity(dataset, cwd), 8 hex digits: `${data_digest:${dataset},
+    ${hydra.runtime.cwd}}` in the sweep's study name, so sweeps of different data are different studies and
+    `../x` and its absolute path are the same study."""
+    text = json.dumps(data_identity(dataset, cwd), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:DATA_DIGEST_CHARS]
+
+
 if not OmegaConf.has_resolver("optuna_direction"):
     OmegaConf.register_new_resolver("optuna_direction", optuna_direction)
+if not OmegaConf.has_resolver("data_digest"):
+    OmegaConf.register_new_resolver("data_digest", data_digest)

@@ -18,7 +18,7 @@ from anomaly_lab.errors import UserError
 from anomaly_lab.inference import SPEC_KEY
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.results import ScoredSample, StageResults, gather_samples, scored_samples
+from anomaly_lab.results import ScoredSample, StageResults, anomaly_kind, gather_samples, scored_samples
 from anomaly_lab.thresholds import ThresholdRule, metrics_at_threshold
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -129,6 +129,15 @@ class InpaintingModule(L.LightningModule):
         )
         metrics[f"{stage}/image_auroc"] = image_auroc(scores, labels)
         metrics[f"{stage}/f1_max"] = f1_max(scores, labels)[0]
+        kinds = [anomaly_kind(sample.defect) if sample.label == 1 else "" for sample in results.samples]
+        if len(set(kinds) - {""}) > 1:  # e.g. real and synthetic anomalies: how each kind separates on its own
+            for kind in sorted(set(kinds) - {""}):
+                of_kind = torch.tensor([k == kind for k in kinds])  # (N,) bool
+                metrics[f"{stage}/{kind}/wasserstein"] = wasserstein_separation(
+                    normal_scores, results.scores[of_kind.numpy()], normalise=self.normalise_wasserstein, signed=True
+                )
+                keep = of_kind | (labels == 0)  # (N,) this kind's anomalies and every normal sample
+                metrics[f"{stage}/{kind}/image_auroc"] = image_auroc(scores[keep], labels[keep])
         return metrics
 
     def on_validation_epoch_end(self) -> None:

@@ -13,6 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
+# Defect names of synthetic anomalies (data.validation_anomalies): "synthetic_perlin", "synthetic_cutpaste"
+SYNTHETIC_DEFECT_PREFIX = "synthetic_"
+
+
+def anomaly_kind(defect: str) -> str:
+    """Which anomalies an anomalous sample belongs to: its synthetic generator's defect name, or "real"."""
+    return defect if defect.startswith(SYNTHETIC_DEFECT_PREFIX) else "real"
+
 
 @dataclass(frozen=True)
 class ScoredSample:

@@ -12,21 +12,27 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
+from torch.utils.data import DataLoader
 
 from anomaly_lab.callbacks import (
     ReconstructionImages,
     ScoreFigures,
     ScoresTable,
+    SyntheticAnomalyImages,
     TilePageFigures,
     column_header,
     gather_tiles,
 )
+from anomaly_lab.data.images import DecodedImages, ImageDataset, Sample
 from anomaly_lab.masking import GridMasking
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.results import ScoredSample, StageResults
 from anomaly_lab.scoring import AnomalyMap
+from anomaly_lab.train import run
+from tests.conftest import ComposeFn
 
 SIZE = 8
 
@@ -219,3 +225,88 @@ def test_reconstruction_images_draw_the_first_normal_and_anomalous_validation_im
     truth = grid[:, header:, 4 * SIZE :]  # (3,4S,S)
     assert truth[:, : 2 * SIZE].eq(0).all() and truth[:, 2 * SIZE :].eq(1).all()
     assert module.model.training  # train mode restored
+
+
+def validation_loader(defects: list[str]) -> tuple[DataLoader[dict[str, Any]], np.ndarray, np.ndarray]:
+    """A loader over validation samples: a normal image per "good", then each anomaly made from the normal at the
+    same position ("synthetic_*": path "<source>#<defect>", as data.validation_anomalies names them)."""
+    n_normal = defects.count("good")
+    samples = [Sample(f"{i}.png", 0, "good") for i in range(n_normal)]
+    samples += [
+        Sample(f"{i}.png#{d}" if d.startswith("synthetic_") else f"real{i}.png", 1, d)
+        for i, d in enumerate(defects[n_normal:])
+    ]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (len(samples), SIZE, SIZE, 3), dtype=np.uint8)  # (N,S,S,3)
+    masks = rng.random((len(samples), SIZE, SIZE)) < 0.3  # (N,S,S)
+    dataset = ImageDataset(DecodedImages(samples, images, masks), Preprocessing(image_size=SIZE))
+    return DataLoader(dataset, batch_size=4), images, masks
+
+
+def test_synthetic_anomaly_images_draw_source_anomaly_mask_and_map_once() -> None:
+    module = FakeModule()
+    module.train()
+    loader, images, masks = validation_loader(["good"] * 3 + ["scratch", "synthetic_perlin", "synthetic_perlin"])
+    callback = SyntheticAnomalyImages(num_images=4)
+    sanity = fake_trainer(sanity_checking=True)
+    sanity.val_dataloaders = loader
+    callback.on_fit_start(sanity, module)
+    callback.on_validation_end(sanity, module)
+    assert not sanity.logger.experiment.images  # the sanity check draws nothing
+
+    trainer = fake_trainer()
+    trainer.val_dataloaders = [loader]
+    callback.on_validation_end(trainer, module)
+    (tag, grid), *_ = trainer.logger.experiment.images.items()
+    assert tag == SyntheticAnomalyImages.tag == "val/synthetic_anomalies_source_mask_map"
+    header = column_header(SyntheticAnomalyImages.columns, SIZE).shape[1]
+    assert grid.shape == (3, header + 2 * SIZE, 4 * SIZE)  # the 2 synthetic anomalies, not the real scratch
+    columns = grid[:, header:].reshape(3, 2, SIZE, 4, SIZE).permute(3, 1, 0, 2, 4)  # (4 columns,B,3,S,S)
+    as_tensors = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (N,3,S,S)
+    torch.testing.assert_close(columns[0], as_tensors[[1, 2]])  # sources: normals 1 and 2 ("1.png#...")
+    torch.testing.assert_close(columns[1], as_tensors[[4, 5]])
+    torch.testing.assert_close(columns[2], torch.from_numpy(masks[[4, 5]]).float()[:, None].expand(-1, 3, -1, -1))
+    assert columns[3].amax() == 1 and columns[3].amin() >= 0  # the maps, scaled to their largest value
+    assert module.model.training  # train mode restored
+
+    callback.on_validation_end(trainer, module)  # once per fit
+    trainer.logger.experiment.images.clear()
+    callback.on_validation_end(trainer, module)
+    assert not trainer.logger.experiment.images
+    callback.on_fit_start(trainer, module)
+    callback.on_validation_end(trainer, module)
+    assert list(trainer.logger.experiment.images) == [SyntheticAnomalyImages.tag]
+
+
+def test_synthetic_anomaly_images_draw_nothing_without_synthetic_anomalies_or_image_logger() -> None:
+    module = FakeModule()
+    real_only, _, _ = validation_loader(["good", "good", "scratch"])
+    trainer = fake_trainer()
+    trainer.val_dataloaders = real_only
+    SyntheticAnomalyImages().on_validation_end(trainer, module)
+    assert not trainer.logger.experiment.images
+    synthetic, _, _ = validation_loader(["good", "synthetic_cutpaste"])
+    for logger in (SimpleNamespace(experiment=object()), None):  # CSVLogger's experiment has no add_image; none
+        other: Any = SimpleNamespace(logger=logger, is_global_zero=True, sanity_checking=False, global_step=7)
+        other.val_dataloaders = synthetic
+        SyntheticAnomalyImages().on_validation_end(other, module)  # no error
+    rank1 = fake_trainer(global_zero=False)
+    rank1.val_dataloaders = synthetic
+    SyntheticAnomalyImages().on_validation_end(rank1, module)
+    assert not rank1.logger.experiment.images
+
+
+@pytest.mark.parametrize("source", ["synthetic", "real"])
+def test_run_logs_synthetic_validation_anomalies_to_tensorboard_once(compose_tiny: ComposeFn, source: str) -> None:
+    cfg = compose_tiny([f"validation_anomalies={source}", "test=false", "trainer.max_epochs=2"])
+    run(cfg)
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard")).Reload()
+    tags = events.Tags()["images"]
+    assert "val/input_masked_inpainted_error_truth" in tags  # validation drew its images
+    if source == "real":  # the tiny bottles' real anomalies only: nothing to show
+        assert SyntheticAnomalyImages.tag not in tags
+        return
+    (image,) = events.Images(SyntheticAnomalyImages.tag)  # once, not per validation
+    header = column_header(SyntheticAnomalyImages.columns, 32).shape[1]
+    rows, rest = divmod(image.height - header, 32)  # a row per synthetic anomaly: one per validation normal
+    assert image.width == 4 * 32 and rest == 0 and 1 <= rows <= 4

@@ -24,8 +24,10 @@ from hydra.utils import instantiate
 from optuna.trial import TrialState
 
 from anomaly_lab.data.images import BadImageError, DecodedImages
+from anomaly_lab.data.validation_anomalies import ValidationAnomalies
 from anomaly_lab.errors import SplitError
 from anomaly_lab.inference import load_model
+from anomaly_lab.metrics import image_auroc, wasserstein_separation
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, PercentileThreshold
 from anomaly_lab.train import run
 from tests.conftest import FAST_SWEEP, TINY, ComposeFn
@@ -187,6 +189,50 @@ def test_synthetic_validation_anomalies_are_seeded(compose_tiny: ComposeFn, norm
     assert not np.array_equal(images[0], images[2])
 
 
+def test_each_kind_of_validation_anomaly_is_also_measured_on_its_own(
+    compose_tiny: ComposeFn, tiny_bottles_root: Path
+) -> None:
+    generators = "dataset.validation_anomalies.generator=[perlin,cutpaste]"
+    cfg = compose_tiny(["dataset=mvtec", f"dataset.root={tiny_bottles_root}", "validation_anomalies=both", generators])
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["validation_anomalies"] == "real+synthetic"
+
+    # score validation again with the checkpoint (one epoch: the one validated) and measure each kind by hand
+    model = load_model(out / "checkpoints" / "best.ckpt")
+    datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
+    datamodule.setup("fit")
+    scores, defects, labels = [], [], []
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            scores.append(model(batch["image"])[1].double())
+            defects += batch["defect"]
+            labels.append(batch["label"])
+    score, label = torch.cat(scores).numpy(), torch.cat(labels).numpy()
+    kind_of = {d: d if d.startswith("synthetic_") else "real" for d in defects}
+    kinds = np.array([kind_of[d] if y == 1 else "" for d, y in zip(defects, label, strict=True)])
+    assert sorted(set(kinds) - {""}) == ["real", "synthetic_cutpaste", "synthetic_perlin"]
+    n_normal = int((label == 0).sum())
+    for kind in ("real", "synthetic_cutpaste", "synthetic_perlin"):
+        of_kind = kinds == kind
+        if kind != "real":
+            assert of_kind.sum() == n_normal  # one anomaly per normal validation image and generator
+        expected = wasserstein_separation(score[label == 0], score[of_kind], normalise=True, signed=True)
+        assert metrics[f"val/{kind}/wasserstein"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        keep = of_kind | (label == 0)
+        assert metrics[f"val/{kind}/image_auroc"] == pytest.approx(image_auroc(score[keep], label[keep]), abs=1e-6)
+    everything = wasserstein_separation(score[label == 0], score[label == 1], normalise=True, signed=True)
+    assert metrics["val/wasserstein"] == pytest.approx(everything, rel=1e-4, abs=1e-6)
+
+
+def test_a_generator_list_must_name_known_generators_once() -> None:
+    assert ValidationAnomalies(generator=["perlin", "cutpaste"]).generators == ("perlin", "cutpaste")
+    for bad in (["perlin", "perlin"], ["perlin", "dream"], []):
+        with pytest.raises(ValueError, match=r"dataset\.validation_anomalies\.generator"):
+            ValidationAnomalies(generator=bad)
+
+
 # 3. threshold=auto ---------------------------------------------------------------------------------------------
 
 
@@ -283,9 +329,9 @@ def test_good_images_only_sweep_runs_end_to_end(normal_dir: Path, cache: Path, t
     ]
     result = train_cli(args, cache, multirun=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(
-        study_name="bottles_thesis-folder-unet_small-32px", storage=f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db"
-    )
+    storage = f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db"
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(storage)]  # the sweep's one study
+    study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for trial in trials:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,15 +16,19 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from anomaly_lab.configs import CONFIG_DIR, data_digest
 from anomaly_lab.tools import sweep_report
 from anomaly_lab.train import main
 from tests.conftest import FAST_SWEEP, TINY, TINY_SYNTHETIC, ComposeFn
 
 REPO = Path(__file__).resolve().parents[1]
-STUDY = "bottles_thesis-synthetic_bottles-unet_small-32px"
+# <search>-<dataset option>-<digest of the data (here the generator's settings)>-<model>-<size>px
+STUDY = re.compile(r"bottles_thesis-synthetic_bottles-[0-9a-f]{8}-unet_small-32px")
 FAST = FAST_SWEEP
 
 
@@ -57,7 +62,11 @@ def sweep(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def load(tmp_path: Path) -> optuna.Study:
-    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db")
+    """The one study of the sweep under tmp_path, named as STUDY says."""
+    storage = f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db"
+    (name,) = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    assert STUDY.fullmatch(name), name
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def states(study: optuna.Study) -> list[TrialState]:
@@ -195,3 +204,53 @@ def test_validation_and_test_anomalies_are_disjoint(compose_tiny: ComposeFn) -> 
     assert val and test
     assert val.isdisjoint(test)
     assert len(val) + len(test) == 3 * 4  # every anomaly is in exactly one of them
+
+
+def study_name(overrides: list[str]) -> str:
+    """hydra.sweeper.study_name as a `--multirun hparams_search=bottles_thesis <overrides>` sweep resolves it."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", ["hparams_search=bottles_thesis", *TINY, *overrides], return_hydra_config=True)
+    return str(cfg.hydra.sweeper.study_name)
+
+
+def test_the_study_name_identifies_the_data_wherever_the_path_is_given_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # relative paths are relative to the directory the command runs in
+
+    def folder(normal_dir: str, *overrides: str) -> str:
+        return study_name(["dataset=folder", f"dataset.normal_dir={normal_dir}", *overrides])
+
+    a = folder(str(tmp_path / "a"))
+    assert re.fullmatch(r"bottles_thesis-folder-[0-9a-f]{8}-unet_small-32px", a), a
+    assert folder(str(tmp_path / "b")) != a
+    assert folder("../a") == a == folder(f"{work}/../a")
+    assert folder("a") != a  # work/a: another folder
+    assert folder("../a", "dataset.mask_dir=../masks") != a
+    # loader, split and preprocessing settings are not the data: the same study
+    assert folder("../a", "dataset.batch_size=2", "dataset.val_anomalous=1", "dataset.preprocessing.tiled=true") == a
+
+    bottle = study_name(["dataset=mvtec", "dataset.root=../mvtec/bottle"])
+    assert bottle != study_name(["dataset=mvtec", "dataset.root=../mvtec/screw"])
+    assert bottle == study_name(["dataset=mvtec", f"dataset.root={tmp_path}/mvtec/bottle"])
+    csv = study_name(["dataset=csv_list", "dataset.csv=../a.csv"])
+    assert csv != study_name(["dataset=csv_list", "dataset.csv=b.csv"])
+
+    # generated data: the generator's settings are the data, the cache folder is not
+    synthetic = study_name(["dataset=synthetic_bottles"])
+    assert synthetic == study_name(["dataset=synthetic_bottles", f"paths.cache_dir={tmp_path}/cache"])
+    assert synthetic != study_name(["dataset=synthetic_bottles", "dataset.data_seed=1"])
+    pages = study_name(["dataset=synthetic_notes"])
+    assert pages != study_name(["dataset=synthetic_notes", "dataset.write_pages.seed=1"])
+
+    assert study_name(["dataset=folder", "hydra.sweeper.study_name=my_study"]) == "my_study"  # still overridable
+
+
+def test_the_data_digest_is_stable() -> None:
+    """A new digest for the same data would leave every stored study behind: the rule must not drift."""
+    # a folder that is nowhere, so no symbolic link on the machine running the test changes the path
+    dataset = OmegaConf.create({"root": "/no_such_dir/mvtec/bottle", "batch_size": 8, "cache_dir": "/tmp/x"})
+    assert data_digest(dataset, "/elsewhere") == "7b1b03bc"
+    assert data_digest(OmegaConf.create({"root": "bottle"}), "/no_such_dir/mvtec") == "7b1b03bc"

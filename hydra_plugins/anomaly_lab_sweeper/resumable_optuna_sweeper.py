@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
-import anomaly_lab.configs  # noqa: F401  registers ${optuna_direction:...}, which the sweep configs use
+import anomaly_lab.configs  # noqa: F401  registers ${optuna_direction:...} and ${data_digest:...}, which the sweep configs use
 
 
 @dataclass
