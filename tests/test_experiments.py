@@ -202,3 +202,17 @@ def test_every_dataset_has_one_preprocessing_node(name: str) -> None:
     assert OmegaConf.to_container(dataset.preprocessing)["image_size"] == "${model.image_size}"
     assert dataset.preprocessing.tiled == (name in TILED)
     assert not set(PREPROCESSING_KEYS[1:]) & set(dataset)  # no flat image_size, grayscale, tiled, ... keys
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("group", ["threshold", "masking", "scoring", "model"])
+def test_a_group_chosen_on_the_command_line_replaces_the_experiments_choice(name: str, group: str) -> None:
+    """`experiment=X threshold=auto` gets the auto rule as its own file writes it: no key the experiment set for
+    its own choice is merged into the user's (sharks' threshold value once broke threshold=auto)."""
+    option = {"threshold": "auto", "masking": "multiscale_grid", "scoring": "riad", "model": "unet64"}[group]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        alone = compose("train", overrides=[f"{group}={option}"])
+        chosen = compose("train", overrides=[f"experiment={name}", f"{group}={option}"])
+    alone_node, chosen_node = OmegaConf.to_container(alone[group]), OmegaConf.to_container(chosen[group])
+    assert isinstance(alone_node, dict) and isinstance(chosen_node, dict)
+    assert set(chosen_node) == set(alone_node), f"experiment={name} adds keys to {group}={option}"

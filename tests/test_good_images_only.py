@@ -23,12 +23,15 @@ import torch
 from hydra.utils import instantiate
 from optuna.trial import TrialState
 
+from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.data.images import BadImageError, DecodedImages
 from anomaly_lab.data.validation_anomalies import ValidationAnomalies
-from anomaly_lab.errors import SplitError
+from anomaly_lab.errors import ConfigError, SplitError
 from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import image_auroc, wasserstein_separation
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, PercentileThreshold
+from anomaly_lab.tools.objective_agreement import agreement_rows, load_runs
+from anomaly_lab.tools.objective_agreement import main as objective_agreement_main
 from anomaly_lab.train import run
 from tests.conftest import FAST_SWEEP, TINY, ComposeFn
 
@@ -75,13 +78,6 @@ def user_error_line(result: subprocess.CompletedProcess[str]) -> str:
     last = result.stderr.strip().splitlines()[-1]
     assert last.endswith("[HYDRA_FULL_ERROR=1 shows the traceback]")
     return last
-
-
-def xfail_if_mvtec_without_test_fails(message: str) -> None:
-    """HEAD a0ba3a3: MVTecDataModule.build_splits decodes the empty list of test images, and
-    DecodedImages.decode([]) raises "no usable image of 0"; the fix is in the report. Once fixed, this is a no-op."""
-    if "no usable image of 0" in message:
-        pytest.xfail("known bug: dataset=mvtec without test/ fails with 'BadImageError: no usable image of 0'")
 
 
 def synthetic_masks_are_exact(val: DecodedImages, defect: str) -> int:
@@ -293,11 +289,7 @@ def test_mvtec_layout_with_train_good_only_trains_on_synthetic_anomalies(
     compose_tiny: ComposeFn, mvtec_train_only: Path
 ) -> None:
     cfg = compose_tiny(["dataset=mvtec", f"dataset.root={mvtec_train_only}", "test=false"])
-    try:
-        objective = run(cfg)
-    except BadImageError as error:
-        xfail_if_mvtec_without_test_fails(str(error))
-        raise
+    objective = run(cfg)
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert metrics["validation_anomalies"] == "synthetic"
     assert objective == metrics["val/wasserstein"] and math.isfinite(objective)
@@ -310,7 +302,6 @@ def test_mvtec_layout_with_train_good_only_and_test_names_the_way_out(
 ) -> None:
     result = train_cli(["dataset=mvtec", f"dataset.root={mvtec_train_only}"], cache, tmp_path / "run")
     line = user_error_line(result)
-    xfail_if_mvtec_without_test_fails(line)
     assert line.startswith("SplitError: the test split is empty")
     assert "test=false" in line and "test/good" in line
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
@@ -392,3 +383,94 @@ def test_real_validation_anomalies_on_good_images_only_point_at_synthetic_ones(
     with pytest.raises(SplitError, match=r"leaves no anomalous validation image.*validation_anomalies=synthetic"):
         run(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+# 7. does the synthetic objective rank trials as the real anomalies do (tools/objective_agreement) -----------------
+
+
+def write_trials(sweep: Path, rows: list[dict[str, float]]) -> None:
+    for number, metrics in enumerate(rows):
+        (sweep / str(number)).mkdir(parents=True)
+        (sweep / str(number) / "metrics.json").write_text(json.dumps({**metrics, "validation_anomalies": "both"}))
+
+
+def test_objective_agreement_ranks_each_objective_against_the_test_auroc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    test_auroc = [0.6, 0.9, 0.7, 0.8]
+    write_trials(
+        tmp_path / "sweep",
+        [
+            {
+                "test/image_auroc": auroc,
+                "val/real/wasserstein": 10 * auroc,  # the same order as the test AUROC
+                "val/synthetic_perlin/wasserstein": -auroc,  # the reverse order
+                "val/synthetic_cutpaste/wasserstein": [0.3, 0.1, 0.4, 0.2][i],  # picks trial 2 (test 0.7)
+                "val/image_auroc": 0.5,  # not an objective of this table
+            }
+            for i, auroc in enumerate(test_auroc)
+        ],
+    )
+    rows = {row["objective"]: row for row in agreement_rows(load_runs([tmp_path / "sweep"]))}
+    assert sorted(rows) == [
+        "val/real/wasserstein",
+        "val/synthetic_cutpaste/wasserstein",
+        "val/synthetic_perlin/wasserstein",
+    ]
+    assert rows["val/real/wasserstein"]["spearman"] == pytest.approx(1.0)
+    assert rows["val/real/wasserstein"]["picked_test_auroc"] == 0.9
+    assert rows["val/synthetic_perlin/wasserstein"]["spearman"] == pytest.approx(-1.0)
+    assert rows["val/synthetic_perlin/wasserstein"]["picked_test_auroc"] == 0.6
+    assert rows["val/synthetic_cutpaste/wasserstein"]["spearman"] == pytest.approx(
+        -0.8
+    )  # ranks 3142 against 1423: 1 - 6*18/(4*15)
+    assert rows["val/synthetic_cutpaste/wasserstein"]["picked_test_auroc"] == 0.7
+    assert all(row["best_test_auroc"] == 0.9 and row["trials"] == 4 for row in rows.values())
+
+    objective_agreement_main([str(tmp_path / "sweep")])
+    table = capsys.readouterr().out
+    assert "| val/synthetic_cutpaste/wasserstein | 4 | -0.80 | 0.700 (2) | 0.900 |" in table
+
+
+def test_objective_agreement_on_a_folder_without_trials_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        objective_agreement_main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"objective_agreement: {tmp_path}: no metrics.json in it or in its trial folders"
+    )
+
+
+TWO_GENERATORS_METRIC = "objective.metric=val/synthetic_cutpaste/image_auroc"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "allowed"),
+    [
+        (["validation_anomalies=both", "objective.metric=val/real/wasserstein"], True),
+        (["validation_anomalies=both", "objective.metric=val/synthetic_perlin/image_auroc"], True),
+        (["validation_anomalies=both", "objective.metric=val/synthetic_cutpaste/wasserstein"], False),
+        (["validation_anomalies=synthetic", "objective.metric=val/synthetic_perlin/wasserstein"], False),
+        (
+            [
+                "dataset.validation_anomalies.generator=[perlin,cutpaste]",
+                "objective.metric=val/synthetic_cutpaste/wasserstein",
+            ],
+            True,
+        ),
+        (["validation_anomalies=real", "objective.metric=val/real/wasserstein"], False),
+    ],
+    ids=["both-real", "both-perlin-auroc", "both-cutpaste-not-generated", "one-kind", "two-generators", "real-only"],
+)
+def test_an_objective_of_one_kind_of_anomaly_needs_that_kind_beside_another(
+    overrides: list[str], allowed: bool, compose_tiny: ComposeFn
+) -> None:
+    cfg = compose_tiny(overrides)
+    if allowed:
+        check_train_config(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"^objective\.metric='val/"):
+            check_train_config(cfg)
