@@ -133,7 +133,14 @@ def run(cfg: DictConfig) -> float:
     module = build_module(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
-    datamodule: L.LightningDataModule = instantiate(cfg.dataset, preprocessing=module.model.preprocessing)
+    data_settings: dict[str, Any] = {"preprocessing": module.model.preprocessing}
+    test_fraction = OmegaConf.select(cfg, "dataset.test_fraction")
+    if not cfg.test and test_fraction:  # nothing will be tested: every normal image trains or validates
+        data_settings["test_fraction"] = 0.0
+        log.info(
+            "test=false: no normal image is held out for testing (dataset.test_fraction=%s not used)", test_fraction
+        )
+    datamodule: L.LightningDataModule = instantiate(cfg.dataset, **data_settings)
     datamodule.setup("fit")  # decode and split now: bad data and empty splits fail before training
     check_splits(datamodule, cfg)
     validation_anomalies = str(getattr(datamodule, "validation_anomaly_kind", "real"))

@@ -376,6 +376,17 @@ def test_a_folder_too_small_to_split_names_the_key(
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
+def test_with_test_false_no_normal_image_is_held_out_for_testing(
+    compose_tiny: ComposeFn, normal_dir: Path, tmp_path: Path
+) -> None:
+    small = small_folder(normal_dir, tmp_path, 2)  # with the default test_fraction=0.2 one would be tested
+    cfg = compose_tiny([*folder_only_good(small), "test=false"])
+    run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert metrics["train/epochs"] == 1 and metrics["validation_anomalies"] == "synthetic"
+    assert not any(key.startswith("test/") for key in metrics)
+
+
 def test_real_validation_anomalies_on_good_images_only_point_at_synthetic_ones(
     compose_tiny: ComposeFn, normal_dir: Path
 ) -> None:
