@@ -7,6 +7,7 @@ once under DDP, and published as `self.results[stage]` for the callbacks.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -18,8 +19,17 @@ from anomaly_lab.errors import UserError
 from anomaly_lab.inference import SPEC_KEY
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.results import ScoredSample, StageResults, anomaly_kind, gather_samples, scored_samples
+from anomaly_lab.results import (
+    ScoredSample,
+    StageResults,
+    anomaly_kind,
+    gather_samples,
+    scored_samples,
+    without_masks_note,
+)
 from anomaly_lab.thresholds import ThresholdRule, metrics_at_threshold
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -145,7 +155,12 @@ class InpaintingModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         metrics = self._separation_metrics("test")
-        if "test/image_auroc" in metrics:
+        # anomalous samples without ground-truth masks (all ones) would make pixel metrics meaningless: skip them.
+        # Decided on the gathered samples, so every DDP process skips (or syncs) alike.
+        note = without_masks_note(self.results["test"].samples) if "test" in self.results else None
+        if note is not None and self.trainer.is_global_zero:
+            log.warning(note)
+        if "test/image_auroc" in metrics and note is None:
             metrics.update({f"test/{name}": float(value) for name, value in self.pixel_metrics.compute().items()})
         self.pixel_metrics.reset()
         self.log_dict(metrics, sync_dist=True)  # the same on every process (gathered)

@@ -8,6 +8,7 @@ on_test_end instead of collecting their own copies.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ class ScoredSample:
     page: str
     row: int
     col: int
+    mask_known: bool = True  # False: anomalous, its true mask unknown (no pixel metrics with it)
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,29 @@ def scored_samples(batch: dict[str, Any], scores: torch.Tensor) -> list[ScoredSa
     """The batch's samples with their image scores (B,)."""
     values = scores.detach().float().cpu().tolist()
     labels, rows, cols = (torch.as_tensor(batch[key]).cpu().tolist() for key in ("label", "row", "col"))
-    columns = zip(batch["path"], labels, batch["defect"], values, batch["page"], rows, cols, strict=True)
+    known = torch.as_tensor(batch.get("mask_known", [True] * len(values))).cpu().tolist()  # (B,) bool
+    columns = zip(batch["path"], labels, batch["defect"], values, batch["page"], rows, cols, known, strict=True)
     return [
-        ScoredSample(str(path), int(label), str(defect), float(score), str(page), int(row), int(col))
-        for path, label, defect, score, page, row, col in columns
+        ScoredSample(str(path), int(label), str(defect), float(score), str(page), int(row), int(col), bool(mask))
+        for path, label, defect, score, page, row, col, mask in columns
     ]
+
+
+def without_masks_note(samples: list[ScoredSample]) -> str | None:
+    """Why pixel metrics are skipped: some anomalous samples have no ground-truth mask (None: every mask is known).
+
+    Counted in files (a tile's page), so tiled pages count as the images they were cut from.
+    """
+    anomalous = {s.page for s in samples if s.label == 1}
+    unknown = {s.page for s in samples if s.label == 1 and not s.mask_known}
+    if not unknown:
+        return None
+    folders = sorted({str(Path(page).parent) for page in unknown})
+    where = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more folders" if len(folders) > 3 else "")
+    return (
+        f"no ground-truth masks for {len(unknown)} of the {len(anomalous)} anomalous test images (in {where}): "
+        f"pixel AUROC and AUPRO skipped, image metrics only"
+    )
 
 
 def gather_samples(samples: list[ScoredSample]) -> list[ScoredSample]:

@@ -30,7 +30,7 @@ from anomaly_lab.errors import ConfigError, SplitError
 from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import image_auroc, wasserstein_separation
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, PercentileThreshold
-from anomaly_lab.tools.objective_agreement import agreement_rows, load_runs
+from anomaly_lab.tools.objective_agreement import agreement_rows, load_runs, study_runs
 from anomaly_lab.tools.objective_agreement import main as objective_agreement_main
 from anomaly_lab.train import run
 from tests.conftest import FAST_SWEEP, TINY, ComposeFn
@@ -485,3 +485,18 @@ def test_an_objective_of_one_kind_of_anomaly_needs_that_kind_beside_another(
     else:
         with pytest.raises(ConfigError, match=r"^objective\.metric='val/"):
             check_train_config(cfg)
+
+
+@pytest.mark.filterwarnings("ignore:(create|add)_trial is experimental:optuna.exceptions.ExperimentalWarning")
+def test_objective_agreement_reads_a_studys_trained_trials(tmp_path: Path) -> None:
+    write_trials(tmp_path / "sweep", [{"test/image_auroc": a, "val/wasserstein": a} for a in (0.5, 0.7, 0.6)])
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for number in range(3):
+        study.add_trial(
+            optuna.trial.create_trial(value=0.1, user_attrs={"output_dir": str(tmp_path / "sweep" / str(number))})
+        )
+    twin = {"output_dir": str(tmp_path / "sweep" / "1"), "duplicate_of": 1}  # a point drawn again: nothing trained
+    study.add_trial(optuna.trial.create_trial(value=0.1, user_attrs=twin))
+    (row,) = agreement_rows(study_runs(storage, "s"))
+    assert row["trials"] == 3 and row["spearman"] == pytest.approx(1.0) and row["picked_test_auroc"] == 0.7

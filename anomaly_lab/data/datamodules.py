@@ -39,7 +39,11 @@ from anomaly_lab.preprocessing import Preprocessing
 
 
 def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
-    """Normal training samples and test samples of an MVTec AD category folder."""
+    """Normal training samples and test samples of an MVTec AD category folder.
+
+    A defect type without its ground_truth/<defect>/ folder (or a category without ground_truth/) has no masks:
+    its images are anomalous everywhere, for image metrics only. A defect folder that lacks one mask is an error.
+    """
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset root {root} not found. Point at an MVTec AD category folder, e.g. "
@@ -59,10 +63,11 @@ def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
             if defect == "good":
                 test.append(Sample(str(path), 0, defect))
                 continue
-            mask = root / "ground_truth" / defect / f"{path.stem}_mask.png"
-            if not mask.is_file():
+            mask_dir = root / "ground_truth" / defect
+            mask = mask_dir / f"{path.stem}_mask.png"
+            if mask_dir.is_dir() and not mask.is_file():
                 raise BadImageError(f"{path}: anomalous image has no mask (expected {mask})")
-            test.append(Sample(str(path), 1, defect, str(mask)))
+            test.append(Sample(str(path), 1, defect, str(mask) if mask_dir.is_dir() else None))
     return train, test
 
 
@@ -218,7 +223,9 @@ class MVTecDataModule(SplitDataModule):
     """An MVTec AD category folder (any category: bottle, screw, ...), whole images prepared by `preprocessing`.
 
     skip_bad_files=true leaves out images that cannot be decoded (corrupt, larger than max_image_pixels, a mask of
-    another size) with one warning listing them; a missing mask is a layout error and still stops.
+    another size) with one warning listing them; a mask missing from its ground_truth/<defect>/ folder is a layout
+    error and still stops. A defect type without that folder (a category without ground_truth/) gets image metrics
+    only: its images are anomalous everywhere, and the test skips pixel AUROC and AUPRO, saying so.
     """
 
     def __init__(

@@ -92,7 +92,8 @@ class FolderDataModule(SplitDataModule):
     preprocessing.tiled=false: each image, resized to image_size, is one sample. tiled=true: each page is cut
     into image_size x image_size tiles (see anomaly_lab.preprocessing) and each tile is one sample, with its
     page, row and column; `page_grids` maps each page to its (rows, cols).
-    Without mask_dir an anomalous image counts as anomalous everywhere (its mask is all ones).
+    Without mask_dir an anomalous image counts as anomalous everywhere (its mask is all ones), for image metrics
+    only: the test skips pixel AUROC and AUPRO, saying so.
     """
 
     def __init__(

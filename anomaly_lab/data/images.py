@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.preprocessing import Preprocessing
+from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # The default of `max_image_pixels`: 100 megapixels, 300 MB as 8-bit RGB (14000x14000 is twice that).
@@ -124,6 +125,12 @@ class Sample:
     row: int | None = None
     col: int | None = None
 
+    @property
+    def mask_known(self) -> bool:
+        """Whether the mask is ground truth: a normal sample (all clear), a mask file, or a generated anomaly (exact
+        mask). An anomalous sample without a mask file is anomalous everywhere (all ones), its true mask unknown."""
+        return self.label == 0 or self.mask_path is not None or self.defect.startswith(SYNTHETIC_DEFECT_PREFIX)
+
 
 @dataclass
 class DecodedImages:
@@ -151,6 +158,8 @@ class DecodedImages:
                 mask_path = Path(sample.mask_path) if sample.mask_path else None
                 mask = read_mask(mask_path, Path(sample.path), None, max_pixels) if mask_path else None
                 image, mask = preprocessing.prepare(image, mask)
+                if not sample.mask_known:  # no mask file: anomalous everywhere
+                    mask = np.ones_like(mask)
             except BadImageError as error:
                 if skipped is None:
                     raise
@@ -177,8 +186,8 @@ class DecodedImages:
 
 
 class ImageDataset(Dataset[dict[str, Any]]):
-    """Items are dicts: image (3,H,W) float (preprocessing.to_tensor), mask (1,H,W) float, label, defect, path,
-    page, row, col."""
+    """Items are dicts: image (3,H,W) float (preprocessing.to_tensor), mask (1,H,W) float, label, mask_known,
+    defect, path, page, row, col."""
 
     def __init__(
         self,
@@ -204,6 +213,7 @@ class ImageDataset(Dataset[dict[str, Any]]):
             "image": self.preprocessing.to_tensor(image),  # (3,H,W)
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float(),
             "label": sample.label,
+            "mask_known": sample.mask_known,  # False: an anomalous sample whose true mask is unknown (all ones)
             "defect": sample.defect,
             "path": sample.path,
             # a whole image is the one tile (0,0) of its own page, so scores stitch back the same way

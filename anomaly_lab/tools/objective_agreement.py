@@ -44,9 +44,11 @@ def load_runs(folders: Sequence[Path]) -> dict[str, dict[str, float]]:
 
 
 def study_runs(storage: str, name: str) -> dict[str, dict[str, float]]:
-    """The run folders of a stored study's complete trials (their output_dir attribute)."""
+    """The run folders of a stored study's complete trials (their output_dir attribute); a trial told a twin's
+    value (a point drawn again) trained nothing of its own and is left out."""
     study = optuna.load_study(study_name=name, storage=storage)
-    folders = [Path(t.user_attrs["output_dir"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    folders = [Path(t.user_attrs["output_dir"]) for t in trials if "duplicate_of" not in t.user_attrs]
     return load_runs([f for f in folders if (f / "metrics.json").is_file()])
 
 
