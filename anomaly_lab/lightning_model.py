@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from anomaly_lab.data.images import NATIVE_MASK_KEY
 from anomaly_lab.errors import UserError
 from anomaly_lab.inference import SPEC_KEY
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
@@ -30,6 +31,19 @@ from anomaly_lab.results import (
 from anomaly_lab.thresholds import ThresholdRule, metrics_at_threshold
 
 log = logging.getLogger(__name__)
+
+# What a pass over the whole test set (test_prefix "test/all") logs: the threshold-free metrics. Its images include
+# the anomalous ones validation chose the threshold on, so counts and F1 at that threshold would flatter it.
+WHOLE_TEST_SET_METRICS = (
+    "image_auroc",
+    "f1_max",
+    "pixel_auroc",
+    "aupro",
+    "pixel_auroc_model_res",
+    "aupro_model_res",
+    "wasserstein",
+    "wasserstein_normalised",
+)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -58,7 +72,13 @@ class InpaintingModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.normalise_wasserstein = normalise_wasserstein
         self.threshold_rule = threshold_rule
+        # test pixel metrics: the map resized (bilinear) to each ground-truth mask's own resolution (the published
+        # protocol, test/pixel_auroc, test/aupro) and at the model's resolution against the prepared masks (*_model_res)
         self.pixel_metrics = PixelMetrics()
+        self.pixel_metrics_model_res = PixelMetrics()
+        # where on_test_epoch_end logs and publishes: "test", or e.g. "test/all" for a pass over the whole test set
+        # (datamodule.test_split="all"): its threshold-free metrics only, results in self.results["test/all"]
+        self.test_prefix = "test"
         self.samples: dict[str, list[ScoredSample]] = {"val": [], "test": []}
         self.results: dict[str, StageResults] = {}
         # Plain values that predict/export rebuild the model from (anomaly_lab.inference.model_spec).
@@ -90,7 +110,10 @@ class InpaintingModule(L.LightningModule):
             maps, scores = self.model(images)
             self.samples[stage] += scored_samples(batch, scores)
             if stage == "test":
-                self.pixel_metrics.update(maps, batch["mask"] > 0.5)
+                masks = batch["mask"] > 0.5  # (B,1,S,S) the prepared masks
+                self.pixel_metrics_model_res.update(maps, masks)
+                # (1,h,w) each at its file's resolution (data.images.NATIVE_MASK_KEY); a loader without them: S
+                self.pixel_metrics.update(maps, batch.get(NATIVE_MASK_KEY, masks))
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -108,8 +131,9 @@ class InpaintingModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.samples["test"] = []
 
-    def _separation_metrics(self, stage: str) -> dict[str, float]:
-        """Publish self.results[stage] (one gather) and measure it; validation sets the threshold first."""
+    def _separation_metrics(self, stage: str, publish_as: str | None = None) -> dict[str, float]:
+        """Publish self.results[publish_as or stage] (one gather) and measure it; validation sets the threshold
+        first."""
         results = StageResults(stage, gather_samples(self.samples[stage]))
         self.samples[stage] = []
         scores, labels = torch.from_numpy(results.scores), torch.from_numpy(results.labels)  # (N,), (N,)
@@ -117,7 +141,7 @@ class InpaintingModule(L.LightningModule):
         if stage == "val" and self.threshold_rule is not None and not self.trainer.sanity_checking:
             threshold.fill_(self.threshold_rule(scores, labels))
         if not self.trainer.sanity_checking:
-            self.results[stage] = replace(results, threshold=float(threshold))
+            self.results[publish_as or stage] = replace(results, threshold=float(threshold))
         metrics = {f"{stage}/score_normal_mean": float(scores[labels == 0].mean())}
         if torch.isfinite(threshold):  # NaN when no rule is set or no validation pass has run
             metrics[f"{stage}/threshold"] = float(threshold)
@@ -154,15 +178,24 @@ class InpaintingModule(L.LightningModule):
         self.log_dict(self._separation_metrics("val"), sync_dist=True)  # the same on every process (gathered)
 
     def on_test_epoch_end(self) -> None:
-        metrics = self._separation_metrics("test")
+        prefix = self.test_prefix
+        metrics = self._separation_metrics("test", publish_as=prefix)
         # anomalous samples without ground-truth masks (all ones) would make pixel metrics meaningless: skip them.
         # Decided on the gathered samples, so every DDP process skips (or syncs) alike.
-        note = without_masks_note(self.results["test"].samples) if "test" in self.results else None
+        note = without_masks_note(self.results[prefix].samples) if prefix in self.results else None
         if note is not None and self.trainer.is_global_zero:
             log.warning(note)
         if "test/image_auroc" in metrics and note is None:
-            metrics.update({f"test/{name}": float(value) for name, value in self.pixel_metrics.compute().items()})
+            for suffix, pixel in (("", self.pixel_metrics), ("_model_res", self.pixel_metrics_model_res)):
+                metrics.update({f"test/{name}{suffix}": float(value) for name, value in pixel.compute().items()})
         self.pixel_metrics.reset()
+        self.pixel_metrics_model_res.reset()
+        if prefix != "test":
+            metrics = {
+                f"{prefix}/{name.removeprefix('test/')}": value
+                for name, value in metrics.items()
+                if name.removeprefix("test/") in WHOLE_TEST_SET_METRICS
+            }
         self.log_dict(metrics, sync_dist=True)  # the same on every process (gathered)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

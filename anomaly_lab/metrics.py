@@ -3,15 +3,18 @@
 Image-level metrics take the (small) vectors of per-image scores. Pixel-level metrics are binned
 (`PixelMetrics`): a 512x512 test set never sits in memory, and histograms from several DDP processes
 simply add up. AUPRO follows MVTec AD / anomalib: per-region overlap vs. FPR, integrated up to an
-FPR limit and divided by it.
+FPR limit and divided by it. The published protocol measures the anomaly map brought (bilinear) to the
+ground-truth mask's own resolution: give PixelMetrics the masks at that resolution and it resizes each map.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from scipy.stats import wasserstein_distance
 from torchmetrics import Metric
@@ -160,19 +163,51 @@ class PixelMetrics(Metric):
             torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX, group=self.process_group)
         self.upper = peak if peak > 0 else torch.ones_like(peak)  # an all-zero first batch: fall back to 1
 
-    def update(self, anomaly_maps: torch.Tensor, gt_masks: torch.Tensor) -> None:
-        """Add a batch: anomaly_maps (B,1,H,W) float, gt_masks (B,1,H,W) bool (True = anomalous)."""
+    def update(self, anomaly_maps: torch.Tensor, gt_masks: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Add a batch: anomaly_maps (B,1,H,W) float and the ground truth (True = anomalous), either masks
+        (B,1,H,W) bool, or a sequence (not a tensor) of B masks (1,h,w) or (h,w) of any sizes, e.g. each image's
+        own resolution: each map is then resized bilinearly (align_corners=False) to its mask's size and binned one
+        image at a time (memory: one image at its mask's size). The bin range is fixed from the maps as given
+        (bilinear resizing never leaves it), so two metrics fed one batch at two resolutions bin alike."""
         maps = anomaly_maps.detach()
-        masks = gt_masks.detach().reshape(maps.shape).bool() if gt_masks.numel() == maps.numel() else None
-        if maps.ndim != 4 or maps.shape[1] != 1 or masks is None:
-            raise ValueError(f"expected maps and masks (B,1,H,W), got {tuple(maps.shape)} and {tuple(gt_masks.shape)}")
+        if maps.ndim != 4 or maps.shape[1] != 1:
+            raise ValueError(f"expected anomaly maps (B,1,H,W), got {tuple(maps.shape)}")
+        if isinstance(gt_masks, torch.Tensor):
+            if gt_masks.numel() != maps.numel():
+                raise ValueError(
+                    f"expected maps and masks (B,1,H,W), got {tuple(maps.shape)} and {tuple(gt_masks.shape)}"
+                )
+            self._check_and_fix_range(maps)
+            self._add(maps, gt_masks.detach().reshape(maps.shape).bool())
+            return
+        masks = [mask.detach() for mask in gt_masks]
+        if len(masks) != len(maps) or any(mask.ndim not in (2, 3) or mask.numel() == 0 for mask in masks):
+            raise ValueError(
+                f"expected {len(maps)} masks (1,h,w) or (h,w) for maps {tuple(maps.shape)}, "
+                f"got {[tuple(mask.shape) for mask in masks]}"
+            )
+        self._check_and_fix_range(maps)
+        if all(mask.shape[-2:] == maps.shape[-2:] for mask in masks):  # at the maps' size already: one batch
+            self._add(maps, torch.stack([mask.reshape(maps.shape[1:]).bool() for mask in masks]).to(maps.device))
+            return
+        for amap, mask in zip(maps, masks, strict=True):
+            size = (int(mask.shape[-2]), int(mask.shape[-1]))
+            resized = F.interpolate(amap[None].float(), size=size, mode="bilinear", align_corners=False)  # (1,1,h,w)
+            self._add(resized, mask.reshape(1, 1, *size).bool().to(maps.device))
+
+    def _check_and_fix_range(self, maps: torch.Tensor) -> None:
         if not bool(torch.isfinite(maps).all()):
             raise ValueError("anomaly maps must be finite")
         if self.upper < 0:
             self._fix_upper(maps)
+
+    def _add(self, maps: torch.Tensor, masks: torch.Tensor) -> None:
+        """Bin maps (B,1,H,W) against masks (B,1,H,W) bool of the same size."""
         bins = (maps.double() * (self.num_bins / self.upper)).floor().clamp(0, self.num_bins - 1).long()  # (B,1,H,W)
-        self.normal_hist += torch.bincount(bins[~masks], minlength=self.num_bins)
-        self.anomalous_hist += torch.bincount(bins[masks], minlength=self.num_bins)
+        # one pass over the pixels: normal ones count into bins 0..K-1, anomalous ones into K..2K-1
+        counts = torch.bincount((bins + masks.long() * self.num_bins).flatten(), minlength=2 * self.num_bins)
+        self.normal_hist += counts[: self.num_bins]
+        self.anomalous_hist += counts[self.num_bins :]
 
         # regions: 8-connected within an image, never across images of the batch
         structure = np.zeros((3, 3, 3), dtype=bool)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -128,6 +129,10 @@ def test_anomalous_pages_go_whole_to_validation_or_test(tiny_pages_root: Path) -
     np.testing.assert_array_equal(labels, fractions > 0.02)
     assert 0 < labels.sum() < len(labels)  # marked pages have unmarked tiles too
     assert {s.defect for s in test.samples if s.label} == {"anomalous"}
+    # the whole test set: the test tiles and every tile of the page validation took, its unmarked ones too
+    whole = module.whole_test_set().samples
+    assert {s.page for s in whole} == val_pages | test_pages
+    assert len(whole) == len(test.samples) + 9 and 0 < sum(s.label for s in whole[len(test.samples) :]) < 9
 
 
 def test_stitched_tile_scores_rebuild_the_page_mask(tiny_pages_root: Path) -> None:
@@ -188,6 +193,17 @@ def test_mixed_modes_and_sizes_become_rgb_uint8(tmp_path: Path, tiled: bool) -> 
     if tiled:  # pages of different sizes give different grids
         assert module.page_grids[str(root / "normal" / "gray.png")] == (2, 2)
         assert module.page_grids[str(root / "normal" / "rgb.jpg")] == (3, 3)
+    # test batches: each ground-truth mask at its file's resolution (sizes differ within a batch); a tile's is its own
+    batch = next(iter(module.test_dataloader()))
+    assert any("/anomalous/" in path for path in batch["path"])
+    for path, native, mask in zip(batch["path"], batch["mask_native"], batch["mask"], strict=True):
+        if tiled:
+            assert torch.equal(native, mask > 0.5)
+            continue
+        with Image.open(path) as image:
+            assert native.shape == (1, image.height, image.width)
+        truth = read_png(root / "masks" / "bad.png") > 0 if "/anomalous/" in path else np.zeros(native.shape[1:], bool)
+        assert np.array_equal(native[0].numpy(), truth)
 
 
 def test_grayscale_replicates_luminance(tiny_pages_root: Path) -> None:
@@ -346,6 +362,9 @@ def test_synthetic_notes_run_reports_per_tile_auroc(compose_tiny: ComposeFn) -> 
     assert 0.0 <= metrics["test/image_auroc"] <= 1.0
     scores = (Path(cfg.paths.output_dir) / "scores.csv").read_text()
     assert "anomalous/" in scores and "#r0c0" in scores  # one row per tile
+    # tiles keep their pages' pixels: the two pixel protocols coincide
+    for name in ("pixel_auroc", "aupro"):
+        assert 0.0 <= metrics[f"test/{name}"] == metrics[f"test/{name}_model_res"] <= 1.0
 
 
 def test_loader_benchmark_measures_both(compose_tiny: ComposeFn) -> None:

@@ -223,7 +223,9 @@ def test_states_merge_like_ddp_ranks() -> None:
 
 def test_update_rejects_bad_input() -> None:
     metric = PixelMetrics()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # a mask tensor must match the maps; masks of other sizes come as a sequence
         metric.update(torch.rand(2, 1, 8, 8), torch.zeros(2, 1, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError):
+        metric.update(torch.rand(2, 1, 8, 8), [torch.zeros(1, 1, 16, 16, dtype=torch.bool)] * 2)
     with pytest.raises(ValueError):
         metric.update(torch.full((1, 1, 2, 2), float("nan")), torch.zeros(1, 1, 2, 2, dtype=torch.bool))

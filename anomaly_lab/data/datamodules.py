@@ -5,7 +5,13 @@ tiles are in folders.py.
 
 Splits: train = normal images of train/good minus a seeded validation share; validation = those
 normal images plus a seeded, per-defect share of the anomalous test images (the sweep objective
-needs anomalies); test = test/good plus the anomalous images validation did not take.
+needs anomalies); test = test/good plus the anomalous images validation did not take. The whole test
+set (`test_split="all"`: the test split and the real anomalous images validation took, every image of an
+MVTec test/ folder) is what published tables measure; it is fair only for a run that selects no checkpoint
+on validation.
+
+Test batches carry each image's ground-truth mask at its file's own resolution (`mask_native`, a list), for
+pixel metrics at the ground truth's resolution.
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ from anomaly_lab.data.images import (
     ImageDataset,
     Sample,
     check_max_image_pixels,
+    collate_samples,
     list_images,
 )
 from anomaly_lab.data.synthetic import write_synthetic_bottles
 from anomaly_lab.data.validation_anomalies import ValidationAnomalies
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.preprocessing import Preprocessing
+from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
+
+TEST_SPLITS = ("test", "all")
 
 
 def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
@@ -182,6 +192,8 @@ class SplitDataModule(L.LightningDataModule):
         self.rotation_copies = rotation_copies
         self.splits: dict[str, DecodedImages] = {}
         self.validation_anomaly_kind = "none"  # what validation's anomalous images are, once set up
+        # what test_dataloader serves: "test" (the test split) or "all" (the whole test set, see whole_test_set)
+        self.test_split = "test"
 
     def build_splits(self) -> dict[str, DecodedImages]:
         """{"train", "val", "test"}: decoded samples of each split."""
@@ -196,8 +208,29 @@ class SplitDataModule(L.LightningDataModule):
         splits["val"] = validation_set(normal, anomalous)
         self.splits = splits
 
+    def held_out_test_images(self) -> list[int]:
+        """Indices into splits["val"] of what validation took from the test set: its real anomalous images, and for
+        tiled pages every tile of those pages (their unmarked tiles too; a tile of an anomalous page carries the
+        page's mask file, a normal page's none). Synthetic anomalies are no test images."""
+        real = [
+            (i, s) for i, s in enumerate(self.splits["val"].samples) if not s.defect.startswith(SYNTHETIC_DEFECT_PREFIX)
+        ]
+        files = {s.page or s.path for _, s in real if s.label == 1 or (s.page is not None and s.mask_path is not None)}
+        return [i for i, s in real if (s.page or s.path) in files]
+
+    def whole_test_set(self) -> DecodedImages:
+        """The test split and what validation took from the test set (held_out_test_images): the whole test set of
+        the data (every image of an MVTec test/ folder), as published tables measure it. Built when asked (a copy of
+        the held-out images, dropped after the pass)."""
+        held_out = self.held_out_test_images()
+        if not held_out:
+            return self.splits["test"]
+        return DecodedImages.concat([self.splits["test"], self.splits["val"].subset(held_out)])
+
     def _loader(self, split: str, train: bool) -> DataLoader[dict[str, Any]]:
-        dataset = ImageDataset(self.splits[split], self.preprocessing, self.train_transform if train else None)
+        decoded = self.whole_test_set() if split == "all" else self.splits[split]
+        test = split in TEST_SPLITS  # pixel metrics: masks at the files' resolution too
+        dataset = ImageDataset(decoded, self.preprocessing, self.train_transform if train else None, native_masks=test)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -207,6 +240,7 @@ class SplitDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_samples if test else None,
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
@@ -216,7 +250,10 @@ class SplitDataModule(L.LightningDataModule):
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader[dict[str, Any]]:
-        return self._loader("test", train=False)
+        """The test split, or with test_split="all" the whole test set (whole_test_set)."""
+        if self.test_split not in TEST_SPLITS:
+            raise ValueError(f"test_split={self.test_split!r}: expected one of {', '.join(TEST_SPLITS)}")
+        return self._loader(self.test_split, train=False)
 
 
 class MVTecDataModule(SplitDataModule):

@@ -37,9 +37,11 @@ from anomaly_lab.data.images import (
     MAX_IMAGE_PIXELS,
     BadImageError,
     DecodedImages,
+    NativeMask,
     Sample,
     check_max_image_pixels,
     list_images,
+    native_mask,
     read_image,
     read_mask,
 )
@@ -59,6 +61,7 @@ class Page:
     anomalous: bool
     defect: str
     mask_path: Path | None
+    native_mask: NativeMask | None = None  # a whole image's mask at the file's resolution (see images.Sample)
 
 
 def find_mask(mask_dir: Path, image_path: Path) -> Path:
@@ -128,9 +131,13 @@ class FolderDataModule(SplitDataModule):
             if mask_path is not None
             else np.full(image.shape[:2], anomalous)
         )
+        full = mask
         image, mask = self.preprocessing.prepare(image, mask)
         defect = self.abnormal_dir.name if anomalous and self.abnormal_dir is not None else "good"
-        return Page(path, image, mask, anomalous, defect, mask_path)
+        # whole images resized to the model's size keep the file's mask for testing; an unknown one (no mask_dir) not
+        known = not anomalous or mask_path is not None
+        native = native_mask(full, mask) if known and not self.tiled else None
+        return Page(path, image, mask, anomalous, defect, mask_path, native)
 
     def read_folder(self, folder: Path, anomalous: bool, bad: list[str]) -> list[Page]:
         pages: list[Page] = []
@@ -160,7 +167,13 @@ class FolderDataModule(SplitDataModule):
         """Samples of pages: one per image, or one per tile (labelled by its mask fraction)."""
         if not self.tiled:
             samples = [
-                Sample(str(p.path), int(p.anomalous), p.defect, str(p.mask_path) if p.mask_path else None)
+                Sample(
+                    str(p.path),
+                    int(p.anomalous),
+                    p.defect,
+                    str(p.mask_path) if p.mask_path else None,
+                    native_mask=p.native_mask,
+                )
                 for p in pages
             ]
             return DecodedImages(samples, np.stack([p.image for p in pages]), np.stack([p.mask for p in pages]))

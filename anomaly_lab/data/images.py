@@ -1,20 +1,22 @@
 """Image files in, uint8 arrays out: decoding with errors that name the file, and an in-memory dataset.
 
-Images are decoded and resized once and kept as uint8, so epochs after the first cost no I/O.
+Images are decoded and resized once and kept as uint8, so epochs after the first cost no I/O. A whole image
+resized to the model's size also keeps its ground-truth mask at the file's own resolution (`NativeMask`, one bit
+per pixel, nothing for an all-clear mask), which the test's pixel metrics are measured against.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.preprocessing import Preprocessing
@@ -115,6 +117,38 @@ def read_mask(path: Path, image_path: Path, size: int | None, max_pixels: int | 
     return read_image(path, size, mode="L", max_pixels=max_pixels) > 0
 
 
+@dataclass(frozen=True)
+class NativeMask:
+    """A ground-truth mask at its file's own resolution, kept for the test's pixel metrics: height x width bits
+    (np.packbits of the bool mask, row-major), or no bits when every pixel is clear (a good image costs nothing).
+
+    Memory: one bit per pixel of an anomalous image, e.g. 32 KiB for a 512x512 MVTec mask.
+    """
+
+    height: int
+    width: int
+    bits: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> NativeMask:
+        """Pack a bool (H,W) mask."""
+        height, width = mask.shape
+        return cls(height, width, np.packbits(mask, axis=None).tobytes() if mask.any() else None)
+
+    def array(self) -> np.ndarray:
+        """The mask, bool (H,W)."""
+        if self.bits is None:
+            return np.zeros((self.height, self.width), dtype=bool)
+        bits = np.unpackbits(np.frombuffer(self.bits, dtype=np.uint8), count=self.height * self.width)
+        return bits.reshape(self.height, self.width).astype(bool)
+
+
+def native_mask(mask: np.ndarray, prepared: np.ndarray) -> NativeMask | None:
+    """The file's mask (H,W) bool kept for testing when preprocessing changed its size, else None (the prepared
+    mask is already the ground truth at the file's resolution)."""
+    return None if mask.shape == prepared.shape else NativeMask.of(mask)
+
+
 @dataclass
 class Sample:
     path: str
@@ -124,6 +158,10 @@ class Sample:
     page: str | None = None  # a tile's page (its file), row and column in the page's tile grid; None: whole image
     row: int | None = None
     col: int | None = None
+    # the ground-truth mask at the file's resolution where the prepared mask has another size (a whole image resized
+    # to the model's); None: the prepared mask is the one (tiles, images already at model size, synthetic anomalies,
+    # unknown masks)
+    native_mask: NativeMask | None = field(default=None, repr=False, compare=False)
 
     @property
     def mask_known(self) -> bool:
@@ -156,10 +194,14 @@ class DecodedImages:
             try:
                 image = read_image(Path(sample.path), None, max_pixels=max_pixels)  # (H,W,3) uint8
                 mask_path = Path(sample.mask_path) if sample.mask_path else None
-                mask = read_mask(mask_path, Path(sample.path), None, max_pixels) if mask_path else None
-                image, mask = preprocessing.prepare(image, mask)
+                full = read_mask(mask_path, Path(sample.path), None, max_pixels) if mask_path else None  # (H,W) bool
+                height, width = image.shape[:2]
+                image, mask = preprocessing.prepare(image, full)
                 if not sample.mask_known:  # no mask file: anomalous everywhere
                     mask = np.ones_like(mask)
+                elif not preprocessing.tiled and mask.shape != (height, width):  # resized: keep the file's mask
+                    native = NativeMask.of(full) if full is not None else NativeMask(height, width)
+                    sample = replace(sample, native_mask=native)
             except BadImageError as error:
                 if skipped is None:
                     raise
@@ -185,19 +227,35 @@ class DecodedImages:
         return DecodedImages([self.samples[i] for i in index], self.images[index], self.masks[index])
 
 
+NATIVE_MASK_KEY = "mask_native"
+
+
+def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """torch's default collate, except that native-resolution masks (sizes may differ) stay a list of (1,h,w)."""
+    native = [item[NATIVE_MASK_KEY] for item in items] if items and NATIVE_MASK_KEY in items[0] else None
+    batch: dict[str, Any] = default_collate([{k: v for k, v in item.items() if k != NATIVE_MASK_KEY} for item in items])
+    if native is not None:
+        batch[NATIVE_MASK_KEY] = native
+    return batch
+
+
 class ImageDataset(Dataset[dict[str, Any]]):
     """Items are dicts: image (3,H,W) float (preprocessing.to_tensor), mask (1,H,W) float, label, mask_known,
-    defect, path, page, row, col."""
+    defect, path, page, row, col; with native_masks=True also mask_native, the ground-truth mask (1,h,w) bool at the
+    file's own resolution (the mask itself where that is the model's: tiles, unknown masks); batch them with
+    `collate_samples`."""
 
     def __init__(
         self,
         decoded: DecodedImages,
         preprocessing: Preprocessing,
         transform: Callable[..., dict[str, Any]] | None = None,
+        native_masks: bool = False,
     ) -> None:
         self.decoded = decoded
         self.preprocessing = preprocessing
         self.transform = transform
+        self.native_masks = native_masks
 
     def __len__(self) -> int:
         return len(self.decoded.samples)
@@ -209,9 +267,10 @@ class ImageDataset(Dataset[dict[str, Any]]):
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         sample = self.decoded.samples[index]
-        return {
+        mask_tensor = torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0)  # (1,H,W) uint8
+        item = {
             "image": self.preprocessing.to_tensor(image),  # (3,H,W)
-            "mask": torch.from_numpy(np.ascontiguousarray(mask)).unsqueeze(0).float(),
+            "mask": mask_tensor.float(),
             "label": sample.label,
             "mask_known": sample.mask_known,  # False: an anomalous sample whose true mask is unknown (all ones)
             "defect": sample.defect,
@@ -221,3 +280,7 @@ class ImageDataset(Dataset[dict[str, Any]]):
             "row": sample.row or 0,
             "col": sample.col or 0,
         }
+        if self.native_masks:  # (1,h,w) bool; the transform (training only) is not applied to it
+            native = sample.native_mask if sample.mask_known else None
+            item[NATIVE_MASK_KEY] = (mask_tensor > 0) if native is None else torch.from_numpy(native.array())[None]
+        return item

@@ -1,0 +1,154 @@
+"""The published pixel protocol: maps resized (bilinear) to each ground-truth mask's own resolution, streamed; masks
+kept at the files' resolution for the test; the whole-test-set pass of runs that select nothing on validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from PIL import Image
+
+from anomaly_lab.data.datamodules import MVTecDataModule
+from anomaly_lab.data.images import NATIVE_MASK_KEY, NativeMask
+from anomaly_lab.metrics import PixelMetrics
+from anomaly_lab.preprocessing import Preprocessing
+from anomaly_lab.train import build_module
+from tests.conftest import ComposeFn
+from tests.test_metrics import exact_aupro, exact_auroc
+
+
+def upsampled(amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """The reference resize: one map (1,1,H,W) bilinear to size, as float64 (h,w)."""
+    return F.interpolate(amap.float(), size=size, mode="bilinear", align_corners=False)[0, 0].double().numpy()
+
+
+def thin_line_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An 8x8 map whose column 2 is high, and a 1-pixel-wide defect (column 20) in a 64x64 mask: nearest shrinking
+    to 8x8 (what the model-resolution masks are) widens it to the whole of column 2, 8 mask pixels wide, which the map
+    separates perfectly; at 64 px the defect's normal neighbours share its high values."""
+    rng = np.random.default_rng(0)
+    amap = rng.uniform(0.0, 0.4, size=(8, 8))
+    amap[:, 2] = rng.uniform(0.5, 1.0, size=8)
+    mask = np.zeros((64, 64), bool)
+    mask[:, 20] = True
+    shrunk = np.array(Image.fromarray(mask).resize((8, 8), Image.Resampling.NEAREST))  # as Preprocessing does
+    assert shrunk[:, 2].all() and shrunk.sum() == 8
+    return torch.from_numpy(amap).float()[None, None], torch.from_numpy(mask)[None], torch.from_numpy(shrunk)[None]
+
+
+def test_mask_resolution_differs_from_model_resolution_and_equals_every_pixel_exactly() -> None:
+    amap, mask, shrunk = thin_line_case()  # (1,1,8,8), (1,64,64), (1,8,8)
+    at_mask, at_model = PixelMetrics(num_bins=20000, max_value=1.0), PixelMetrics(num_bins=20000, max_value=1.0)
+    at_mask.update(amap, [mask])
+    at_model.update(amap, shrunk[None])
+    big = upsampled(amap, (64, 64))
+    expected_mask = exact_auroc(big[~mask[0].numpy()], big[mask[0].numpy()])
+    small, small_mask = amap[0, 0].double().numpy(), shrunk[0].numpy()
+    expected_model = exact_auroc(small[~small_mask], small[small_mask])
+    mask_res, model_res = at_mask.compute(), at_model.compute()
+    assert float(mask_res["pixel_auroc"]) == pytest.approx(expected_mask, abs=1e-3)
+    assert float(model_res["pixel_auroc"]) == pytest.approx(expected_model, abs=1e-3)
+    assert expected_model == 1.0 and expected_mask < 0.98  # measurably apart (0.973)
+    expected_pro = exact_aupro(big[None], mask.numpy(), 0.3)
+    assert float(mask_res["aupro"]) == pytest.approx(expected_pro, abs=2e-3)
+    assert exact_aupro(small[None], small_mask[None], 0.3) == 1.0 and expected_pro < 0.95  # 0.909
+    assert float(model_res["aupro"]) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_streamed_masks_of_several_sizes_equal_one_pass_over_every_pixel() -> None:
+    rng = np.random.default_rng(1)
+    maps = torch.from_numpy(rng.gamma(2.0, 0.1, size=(4, 1, 8, 8))).float()
+    sizes = [(64, 64), (48, 40), (8, 8), (20, 36)]  # one batch, four resolutions (one the map's own)
+    masks = []
+    for i, (h, w) in enumerate(sizes):
+        drawn = np.zeros((h, w), bool)
+        if i != 1:  # image 1: a good one (all clear)
+            drawn[h // 4 : h // 2, w // 3 : w // 3 + 1 + i] = True
+            maps[i, 0, 2:4, 2:4] += 0.3
+        masks.append(torch.from_numpy(drawn))
+    one_pass = PixelMetrics(num_bins=5000, max_value=4.0)
+    one_pass.update(maps, masks)
+    streamed = PixelMetrics(num_bins=5000, max_value=4.0)
+    for i in range(len(maps)):
+        streamed.update(maps[i : i + 1], [masks[i][None]])  # (1,h,w) as the loaders give them
+    assert torch.equal(one_pass.normal_hist, streamed.normal_hist)
+    assert torch.equal(one_pass.anomalous_hist, streamed.anomalous_hist)
+    normal, anomalous = [], []
+    for amap, mask, size in zip(maps, masks, sizes, strict=True):
+        values = upsampled(amap[None], size)
+        normal.append(values[~mask.numpy()])
+        anomalous.append(values[mask.numpy()])
+    expected = exact_auroc(np.concatenate(normal), np.concatenate(anomalous))
+    for metric in (one_pass, streamed):
+        assert float(metric.compute()["pixel_auroc"]) == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="expected 4 masks"):
+        one_pass.update(maps, masks[:3])
+
+
+def test_native_mask_packs_bits_and_costs_nothing_when_clear() -> None:
+    mask = np.random.default_rng(2).random((37, 23)) < 0.3
+    packed = NativeMask.of(mask)
+    assert np.array_equal(packed.array(), mask) and len(packed.bits or b"") == (37 * 23 + 7) // 8
+    clear = NativeMask.of(np.zeros((512, 512), bool))
+    assert clear.bits is None and clear.array().shape == (512, 512) and not clear.array().any()
+
+
+@pytest.fixture(scope="module")
+def bottles_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated bottles at 64 px, to be read at 32 px: the files' masks are twice the model's size."""
+    from anomaly_lab.data.synthetic import write_synthetic_bottles
+
+    root = tmp_path_factory.mktemp("data") / "bottles_64"
+    return write_synthetic_bottles(root, size=64, n_train=8, n_test_good=3, n_test_per_defect=2, seed=0)
+
+
+def test_test_batches_carry_the_files_masks_and_all_covers_the_test_folder(bottles_64: Path) -> None:
+    module = MVTecDataModule(str(bottles_64), preprocessing=Preprocessing(image_size=32), eval_batch_size=4)
+    module.setup()
+    batches = list(module.test_dataloader())
+    native = [mask for batch in batches for mask in batch[NATIVE_MASK_KEY]]
+    paths = [path for batch in batches for path in batch["path"]]
+    assert batches[0]["mask"].shape[1:] == (1, 32, 32)
+    for path, mask in zip(paths, native, strict=True):
+        assert mask.shape == (1, 64, 64) and mask.dtype == torch.bool
+        defect, stem = Path(path).parent.name, Path(path).stem
+        truth = (
+            np.zeros((64, 64), bool)
+            if defect == "good"
+            else np.asarray(Image.open(bottles_64 / "ground_truth" / defect / f"{stem}_mask.png")) > 0
+        )
+        assert np.array_equal(mask[0].numpy(), truth), path
+    assert "mask_native" not in next(iter(module.val_dataloader()))  # validation measures no pixel metrics
+    module.test_split = "all"
+    every = sorted(str(p) for p in (bottles_64 / "test").glob("*/*.png"))
+    whole = [path for batch in module.test_dataloader() for path in batch["path"]]
+    assert sorted(whole) == every and len(every) > len(paths)
+    assert set(paths) <= set(whole)
+    module.test_split = "val"
+    with pytest.raises(ValueError, match="test_split"):
+        module.test_dataloader()
+
+
+def test_a_run_logs_both_resolutions_and_a_whole_test_set_pass(compose_tiny: ComposeFn, bottles_64: Path) -> None:
+    """What train.run does after trainer.test for a run that selects nothing on validation (monitor null)."""
+    cfg = compose_tiny(["dataset=mvtec", f"dataset.root={bottles_64}", "callbacks.model_checkpoint.monitor=null"])
+    module = build_module(cfg)
+    datamodule = instantiate(cfg.dataset, preprocessing=module.model.preprocessing)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    trainer.fit(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    first = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for key in ("test/pixel_auroc", "test/aupro", "test/pixel_auroc_model_res", "test/aupro_model_res"):
+        assert 0.0 <= first[key] <= 1.0, key
+    assert first["test/pixel_auroc"] != first["test/pixel_auroc_model_res"]  # 64 px masks against 32 px ones
+    datamodule.test_split, module.test_prefix = "all", "test/all"
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    whole = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/all/")}
+    assert {"test/all/image_auroc", "test/all/pixel_auroc", "test/all/aupro", "test/all/f1_max"} <= set(whole)
+    assert not {"test/all/threshold", "test/all/tp", "test/all/f1"} & set(whole)  # threshold chosen on some of them
+    assert len(module.results["test/all"].samples) == len(list((bottles_64 / "test").glob("*/*.png")))
+    assert len(module.results["test"].samples) == len(datamodule.splits["test"].samples)  # scores.csv's, unchanged
