@@ -154,6 +154,12 @@ def run(cfg: DictConfig) -> float:
     health = TrainingHealth()
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += [RandomState(), ValidateLastEpoch(), health]
+    pruning = None
+    if cfg.get("sweep_trial"):  # a trial of a resumable_optuna sweep: report each validation, stop when pruned
+        from anomaly_lab.sweeps.pruning import TrialPruning
+
+        pruning = TrialPruning.from_config(cfg.sweep_trial, metric=cfg.objective.metric)
+        callbacks.append(pruning)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     try:
@@ -170,7 +176,10 @@ def run(cfg: DictConfig) -> float:
         raise
 
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if cfg.test:
+    pruned_epoch = None if pruning is None else pruning.pruned_epoch
+    if pruned_epoch is not None:  # the sweep drops the trial: no test
+        metrics["pruned_at_epoch"] = pruned_epoch
+    if cfg.test and pruned_epoch is None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None  # none under fast_dev_run
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
@@ -196,6 +205,8 @@ def run(cfg: DictConfig) -> float:
                 "THE MODEL LOOKS COLLAPSED (metrics.json: collapsed=true): %s. Lower optimizer.lr or check the data.",
                 "; ".join(reasons),
             )
+    if pruning is not None:
+        pruning.raise_if_pruned()  # optuna.TrialPruned: the sweeper records the trial as PRUNED
     name = cfg.objective.metric
     if name not in metrics:
         raise KeyError(f"objective.metric={name!r} was not logged (logged: {sorted(metrics)})")

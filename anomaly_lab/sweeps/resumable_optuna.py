@@ -5,9 +5,9 @@ more, leaves the trials of a killed process RUNNING forever, and with one-job ba
 first failed trial. This subclass keeps its search-space parsing and trial configuration and replaces
 only the loop:
 
-- n_trials is the number of COMPLETE trials the study should hold. A re-run of the same command
-  launches only the missing ones; several processes (or hosts) on one storage share that budget
-  (each stops once the study holds n_trials complete trials, so W workers may add up to W-1 more).
+- n_trials is the number of finished (COMPLETE or PRUNED) trials the study should hold. A re-run of the same
+  command launches only the missing ones; several processes (or hosts) on one storage share that budget
+  (each stops once the study holds n_trials finished trials, so W workers may add up to W-1 more).
   One run launches at most n_trials trials, so a sweep whose trials keep failing ends.
 - Each trial records its owner (host, pid, process start time) right after ask(). Every round first fails
   the RUNNING trials whose owner process on this host is gone (a `kill -9`), at once; those of other hosts
@@ -21,8 +21,14 @@ only the loop:
   FAIL and the sweep goes on, until more than max_failure_rate * n_trials of its own trials failed.
 - Training is seeded, so parameters that already COMPLETEd give the same value again: a trial the sampler
   draws with the parameters of a complete one is told that trial's value without training (user attr
-  `duplicate_of`, as Optuna's FAQ advises). TPE redraws its best point of a small categorical space
-  often; once every point of a finite (all-categorical) space has completed, the sweep ends.
+  `duplicate_of`, as Optuna's FAQ advises); one drawn with the parameters of a PRUNED one is pruned again,
+  with that trial's reports. TPE redraws its best point of a small categorical space often; once every point
+  of a finite (all-categorical) space has finished, the sweep ends.
+- Pruning (anomaly_lab.sweeps.pruning): the pruner of `hydra.sweeper.pruner` (an allow-listed optuna pruner;
+  none by default) is the study's. Each job gets `+sweep_trial.storage/study/number`, reports its objective
+  after each validation (step = epochs trained) and stops where the pruner says; the job then raises
+  TrialPruned and the trial is told PRUNED (value: its last report). A pruned trial is a result, not a fault:
+  it counts toward n_trials (FINISHED = COMPLETE or PRUNED) and never toward max_failure_rate.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution
@@ -52,11 +58,16 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.engine import make_url
 
+from anomaly_lab.errors import ConfigError
+from anomaly_lab.sweeps.pruning import build_pruner, is_nop, pruner_settings, sweep_trial_overrides
+
+# A finished trial counts toward n_trials when its run went to its end or was stopped by the pruner; a FAIL does not
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
 
 
-def rdb_storage(url: str, heartbeat_interval: int, grace_period: int | None = None) -> RDBStorage:
-    """An RDB storage with heartbeats; for an SQLite file its folder is created first."""
+def rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | None = None) -> RDBStorage:
+    """An RDB storage (with heartbeats unless heartbeat_interval is None); an SQLite file's folder is created."""
     parsed = make_url(url)
     engine_kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
@@ -203,32 +214,58 @@ def params_key(params: dict[str, Any]) -> ParamsKey:
     return tuple(sorted(params.items()))
 
 
-def completed_params(study: optuna.Study) -> dict[ParamsKey, FrozenTrial]:
-    """The first COMPLETE trial of each distinct parameter set."""
+def finished_params(study: optuna.Study) -> dict[ParamsKey, FrozenTrial]:
+    """The first COMPLETE trial of each distinct parameter set, or where none completed the first PRUNED one."""
     first: dict[ParamsKey, FrozenTrial] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        first.setdefault(params_key(trial.params), trial)
+    for state in FINISHED:
+        for trial in study.get_trials(deepcopy=False, states=(state,)):
+            first.setdefault(params_key(trial.params), trial)
     return first
 
 
-def tell_if_duplicate(study: optuna.Study, trial: Trial, completed: dict[ParamsKey, FrozenTrial]) -> bool:
-    """Tell `trial` the value of the completed trial with the same parameters, if there is one."""
-    twin = completed.get(params_key(trial.params))
+def tell_if_duplicate(study: optuna.Study, trial: Trial, finished: dict[ParamsKey, FrozenTrial]) -> bool:
+    """Tell `trial` the outcome of the finished trial with the same parameters, if there is one: a complete
+    twin's value, or a pruned twin's reports and PRUNED."""
+    twin = finished.get(params_key(trial.params))
     if twin is None:
         return False
     log.info(
-        "trial %d: the parameters of trial %d, value %s (not trained again)", trial.number, twin.number, twin.value
+        "trial %d: the parameters of trial %d, %s with value %s (not trained again)",
+        trial.number,
+        twin.number,
+        twin.state.name,
+        twin.value,
     )
     trial.set_user_attr("duplicate_of", twin.number)
-    study.tell(trial, twin.value)
+    if twin.state == TrialState.PRUNED:
+        for step, value in sorted(twin.intermediate_values.items()):
+            trial.report(value, step)
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, twin.value)
     return True
 
 
+def sync_reports(trial: Trial, backend: RDBStorage) -> None:
+    """Copy the reports the trial's job wrote to the storage into this process's view of the trial.
+
+    optuna's cached storage assumes a RUNNING trial is changed only by the process that asked for it and never
+    reads it back; the job (another storage object, maybe another process) wrote its reports past that cache.
+    """
+    for step, value in sorted(backend.get_trial(trial._trial_id).intermediate_values.items()):
+        trial.report(value, step)  # also written to the storage again: the same row, the same value
+
+
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
-    def __init__(self, *, heartbeat_interval: int, grace_period: int | None, **kwargs: Any) -> None:
+    def __init__(self, *, heartbeat_interval: int, grace_period: int | None, pruner: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        # the pruner's config, built (allow-list first) when the sweep starts: a refusal is one line, not a
+        # Hydra instantiation error
+        self.pruner_config: Any = (
+            OmegaConf.to_container(pruner, resolve=True) if OmegaConf.is_config(pruner) else pruner
+        )
 
     def _storage(self) -> BaseStorage:
         if self.storage is None:
@@ -251,20 +288,29 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         for name in fixed_params:
             distributions.pop(name, None)
 
+        pruning = pruner_settings(self.pruner_config)
+        pruner = build_pruner(pruning)
+        if self.storage is None and not is_nop(pruning):
+            raise ConfigError(
+                "hydra.sweeper.pruner needs hydra.sweeper.storage (null here): each trial reports its validations "
+                "to the study there"
+            )
         storage = self._storage()
         study = optuna.create_study(
             study_name=self.study_name,
             storage=storage,
             sampler=self.sampler,
+            pruner=pruner,
             direction=directions[0],
             load_if_exists=True,
         )
         log.info(
-            "study %r in %s: %s; target %d complete",
+            "study %r in %s: %s; target %d finished (complete or pruned); pruner %s",
             study.study_name,
             self.storage,
             self._describe(self._counts(study)),
             self.n_trials,
+            type(pruner).__name__,
         )
         if study.get_trials(deepcopy=False):
             # a seeded sampler would replay the draws the earlier run (or the other worker) already made
@@ -281,20 +327,27 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 with warnings.catch_warnings():  # experimental in optuna 2.10 (the pinned release), used knowingly
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
-            missing = self.n_trials - self._counts(study)[TrialState.COMPLETE]
+            counts = self._counts(study)
+            missing = self.n_trials - sum(counts[state] for state in FINISHED)
             if missing <= 0:
                 break
-            completed = completed_params(study)
-            if space_size is not None and len(completed) >= space_size:
-                log.info("all %d points of the search space have completed: the sweep is done", space_size)
+            finished = finished_params(study)
+            if space_size is not None and len(finished) >= space_size:
+                log.info("all %d points of the search space have finished: the sweep is done", space_size)
                 break
             asked = [ask_owned(study) for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
             asked_overrides = self._configure_trials(asked, distributions, fixed_params)
+            if isinstance(storage, RDBStorage):  # the job finds its trial there, to report to it
+                if not is_nop(pruning):
+                    for trial in asked:
+                        trial.set_user_attr("pruner", pruning)
+                asked_overrides = [
+                    (*o, *sweep_trial_overrides(str(self.storage), study.study_name, t.number))
+                    for t, o in zip(asked, asked_overrides, strict=True)
+                ]
             launched += len(asked)
             pending = [
-                (t, o)
-                for t, o in zip(asked, asked_overrides, strict=True)
-                if not tell_if_duplicate(study, t, completed)
+                (t, o) for t, o in zip(asked, asked_overrides, strict=True) if not tell_if_duplicate(study, t, finished)
             ]
             if not pending:
                 continue
@@ -303,7 +356,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 returns = self.launcher.launch([o for _, o in pending], initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             for trial, job in zip(trials, returns, strict=True):
-                error = self._tell(study, trial, job)
+                error = self._tell(study, trial, job, storage if isinstance(storage, RDBStorage) else None)
                 if error is not None:
                     failed, last_error = failed + 1, error
             if failed > self.max_failure_rate * self.n_trials:
@@ -327,12 +380,22 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         )
 
     @staticmethod
-    def _tell(study: optuna.Study, trial: Trial, job: JobReturn) -> BaseException | None:
-        """Tell the job's objective; a raised error or a non-finite value makes the trial FAIL. A run that
-        reports a collapse keeps its value (it is a real, bad result) but is marked `collapsed`."""
+    def _tell(
+        study: optuna.Study, trial: Trial, job: JobReturn, backend: RDBStorage | None = None
+    ) -> BaseException | None:
+        """Tell the job's objective; a raised error or a non-finite value makes the trial FAIL, a job the pruner
+        stopped (optuna.TrialPruned) makes it PRUNED. A run that reports a collapse keeps its value (it is a real,
+        bad result) but is marked `collapsed`. Returns the error of a failed trial, else None."""
         output_dir = None if job.hydra_cfg is None else Path(str(job.hydra_cfg.hydra.runtime.output_dir))
         if output_dir is not None:
             trial.set_user_attr("output_dir", str(output_dir))
+        if backend is not None:
+            sync_reports(trial, backend)
+        # the exception itself: JobReturn.return_value would re-raise it and print "Error executing job"
+        if job.status == JobStatus.FAILED and isinstance(job._return_value, optuna.TrialPruned):
+            log.info("trial %d pruned: %s", trial.number, job._return_value)
+            study.tell(trial, state=TrialState.PRUNED)  # its value: the last report
+            return None
         try:
             value = float(job.return_value)  # re-raises the job's exception
             if not math.isfinite(value):

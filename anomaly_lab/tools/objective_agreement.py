@@ -48,8 +48,12 @@ def study_runs(storage: str, name: str) -> dict[str, dict[str, float]]:
     value (a point drawn again) trained nothing of its own and is left out."""
     study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    folders = [Path(t.user_attrs["output_dir"]) for t in trials if "duplicate_of" not in t.user_attrs]
-    return load_runs([f for f in folders if (f / "metrics.json").is_file()])
+    runs = {}
+    for trial in trials:
+        folder = Path(trial.user_attrs.get("output_dir", ""))
+        if "duplicate_of" not in trial.user_attrs and (folder / "metrics.json").is_file():
+            runs[f"#{trial.number}"] = next(iter(load_runs([folder]).values()))
+    return runs
 
 
 def agreement_rows(runs: dict[str, dict[str, float]]) -> list[dict[str, object]]:

@@ -1,9 +1,9 @@
 """What a stored Optuna sweep found: `python -m anomaly_lab.tools.sweep_report [--study NAME] [--storage URL]`.
 
 Reads the study from its storage (no run needs to be alive), prints every trial (params, objective,
-state, run time or time until it failed, and why), the best parameters and the best trial's test metrics
-(measured on the held-out anomalies only, from its metrics.json), and writes optimisation-history and
-parameter-importance plots.
+state, epochs trained (for a pruned trial: the epoch it was stopped after), run time or time until it failed,
+and why), the best parameters and the best trial's test metrics (measured on the held-out anomalies only,
+from its metrics.json), and writes optimisation-history and parameter-importance plots.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,19 +44,27 @@ def format_value(value: object) -> str:
 
 
 def state_label(trial: FrozenTrial) -> str:
-    """The state; a trial told a twin's value names it, a collapsed run says so."""
+    """The state; a trial told a twin's outcome names it (and says PRUNED for a pruned twin's), a collapsed run
+    says so."""
     twin = trial.user_attrs.get("duplicate_of")
     if twin is not None:
-        return f"= #{twin}"
+        return f"= #{twin}" if trial.state == TrialState.COMPLETE else f"= #{twin} ({trial.state.name})"
     return f"{trial.state.name} (collapsed)" if "collapsed" in trial.user_attrs else trial.state.name
+
+
+def epochs_label(trial: FrozenTrial) -> str:
+    """The epochs the trial's run reported up to (step = epochs trained): for a PRUNED trial the epoch it was
+    stopped after; `-` for a run that reported nothing (a sweep without a storage, or one from before reports)."""
+    return "-" if trial.last_step is None else str(trial.last_step)
 
 
 def trials_table(trials: Sequence[FrozenTrial]) -> str:
     """A fixed-width table: number, state, objective, the run's validation image AUROC (a check on the
-    objective), run time of a complete trial, time until a failed one was failed (for a killed worker's trial
-    that is when a later run noticed, not a run time), and one column per parameter."""
+    objective), epochs trained (a pruned trial's: where it was stopped), run time of a complete or pruned trial,
+    time until a failed one was failed (for a killed worker's trial that is when a later run noticed, not a run
+    time), and one column per parameter."""
     params = sorted({name for trial in trials for name in trial.params})
-    header = ["#", "state", "objective", "val AUROC", "seconds", "failed after", *params]
+    header = ["#", "state", "objective", "val AUROC", "epochs", "seconds", "failed after", *params]
     rows = [header]
     for trial in trials:
         seconds = round(trial.duration.total_seconds(), 1) if trial.duration is not None else None
@@ -65,7 +74,8 @@ def trials_table(trials: Sequence[FrozenTrial]) -> str:
                 state_label(trial),
                 format_value(trial.value),
                 format_value(run_metrics(trained_trial(trial, trials)).get("val/image_auroc")),
-                format_value(seconds if trial.state == TrialState.COMPLETE else None),
+                epochs_label(trial),
+                format_value(seconds if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) else None),
                 format_value(seconds if trial.state == TrialState.FAIL else None),
                 *(format_value(trial.params.get(name)) for name in params),
             ]
@@ -105,14 +115,17 @@ def plot_param_importances(study: optuna.Study, axes: Axes) -> None:
 
 
 def write_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Optimisation history and (with two or more distinct complete trials) parameter importances as PNGs."""
+    """Optimisation history and (with two or more distinct complete trials) parameter importances as PNGs; none
+    before a trial completed (optuna plots complete trials only)."""
     import matplotlib.pyplot as plt
     from optuna.visualization.matplotlib import plot_optimization_history
 
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        return []
     out_dir.mkdir(parents=True, exist_ok=True)
     history = plot_optimization_history(study).figure
     written = {out_dir / "optimization_history.png": history}
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
         importance, axes = plt.subplots(figsize=(6, 3))
         plot_param_importances(study, axes)
@@ -126,7 +139,9 @@ def write_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
 
 def report(study: optuna.Study, out_dir: Path) -> str:
     trials = study.get_trials(deepcopy=False)
-    lines = [f"study {study.study_name}: {len(trials)} trials", trials_table(trials)]
+    counts = Counter(trial.state for trial in trials)
+    states = ", ".join(f"{n} {state.name.lower()}" for state, n in sorted(counts.items(), key=lambda kv: kv[0].value))
+    lines = [f"study {study.study_name}: {len(trials)} trials ({states or 'none yet'})", trials_table(trials)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if complete:
         best = trained_trial(study.best_trial, trials)
@@ -144,13 +159,21 @@ def report(study: optuna.Study, out_dir: Path) -> str:
 
 
 def trial_notes(trials: Sequence[FrozenTrial]) -> list[str]:
-    """Why each failed trial failed (its error, or why a later run failed it) and why a collapsed run collapsed."""
+    """Why each failed trial failed (its error, or why a later run failed it), after which epoch and with which
+    report each pruned trial was stopped, and why a collapsed run collapsed."""
     notes = []
     for trial in trials:
         attrs = trial.user_attrs
         if trial.state == TrialState.FAIL:
             reason = attrs.get("error") or attrs.get("failed_because") or "no reason recorded"
             notes.append(f"trial {trial.number} failed: {reason}")
+        if trial.state == TrialState.PRUNED and "duplicate_of" not in attrs:
+            settings = attrs.get("pruner")
+            pruner = str(settings.get("_target_") if isinstance(settings, dict) else "the pruner").rpartition(".")[2]
+            notes.append(
+                f"trial {trial.number} pruned after epoch {epochs_label(trial)} by {pruner}: objective so far "
+                f"{format_value(trial.value)}"
+            )
         if "collapsed" in attrs:
             notes.append(f"trial {trial.number} collapsed: {attrs['collapsed']}")
     return notes

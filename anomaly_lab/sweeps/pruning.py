@@ -1,0 +1,187 @@
+"""Pruning of sweep trials: each validation reports the objective to the trial's Optuna study, and the study's
+pruner can stop the training there.
+
+The sweeper (anomaly_lab.sweeps.resumable_optuna) builds the pruner from `hydra.sweeper.pruner` and gives each
+trial's job three config keys, `sweep_trial.storage`, `sweep_trial.study` and `sweep_trial.number`. The job may
+run in another process or on another host (submitit, several workers on one RDB study): it finds its trial in
+the storage, not in any Python object of the sweeper. train.run adds a TrialPruning callback when that node is
+there; after each validation it calls `trial.report(objective, step=epochs trained)` and, where the pruner says
+so, stops the training at the end of that epoch. run() then writes metrics.json as for any run (no test: the
+trial is not kept) and raises optuna.TrialPruned, which the sweeper records as PRUNED.
+
+The pruner's settings travel as the trial's user attribute `pruner` (`_target_` and keyword arguments), so a
+trial is judged by the pruner its own sweep was configured with. Data never chooses code: a `_target_` outside
+PRUNERS is refused before anything is imported or built, in the sweeper and again in the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import optuna
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    NopPruner,
+    PercentilePruner,
+    SuccessiveHalvingPruner,
+    ThresholdPruner,
+)
+from optuna.storages import RDBStorage
+from optuna.trial import Trial, TrialState
+
+from anomaly_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The pruners a config (or a study's stored trial) may name, by their public optuna path.
+PRUNERS: dict[str, type[BasePruner]] = {
+    f"optuna.pruners.{cls.__name__}": cls
+    for cls in (
+        NopPruner,
+        MedianPruner,
+        PercentilePruner,
+        SuccessiveHalvingPruner,
+        HyperbandPruner,
+        ThresholdPruner,
+    )
+}
+PLAIN = (bool, int, float, str, type(None))
+
+
+def pruner_settings(config: Mapping[str, Any] | None, where: str = "hydra.sweeper.pruner") -> dict[str, Any]:
+    """The pruner's settings as plain values: `_target_` (one of PRUNERS) and its keyword arguments. None or an
+    empty mapping is NopPruner. A ConfigError, naming `where`, for anything else; nothing is imported."""
+    settings = dict(config or {"_target_": "optuna.pruners.NopPruner"})
+    target = settings.get("_target_")
+    if target not in PRUNERS:
+        raise ConfigError(
+            f"{where}._target_={target!r}: not a pruner this sweeper builds; one of {', '.join(PRUNERS)} "
+            f"(hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband|threshold)"
+        )
+    for key, value in settings.items():
+        if key != "_target_" and (key.startswith("_") or not isinstance(value, PLAIN)):
+            raise ConfigError(f"{where}.{key}={value!r}: a pruner takes plain keyword arguments (numbers, strings)")
+    return settings
+
+
+def build_pruner(config: Mapping[str, Any] | None, where: str = "hydra.sweeper.pruner") -> BasePruner:
+    """The optuna pruner `config` describes (see pruner_settings); a setting its class refuses is a ConfigError."""
+    settings = pruner_settings(config, where)
+    cls = PRUNERS[settings.pop("_target_")]
+    try:
+        return cls(**settings)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {cls.__name__} refuses {settings}: {error}") from error
+
+
+def is_nop(settings: Mapping[str, Any]) -> bool:
+    return settings.get("_target_") == "optuna.pruners.NopPruner"
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as a single-quoted Hydra override value that reads back as exactly `value`: quotes escaped, the
+    backslashes before a quote or the end doubled, `${` escaped (no interpolation)."""
+    escaped = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return "'" + escaped.replace("${", "\\${") + "'"
+
+
+def sweep_trial_overrides(storage: str, study: str, number: int) -> list[str]:
+    """The overrides that tell a trial's job where its trial is (train.run builds a TrialPruning from them)."""
+    return [
+        f"+sweep_trial.storage={hydra_quoted(storage)}",
+        f"+sweep_trial.study={hydra_quoted(study)}",
+        f"+sweep_trial.number={number}",
+    ]
+
+
+def load_trial(rdb: RDBStorage, study_name: str, number: int) -> Trial:
+    """Trial `number` of the stored study, loaded with the pruner its sweeper recorded (user attr `pruner`)."""
+    study_id = rdb.get_study_id_from_name(study_name)
+    trial_id = rdb.get_trial_id_from_study_id_trial_number(study_id, number)
+    where = f"trial {number} of study {study_name!r}: user attribute pruner"
+    pruner = build_pruner(rdb.get_trial(trial_id).user_attrs.get("pruner"), where)
+    # a random sampler: the job samples nothing, and its relative search space is empty (no work at Trial())
+    study = optuna.load_study(
+        study_name=study_name, storage=rdb, sampler=optuna.samplers.RandomSampler(), pruner=pruner
+    )
+    return Trial(study, trial_id)
+
+
+class TrialPruning(L.Callback):
+    """After each validation (not the sanity check) reports `metric` to the sweep's trial, step = epochs trained;
+    when the study's pruner prunes the trial, the training stops after this epoch and `pruned_epoch` is set.
+    Only process 0 talks to the storage; its decision is broadcast to the others."""
+
+    def __init__(self, storage: str, study: str, number: int, metric: str) -> None:
+        self.where = (storage, study, number)
+        self.metric = metric
+        self.trial: Trial | None = None
+        self.storage: RDBStorage | None = None
+        self.pruned_epoch: int | None = None
+        self.pruned_value: float | None = None
+        self._reported: set[int] = set()
+        self._warned_missing = False
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], metric: str) -> TrialPruning:
+        return cls(str(node["storage"]), str(node["study"]), int(node["number"]), metric)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero or self.trial is not None:
+            return
+        from anomaly_lab.sweeps.resumable_optuna import rdb_storage  # the same SQLite settings as the sweeper's
+
+        url, study, number = self.where
+        self.storage = rdb_storage(url, heartbeat_interval=None)
+        trial = load_trial(self.storage, study, number)
+        state = self.storage.get_trial(trial._trial_id).state
+        if state != TrialState.RUNNING:  # e.g. a trial's folder trained again by hand with its overrides
+            log.warning("trial %d of study %r is %s: this run reports nothing to it", number, study, state.name)
+            return
+        self.trial = trial
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.storage is not None:  # an in-process sweep trains many trials: leave no connection open
+            self.storage.engine.dispose()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        step = trainer.current_epoch + 1
+        prune, value = False, None
+        if self.trial is not None:
+            tensor = trainer.callback_metrics.get(self.metric)
+            value = None if tensor is None else float(tensor)
+            if value is None and not self._warned_missing:
+                self._warned_missing = True
+                log.warning("%s was not logged by validation: nothing reported to the sweep's trial", self.metric)
+            # not a non-finite value: optuna 2.10's RDB storage refuses NaN (NOT NULL), and such a trial fails anyway
+            if value is not None and math.isfinite(value):
+                if step not in self._reported:  # one report per epoch, when it validates more than once
+                    self._reported.add(step)
+                    self.trial.report(value, step)
+                prune = self.trial.should_prune()
+        if trainer.world_size > 1:
+            prune = bool(trainer.strategy.broadcast(prune, src=0))
+        if prune:
+            self.pruned_epoch, self.pruned_value = step, value
+            trainer.should_stop = True
+            log.info(
+                "trial %d pruned after epoch %d (%s = %s): the training stops here",
+                self.where[2],
+                step,
+                self.metric,
+                value,
+            )
+
+    def raise_if_pruned(self) -> None:
+        """optuna.TrialPruned when the trial was pruned (after the run wrote its metrics)."""
+        if self.pruned_epoch is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {self.pruned_epoch}: {self.metric} = {self.pruned_value}")
