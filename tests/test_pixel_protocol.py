@@ -3,6 +3,8 @@ kept at the files' resolution for the test; the whole-test-set pass of runs that
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ from PIL import Image
 
 from anomaly_lab.data.datamodules import MVTecDataModule
 from anomaly_lab.data.images import NATIVE_MASK_KEY, NativeMask
+from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import PixelMetrics
 from anomaly_lab.preprocessing import Preprocessing
-from anomaly_lab.train import build_module
+from anomaly_lab.train import run
 from tests.conftest import ComposeFn
 from tests.test_metrics import exact_aupro, exact_auroc
 
@@ -133,22 +136,38 @@ def test_test_batches_carry_the_files_masks_and_all_covers_the_test_folder(bottl
         module.test_dataloader()
 
 
-def test_a_run_logs_both_resolutions_and_a_whole_test_set_pass(compose_tiny: ComposeFn, bottles_64: Path) -> None:
-    """What train.run does after trainer.test for a run that selects nothing on validation (monitor null)."""
-    cfg = compose_tiny(["dataset=mvtec", f"dataset.root={bottles_64}", "callbacks.model_checkpoint.monitor=null"])
-    module = build_module(cfg)
-    datamodule = instantiate(cfg.dataset, preprocessing=module.model.preprocessing)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
-    trainer.fit(module, datamodule=datamodule)
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    first = {k: float(v) for k, v in trainer.callback_metrics.items()}
+@pytest.mark.parametrize("monitor", ["null", "val/wasserstein"])
+def test_a_run_logs_both_resolutions_and_a_whole_test_set_pass_when_it_selects_nothing(
+    monitor: str, compose_tiny: ComposeFn, bottles_64: Path
+) -> None:
+    cfg = compose_tiny(["dataset=mvtec", f"dataset.root={bottles_64}", f"callbacks.model_checkpoint.monitor={monitor}"])
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
     for key in ("test/pixel_auroc", "test/aupro", "test/pixel_auroc_model_res", "test/aupro_model_res"):
-        assert 0.0 <= first[key] <= 1.0, key
-    assert first["test/pixel_auroc"] != first["test/pixel_auroc_model_res"]  # 64 px masks against 32 px ones
-    datamodule.test_split, module.test_prefix = "all", "test/all"
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    whole = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/all/")}
-    assert {"test/all/image_auroc", "test/all/pixel_auroc", "test/all/aupro", "test/all/f1_max"} <= set(whole)
-    assert not {"test/all/threshold", "test/all/tp", "test/all/f1"} & set(whole)  # threshold chosen on some of them
-    assert len(module.results["test/all"].samples) == len(list((bottles_64 / "test").glob("*/*.png")))
-    assert len(module.results["test"].samples) == len(datamodule.splits["test"].samples)  # scores.csv's, unchanged
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["test/pixel_auroc"] != metrics["test/pixel_auroc_model_res"]  # 64 px masks against 32 px ones
+    with (out / "scores.csv").open() as table:
+        tested = [row["path"] for row in csv.DictReader(table)]
+    every = sorted(str(p) for p in (bottles_64 / "test").glob("*/*.png"))
+    assert set(tested) < set(every)  # scores.csv: the test split, without validation's anomalies
+    whole = {key for key in metrics if key.startswith("test/all/")}
+    if monitor != "null":  # a checkpoint chosen on validation: no whole-set figure
+        assert not whole
+        return
+    assert {"test/all/image_auroc", "test/all/pixel_auroc", "test/all/aupro", "test/all/f1_max"} <= whole
+    assert not {"test/all/threshold", "test/all/tp", "test/all/f1"} & whole  # validation chose the threshold on some
+    # the whole test folder's image AUROC, from a model rebuilt from the checkpoint
+    model = load_model(out / "checkpoints" / "best.ckpt")
+    datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
+    datamodule.setup("fit")
+    datamodule.test_split = "all"
+    scores, labels, paths = [], [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            scores.append(model(batch["image"])[1].double())
+            labels.append(batch["label"])
+            paths += batch["path"]
+    assert sorted(paths) == every
+    score, label = torch.cat(scores).numpy(), torch.cat(labels).numpy()
+    assert metrics["test/all/image_auroc"] == pytest.approx(exact_auroc(score[label == 0], score[label == 1]), abs=1e-6)
