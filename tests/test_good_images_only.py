@@ -30,10 +30,10 @@ from anomaly_lab.errors import ConfigError, SplitError
 from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import image_auroc, wasserstein_separation
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, PercentileThreshold
-from anomaly_lab.tools.objective_agreement import agreement_rows, load_runs, study_runs
+from anomaly_lab.tools.objective_agreement import agreement_rows, load_runs, rescored_objective, study_runs
 from anomaly_lab.tools.objective_agreement import main as objective_agreement_main
 from anomaly_lab.train import run
-from tests.conftest import FAST_SWEEP, TINY, ComposeFn
+from tests.conftest import FAST_SWEEP, TINY, ComposeFn, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 600  # only stops a hung process: no assertion depends on how long a run takes
@@ -440,7 +440,7 @@ def test_objective_agreement_ranks_each_objective_against_the_test_auroc(
 
     objective_agreement_main([str(tmp_path / "sweep")])
     table = capsys.readouterr().out
-    assert "| val/synthetic_cutpaste/wasserstein | 4 | -0.80 | 0.700 (2) | 0.900 |" in table
+    assert "| val/synthetic_cutpaste/wasserstein | 4 | -0.80 | 0.700 (sweep/2) | 0.900 |" in table
 
 
 def test_objective_agreement_on_a_folder_without_trials_is_one_line(
@@ -500,3 +500,22 @@ def test_objective_agreement_reads_a_studys_trained_trials(tmp_path: Path) -> No
     study.add_trial(optuna.trial.create_trial(value=0.1, user_attrs=twin))
     (row,) = agreement_rows(study_runs(storage, "s"))
     assert row["trials"] == 3 and row["spearman"] == pytest.approx(1.0) and row["picked_test_auroc"] == 0.7
+
+
+def test_rescoring_a_run_on_its_own_validation_gives_its_logged_objective(
+    tiny_bottles_root: Path, cache: Path, tmp_path: Path
+) -> None:
+    """objective_agreement --rescore composes a run's recorded options (plus others) and scores its checkpoint
+    again: on the run's own options that is the objective the run logged; on other anomalies it differs."""
+    options = [*TINY, f"paths.cache_dir={cache}", "dataset=mvtec", f"dataset.root={tiny_bottles_root}"]
+    options += ["dataset.val_fraction=0.5", "validation_anomalies=both", "callbacks.model_checkpoint.monitor=null"]
+    folder = tmp_path / "run"
+    run(compose_config([*options, f"paths.output_dir={folder}"]))
+    (folder / ".hydra").mkdir()  # what Hydra records for a command-line run
+    (folder / ".hydra" / "overrides.yaml").write_text(json.dumps(options))
+    logged = json.loads((folder / "metrics.json").read_text())["val/wasserstein"]
+    assert rescored_objective(folder, ["seed=0"]) == pytest.approx(logged, rel=1e-5)
+    cutpaste = rescored_objective(
+        folder, ["validation_anomalies=synthetic", "dataset.validation_anomalies.generator=cutpaste"]
+    )
+    assert math.isfinite(cutpaste) and cutpaste != pytest.approx(logged, rel=1e-3)

@@ -5,9 +5,12 @@ models is a measurement, not an assumption. Train the sweep with `validation_ano
 generators (`dataset.validation_anomalies.generator=[perlin,cutpaste]`): each trial then logs the objective on
 each kind of validation anomaly (`val/real/wasserstein`, `val/synthetic_perlin/wasserstein`, ...) beside its
 held-out test image AUROC. For each objective this prints the Spearman rank correlation with the test AUROC over
-the complete trials and the test AUROC of the trial it picks.
+the complete trials and the test AUROC of the trial it picks. `--rescore OPTION ...` adds one more objective: each
+trial's checkpoint scored again on the validation its own options plus these compose (e.g. `validation_anomalies=
+synthetic "dataset.validation_anomalies.generator=[perlin,cutpaste]"`, a pool of synthetic kinds no trial logged).
 
     python -m anomaly_lab.tools.objective_agreement outputs/sweeps/<study>/<date>   # or run folders, or --study
+    python -m anomaly_lab.tools.objective_agreement --study NAME --rescore validation_anomalies=synthetic
 """
 
 from __future__ import annotations
@@ -20,12 +23,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
+from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.inference import load_model
+from anomaly_lab.metrics import wasserstein_separation
+
 TEST_METRIC = "test/image_auroc"
+RESCORED = "rescored/val/wasserstein"
 # the objectives compared: validation separation over all anomalies and over each kind on its own
-OBJECTIVE_PATTERN = re.compile(r"^val/(?:[a-z0-9_]+/)?wasserstein$")
+OBJECTIVE_PATTERN = re.compile(r"^(?:rescored/)?val/(?:[a-z0-9_]+/)?wasserstein$")
 
 
 def load_runs(folders: Sequence[Path]) -> dict[str, dict[str, float]]:
@@ -43,17 +55,33 @@ def load_runs(folders: Sequence[Path]) -> dict[str, dict[str, float]]:
     return runs
 
 
+def rescored_objective(folder: Path, options: Sequence[str]) -> float:
+    """The validation objective of a run's checkpoint, scored again on the validation that the run's own
+    command-line options (.hydra/overrides.yaml) plus `options` compose. Built from option names (our own config
+    files), never from the run's stored config: a file does not choose what is instantiated."""
+    recorded = [str(option) for option in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
+    kept = [o for o in recorded if not o.lstrip("+~").startswith(("hydra.", "hydra/", "sweep_trial"))]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*kept, *options])
+    model = load_model(folder / "checkpoints" / "best.ckpt")
+    datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
+    datamodule.setup("fit")
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            scores.append(model(batch["image"])[1].double())  # (B,)
+            labels.append(batch["label"])
+    score, label = torch.cat(scores).numpy(), torch.cat(labels).numpy()
+    return wasserstein_separation(score[label == 0], score[label == 1], normalise=cfg.objective.normalise, signed=True)
+
+
 def study_runs(storage: str, name: str) -> dict[str, dict[str, float]]:
     """The run folders of a stored study's complete trials (their output_dir attribute); a trial told a twin's
     value (a point drawn again) trained nothing of its own and is left out."""
     study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    runs = {}
-    for trial in trials:
-        folder = Path(trial.user_attrs.get("output_dir", ""))
-        if "duplicate_of" not in trial.user_attrs and (folder / "metrics.json").is_file():
-            runs[f"#{trial.number}"] = next(iter(load_runs([folder]).values()))
-    return runs
+    folders = [Path(t.user_attrs.get("output_dir", "")) for t in trials if "duplicate_of" not in t.user_attrs]
+    return load_runs([folder for folder in folders if (folder / "metrics.json").is_file()])
 
 
 def agreement_rows(runs: dict[str, dict[str, float]]) -> list[dict[str, object]]:
@@ -90,7 +118,7 @@ def markdown(rows: Sequence[dict[str, object]]) -> str:
     for row in rows:
         lines.append(
             f"| {row['objective']} | {row['trials']} | {row['spearman']:.2f} | {row['picked_test_auroc']:.3f} "
-            f"({Path(str(row['picked'])).name}) | {row['best_test_auroc']:.3f} |"
+            f"({'/'.join(Path(str(row['picked'])).parts[-2:])}) | {row['best_test_auroc']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -100,11 +128,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("folders", nargs="*", type=Path, help="a sweep folder or run folders")
     parser.add_argument("--study", help="a stored study's name instead of folders")
     parser.add_argument("--storage", default="sqlite:///outputs/sweeps/optuna.db")
+    parser.add_argument("--rescore", nargs="+", metavar="OPTION", help="options composing another validation")
     args = parser.parse_args(argv)
     if bool(args.folders) == bool(args.study):
         parser.error("give a sweep folder (or run folders) or --study, not both")
     try:
         runs = study_runs(args.storage, args.study) if args.study else load_runs(args.folders)
+        if args.rescore:
+            print(f"{RESCORED}: {' '.join(args.rescore)}")
+            for name, metrics in runs.items():
+                metrics[RESCORED] = rescored_objective(Path(name), args.rescore)
         print(markdown(agreement_rows(runs)))
     except (FileNotFoundError, KeyError, ValueError) as error:  # a wrong folder or study: one line, exit 2
         parser.exit(2, f"objective_agreement: {error}\n")
