@@ -40,6 +40,14 @@ predict: $(VENV)/.installed ## score images with a checkpoint: scores.csv, heatm
 	$(if $(CKPT),,$(error CKPT=path/to/best.ckpt is required))$(if $(INPUT),,$(error INPUT=image, folder or glob is required))
 	$(PY) -m anomaly_lab.predict ckpt_path=$(CKPT) 'input=$(INPUT)' $(if $(OUT),output=$(OUT)) $(ARGS)
 
+# predict's scoring without writing, warm-up then median of repeats; INPUT defaults to the bottle test images
+# ($(DATA)/test); ARGS: any predict setting (backend=onnxruntime batch_size=8 threads=2 stack_passes=true) and
+# repeats=3 warmup=1. Prints a markdown row: img/s with decoding and maps, forward img/s, settings, machine, load.
+.PHONY: bench-predict
+bench-predict: $(VENV)/.installed ## predict throughput in img/s, one markdown row (CKPT=... [INPUT=bottle test] [ARGS=backend=onnxruntime])
+	$(if $(CKPT),,$(error CKPT=path/to/best.ckpt is required))
+	$(PY) -m anomaly_lab.tools.bench_predict ckpt_path=$(CKPT) 'input=$(or $(INPUT),$(DATA)/test)' $(ARGS)
+
 export: $(VENV)/.installed ## export a checkpoint's net and scoring to ONNX beside it, checked in onnxruntime (CKPT=...)
 	$(if $(CKPT),,$(error CKPT=path/to/best.ckpt is required))
 	$(PY) -m anomaly_lab.export ckpt_path=$(CKPT) format=onnx $(ARGS)
@@ -47,7 +55,12 @@ export: $(VENV)/.installed ## export a checkpoint's net and scoring to ONNX besi
 test: $(VENV)/.installed ## run the default test suite (fast; no real data needed)
 	$(PY) -m pytest -q $(ARGS)
 
-test-slow: $(VENV)/.installed ## run the slow and real-data tests too
+# The postgres and slurm extras, for test-slow: tests/test_postgres.py starts a PostgreSQL server from the pgserver
+# wheel, tests/test_submitit.py sweeps through hydra-submitit-launcher. Where they cannot be installed those skip.
+$(VENV)/.installed-extras: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,onnx,postgres,slurm]' $(TORCH_INDEX_ARG) && touch $@ || echo "postgres/slurm extras not installed: their tests skip"
+
+test-slow: $(VENV)/.installed $(VENV)/.installed-extras ## run the slow and real-data tests too (with the postgres, slurm extras)
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
 lint: $(VENV)/.installed ## ruff and mypy

@@ -2,7 +2,9 @@
 
 The graph takes "images" (B,3,S,S) float32 prepared as in training (anomaly_lab.preprocessing) and returns
 "anomaly_map" (B,1,S,S) and "score" (B,): every masked pass, the stitching and the anomaly map are in it, so a
-runtime needs nothing else. The checkpoint spec, the preprocessing and the threshold go into the model's metadata.
+runtime needs nothing else. The checkpoint spec, the preprocessing, the threshold and the SHA-256 of the checkpoint
+file (`checkpoint_sha256`: predict's onnxruntime backend refuses a graph exported from another checkpoint) go into
+the model's metadata.
 
 Exporter: torch's torch.export-based one (dynamo=True, which needs onnxscript, part of the `onnx` extra).
 The older TorchScript exporter (dynamo=False) cannot export the computed Gaussian windows of the MSGMS
@@ -11,6 +13,7 @@ blur and SSIM maps ("convolution for kernel of unknown shape").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict
@@ -31,13 +34,29 @@ log = logging.getLogger(__name__)
 FORMATS = ("onnx",)
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["anomaly_map", "score"]
+DIGEST_KEY = "checkpoint_sha256"  # metadata: the SHA-256 of the checkpoint file the graph was exported from
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def export_onnx(
-    model: InpaintingModel, path: Path, spec: dict[str, Any], opset: int = 18, dynamic_batch: bool = True
+    model: InpaintingModel,
+    path: Path,
+    spec: dict[str, Any],
+    opset: int = 18,
+    dynamic_batch: bool = True,
+    checkpoint_sha256: str | None = None,
 ) -> int | str:
     """Write the model (net and full-coverage scoring) as ONNX to path, with its checkpoint spec and preprocessing
-    in the metadata; returns the graph's batch dimension ("batch" when free).
+    (and the checkpoint file's SHA-256, when given) in the metadata; returns the graph's batch dimension ("batch"
+    when free).
 
     With dynamic_batch the exporter is asked for a free batch dimension; where the traced code fixes it
     (torchmetrics' SSIM splits a batch by its size), it falls back to the example's batch of 1.
@@ -73,6 +92,8 @@ def export_onnx(
         "image_size": str(model.image_size),
         "input": "images (B,3,S,S) float32: prepared as `preprocessing` says (anomaly_lab.preprocessing)",
     }
+    if checkpoint_sha256 is not None:
+        metadata[DIGEST_KEY] = checkpoint_sha256
     onnx.helper.set_model_props(proto, metadata)
     onnx.save(proto, str(path))
     batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -105,7 +126,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = load_model(ckpt_path, "cpu")
     spec, _ = read_checkpoint(ckpt_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    batch = export_onnx(model, output, spec, int(cfg.opset), bool(cfg.dynamic_batch))
+    batch = export_onnx(model, output, spec, int(cfg.opset), bool(cfg.dynamic_batch), file_sha256(ckpt_path))
     result: dict[str, Any] = {"output": str(output), "batch": batch, "image_size": model.image_size}
     log.info("wrote %s: images (%s,3,%d,%d) -> anomaly_map, score", output, batch, model.image_size, model.image_size)
     if cfg.dynamic_batch and batch != "batch":

@@ -7,18 +7,27 @@ Images are prepared by the training rule; a file that cannot be read (or is larg
 named in the log and in summary.json and skipped, so one bad file never stops the batch; scoring nothing at all
 is an error. Outputs are written into a staging folder beside the output and moved into place at the end, so a
 run that fails leaves no output behind.
+
+Files are scored in batches across files, in input order: batch_size images (or tiles) per forward pass, a batch
+also closing once its decoded images hold max_image_pixels (memory stays bounded). backend=torch runs the
+checkpoint's model (stack_passes=true: every masked pass of a batch in one net call); backend=onnxruntime runs
+its exported graph (anomaly_lab.export): `onnx=`, else <ckpt stem>.onnx beside the checkpoint, refused unless it
+records this checkpoint's SHA-256, else a fresh export to a temporary file. threads= sets the backend's intra-op
+threads. `python -m anomaly_lab.tools.bench_predict` measures the throughput.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import math
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +43,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import IMAGE_SUFFIXES, BadImageError, check_max_image_pixels, read_image
-from anomaly_lab.data.tiles import TileSizeError, cut_tiles, stitch_tiles
+from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_tiles
 from anomaly_lab.errors import ConfigError, UserError
-from anomaly_lab.inference import load_model
+from anomaly_lab.export import DIGEST_KEY, INPUT_NAMES, OUTPUT_NAMES, export_onnx, file_sha256
+from anomaly_lab.inference import first_line, load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.predict_outputs import (
     Drawing,
@@ -47,8 +57,11 @@ from anomaly_lab.predict_outputs import (
     write_image_outputs,
     write_tables,
 )
+from anomaly_lab.preprocessing import Preprocessing
+from anomaly_lab.scoring import full_coverage_scores
 
 log = logging.getLogger(__name__)
+BACKENDS = ("torch", "onnxruntime")
 
 
 def find_inputs(pattern: str) -> tuple[list[Path], Path]:
@@ -77,19 +90,6 @@ def find_inputs(pattern: str) -> tuple[list[Path], Path]:
     return files, Path(os.path.commonpath([p.parent.absolute() for p in files]))
 
 
-@torch.no_grad()
-def score_units(model: InpaintingModel, units: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Anomaly maps (N,S,S) and scores (N,) of images or tiles units (N,S,S,3) uint8."""
-    device = model.threshold.device
-    maps, scores = [], []
-    for start in range(0, len(units), batch_size):
-        images = model.preprocessing.to_tensor(units[start : start + batch_size]).to(device)  # (b,3,S,S)
-        chunk_maps, chunk_scores = model(images)  # (b,1,S,S), (b,)
-        maps.append(chunk_maps[:, 0].float().cpu().numpy())
-        scores.append(chunk_scores.float().cpu().numpy())
-    return np.concatenate(maps), np.concatenate(scores)
-
-
 def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
     """A map (h,w) resized bilinearly to (height,width).  # (H,W) float32"""
     if anomaly_map.shape == (height, width):
@@ -98,29 +98,206 @@ def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
-def score_image(
-    path: Path, model: InpaintingModel, batch_size: int, max_pixels: int | None
-) -> tuple[Scored, np.ndarray]:
-    """Score one file, prepared as in training (model.preprocessing); returns the result and the decoded image
-    (H,W,3) uint8. BadImageError if unusable."""
+# A backend's forward: units (b,S,S,3) uint8 -> anomaly maps (b,S,S) float32 and scores (b,) float32.
+Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def stacked_passes_forward(model: InpaintingModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """model(images) with all its masked passes in one net call over (passes x B) images.  # (B,1,S,S), (B,)
+
+    model.forward calls the net once per mask, each time on the B images. Here the P masked copies of the batch
+    go through the net together, and the net's outputs are handed back one per mask to the model's own
+    full-coverage scoring (full_coverage_scores, which calls its net once per mask in the order of
+    model.coverage_masks), so the stitching, maps and scores are the model's: only the net's batches differ.
+    Fewer, larger net calls: what a GPU is fed best (not measured yet); on a 2-core CPU it ran slower
+    (anomaly_lab.tools.bench_predict measures it: stack_passes=true).
+    """
+    if tuple(images.shape[-2:]) != (model.image_size, model.image_size):
+        raise ValueError(f"expected {model.image_size}x{model.image_size} images, got {tuple(images.shape)}")
+    images = images.contiguous(memory_format=model.memory_format)
+    masks = model.coverage_masks  # (P,1,S,S): every set's masks, sets in order
+    masked = model.masking.apply(images[None], masks[:, None]).flatten(0, 1)  # (P*B,3,S,S)
+    recons = model.net(masked.contiguous(memory_format=model.memory_format))  # (P*B,3,S,S)
+    outputs = iter(recons.unflatten(0, (len(masks), len(images))))  # P of (B,3,S,S)
+
+    def replay(_: torch.Tensor) -> torch.Tensor:
+        return next(outputs)
+
+    mask_sets = masks.split(model.set_sizes)
+    result = full_coverage_scores(
+        replay, images, model.masking, model.anomaly_map, model.reduce, model.topk_fraction, mask_sets
+    )
+    if next(outputs, None) is not None:  # full_coverage_scores took fewer passes than there are masks
+        raise RuntimeError("stacked passes: full-coverage scoring did not use every masked pass")
+    return result
+
+
+class TorchScorer:
+    """backend=torch: the checkpoint's model (model.forward, or every masked pass in one call: stack_passes)."""
+
+    def __init__(self, model: InpaintingModel, stack_passes: bool = False) -> None:
+        self.model = model
+        self.stack_passes = stack_passes
+
+    @torch.no_grad()
+    def __call__(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = self.model.preprocessing.to_tensor(units).to(self.model.threshold.device)  # (b,3,S,S)
+        maps, scores = stacked_passes_forward(self.model, images) if self.stack_passes else self.model(images)
+        return maps[:, 0].float().cpu().numpy(), scores.float().cpu().numpy()  # (b,S,S), (b,)
+
+
+class OnnxScorer:
+    """backend=onnxruntime: the exported graph (anomaly_lab.export) in an onnxruntime session.
+
+    A graph whose batch dimension is fixed (dynamic_batch=false) is fed that many images at a time, the last
+    chunk padded with blank images whose results are dropped.
+    """
+
+    def __init__(self, session: Any, preprocessing: Preprocessing) -> None:
+        self.session = session
+        self.preprocessing = preprocessing
+        batch = session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    def __call__(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = np.ascontiguousarray(self.preprocessing.to_tensor(units).numpy(), dtype=np.float32)  # (b,3,S,S)
+        step = self.fixed_batch or len(images)
+        maps, scores = [], []
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            count = len(chunk)
+            if count < step:
+                chunk = np.concatenate([chunk, np.zeros((step - count, *chunk.shape[1:]), np.float32)])
+            chunk_maps, chunk_scores = self.session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: chunk})
+            maps.append(chunk_maps[:count, 0])
+            scores.append(chunk_scores[:count])
+        return np.concatenate(maps).astype(np.float32), np.concatenate(scores).astype(np.float32)
+
+
+def score_units(scorer: Scorer, units: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps (N,S,S) and scores (N,) of images or tiles units (N,S,S,3) uint8, batch_size per forward."""
+    maps, scores = [], []
+    for start in range(0, len(units), batch_size):
+        chunk_maps, chunk_scores = scorer(units[start : start + batch_size])
+        maps.append(chunk_maps)
+        scores.append(chunk_scores)
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+@dataclass
+class Prepared:
+    """One readable input, ready to score: the decoded file and the model-size units cut from it."""
+
+    path: Path
+    image: np.ndarray  # (H,W,3) uint8 as decoded: outputs are drawn on it at its size
+    units: np.ndarray  # (N,S,S,3) uint8: the resized image (N=1) or a tiled page's tiles
+    grid: TileGrid | None = None  # tiled models: the page's tile grid
+    page_shape: tuple[int, int] | None = None  # tiled models: (h,w) of the prepared page
+
+    @property
+    def pixels(self) -> int:
+        return int(self.image.shape[0] * self.image.shape[1])
+
+
+@dataclass
+class Skipped:
+    """An input that could not be scored (unreadable, larger than max_image_pixels, a page smaller than a tile)."""
+
+    path: Path
+    error: BadImageError
+
+
+def prepare_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) -> Prepared:
+    """Decode one file and prepare it as in training (model.preprocessing). BadImageError if unusable."""
     image = read_image(path, None, max_pixels=max_pixels)  # (H,W,3) uint8
-    prepared, _ = model.preprocessing.prepare(image)  # (S,S,3), or a page (h,w,3) to tile
-    if not model.preprocessing.tiled:
-        maps, scores = score_units(model, prepared[None], batch_size)
-        return Scored(path, float(scores[0]), resize_map(maps[0], *image.shape[:2])), image
+    prepared, _ = preprocessing.prepare(image)  # (S,S,3), or a page (h,w,3) to tile
+    if not preprocessing.tiled:
+        return Prepared(path, image, prepared[None])
     try:
-        grid = model.preprocessing.tile_grid(*prepared.shape[:2])
+        grid = preprocessing.tile_grid(*prepared.shape[:2])
     except TileSizeError as error:
         raise BadImageError(f"{path}: {error}") from error
-    units = cut_tiles(prepared, grid)  # (N,t,t,3)
-    maps, scores = score_units(model, units, batch_size)
-    page_map = stitch_tiles(maps, grid, prepared.shape[:2])  # (h,w); 0 where no tile lies (border=drop)
-    tiled_page = stitch_tiles(units, grid, grid.covered)  # (h',w',3)
+    return Prepared(path, image, cut_tiles(prepared, grid), grid, (prepared.shape[0], prepared.shape[1]))
+
+
+def scored_result(item: Prepared, maps: np.ndarray, scores: np.ndarray) -> Scored:
+    """An input's result from its units' maps (N,S,S) and scores (N,): the map at the input's size."""
+    height, width = item.image.shape[:2]
+    if item.grid is None or item.page_shape is None:
+        return Scored(item.path, float(scores[0]), resize_map(maps[0], height, width))
+    page_map = stitch_tiles(maps, item.grid, item.page_shape)  # (h,w); 0 where no tile lies (border=drop)
+    tiled_page = stitch_tiles(item.units, item.grid, item.grid.covered)  # (h',w',3)
     # a page is as anomalous as its worst tile
-    return Scored(path, float(scores.max()), resize_map(page_map, *image.shape[:2]), grid, scores, tiled_page), image
+    return Scored(item.path, float(scores.max()), resize_map(page_map, height, width), item.grid, scores, tiled_page)
 
 
-def resolve_device(name: str) -> torch.device:
+def score_pending(
+    pending: list[Prepared | Skipped], scorer: Scorer, batch_size: int
+) -> Iterator[tuple[Scored, np.ndarray] | Skipped]:
+    """Score the prepared inputs of pending together, batch_size units per forward; yield each entry in order."""
+    items = [entry for entry in pending if isinstance(entry, Prepared)]
+    results: Iterator[tuple[Prepared, np.ndarray, np.ndarray]] = iter(())
+    if items:
+        maps, scores = score_units(scorer, np.concatenate([item.units for item in items]), batch_size)
+        bounds = np.cumsum([len(item.units) for item in items])[:-1]
+        results = zip(items, np.split(maps, bounds), np.split(scores, bounds), strict=True)
+    for entry in pending:
+        if isinstance(entry, Skipped):
+            yield entry
+        else:
+            item, item_maps, item_scores = next(results)
+            yield scored_result(item, item_maps, item_scores), item.image
+
+
+def score_stream(
+    files: list[Path], preprocessing: Preprocessing, scorer: Scorer, batch_size: int, max_pixels: int | None
+) -> Iterator[tuple[Scored, np.ndarray] | Skipped]:
+    """Each file's result, in the order of files: (Scored, the decoded image (H,W,3) uint8), or Skipped.
+
+    Files are read and prepared one by one and scored in batches across files: a batch closes once it holds
+    batch_size units (images, or tiles: a page's tiles may fill several forwards) or once its decoded images
+    hold max_pixels pixels (memory stays bounded as when files were scored one at a time: at most max_pixels
+    plus the last image). A file that cannot be used is a Skipped, and the others score on.
+    """
+    pending: list[Prepared | Skipped] = []
+    units = pixels = 0
+    for path in files:
+        try:
+            item = prepare_file(path, preprocessing, max_pixels)
+        except BadImageError as error:
+            if units == 0:  # nothing waits to be scored before it: report it now
+                yield Skipped(path, error)
+            else:
+                pending.append(Skipped(path, error))
+            continue
+        pending.append(item)
+        units += len(item.units)
+        pixels += item.pixels
+        if units >= batch_size or (max_pixels is not None and pixels >= max_pixels):
+            yield from score_pending(pending, scorer, batch_size)
+            pending, units, pixels = [], 0, 0
+    yield from score_pending(pending, scorer, batch_size)
+
+
+def onnxruntime_module() -> Any:
+    """onnxruntime, or a ConfigError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ConfigError("backend=onnxruntime needs onnxruntime (the onnx extra): pip install -e '.[onnx]'") from error
+    return onnxruntime
+
+
+def resolve_device(name: str, backend: str = "torch") -> torch.device:
+    """The device of device=name; for backend=onnxruntime, cuda only where onnxruntime has its CUDA provider."""
+    if backend == "onnxruntime":
+        has_cuda = "CUDAExecutionProvider" in onnxruntime_module().get_available_providers()
+        if name == "auto":
+            return torch.device("cuda" if has_cuda else "cpu")
+        if name.startswith("cuda") and not has_cuda:
+            raise ConfigError(
+                f"device={name!r}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use device=cpu"
+            )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -145,6 +322,10 @@ class Settings:
     max_image_pixels: int | None
     device: torch.device
     progress: bool
+    backend: str = "torch"
+    onnx: Path | None = None  # backend=onnxruntime: the graph to run; None: <ckpt stem>.onnx beside the checkpoint
+    threads: int | None = None  # intra-op threads; None: the library's default
+    stack_passes: bool = False
 
 
 def number_setting(cfg: DictConfig, key: str, allowed: str, valid: Callable[[float], bool] = math.isfinite) -> float:
@@ -162,17 +343,31 @@ def optional_number_setting(
     return None if cfg[key] is None else number_setting(cfg, key, allowed, valid)
 
 
+def positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def checked_settings(cfg: DictConfig) -> Settings:
     """predict's settings from its config; a value that cannot work is a ConfigError naming its key."""
     for key in ("ckpt_path", "output"):  # input is checked after the checkpoint (run)
         if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
             raise ConfigError(f"{key} is not set: pass {key}=...")
-    for key in ("overwrite", "progress"):
+    for key in ("overwrite", "progress", "stack_passes"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key}={cfg[key]!r} is not valid: use true or false")
-    batch_size = cfg.batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size!r} is not valid: use a positive whole number")
+    if not positive_int(cfg.batch_size):
+        raise ConfigError(f"batch_size={cfg.batch_size!r} is not valid: use a positive whole number")
+    if cfg.threads is not None and not positive_int(cfg.threads):
+        raise ConfigError(f"threads={cfg.threads!r} is not valid: use a positive whole number, or null (the default)")
+    backend = cfg.backend
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not valid: use {' or '.join(BACKENDS)}")
+    if backend != "torch" and cfg.stack_passes:
+        raise ConfigError(
+            "stack_passes=true is not valid with backend=onnxruntime: the graph runs its passes as exported"
+        )
+    if backend != "onnxruntime" and cfg.onnx not in (None, ""):
+        raise ConfigError(f"onnx={cfg.onnx!r} is not valid with backend={backend}: it names the graph onnxruntime runs")
     return Settings(
         ckpt_path=str(cfg.ckpt_path),
         input=None if OmegaConf.is_missing(cfg, "input") or cfg.input in (None, "") else str(cfg.input),
@@ -186,28 +381,119 @@ def checked_settings(cfg: DictConfig) -> Settings:
             cfg, "heatmap_max", "a positive number, or null for 2 x pixel_threshold", lambda value: 0 < value < math.inf
         ),
         heatmap_alpha=number_setting(cfg, "heatmap_alpha", "a number from 0 to 1", lambda value: 0 <= value <= 1),
-        batch_size=batch_size,
+        batch_size=cfg.batch_size,
         max_image_pixels=check_max_image_pixels(cfg.max_image_pixels, "max_image_pixels"),
-        device=resolve_device(str(cfg.device)),
+        device=resolve_device(str(cfg.device), backend),
         progress=cfg.progress,
+        backend=backend,
+        onnx=None if cfg.onnx in (None, "") else Path(str(cfg.onnx)),
+        threads=cfg.threads,
+        stack_passes=cfg.stack_passes,
     )
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to threads (None: left as they are) for the duration."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def onnx_session(settings: Settings, model: InpaintingModel) -> tuple[Any, str]:
+    """An onnxruntime session of the checkpoint's exported graph, and where the graph came from.
+
+    settings.onnx, else <ckpt stem>.onnx beside the checkpoint when there is one: refused unless its metadata
+    records this checkpoint file's SHA-256 (a stale export, or one made before the digest was recorded). With
+    neither, the model is exported to a temporary file first (export's graph, the same as `make export`).
+    """
+    onnxruntime = onnxruntime_module()
+    options = onnxruntime.SessionOptions()
+    if settings.threads is not None:
+        options.intra_op_num_threads = settings.threads
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if settings.device.type == "cuda" else []
+    providers = providers or ["CPUExecutionProvider"]
+    ckpt = Path(settings.ckpt_path)
+    digest = file_sha256(ckpt)
+    path = settings.onnx if settings.onnx is not None else ckpt.with_suffix(".onnx")
+    reexport = f"re-export it (python -m anomaly_lab.export ckpt_path={ckpt} output={path} overwrite=true)"
+    if path.is_file():
+        try:
+            session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...) share no base class
+            raise UserError(f"onnx {path}: onnxruntime cannot load it ({first_line(error)}); {reexport}") from error
+        recorded = session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY)
+        if recorded is None:
+            raise UserError(
+                f"onnx {path}: records no checkpoint digest ({DIGEST_KEY}; exported by an older anomaly_lab or "
+                f"another tool), so it cannot be told to be {ckpt}'s graph; {reexport}"
+            )
+        if recorded != digest:
+            raise UserError(
+                f"onnx {path} was exported from another checkpoint than {ckpt} ({DIGEST_KEY} {recorded[:12]}... "
+                f"recorded, {digest[:12]}... now): a stale export; {reexport}"
+            )
+        return session, str(path)
+    if settings.onnx is not None:
+        raise FileNotFoundError(
+            f"onnx {path}: no such file; export it (python -m anomaly_lab.export "
+            f"ckpt_path={ckpt} output={path}) or pass onnx=null"
+        )
+    log.info(
+        "no %s beside the checkpoint: exporting the model to a temporary file first "
+        "(python -m anomaly_lab.export ckpt_path=%s keeps one there)",
+        path.name,
+        ckpt,
+    )
+    spec, _ = read_checkpoint(ckpt)
+    with tempfile.TemporaryDirectory(prefix="anomaly_lab_onnx_") as folder:
+        temporary = Path(folder) / path.name
+        export_onnx(model, temporary, spec, checkpoint_sha256=digest)
+        session = onnxruntime.InferenceSession(str(temporary), options, providers=providers)  # read into memory
+    return session, "exported to a temporary file"
+
+
+def make_scorer(settings: Settings, model: InpaintingModel) -> tuple[Scorer, str | None]:
+    """The forward of settings.backend, and (onnxruntime) where its graph came from."""
+    if settings.backend == "onnxruntime":
+        session, source = onnx_session(settings, model)
+        return OnnxScorer(session, model.preprocessing), source
+    return TorchScorer(model, settings.stack_passes), None
+
+
+def load_predict_model(settings: Settings) -> InpaintingModel:
+    """The checkpoint's model: on settings.device for torch; on the CPU for onnxruntime (its threshold,
+    preprocessing and, if no graph is exported yet, the export)."""
+    return load_model(settings.ckpt_path, settings.device if settings.backend == "torch" else torch.device("cpu"))
+
+
 def score_files(
-    files: list[Path], root: Path, model: InpaintingModel, drawing: Drawing, settings: Settings, staging: Path
+    files: list[Path],
+    root: Path,
+    preprocessing: Preprocessing,
+    scorer: Scorer,
+    drawing: Drawing,
+    settings: Settings,
+    staging: Path,
 ) -> tuple[list[dict[str, Any]], list[list[Any]], list[dict[str, str]]]:
-    """Score each file and draw its outputs into staging: (image rows, tile rows, skipped files with their errors)."""
+    """Score the files in batches and draw their outputs into staging: (image rows, tile rows, skipped files with
+    their errors), in the order of files."""
     rows: list[dict[str, Any]] = []
     tile_rows: list[list[Any]] = []
     skipped: list[dict[str, str]] = []
+    stream = score_stream(files, preprocessing, scorer, settings.batch_size, settings.max_image_pixels)
     with logging_redirect_tqdm():
-        for path in tqdm(files, desc="predict", unit="image", disable=not settings.progress):
-            try:
-                scored, image = score_image(path, model, settings.batch_size, settings.max_image_pixels)
-            except BadImageError as error:
-                log.warning("skipped %s", error)
-                skipped.append({"path": str(path), "error": str(error)})
+        for result in tqdm(stream, total=len(files), desc="predict", unit="image", disable=not settings.progress):
+            if isinstance(result, Skipped):
+                log.warning("skipped %s", result.error)
+                skipped.append({"path": str(result.path), "error": str(result.error)})
                 continue
+            scored, image = result
+            path = scored.path
             written = write_image_outputs(scored, image, output_name(path, root), staging, drawing)
             prediction = int(scored.score >= drawing.threshold)
             rows.append({"path": str(path), "score": scored.score, "prediction": prediction, **written})
@@ -228,7 +514,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Score cfg.input with cfg.ckpt_path's model into cfg.output; returns the summary (also summary.json)."""
     started = time.perf_counter()
     settings = checked_settings(cfg)
-    model = load_model(settings.ckpt_path, settings.device)  # a bad checkpoint is named before anything else
+    model = load_predict_model(settings)  # a bad checkpoint is named before anything else
     if settings.input is None:
         raise ConfigError("input is not set: pass input=<an image, a folder or a quoted glob>")
     files, root = find_inputs(settings.input)
@@ -243,28 +529,34 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if heatmap_max <= 0:
         raise ConfigError(f"heatmap_max (2 x pixel_threshold) is {heatmap_max}, not positive: set heatmap_max=...")
     drawing = Drawing(threshold, pixel_threshold, heatmap_max, settings.heatmap_alpha)
-    staging = prepare_output(settings.output, settings.overwrite)
-    try:
-        rows, tile_rows, skipped = score_files(files, root, model, drawing, settings, staging)
-        summary = write_tables(rows, tile_rows, skipped, staging)
-        summary.update(
-            checkpoint=settings.ckpt_path,
-            input=settings.input,
-            output=str(settings.output),
-            threshold=threshold,
-            threshold_from="override" if settings.score_threshold is not None else "checkpoint",
-            pixel_threshold=pixel_threshold,
-            heatmap_max=heatmap_max,
-            image_size=model.image_size,
-            preprocessing=asdict(model.preprocessing),
-            device=str(settings.device),
-            seconds=round(time.perf_counter() - started, 3),
-        )
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2))
-        publish(staging, settings.output, settings.overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with torch_threads(settings.threads):
+        scorer, onnx_source = make_scorer(settings, model)  # a stale exported graph is refused before any writing
+        staging = prepare_output(settings.output, settings.overwrite)
+        try:
+            rows, tile_rows, skipped = score_files(files, root, model.preprocessing, scorer, drawing, settings, staging)
+            summary = write_tables(rows, tile_rows, skipped, staging)
+            summary.update(
+                checkpoint=settings.ckpt_path,
+                input=settings.input,
+                output=str(settings.output),
+                threshold=threshold,
+                threshold_from="override" if settings.score_threshold is not None else "checkpoint",
+                pixel_threshold=pixel_threshold,
+                heatmap_max=heatmap_max,
+                image_size=model.image_size,
+                preprocessing=asdict(model.preprocessing),
+                device=str(settings.device),
+                backend=settings.backend,
+                **({"onnx": onnx_source} if onnx_source is not None else {}),
+                batch_size=settings.batch_size,
+                threads=settings.threads,
+                seconds=round(time.perf_counter() - started, 3),
+            )
+            (staging / "summary.json").write_text(json.dumps(summary, indent=2))
+            publish(staging, settings.output, settings.overwrite)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     log.info(
         "scored %d images (%d anomalous, %d skipped) into %s",
         summary["images"],

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import read_image
 from anomaly_lab.export import run
 from anomaly_lab.inference import SPEC_KEY, load_model
+from anomaly_lab.predict import run as predict_run
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -71,3 +76,105 @@ def test_export_refuses_to_overwrite_and_unknown_formats(tiny_run: Path, tmp_pat
     assert (tmp_path / "taken.onnx").read_text() == "mine"
     with pytest.raises(ValueError, match="format='tflite' is not supported"):
         run(export_config([f"ckpt_path={checkpoint}", "format=tflite"]))
+
+
+def test_the_export_records_the_checkpoints_digest(tiny_run: Path, tmp_path: Path) -> None:
+    from anomaly_lab.export import DIGEST_KEY, file_sha256
+
+    checkpoint = tmp_path / "model.ckpt"
+    shutil.copy(tiny_run / "checkpoints" / "best.ckpt", checkpoint)
+    run(export_config([f"ckpt_path={checkpoint}", "check=false"]))
+    metadata = {prop.key: prop.value for prop in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    assert metadata[DIGEST_KEY] == file_sha256(checkpoint) == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+def predict_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="predict", overrides=["progress=false", "device=cpu", *overrides])
+
+
+def scores_of(output: Path) -> dict[str, float]:
+    with (output / "scores.csv").open() as file:
+        return {row["path"]: float(row["score"]) for row in csv.DictReader(file)}
+
+
+def test_predict_with_onnxruntime_scores_as_torch_and_refuses_stale_graphs(tiny_run: Path, tmp_path: Path) -> None:
+    from anomaly_lab.errors import UserError
+
+    checkpoint = tmp_path / "run" / "model.ckpt"
+    checkpoint.parent.mkdir()
+    shutil.copy(tiny_run / "checkpoints" / "best.ckpt", checkpoint)
+    images = Path(next(iter(scores_of(tiny_run)))).parent.parent  # the tiny run's test folder
+    args = [f"ckpt_path={checkpoint}", f"input={images}"]
+    torch_summary = predict_run(predict_config([*args, f"output={tmp_path / 'torch'}", "batch_size=3"]))
+    expected = scores_of(tmp_path / "torch")
+
+    # no graph beside the checkpoint: exported to a temporary file, nothing written beside it
+    summary = predict_run(
+        predict_config([*args, f"output={tmp_path / 'temporary'}", "backend=onnxruntime", "batch_size=3"])
+    )
+    assert summary["backend"] == "onnxruntime" and summary["onnx"] == "exported to a temporary file"
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["model.ckpt"]
+    assert summary["anomalous"] == torch_summary["anomalous"]
+    for path, score in scores_of(tmp_path / "temporary").items():
+        assert score == pytest.approx(expected[path], abs=TOLERANCE), path
+
+    # the graph beside it (make export) is used, with the threads asked for
+    run(export_config([f"ckpt_path={checkpoint}", "check=false"]))
+    onnx_path = checkpoint.with_suffix(".onnx")
+    summary = predict_run(
+        predict_config([*args, f"output={tmp_path / 'beside'}", "backend=onnxruntime", "threads=1", "batch_size=2"])
+    )
+    assert summary["onnx"] == str(onnx_path) and summary["threads"] == 1
+    for path, score in scores_of(tmp_path / "beside").items():
+        assert score == pytest.approx(expected[path], abs=TOLERANCE), path
+
+    # a graph of another checkpoint (here: the same weights, another threshold) is refused, nothing written
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["state_dict"]["model.threshold"] = torch.tensor(0.5)
+    torch.save(saved, checkpoint)
+    with pytest.raises(UserError, match=r"model\.onnx was exported from another checkpoint.*stale.*overwrite=true"):
+        predict_run(predict_config([*args, f"output={tmp_path / 'stale'}", "backend=onnxruntime"]))
+    assert not (tmp_path / "stale").exists()
+    # so is one that records no digest (exported before it was recorded)
+    proto = onnx.load(str(onnx_path))
+    kept = [prop for prop in proto.metadata_props if prop.key != "checkpoint_sha256"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(onnx_path))
+    with pytest.raises(UserError, match="records no checkpoint digest"):
+        predict_run(predict_config([*args, f"output={tmp_path / 'old'}", "backend=onnxruntime"]))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        predict_run(predict_config([*args, f"output={tmp_path / 'x'}", "backend=onnxruntime", "onnx=nowhere.onnx"]))
+
+
+class FixedBatchSession:
+    """A stand-in onnxruntime session whose graph takes exactly 2 images: score = mean of each image."""
+
+    class Input:
+        shape = (2, 3, 4, 4)
+
+    def __init__(self) -> None:
+        self.fed: list[int] = []
+
+    def get_inputs(self) -> list[Any]:
+        return [self.Input()]
+
+    def run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        images = feed["images"]
+        assert images.shape == (2, 3, 4, 4) and images.dtype == np.float32 and images.flags.c_contiguous
+        self.fed.append(len(images))
+        scores = images.reshape(2, -1).mean(axis=1)
+        return [np.broadcast_to(scores[:, None, None, None], (2, 1, 4, 4)), scores]
+
+
+def test_a_fixed_batch_graph_is_fed_padded_chunks() -> None:
+    from anomaly_lab.predict import OnnxScorer
+    from anomaly_lab.preprocessing import Preprocessing
+
+    session = FixedBatchSession()
+    scorer = OnnxScorer(session, Preprocessing(image_size=4))
+    units = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    maps, scores = scorer(units)
+    assert session.fed == [2, 2, 2] and maps.shape == (5, 4, 4) and scores.shape == (5,)
+    np.testing.assert_allclose(scores, units.reshape(5, -1).mean(axis=1) / 255.0, rtol=1e-6)

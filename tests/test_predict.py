@@ -267,3 +267,184 @@ def test_cli_writes_only_its_output_folder(checkpoint: Path, test_images: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no Hydra run folder, .hydra/ or log file
     assert {"scores.csv", "summary.json", "heatmaps", "masks"} <= {p.name for p in (tmp_path / "out").iterdir()}
     assert "predict: 100%" in done.stderr  # the progress bar
+
+
+# ------------------------------------------------------------------------------------------ batches and backends
+
+
+def mixed_inputs(test_images: Path, folder: Path) -> Path:
+    """A folder of inputs of mixed sizes (32x32, 48x40, 20x64 and 40x40) with an unreadable file among them."""
+    folder.mkdir()
+    sources = sorted(test_images.rglob("*.png"))
+    for index, source in enumerate(sources[:3]):
+        shutil.copy(source, folder / f"a{index}.png")
+    with Image.open(sources[3]) as image:
+        image.resize((48, 40), Image.Resampling.BILINEAR).save(folder / "b_wide.png")
+        image.resize((20, 64), Image.Resampling.BILINEAR).save(folder / "c_tall.png")
+        image.convert("L").resize((40, 40)).save(folder / "e_gray.png")
+    (folder / "d_broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).astype(np.int16)
+
+
+def assert_same_outputs(one: Path, other: Path, tolerance: float = 1e-5) -> None:
+    """Two predict outputs agree: rows in the same order, scores within tolerance, same labels, images alike."""
+    rows, other_rows = read_rows(one / "scores.csv"), read_rows(other / "scores.csv")
+    assert [row["path"] for row in rows] == [row["path"] for row in other_rows]
+    for row, other_row in zip(rows, other_rows, strict=True):
+        assert float(row["score"]) == pytest.approx(float(other_row["score"]), abs=tolerance), row["path"]
+        assert row["prediction"] == other_row["prediction"]
+        # maps equal up to float rounding: a pixel may fall into the next colour of the colour map (or, at the
+        # threshold, the mask): seen on the bottle model, 1 pixel of 512x512
+        heatmap, other_heatmap = png(one / row["heatmap"]), png(other / other_row["heatmap"])
+        assert heatmap.shape == other_heatmap.shape and (heatmap != other_heatmap).any(axis=-1).mean() <= 0.001
+        assert (png(one / row["mask"]) != png(other / other_row["mask"])).mean() <= 0.001
+    summary, other_summary = (json.loads((path / "summary.json").read_text()) for path in (one, other))
+    assert summary["skipped"] == other_summary["skipped"]
+
+
+def test_batches_across_files_score_as_one_at_a_time(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
+    inputs = mixed_inputs(test_images, tmp_path / "in")
+    args = [f"ckpt_path={checkpoint}", f"input={inputs}", "device=cpu"]
+    single = run(predict_config([*args, f"output={tmp_path / 'single'}", "batch_size=1"]))
+    assert single["images"] == 6 and [Path(s["path"]).name for s in single["skipped"]] == ["d_broken.png"]
+    assert single["backend"] == "torch" and single["batch_size"] == 1
+    run(predict_config([*args, f"output={tmp_path / 'batched'}", "batch_size=4"]))
+    assert_same_outputs(tmp_path / "single", tmp_path / "batched")
+    # a batch also closes once its decoded images hold max_image_pixels (three 32x32 images): same outputs
+    run(predict_config([*args, f"output={tmp_path / 'bounded'}", "batch_size=16", "max_image_pixels=2600"]))
+    assert_same_outputs(tmp_path / "single", tmp_path / "bounded")
+    run(predict_config([*args, f"output={tmp_path / 'stacked'}", "batch_size=3", "stack_passes=true", "threads=2"]))
+    assert_same_outputs(tmp_path / "single", tmp_path / "stacked")
+    assert torch.get_num_threads() == 1  # threads= holds for the run only (conftest's setting is back)
+
+
+def test_stacked_passes_are_the_models_forward(checkpoint: Path) -> None:
+    from anomaly_lab.predict import stacked_passes_forward
+
+    model = load_model(checkpoint)
+    assert model.set_sizes == [2, 2]  # grid sizes 2 and 4 at ratio 0.5: 2 masks each, 4 passes to stack
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps, scores = model(images)
+        stacked_maps, stacked_scores = stacked_passes_forward(model, images)
+    torch.testing.assert_close(stacked_maps, maps, rtol=0, atol=1e-6)
+    torch.testing.assert_close(stacked_scores, scores, rtol=0, atol=1e-6)
+
+
+class RecordingScorer:
+    """A stand-in forward: each unit's score is its mean pixel value, its map that value everywhere."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def __call__(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.batches.append(len(units))
+        scores = units.reshape(len(units), -1).mean(axis=1).astype(np.float32)  # (b,)
+        return np.broadcast_to(scores[:, None, None], units.shape[:3]).copy(), scores
+
+
+def write_png(path: Path, height: int, width: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_the_stream_keeps_order_skips_bad_files_and_bounds_batches(tmp_path: Path) -> None:
+    from anomaly_lab.predict import Skipped, score_stream
+
+    sizes = [(10, 10), (30, 20), (8, 8), (10, 10), (50, 50), (12, 12), (9, 9)]
+    files = [write_png(tmp_path / f"{i}.png", h, w, i) for i, (h, w) in enumerate(sizes)]
+    (tmp_path / "3.png").write_bytes(b"broken")
+    preprocessing = Preprocessing(image_size=8)
+    scorer = RecordingScorer()
+    results = list(score_stream(files, preprocessing, scorer, batch_size=3, max_pixels=650))
+    assert [r.path if isinstance(r, Skipped) else r[0].path for r in results] == files  # input order
+    assert [isinstance(r, Skipped) for r in results] == [i in (3, 4) for i in range(7)]  # broken, > 650 pixels
+    assert scorer.batches == [2, 3]  # 10x10 + 30x20 reach the 650 pixels: a batch of 2; then a batch of 3
+    for result in results:
+        if not isinstance(result, Skipped):
+            scored, image = result
+            prepared, _ = preprocessing.prepare(image)
+            assert scored.score == pytest.approx(prepared.mean(), abs=1e-4)  # its own unit's result
+            assert scored.anomaly_map.shape == image.shape[:2]
+
+
+def test_the_stream_batches_tiles_across_pages(tmp_path: Path) -> None:
+    from anomaly_lab.data.tiles import cut_tiles
+    from anomaly_lab.predict import Skipped, score_stream
+
+    pages = [write_png(tmp_path / "p0.png", 24, 16, 0), write_png(tmp_path / "p1.png", 4, 4, 1)]
+    pages.append(write_png(tmp_path / "p2.png", 16, 24, 2))
+    preprocessing = Preprocessing(image_size=8, tiled=True)
+    scorer = RecordingScorer()
+    results = list(score_stream(pages, preprocessing, scorer, batch_size=4, max_pixels=None))
+    assert isinstance(results[1], Skipped) and "larger than the 4x4 page" in str(results[1].error)
+    assert scorer.batches == [4, 2, 4, 2]  # 6 tiles per page, 4 per forward
+    for result in (results[0], results[2]):
+        assert not isinstance(result, Skipped)
+        scored, image = result
+        assert scored.grid is not None and scored.tile_scores is not None
+        expected = cut_tiles(image, scored.grid).reshape(6, -1).mean(axis=1)
+        np.testing.assert_allclose(scored.tile_scores, expected, rtol=0, atol=1e-4)  # each tile's own result
+
+
+def test_a_tiled_model_scores_pages_in_batches_as_one_at_a_time(tiled_run: Path, tmp_path: Path) -> None:
+    checkpoint = tiled_run / "checkpoints" / "last.ckpt"
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    write_png(pages / "a.png", 100, 70, 0)
+    write_png(pages / "b.png", 64, 96, 1)
+    write_png(pages / "c_small.png", 20, 20, 2)  # smaller than a tile: skipped
+    args = [f"ckpt_path={checkpoint}", f"input={pages}", "device=cpu"]
+    run(predict_config([*args, f"output={tmp_path / 'single'}", "batch_size=1"]))
+    run(predict_config([*args, f"output={tmp_path / 'batched'}", "batch_size=4"]))
+    assert_same_outputs(tmp_path / "single", tmp_path / "batched")
+    tiles, batched_tiles = (read_rows(tmp_path / name / "tiles.csv") for name in ("single", "batched"))
+    assert [(t["path"], t["row"], t["col"]) for t in tiles] == [(t["path"], t["row"], t["col"]) for t in batched_tiles]
+    assert len(tiles) == 6 + 6
+    for tile, batched in zip(tiles, batched_tiles, strict=True):
+        assert float(tile["score"]) == pytest.approx(float(batched["score"]), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("setting", "allowed"),
+    [
+        ("backend=tensorrt", "use torch or onnxruntime"),
+        ("threads=0", "a positive whole number, or null"),
+        ("threads=two", "a positive whole number, or null"),
+        ("stack_passes=maybe", "true or false"),
+        ("onnx=model.onnx", "with backend=torch"),
+    ],
+)
+def test_backend_settings_are_checked_before_any_file(tmp_path: Path, setting: str, allowed: str) -> None:
+    from anomaly_lab.errors import ConfigError
+
+    args = [f"ckpt_path={tmp_path / 'nowhere.ckpt'}", f"input={tmp_path / 'nowhere'}", f"output={tmp_path / 'out'}"]
+    with pytest.raises(ConfigError, match=rf"^{setting.split('=')[0]}=.*{allowed}"):
+        run(predict_config([*args, setting]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_predict_prints_one_markdown_row(
+    checkpoint: Path, test_images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anomaly_lab.errors import ConfigError
+    from anomaly_lab.tools.bench_predict import COLUMNS, main
+
+    result = main([f"ckpt_path={checkpoint}", f"input={test_images}", "batch_size=4", "repeats=2", "warmup=1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3  # header, separator, the row
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+    assert cells[0] == COLUMNS and all(len(row) == len(COLUMNS) for row in cells)
+    row = dict(zip(COLUMNS, cells[2], strict=True))
+    assert int(row["images"]) == len(list(test_images.rglob("*.png"))) == result["images"]
+    assert row["backend"] == "torch" and row["batch"] == "4" and row["repeats"] == "2" and row["px"] == "32"
+    assert int(row["passes"]) == 4  # grid sizes 2 and 4 at ratio 0.5: 2 masks each
+    assert float(row["img/s"]) > 0 and float(row["forward img/s"]) >= float(row["img/s"]) * 0.99
+    with pytest.raises(ConfigError, match="repeats='0' is not valid"):
+        main([f"ckpt_path={checkpoint}", f"input={test_images}", "repeats=0"])
