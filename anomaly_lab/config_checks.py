@@ -134,7 +134,7 @@ def check_objective_metric(cfg: DictConfig) -> None:
         check_choice(cfg, "objective.metric", OBJECTIVE_METRICS)
         return
     source = OmegaConf.select(cfg, "dataset.validation_anomalies.source", default="real")
-    generators = OmegaConf.select(cfg, "dataset.validation_anomalies.generator", default="perlin")
+    generators = OmegaConf.select(cfg, "dataset.validation_anomalies.generator", default=None) or []
     generators = [generators] if isinstance(generators, str) else list(generators or [])
     synthetic = [f"{SYNTHETIC_DEFECT_PREFIX}{name}" for name in generators] if source != "real" else []
     kinds = (["real"] if source == "both" else []) + synthetic

@@ -36,6 +36,7 @@ from anomaly_lab.train import run
 from tests.conftest import FAST_SWEEP, TINY, ComposeFn, compose_config
 
 REPO = Path(__file__).resolve().parents[1]
+BOTH_GENERATORS = {"synthetic_perlin", "synthetic_cutpaste"}  # the default validation_anomalies.generator
 HANG_GUARD_S = 600  # only stops a hung process: no assertion depends on how long a run takes
 NO_ANOMALY_LINE = "the test set holds no anomalous image (good images only)"
 
@@ -80,16 +81,16 @@ def user_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return last
 
 
-def synthetic_masks_are_exact(val: DecodedImages, defect: str) -> int:
+def synthetic_masks_are_exact(val: DecodedImages, defects: set[str]) -> int:
     """Every synthetic validation anomaly is its normal source image changed exactly where its mask is True;
     returns how many there are."""
     normal = {s.path: i for i, s in enumerate(val.samples) if s.label == 0}
     synthetic = [i for i, s in enumerate(val.samples) if s.label == 1 and s.defect.startswith("synthetic_")]
     for i in synthetic:
         sample = val.samples[i]
-        assert sample.defect == defect
+        assert sample.defect in defects
         source, _, suffix = sample.path.partition("#")
-        assert suffix == defect
+        assert suffix == sample.defect
         changed = (val.images[i] != val.images[normal[source]]).any(axis=-1)  # (H,W)
         mask = val.masks[i]
         assert mask.any() and not mask.all(), sample.path
@@ -128,22 +129,26 @@ def test_the_issues_folder_command_trains_and_tests_on_good_images_only(
 
 
 @pytest.mark.parametrize(
-    ("overrides", "kind", "synthetic_defect"),
+    ("overrides", "kind", "synthetic_defects"),
     [
         (["validation_anomalies=auto"], "real", None),
         (["validation_anomalies=real"], "real", None),
-        (["validation_anomalies=synthetic"], "synthetic", "synthetic_perlin"),
-        (["validation_anomalies=both"], "real+synthetic", "synthetic_perlin"),
+        (["validation_anomalies=synthetic"], "synthetic", BOTH_GENERATORS),
+        (["validation_anomalies=both"], "real+synthetic", BOTH_GENERATORS),
         (
             ["validation_anomalies=synthetic", "dataset.validation_anomalies.generator=cutpaste"],
             "synthetic",
-            "synthetic_cutpaste",
+            {"synthetic_cutpaste"},
         ),
     ],
     ids=["auto", "real", "synthetic", "both", "synthetic-cutpaste"],
 )
 def test_validation_anomalies_on_data_with_real_anomalies(
-    overrides: list[str], kind: str, synthetic_defect: str | None, compose_tiny: ComposeFn, tiny_bottles_root: Path
+    overrides: list[str],
+    kind: str,
+    synthetic_defects: set[str] | None,
+    compose_tiny: ComposeFn,
+    tiny_bottles_root: Path,
 ) -> None:
     real_defects = {d.name for d in (tiny_bottles_root / "test").iterdir() if d.is_dir() and d.name != "good"}
     real_anomalies = {str(p) for d in real_defects for p in (tiny_bottles_root / "test" / d).glob("*.png")}
@@ -164,8 +169,8 @@ def test_validation_anomalies_on_data_with_real_anomalies(
         assert val_real and test_real
     else:  # source=synthetic: every real anomaly is tested, none validated
         assert test_real == real_anomalies
-    n_synthetic = synthetic_masks_are_exact(val, synthetic_defect or "none")
-    assert n_synthetic == (n_normal_val if synthetic_defect else 0)  # one synthetic copy of each normal
+    n_synthetic = synthetic_masks_are_exact(val, synthetic_defects or set())
+    assert n_synthetic == n_normal_val * len(synthetic_defects or ())  # one copy of each normal per generator
     n_anomalous_val = sum(s.label == 1 for s in val.samples)
     assert n_anomalous_val == len(val_real) + n_synthetic  # nothing else is anomalous in validation
 
@@ -178,7 +183,8 @@ def test_synthetic_validation_anomalies_are_seeded(compose_tiny: ComposeFn, norm
         datamodule.setup("fit")
         assert datamodule.validation_anomaly_kind == "synthetic"  # auto on a folder of good images only
         val = datamodule.splits["val"]
-        assert synthetic_masks_are_exact(val, "synthetic_perlin") == sum(s.label == 0 for s in val.samples) == 3
+        assert sum(s.label == 0 for s in val.samples) == 3
+        assert synthetic_masks_are_exact(val, BOTH_GENERATORS) == 2 * 3  # the default: Perlin and CutPaste
         assert not [s for s in datamodule.splits["test"].samples if s.label == 1]
         images.append(val.images[[s.label == 1 for s in val.samples]])
     assert np.array_equal(images[0], images[1])  # same seed, same anomalies
@@ -455,6 +461,7 @@ def test_objective_agreement_on_a_folder_without_trials_is_one_line(
     )
 
 
+ONLY_PERLIN = "dataset.validation_anomalies.generator=perlin"
 TWO_GENERATORS_METRIC = "objective.metric=val/synthetic_cutpaste/image_auroc"
 
 
@@ -463,8 +470,9 @@ TWO_GENERATORS_METRIC = "objective.metric=val/synthetic_cutpaste/image_auroc"
     [
         (["validation_anomalies=both", "objective.metric=val/real/wasserstein"], True),
         (["validation_anomalies=both", "objective.metric=val/synthetic_perlin/image_auroc"], True),
-        (["validation_anomalies=both", "objective.metric=val/synthetic_cutpaste/wasserstein"], False),
-        (["validation_anomalies=synthetic", "objective.metric=val/synthetic_perlin/wasserstein"], False),
+        (["validation_anomalies=both", ONLY_PERLIN, "objective.metric=val/synthetic_cutpaste/wasserstein"], False),
+        (["validation_anomalies=synthetic", ONLY_PERLIN, "objective.metric=val/synthetic_perlin/wasserstein"], False),
+        (["validation_anomalies=synthetic", "objective.metric=val/synthetic_perlin/wasserstein"], True),
         (
             [
                 "dataset.validation_anomalies.generator=[perlin,cutpaste]",
@@ -474,7 +482,15 @@ TWO_GENERATORS_METRIC = "objective.metric=val/synthetic_cutpaste/image_auroc"
         ),
         (["validation_anomalies=real", "objective.metric=val/real/wasserstein"], False),
     ],
-    ids=["both-real", "both-perlin-auroc", "both-cutpaste-not-generated", "one-kind", "two-generators", "real-only"],
+    ids=[
+        "both-real",
+        "both-perlin-auroc",
+        "both-cutpaste-not-generated",
+        "one-kind",
+        "default-two-generators",
+        "two-generators",
+        "real-only",
+    ],
 )
 def test_an_objective_of_one_kind_of_anomaly_needs_that_kind_beside_another(
     overrides: list[str], allowed: bool, compose_tiny: ComposeFn

@@ -30,7 +30,7 @@ SOURCES = ("auto", "real", "synthetic", "both")
 class ValidationAnomalies:
     source: str = "auto"
     # a name of anomaly_synthesis.GENERATORS (perlin | cutpaste) or a list of them: one anomaly per generator
-    generator: str | Sequence[str] = "perlin"
+    generator: str | Sequence[str] = ("perlin", "cutpaste")
     seed: int = 0
 
     def __post_init__(self) -> None:
