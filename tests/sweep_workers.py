@@ -163,12 +163,15 @@ def hold(marker: Path, release: Path, job_num: int = 0) -> str:
     return f"+callbacks.hold={{{spec}, job_num: {job_num}}}"
 
 
+STARTED: list[subprocess.Popen[bytes]] = []  # every worker start_worker started, for kill_started
+
+
 def start_worker(args: Sequence[str], log: Path, host: str | None = None) -> subprocess.Popen[bytes]:
     """`python -m anomaly_lab.train --multirun <args>` (on the pretend `host`) in a session of its own, output
     to `log`."""
     module = ["-m", "tests.sweep_workers", "--host", host] if host else ["-m", "anomaly_lab.train"]
     with log.open("wb") as output:
-        return subprocess.Popen(
+        worker = subprocess.Popen(
             [sys.executable, *module, "--multirun", *args],
             cwd=REPO,
             env={**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"},
@@ -176,6 +179,16 @@ def start_worker(args: Sequence[str], log: Path, host: str | None = None) -> sub
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    STARTED.append(worker)
+    return worker
+
+
+def kill_started() -> None:
+    """Kill the workers still running (a test that failed half-way leaves them holding), each with its session."""
+    while STARTED:
+        worker = STARTED.pop()
+        if worker.poll() is None:
+            kill_group(worker)
 
 
 def wait_for_markers(markers: Sequence[Path], workers: Sequence[subprocess.Popen[bytes]], logs: str) -> None:
@@ -214,13 +227,6 @@ if __name__ == "__main__":
     main(sys.argv[1:])
 
 
-# The default trial folder, outputs/sweeps/<study>/<date_time>/<job>, is shared by workers started in the same
-# second (each numbers its jobs from 0); microseconds keep every worker's folder its own.
-OWN_SWEEP_DIR = (
-    "hydra.sweep.dir=${paths.root_dir}/outputs/sweeps/${hydra.sweeper.study_name}/${now:%Y-%m-%d_%H-%M-%S_%f}"
-)
-
-
 def sweep_args(root: Path, cache: Path, storage: str, n_trials: int) -> list[str]:
     """The thesis sweep on tiny data (tests/conftest.py's TINY and FAST_SWEEP: heartbeats every second) with its
     study in `storage`; trial folders under root/outputs/sweeps."""
@@ -235,7 +241,6 @@ def sweep_args(root: Path, cache: Path, storage: str, n_trials: int) -> list[str
         f"paths.cache_dir={cache}",
         f"hydra.sweeper.storage='{storage}'",
         f"hydra.sweeper.n_trials={n_trials}",
-        OWN_SWEEP_DIR,
     ]
 
 

@@ -7,16 +7,21 @@ import json
 import logging
 import socket
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import optuna
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
+from optuna.storages import RDBStorage
+from optuna.storages._rdb.models import TrialHeartbeatModel
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import TrialState
 
 from anomaly_lab.sweeps.resumable_optuna import (
     ResumableOptunaSweeperImpl,
+    fail_trial,
     fail_trials_of_dead_workers,
     rdb_storage,
     this_process,
@@ -69,36 +74,74 @@ def test_a_killed_workers_trial_fails_at_the_start_of_the_rerun_and_the_study_re
     assert f"trial {killed.number} failed: its worker process {pid} on {socket.gethostname()} is gone" in notes
 
 
-def test_trials_of_gone_workers_on_this_host_fail_whatever_the_grace_period(tmp_path: Path) -> None:
+def set_heartbeat(storage: RDBStorage, trial_id: int, seconds_ago: float) -> None:
+    """The trial's last heartbeat, `seconds_ago` s before now by SQLite's clock (UTC); negative: after now, as
+    PostgreSQL's transaction-start now() sees a heartbeat committed while the check runs."""
+    storage.record_heartbeat(trial_id)
+    when = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=seconds_ago)
+    with _create_scoped_session(storage.scoped_session) as session:
+        session.query(TrialHeartbeatModel).filter(TrialHeartbeatModel.trial_id == trial_id).update({"heartbeat": when})
+
+
+def test_trials_of_dead_workers_fail_by_process_or_heartbeat(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     storage = rdb_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat_interval=1)
     study = optuna.create_study(storage=storage)
     finished = subprocess.Popen(["true"])
     finished.wait()
     me = this_process()
+    elsewhere = {**me, "host": f"not-{me['host']}", "pid": finished.pid}
     owners = {
         "alive": me,
         "gone": {**me, "pid": finished.pid},
         "pid reused": {**me, "started": (me["started"] or 0) + 1},
-        "gone on another host": {**me, "host": f"not-{me['host']}", "pid": finished.pid},
+        "gone on another host": elsewhere,  # and never beat: killed right after ask()
+        "silent on another host": elsewhere,
+        "beating on another host": elsewhere,
     }
     trials = {}
     for name, owner in owners.items():
         trials[name] = study.ask()
         trials[name].set_user_attr("owner", owner)
     trials["asked, never owned"] = study.ask()  # killed between ask() and recording its owner
-    trials["owner unknown, beating"] = study.ask()  # left to the heartbeats
-    storage.record_heartbeat(trials["owner unknown, beating"]._trial_id)
+    set_heartbeat(storage, trials["silent on another host"]._trial_id, seconds_ago=7200)
+    set_heartbeat(storage, trials["beating on another host"]._trial_id, seconds_ago=-1)
 
     def failed() -> set[str]:
         return {name for name, t in trials.items() if study._storage.get_trial(t._trial_id).state == TrialState.FAIL}
 
-    fail_trials_of_dead_workers(study, storage, grace_period=3600)
-    assert failed() == {"gone", "pid reused"}
+    with caplog.at_level(logging.WARNING):
+        fail_trials_of_dead_workers(study, storage, grace_period=3600)
+    assert failed() == {"gone", "pid reused", "silent on another host"}
     reason = study._storage.get_trial(trials["gone"]._trial_id).user_attrs["failed_because"]
     assert reason == f"its worker process {finished.pid} on {me['host']} is gone"
+    silent = study._storage.get_trial(trials["silent on another host"]._trial_id)
+    assert silent.user_attrs["failed_because"].startswith(f"its worker on not-{me['host']} is silent: no heartbeat for")
+    assert f"trial {silent.number} failed: its worker on not-{me['host']} is silent" in caplog.text
 
+    # a heartbeat newer than the database's now() is not stale, however short the grace period (optuna 2.10 reads
+    # it as 86399 s old); the trials that never beat are
     fail_trials_of_dead_workers(study, storage, grace_period=0)
-    assert failed() == {"gone", "pid reused", "asked, never owned"}
+    assert failed() == set(trials) - {"alive", "beating on another host"}
+
+
+def test_workers_that_fail_one_trial_both_go_on_and_its_own_worker_logs_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    storage = rdb_storage(url, heartbeat_interval=1)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    trial = study.ask()  # this worker's, judged dead by two others at once
+    workers = [optuna.load_study(study_name="s", storage=rdb_storage(url, heartbeat_interval=1)) for _ in range(2)]
+    frozen = workers[0].get_trials()[0]
+    assert fail_trial(workers[0], frozen, "silent") and not fail_trial(workers[1], frozen, "silent")
+
+    # the run ends after all: nothing recorded, nothing raised, a warning says why
+    job = finished_job(tmp_path / "0", 0.5, {})
+    with caplog.at_level(logging.WARNING):
+        assert ResumableOptunaSweeperImpl._tell(study, trial, job, storage) is None
+    stored = storage.get_trial(trial._trial_id)
+    assert stored.state == TrialState.FAIL and stored.user_attrs["failed_because"] == "silent"
+    assert "trial 0 was already FAIL when its run ended (silent): its outcome (0.5) is not recorded" in caplog.text
 
 
 def finished_job(output_dir: Path, value: float, metrics: dict[str, object]) -> JobReturn:
@@ -132,3 +175,18 @@ def test_a_collapsed_run_completes_marked_and_the_report_says_so(
     cells = table_cells(sweep_report.trials_table(trials))
     assert [cells[n]["state"] for n in range(3)] == ["COMPLETE (collapsed)", "COMPLETE", "COMPLETE"]
     assert sweep_report.trial_notes(trials) == [f"trial 0 collapsed: {'; '.join(reasons)}"]
+
+
+def test_a_launcher_that_raises_fails_the_rounds_trials_and_the_sweep_goes_on() -> None:
+    class Broken:  # as hydra-submitit-launcher's own launch when one job of the array died
+        def launch(self, jobs: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
+            raise RuntimeError("node failure")
+
+    sweeper = ResumableOptunaSweeperImpl.__new__(ResumableOptunaSweeperImpl)  # only what _launch uses
+    sweeper.launcher, sweeper.job_idx = Broken(), 0  # type: ignore[assignment]
+    study = optuna.create_study()
+    trials = [study.ask(), study.ask()]
+    errors = sweeper._launch(study, study._storage, [(trial, ["masking.ratio=0.5"]) for trial in trials])
+    assert [str(error) for error in errors] == ["node failure"] * 2 and sweeper.job_idx == 2
+    for trial in study.get_trials():
+        assert trial.state == TrialState.FAIL and trial.user_attrs["error"] == "RuntimeError: node failure"

@@ -135,13 +135,22 @@ def test_two_workers_on_one_study_prune_their_own_trials(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Worker A (another process) is held in its first trial while worker B runs its sweep on the same study;
-    then A goes on: every trial is pruned by the process that ran it, none is failed, and A stops at n_trials."""
+    then A goes on: every trial is pruned by the process that ran it, none is failed, and A stops at n_trials.
+    Each worker fixes another mask ratio, so B never draws the point A holds (it would wait for A's run)."""
     args = [*sweep_args, *PRUNE_ALL, *NO_FAILURE_ALLOWED, "hydra.sweeper.n_trials=2"]
     held, release = tmp_path / "held", tmp_path / "release"
     hold = f"_target_: tests.test_pruning.HoldUntil, held: {held}, release: {release}"
     with (tmp_path / "worker_a.log").open("w") as output:
         worker_a = subprocess.Popen(
-            [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args, f"+callbacks.hold={{{hold}}}"],
+            [
+                sys.executable,
+                "-m",
+                "anomaly_lab.train",
+                "--multirun",
+                *args,
+                "masking.ratio=0.25",
+                f"+callbacks.hold={{{hold}}}",
+            ],
             cwd=REPO,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
             stdout=output,
@@ -152,7 +161,7 @@ def test_two_workers_on_one_study_prune_their_own_trials(
             while not held.exists():
                 assert worker_a.poll() is None and time.monotonic() < deadline, f"worker A ended: {output.name}"
                 time.sleep(0.2)
-            sweep(args, monkeypatch)  # worker B, while A's trial is RUNNING
+            sweep([*args, "masking.ratio=0.5"], monkeypatch)  # worker B, while A's trial is RUNNING
             during = load(tmp_path).get_trials()
             release.touch()
             assert worker_a.wait(timeout=600) == 0, f"see {output.name}"

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,27 @@ from hydra.utils import instantiate
 from optuna.trial import TrialState
 
 from anomaly_lab.configs import CONFIG_DIR
-from tests.sweep_workers import HANG_GUARD_S, hold, kill_group, only_study, start_worker, sweep_args, wait_for_markers
+from tests.sweep_workers import (
+    HANG_GUARD_S,
+    hold,
+    kill_group,
+    kill_started,
+    only_study,
+    start_worker,
+    sweep_args,
+    wait_for_markers,
+)
 
 pytest.importorskip(
     "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
     reason="hydra-submitit-launcher is not installed: pip install -e '.[slurm]'",
 )
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left() -> Iterator[None]:
+    yield
+    kill_started()
 
 
 class Submitted(Exception):
@@ -74,11 +90,12 @@ def test_the_slurm_launcher_config_reaches_sbatch(tmp_path: Path, monkeypatch: p
 
 @pytest.fixture
 def local_sweep(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], str]:
-    """The tiny thesis sweep through submitit_local, its study in an SQLite file (one host); its storage URL."""
+    """The tiny thesis sweep through submitit's local executor (hydra/launcher=slurm_local: hydra/launcher=slurm's
+    launcher), its study in an SQLite file (one host); its storage URL."""
     storage = f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db"
     cache = tmp_path_factory.getbasetemp() / "cache"
     args = sweep_args(tmp_path, cache, storage, n_trials=3)
-    return [*args, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], storage
+    return [*args, "hydra/launcher=slurm_local", "hydra.launcher.timeout_min=10"], storage
 
 
 @pytest.mark.slow
@@ -121,12 +138,6 @@ def test_a_sweep_through_submitit_local_completes_and_resumes_after_a_crash(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="hydra-submitit-launcher's launch() raises for the whole batch when one job dies (submitit's "
-    "UncompletedJobError): the sweep stops, the dead job's trial and its batch-mates stay RUNNING, and the "
-    "batch-mates' finished runs are never told",
-)
 def test_a_killed_job_fails_its_trial_and_the_sweep_goes_on(tmp_path: Path, local_sweep: tuple[list[str], str]) -> None:
     args, storage = local_sweep
     marker, never = tmp_path / "held", tmp_path / "never-released"
@@ -136,5 +147,7 @@ def test_a_killed_job_fails_its_trial_and_the_sweep_goes_on(tmp_path: Path, loca
     wait_for_markers([marker], [sweeper], str(tmp_path / "sweep.log"))
     os.kill(int(marker.read_text()), signal.SIGKILL)
     returncode = sweeper.wait(timeout=HANG_GUARD_S)
-    states = sorted(t.state.name for t in only_study(storage).get_trials())
-    assert (returncode, states) == (0, ["COMPLETE", "FAIL"])
+    trials = only_study(storage).get_trials()
+    assert (returncode, sorted(t.state.name for t in trials)) == (0, ["COMPLETE", "FAIL"]), tmp_path / "sweep.log"
+    (dead,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert "UncompletedJobError" in dead.user_attrs["error"]  # submitit's, with the job's id

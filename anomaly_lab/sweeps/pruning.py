@@ -164,10 +164,14 @@ class TrialPruning(L.Callback):
                 log.warning("%s was not logged by validation: nothing reported to the sweep's trial", self.metric)
             # not a non-finite value: optuna 2.10's RDB storage refuses NaN (NOT NULL), and such a trial fails anyway
             if value is not None and math.isfinite(value):
-                if step not in self._reported:  # one report per epoch, when it validates more than once
-                    self._reported.add(step)
-                    self.trial.report(value, step)
-                prune = self.trial.should_prune()
+                try:
+                    if step not in self._reported:  # one report per epoch, when it validates more than once
+                        self._reported.add(step)
+                        self.trial.report(value, step)
+                    prune = self.trial.should_prune()
+                except RuntimeError as error:  # finished meanwhile: another worker judged its sweeper dead
+                    log.warning("trial %d: %s; this run reports nothing more to it", self.where[2], error)
+                    self.trial = None
         if trainer.world_size > 1:
             prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:

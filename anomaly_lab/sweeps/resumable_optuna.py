@@ -9,21 +9,29 @@ only the loop:
   command launches only the missing ones; several processes (or hosts) on one storage share that budget
   (each stops once the study holds n_trials finished trials, so W workers may add up to W-1 more).
   One run launches at most n_trials trials, so a sweep whose trials keep failing ends.
-- Each trial records its owner (host, pid, process start time) right after ask(). Every round first fails
-  the RUNNING trials whose owner process on this host is gone (a `kill -9`), at once; those of other hosts
-  are failed once their heartbeat, written to the RDB storage while the trial runs, stopped for longer than
-  the grace period (optuna's fail_stale_trials).
+- Each trial records its owner (host, pid, process start time) and its first heartbeat right after ask(), and
+  beats while it is asked, trained or waits. Every round first fails the RUNNING trials whose owner process on
+  this host is gone (a `kill -9`), at once; those of other hosts once their heartbeat (the database's clock) has
+  been silent for longer than the grace period (fail_trials_of_dead_workers: optuna 2.10's fail_stale_trials
+  reads PostgreSQL's transaction-start now() as a day-old heartbeat and raises where two workers fail one trial).
+  A worker whose trial was failed elsewhere meanwhile logs it and goes on. Several workers may create optuna's
+  tables at once (rdb_storage retries).
 - A COMPLETE trial whose run reports a collapse in its metrics.json (`collapsed`, `collapse_reasons`) keeps
   its value but gets user attr `collapsed` with the reasons, and a warning.
-- A run joining a study that already has trials reseeds the sampler, so it does not replay the
-  seeded draws of the run before it (only a fresh study is reproducible from the seed).
+- A run that did not create the study reseeds the sampler, so it does not replay the seeded draws of the run
+  (or the worker started with it) that did (only a fresh study is reproducible from the seed).
 - A trial that raises (e.g. NonFiniteLossError on a NaN loss) or returns a non-finite value is told
   FAIL and the sweep goes on, until more than max_failure_rate * n_trials of its own trials failed.
 - Training is seeded, so parameters that already COMPLETEd give the same value again: a trial the sampler
   draws with the parameters of a complete one is told that trial's value without training (user attr
   `duplicate_of`, as Optuna's FAQ advises); one drawn with the parameters of a PRUNED one is pruned again,
-  with that trial's reports. TPE redraws its best point of a small categorical space often; once every point
-  of a finite (all-categorical) space has finished, the sweep ends.
+  with that trial's reports. A point being trained (a RUNNING trial with a lower number, elsewhere or earlier in
+  the same batch) is not trained again: the trial waits for that run (the batch's own first; another worker's
+  is polled, failed by its heartbeat if that worker dies) and is told its outcome, or trains where it failed.
+  TPE redraws its best point of a small categorical space often; once every point of a finite
+  (all-categorical) space has finished, the sweep ends.
+- A launcher that raises (hydra-submitit-launcher's, where a job died) fails that batch's trials with the error;
+  hydra/launcher=slurm's own launcher (anomaly_lab.sweeps.launchers) fails only the dead job's.
 - Pruning (anomaly_lab.sweeps.pruning): the pruner of `hydra.sweeper.pruner` (an allow-listed optuna pruner;
   none by default) is the study's. Each job gets `+sweep_trial.storage/study/number`, reports its objective
   after each validation (step = epochs trained) and stops where the pruner says; the job then raises
@@ -37,11 +45,12 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 import threading
-import warnings
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -55,15 +64,21 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 from optuna.storages._rdb.models import TrialHeartbeatModel
 from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
+from sqlalchemy import func
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from anomaly_lab.errors import ConfigError
+from anomaly_lab.sweeps.launchers import failed_job
 from anomaly_lab.sweeps.pruning import build_pruner, is_nop, pruner_settings, sweep_trial_overrides
 
 # A finished trial counts toward n_trials when its run went to its end or was stopped by the pruner; a FAIL does not
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
+CREATE_ATTEMPTS = 5  # workers started together on an empty database race to create optuna's tables
+SETTLE_S = 10.0  # at most this long a round waits for a lower-numbered trial elsewhere to get its parameters
 
 
 def rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | None = None) -> RDBStorage:
@@ -75,9 +90,32 @@ def rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | No
         # several local workers wait for SQLite's file lock instead of failing after 5 s
         engine_kwargs["connect_args"] = {"timeout": 60}
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema set-up logs a dozen INFO lines
-    return RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-    )
+    attempt = 1
+    while True:
+        try:
+            return RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+            )
+        except (IntegrityError, ProgrammingError) as error:  # PostgreSQL: another worker's CREATE TYPE/TABLE won
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            log.info("optuna's tables in %r: another worker is creating them (%s); again", parsed, type(error).__name__)
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
+            attempt += 1
+
+
+def open_study(
+    storage: BaseStorage, name: str | None, direction: str, sampler: optuna.samplers.BaseSampler, pruner: Any
+) -> tuple[optuna.Study, bool]:
+    """The study `name` in `storage`, created where it is not there yet (as optuna.create_study with
+    load_if_exists); whether this call created it."""
+    try:
+        study_id, created = storage.create_new_study(name), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study_id, created = storage.get_study_id_from_name(str(name)), False
+    storage.set_study_directions(study_id, [StudyDirection[direction.upper()]])
+    name = storage.get_study_name_from_id(study_id)
+    return optuna.Study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), created
 
 
 @contextmanager
@@ -90,8 +128,11 @@ def heartbeats(storage: BaseStorage, trials: Sequence[Trial], interval: float) -
 
     def beat() -> None:
         while not stop.wait(interval):
-            for trial in trials:
-                storage.record_heartbeat(trial._trial_id)
+            try:
+                for trial in trials:
+                    storage.record_heartbeat(trial._trial_id)
+            except Exception as error:  # e.g. the database restarting: the next beat may reach it again
+                log.warning("heartbeat not recorded: %s: %s", type(error).__name__, error)
 
     for trial in trials:  # at once, so a kill right after ask() still leaves a heartbeat to go stale
         storage.record_heartbeat(trial._trial_id)
@@ -155,37 +196,54 @@ def process_is_alive(pid: int, started: int | None) -> bool:
     return fields[0] != "Z" and (started is None or int(fields[19]) == started)
 
 
-def trials_with_heartbeat(storage: RDBStorage, trial_ids: Sequence[int]) -> set[int]:
-    """The trials among `trial_ids` that ever recorded a heartbeat (optuna 2.10 has no public way to ask)."""
+def heartbeat_ages(storage: RDBStorage, trial_ids: Sequence[int]) -> dict[int, float]:
+    """Seconds since the last heartbeat of each trial among `trial_ids` that ever beat, by the database's clock.
+    PostgreSQL's now() is the transaction's start, so a heartbeat committed since reads as a negative age."""
     with _create_scoped_session(storage.scoped_session) as session:
-        rows = session.query(TrialHeartbeatModel.trial_id).filter(TrialHeartbeatModel.trial_id.in_(trial_ids))
-        return {trial_id for (trial_id,) in rows}
+        now = session.execute(func.now()).scalar().replace(tzinfo=None)  # as optuna: naive, the session's zone
+        beats = session.query(TrialHeartbeatModel.trial_id, TrialHeartbeatModel.heartbeat).filter(
+            TrialHeartbeatModel.trial_id.in_(trial_ids)
+        )
+        return {trial_id: (now - beat).total_seconds() for trial_id, beat in beats}
+
+
+def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Fail another process's RUNNING trial, giving `reason` (user attr `failed_because`); False where it was
+    finished meanwhile (another worker failed it first, or its run ended)."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "failed_because", reason)
+        study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+    except RuntimeError:  # "has already finished and can not be updated"
+        return False
+    log.warning("trial %d failed: %s", trial.number, reason)
+    return True
 
 
 def fail_trials_of_dead_workers(study: optuna.Study, storage: RDBStorage, grace_period: int) -> None:
-    """Fail the RUNNING trials whose owner process on this host is gone, whatever the grace period, and those
-    with neither owner nor heartbeat (killed right after ask()) older than the grace period. Trials of other
-    hosts are left to the heartbeats (fail_stale_trials)."""
+    """Fail the RUNNING trials whose worker is gone: at once where its owner process on this host is gone; those of
+    other hosts once their heartbeat has been silent for longer than grace_period s, and those that never beat
+    (killed right after ask()) once they started longer ago than that."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    beating = trials_with_heartbeat(storage, [trial._trial_id for trial in running])
+    ages = heartbeat_ages(storage, [trial._trial_id for trial in running])
     here = this_process()
     for trial in running:
         owner, started = trial.user_attrs.get("owner"), trial.datetime_start or datetime.now()  # RUNNING: started
-        if owner is not None:
-            same_host = all(owner[key] == here[key] for key in ("host", "pid_namespace"))
-            if not same_host or process_is_alive(owner["pid"], owner["started"]):
+        age = ages.get(trial._trial_id)
+        host = "?" if owner is None else owner["host"]
+        if owner is not None and all(owner[key] == here[key] for key in ("host", "pid_namespace")):
+            if process_is_alive(owner["pid"], owner["started"]):
                 continue
-            reason = f"its worker process {owner['pid']} on {owner['host']} is gone"
-        elif trial._trial_id not in beating and datetime.now() - started > timedelta(seconds=grace_period):
-            reason = f"it has neither owner nor heartbeat {grace_period} s after it started (killed after ask())"
+            reason = f"its worker process {owner['pid']} on {host} is gone"
+        elif age is not None:
+            if age <= grace_period:
+                continue
+            reason = f"its worker on {host} is silent: no heartbeat for {age:.0f} s (grace period {grace_period} s)"
+        elif datetime.now() - started > timedelta(seconds=grace_period):
+            what = "neither owner nor heartbeat" if owner is None else f"no heartbeat (worker on {host})"
+            reason = f"it has {what} {grace_period} s after it started (killed after ask())"
         else:
             continue
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "failed_because", reason)
-            study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
-        except RuntimeError:  # another worker on this host failed it first
-            continue
-        log.warning("trial %d failed: %s", trial.number, reason)
+        fail_trial(study, trial, reason)
 
 
 def collapse_reasons(output_dir: Path) -> str | None:
@@ -207,28 +265,38 @@ def finite_space_size(distributions: dict[str, BaseDistribution]) -> int | None:
     return size
 
 
-ParamsKey = tuple[tuple[str, Any], ...]
+PointKey = Callable[[FrozenTrial | Trial], str | None]
 
 
-def params_key(params: dict[str, Any]) -> ParamsKey:
-    return tuple(sorted(params.items()))
+def point_key(names: Collection[str], fixed: Mapping[str, Any]) -> PointKey:
+    """A trial's point in this sweep's space, as a key: its drawn parameters (`names`) and the space's parameters
+    fixed on the command line (user attrs, as _configure_trials records them; or parameters, where an earlier sweep
+    drew them). None for a trial of another space: other parameters, or other fixed values."""
+
+    def key(trial: FrozenTrial | Trial) -> str | None:
+        values = {**{name: trial.user_attrs.get(name) for name in fixed}, **trial.params}
+        if set(values) != {*names, *fixed} or any(
+            json.dumps(values[name], default=str) != json.dumps(value, default=str) for name, value in fixed.items()
+        ):
+            return None
+        return json.dumps(values, sort_keys=True, default=str)
+
+    return key
 
 
-def finished_params(study: optuna.Study) -> dict[ParamsKey, FrozenTrial]:
-    """The first COMPLETE trial of each distinct parameter set, or where none completed the first PRUNED one."""
-    first: dict[ParamsKey, FrozenTrial] = {}
+def finished_points(study: optuna.Study, key: PointKey) -> dict[str, FrozenTrial]:
+    """The first COMPLETE trial of each point of the space, or where none completed the first PRUNED one."""
+    first: dict[str, FrozenTrial] = {}
     for state in FINISHED:
         for trial in study.get_trials(deepcopy=False, states=(state,)):
-            first.setdefault(params_key(trial.params), trial)
+            if (point := key(trial)) is not None:
+                first.setdefault(point, trial)
     return first
 
 
-def tell_if_duplicate(study: optuna.Study, trial: Trial, finished: dict[ParamsKey, FrozenTrial]) -> bool:
-    """Tell `trial` the outcome of the finished trial with the same parameters, if there is one: a complete
-    twin's value, or a pruned twin's reports and PRUNED."""
-    twin = finished.get(params_key(trial.params))
-    if twin is None:
-        return False
+def tell_twin(study: optuna.Study, trial: Trial, twin: FrozenTrial) -> None:
+    """Tell `trial` the outcome of its finished twin (the same parameters): a complete twin's value, or a pruned
+    twin's reports and PRUNED; user attr `duplicate_of` names the trained trial."""
     log.info(
         "trial %d: the parameters of trial %d, %s with value %s (not trained again)",
         trial.number,
@@ -236,14 +304,36 @@ def tell_if_duplicate(study: optuna.Study, trial: Trial, finished: dict[ParamsKe
         twin.state.name,
         twin.value,
     )
-    trial.set_user_attr("duplicate_of", twin.number)
+    trial.set_user_attr("duplicate_of", twin.user_attrs.get("duplicate_of", twin.number))
     if twin.state == TrialState.PRUNED:
         for step, value in sorted(twin.intermediate_values.items()):
             trial.report(value, step)
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, twin.value)
-    return True
+
+
+def running_points(
+    storage: BaseStorage, study_id: int, batch: Sequence[Trial], key: PointKey
+) -> dict[str, FrozenTrial]:
+    """The lowest-numbered RUNNING trial of each point outside `batch` (another process's, trained or waiting for
+    its own twin). Lower-numbered trials with no parameters yet (asked a moment ago) get SETTLE_S s to draw them."""
+    ours, below = {trial._trial_id for trial in batch}, max(trial.number for trial in batch)
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        running = [
+            trial
+            for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            if trial._trial_id not in ours
+        ]
+        if all(t.params or t.number > below for t in running) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    lowest: dict[str, FrozenTrial] = {}
+    for trial in sorted(running, key=lambda t: t.number):
+        if (point := key(trial)) is not None:
+            lowest.setdefault(point, trial)
+    return lowest
 
 
 def sync_reports(trial: Trial, backend: RDBStorage) -> None:
@@ -283,7 +373,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         if len(directions) != 1:
             raise ValueError(f"one objective only (run(cfg) returns one float); got directions {directions}")
         self._process_searchspace_config()
-        distributions, fixed_params = create_params_from_overrides([*self._parse_sweeper_params_config(), *arguments])
+        space = self._parse_sweeper_params_config()
+        distributions, fixed_params = create_params_from_overrides([*space, *arguments])
+        # a point: the values of the search space's parameters, drawn or fixed on the command line (not the rest of
+        # the command line, such as paths, which may differ between workers)
+        swept = {*(self.search_space_distributions or {}), *(override.split("=", 1)[0] for override in space)}
         distributions = {**(self.search_space_distributions or {}), **distributions}
         for name in fixed_params:
             distributions.pop(name, None)
@@ -296,75 +390,125 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 "to the study there"
             )
         storage = self._storage()
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=storage,
-            sampler=self.sampler,
-            pruner=pruner,
-            direction=directions[0],
-            load_if_exists=True,
-        )
+        study, created = open_study(storage, self.study_name, directions[0], self.sampler, pruner)
         log.info(
             "study %r in %s: %s; target %d finished (complete or pruned); pruner %s",
             study.study_name,
-            self.storage,
+            repr(make_url(str(self.storage))) if self.storage is not None else "memory",  # password masked
             self._describe(self._counts(study)),
             self.n_trials,
             type(pruner).__name__,
         )
-        if study.get_trials(deepcopy=False):
-            # a seeded sampler would replay the draws the earlier run (or the other worker) already made
+        if not created:
+            # a seeded sampler would replay the draws of the run (or the worker started with this one) that made it
             self.sampler.reseed_rng()
-            log.info("the study has trials already: sampler reseeded so this run draws new parameters")
+            log.info("the study existed already: sampler reseeded so this run draws its own parameters")
         # optuna's default: two heartbeats
         grace_period = self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval
         launched = failed = 0
         last_error: BaseException | None = None
         space_size = finite_space_size(distributions)
+        key = point_key(distributions, {name: value for name, value in fixed_params.items() if name in swept})
         while launched < self.n_trials:
             if isinstance(storage, RDBStorage):
                 fail_trials_of_dead_workers(study, storage, grace_period)
-                with warnings.catch_warnings():  # experimental in optuna 2.10 (the pinned release), used knowingly
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
             counts = self._counts(study)
             missing = self.n_trials - sum(counts[state] for state in FINISHED)
             if missing <= 0:
                 break
-            finished = finished_params(study)
-            if space_size is not None and len(finished) >= space_size:
+            if space_size is not None and len(finished_points(study, key)) >= space_size:
                 log.info("all %d points of the search space have finished: the sweep is done", space_size)
                 break
             asked = [ask_owned(study) for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
-            asked_overrides = self._configure_trials(asked, distributions, fixed_params)
-            if isinstance(storage, RDBStorage):  # the job finds its trial there, to report to it
-                if not is_nop(pruning):
-                    for trial in asked:
-                        trial.set_user_attr("pruner", pruning)
-                asked_overrides = [
-                    (*o, *sweep_trial_overrides(str(self.storage), study.study_name, t.number))
-                    for t, o in zip(asked, asked_overrides, strict=True)
-                ]
-            launched += len(asked)
-            pending = [
-                (t, o) for t, o in zip(asked, asked_overrides, strict=True) if not tell_if_duplicate(study, t, finished)
-            ]
-            if not pending:
-                continue
-            trials = [trial for trial, _ in pending]
-            with heartbeats(storage, trials, self.heartbeat_interval):
-                returns = self.launcher.launch([o for _, o in pending], initial_job_idx=self.job_idx)
-            self.job_idx += len(returns)
-            for trial, job in zip(trials, returns, strict=True):
-                error = self._tell(study, trial, job, storage if isinstance(storage, RDBStorage) else None)
-                if error is not None:
-                    failed, last_error = failed + 1, error
+            with heartbeats(storage, asked, self.heartbeat_interval):  # from ask() on, so no worker fails them
+                asked_overrides = self._configure_trials(asked, distributions, fixed_params)
+                if isinstance(storage, RDBStorage):  # the job finds its trial there, to report to it
+                    if not is_nop(pruning):
+                        for trial in asked:
+                            trial.set_user_attr("pruner", pruning)
+                    asked_overrides = [
+                        (*o, *sweep_trial_overrides(str(self.storage), study.study_name, t.number))
+                        for t, o in zip(asked, asked_overrides, strict=True)
+                    ]
+                launched += len(asked)
+                errors = self._run(study, storage, key, list(zip(asked, asked_overrides, strict=True)), grace_period)
+            failed += len(errors)
+            last_error = errors[-1] if errors else last_error
             if failed > self.max_failure_rate * self.n_trials:
                 raise RuntimeError(
                     f"{failed} of the {launched} trials launched failed, more than max_failure_rate="
                     f"{self.max_failure_rate} of n_trials={self.n_trials}; the last error is above"
                 ) from last_error
         self._save_best(study, Path(str(self.config.hydra.sweep.dir)))
+
+    def _run(
+        self,
+        study: optuna.Study,
+        storage: BaseStorage,
+        key: PointKey,
+        batch: list[tuple[Trial, Sequence[str]]],
+        grace_period: int,
+    ) -> list[BaseException]:
+        """Train the batch's trials, each point once: a point that finished is told at once; one trained elsewhere
+        (a lower-numbered RUNNING trial) or earlier in this batch is told that run's outcome once it has one, and
+        trained where that run failed. Returns the errors of the trials that failed."""
+        finished = finished_points(study, key)
+        elsewhere = running_points(storage, study._study_id, [trial for trial, _ in batch], key)
+        train: dict[str, tuple[Trial, Sequence[str]]] = {}
+        waiting: list[tuple[Trial, Sequence[str], int]] = []  # and the trial id of the run it waits for
+        for trial, overrides in batch:
+            point = key(trial) or f"#{trial.number}"  # outside the space (a search space extender's): its own
+            twin = elsewhere.get(point)
+            if point in finished:
+                tell_twin(study, trial, finished[point])
+            elif twin is not None and twin.number < trial.number:
+                log.info(
+                    "trial %d: the parameters of trial %d, running elsewhere: waits for it", trial.number, twin.number
+                )
+                waiting.append((trial, overrides, twin._trial_id))
+            elif point in train:
+                waiting.append((trial, overrides, train[point][0]._trial_id))
+            else:
+                train[point] = (trial, overrides)
+        errors = self._launch(study, storage, list(train.values()))
+        retrain: list[tuple[Trial, Sequence[str]]] = []
+        for trial, overrides, twin_id in waiting:
+            while (twin := storage.get_trial(twin_id)).state == TrialState.RUNNING:  # another worker's run
+                time.sleep(self.heartbeat_interval)
+                if isinstance(storage, RDBStorage):  # where that worker died, its heartbeat goes stale
+                    fail_trials_of_dead_workers(study, storage, grace_period)
+            if twin.state in FINISHED:
+                tell_twin(study, trial, twin)
+            else:
+                log.info(
+                    "trial %d: trial %d, its parameters' run, %s: trains them",
+                    trial.number,
+                    twin.number,
+                    twin.state.name,
+                )
+                retrain.append((trial, overrides))
+        return errors + (self._run(study, storage, key, retrain, grace_period) if retrain else [])
+
+    def _launch(
+        self, study: optuna.Study, storage: BaseStorage, batch: list[tuple[Trial, Sequence[str]]]
+    ) -> list[BaseException]:
+        """Run the trials' jobs through the launcher and tell their outcomes; a launcher that raises fails them all
+        (its error as theirs). Returns the errors of the trials that failed."""
+        assert self.launcher is not None
+        if not batch:
+            return []
+        jobs = [overrides for _, overrides in batch]
+        try:
+            returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
+        except Exception as error:  # e.g. hydra-submitit-launcher's, when one job of the array died
+            log.error(
+                "the launcher failed: %s: %s; trials %s fail", type(error).__name__, error, [t.number for t, _ in batch]
+            )
+            returns = [failed_job(error, overrides) for overrides in jobs]
+        self.job_idx += len(returns)
+        backend = storage if isinstance(storage, RDBStorage) else None
+        errors = [self._tell(study, trial, job, backend) for (trial, _), job in zip(batch, returns, strict=True)]
+        return [error for error in errors if error is not None]
 
     @staticmethod
     def _counts(study: optuna.Study) -> Counter[TrialState]:
@@ -385,7 +529,27 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     ) -> BaseException | None:
         """Tell the job's objective; a raised error or a non-finite value makes the trial FAIL, a job the pruner
         stopped (optuna.TrialPruned) makes it PRUNED. A run that reports a collapse keeps its value (it is a real,
-        bad result) but is marked `collapsed`. Returns the error of a failed trial, else None."""
+        bad result) but is marked `collapsed`. Returns the error of a failed trial, else None. A trial another
+        worker finished meanwhile (it judged this one dead) is left as it is, with a warning."""
+        try:
+            if backend is None or backend.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                return ResumableOptunaSweeperImpl._record(study, trial, job, backend)
+        except RuntimeError:  # "Cannot change attributes of finished trial": finished by another worker since
+            if backend is None or backend.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                raise
+        assert backend is not None
+        stored = backend.get_trial(trial._trial_id)
+        log.warning(
+            "trial %d was already %s when its run ended (%s): its outcome (%s) is not recorded",
+            trial.number,
+            stored.state.name,
+            stored.user_attrs.get("failed_because", "finished by another worker"),
+            job._return_value,
+        )
+        return None
+
+    @staticmethod
+    def _record(study: optuna.Study, trial: Trial, job: JobReturn, backend: RDBStorage | None) -> BaseException | None:
         output_dir = None if job.hydra_cfg is None else Path(str(job.hydra_cfg.hydra.runtime.output_dir))
         if output_dir is not None:
             trial.set_user_attr("output_dir", str(output_dir))
