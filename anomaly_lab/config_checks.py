@@ -67,15 +67,19 @@ def check_image_size(cfg: DictConfig) -> int:
 
 
 def check_masking(cfg: DictConfig, size: int) -> None:
-    grid_sizes = OmegaConf.select(cfg, "masking.grid_sizes")
-    if grid_sizes is None:
+    if OmegaConf.select(cfg, "masking.grid_sizes") is None:
         return  # no grid: masking=none
-    values: list[Any] = list(grid_sizes) if OmegaConf.is_list(grid_sizes) else [grid_sizes]
-    if not values or any(isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= size for g in values):
-        raise ConfigError(
-            f"masking.grid_sizes={OmegaConf.to_object(grid_sizes) if OmegaConf.is_list(grid_sizes) else grid_sizes!r}:"
-            f" each must be an integer from 1 to model.image_size={size} (a larger grid has cells smaller than a pixel)"
-        )
+    for key in ("masking.grid_sizes", "masking.score_grid_sizes"):
+        grid_sizes = OmegaConf.select(cfg, key)
+        if grid_sizes is None:
+            continue  # score_grid_sizes null: the training grid sizes
+        values: list[Any] = list(grid_sizes) if OmegaConf.is_list(grid_sizes) else [grid_sizes]
+        if not values or any(isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= size for g in values):
+            shown = OmegaConf.to_object(grid_sizes) if OmegaConf.is_list(grid_sizes) else repr(grid_sizes)
+            raise ConfigError(
+                f"{key}={shown}: each must be an integer from 1 to model.image_size={size} "
+                f"(a larger grid has cells smaller than a pixel)"
+            )
     fraction(cfg, "masking.ratio", True, 1.0, "the share of grid cells blanked per mask")
 
 

@@ -39,6 +39,16 @@ class NoMasking:
     def apply(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return images
 
+    def passes_per_image(self) -> int:
+        return 1
+
+
+def _grid_list(value: Sequence[int] | int, what: str) -> list[int]:
+    grids = [int(value)] if isinstance(value, int) else [int(g) for g in value]
+    if not grids or min(grids) < 1:
+        raise ValueError(f"{what} must be positive integers, got {value!r}")
+    return grids
+
 
 @checkpoint_class
 class GridMasking:
@@ -48,6 +58,11 @@ class GridMasking:
     ceil(1/ratio) disjoint masks, the net inpaints each, and the loss sees the stitched image in which
     every pixel was inpainted (as at inference). Costs ceil(1/ratio) forward passes per image.
     Otherwise the loss sees one pass over an image with a random `ratio` of its cells blanked.
+
+    score_grid_sizes: the grid sizes whose full-coverage mask sets score an image (validation, test, predict,
+    export); None: every training grid size. Fewer sets, fewer masked passes per image: ceil(1/ratio) per grid
+    size. A grid size's masks are the same whichever sizes are scored (one seeded draw per size, in
+    grid_sizes order, then the score-only sizes).
     """
 
     def __init__(
@@ -57,13 +72,15 @@ class GridMasking:
         fill: float = 0.0,
         seed: int = 0,
         train_full_coverage: bool = False,
+        score_grid_sizes: Sequence[int] | int | None = None,
     ) -> None:
-        self.grid_sizes = [int(grid_sizes)] if isinstance(grid_sizes, int) else [int(g) for g in grid_sizes]
-        if not self.grid_sizes or min(self.grid_sizes) < 1:
-            raise ValueError(f"grid sizes must be positive integers, got {grid_sizes!r}")
+        self.grid_sizes = _grid_list(grid_sizes, "grid sizes")
+        self.score_grid_sizes = (
+            list(self.grid_sizes) if score_grid_sizes is None else _grid_list(score_grid_sizes, "score grid sizes")
+        )
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
-        for grid in self.grid_sizes:
+        for grid in {*self.grid_sizes, *self.score_grid_sizes}:
             if round(ratio * grid * grid) < 1:
                 raise ValueError(f"ratio {ratio} blanks no cell of a {grid}x{grid} grid; raise ratio or grid")
         self.ratio = ratio
@@ -98,10 +115,11 @@ class GridMasking:
         return masks.unsqueeze(2).float()  # (n,B,1,H,W)
 
     def coverage_masks(self, height: int, width: int, device: torch.device | None = None) -> list[torch.Tensor]:
-        """Per grid size, a (n,1,H,W) set of masks in which every pixel is blanked exactly once."""
+        """Per scored grid size (score_grid_sizes, in that order), a (n,1,H,W) set of masks in which every pixel
+        is blanked exactly once."""
         generator = torch.Generator().manual_seed(self.seed)
-        sets = []
-        for grid in self.grid_sizes:
+        drawn: dict[int, torch.Tensor] = {}
+        for grid in [*self.grid_sizes, *(g for g in self.score_grid_sizes if g not in self.grid_sizes)]:
             cells = grid * grid
             per_mask = self.cells_per_mask(grid)
             order = torch.randperm(cells, generator=generator)
@@ -110,8 +128,12 @@ class GridMasking:
             n_masks = math.ceil(cells / per_mask)
             group_map = group_of_cell.to(device)[_cell_index(height, width, grid, device)]  # (H,W)
             masks = group_map[None] == torch.arange(n_masks, device=device)[:, None, None]  # (n,H,W)
-            sets.append(masks.unsqueeze(1).float())  # (n,1,H,W)
-        return sets
+            drawn.setdefault(grid, masks.unsqueeze(1).float())  # (n,1,H,W)
+        return [drawn[grid] for grid in self.score_grid_sizes]
+
+    def passes_per_image(self) -> int:
+        """Masked forward passes full-coverage scoring makes per image."""
+        return sum(math.ceil(grid * grid / self.cells_per_mask(grid)) for grid in self.score_grid_sizes)
 
     def apply(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return images * (1 - masks) + self.fill * masks  # (B,C,H,W)

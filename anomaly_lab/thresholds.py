@@ -8,6 +8,7 @@ A score >= threshold is called anomalous (the convention of `metrics.f1_max`).
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -51,16 +52,47 @@ class PercentileThreshold:
 
 
 class F1Threshold:
-    """The threshold of best F1 on validation (needs normal and anomalous validation images)."""
+    """The threshold of best F1 on validation (needs normal and anomalous validation images).
+
+    Every threshold between the lowest validation score called anomalous at best F1 and the next lower
+    validation score gives that F1. position="edge" returns the first (the tightest fit to validation: any
+    unseen defect scoring a little lower is missed); "midpoint" the middle of that gap, a margin on both sides.
+    """
+
+    def __init__(self, position: str = "edge") -> None:
+        if position not in ("edge", "midpoint"):
+            raise ValueError(f"position={position!r}: choose edge or midpoint")
+        self.position = position
 
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
         try:
-            return f1_max(scores, labels)[1]
+            edge = f1_max(scores, labels)[1]
         except ValueError as error:
             raise ValueError(
                 f"threshold=f1 needs normal and anomalous validation images ({error}); "
                 f"set dataset.val_anomalous > 0 or use threshold=percentile"
             ) from error
+        below = torch.as_tensor(scores).flatten().double()  # (N,)
+        below = below[below < edge]
+        if self.position == "edge" or below.numel() == 0:
+            return edge
+        return (edge + float(below.max())) / 2.0
+
+
+class NormalSigmaThreshold:
+    """Mean + `sigmas` standard deviations of the normal validation scores; needs no anomalous image. Unlike a
+    high percentile of a few dozen normal images (about their maximum), it does not hinge on one image."""
+
+    def __init__(self, sigmas: float = 3.0) -> None:
+        if not math.isfinite(sigmas):
+            raise ValueError(f"sigmas must be a finite number, got {sigmas}")
+        self.sigmas = float(sigmas)
+
+    def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
+        normal = torch.as_tensor(scores).flatten().double()[torch.as_tensor(labels).flatten() == 0]  # (N0,)
+        if normal.numel() < 2:
+            raise ValueError("threshold=normal_sigma needs at least 2 normal validation images")
+        return float(normal.mean() + self.sigmas * normal.std())
 
 
 class AutoThreshold:
@@ -68,8 +100,8 @@ class AutoThreshold:
     a threshold tuned on synthetic anomalies would fit their look, not the defects to come. train.run sets
     `real_anomalies` from the datamodule (data.validation_anomalies)."""
 
-    def __init__(self, percentile: float = 99.0) -> None:
-        self.f1 = F1Threshold()
+    def __init__(self, percentile: float = 99.0, position: str = "edge") -> None:
+        self.f1 = F1Threshold(position)
         self.percentile = PercentileThreshold(percentile)
         self.real_anomalies = True
 

@@ -114,6 +114,21 @@ def test_a_redrawn_pruned_point_is_pruned_again_without_training(
     assert len(trials) > len(trained)  # some were redrawn
 
 
+def test_a_trials_last_epoch_is_never_pruned(
+    sweep_args: list[str],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the pruner that stops every trial at its first report, but the first report is after the last epoch:
+    # stopping there would save nothing and drop a trained, tested trial
+    last_epoch = [*PRUNE_ALL, "trainer.max_epochs=1", "hydra.sweeper.n_trials=1"]
+    sweep([*checkpointed_and_tested(sweep_args), *last_epoch, *NO_FAILURE_ALLOWED], monkeypatch)
+    (trial,) = load(tmp_path).get_trials()
+    assert trial.state == TrialState.COMPLETE and list(trial.intermediate_values) == [1]
+    metrics = json.loads((Path(trial.user_attrs["output_dir"]) / "metrics.json").read_text())
+    assert "pruned_at_epoch" not in metrics and "test/image_auroc" in metrics
+
+
 class HoldUntil(L.Callback):
     """After the first training batch of the process's first trial, write `held` and wait until `release` exists."""
 

@@ -172,6 +172,8 @@ class TrialPruning(L.Callback):
                 except RuntimeError as error:  # finished meanwhile: another worker judged its sweeper dead
                     log.warning("trial %d: %s; this run reports nothing more to it", self.where[2], error)
                     self.trial = None
+        if prune and trainer.max_epochs is not None and 0 < trainer.max_epochs <= step:
+            prune = False  # the last epoch has trained: stopping saves nothing and would drop a finished trial
         if trainer.world_size > 1:
             prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:

@@ -1,0 +1,130 @@
+"""How much quality do fewer masked passes cost, and how much speed do they buy?
+
+Full-coverage scoring runs ceil(1/ratio) masked passes per grid size (16 for multiscale_grid's 4 sizes at ratio
+0.25), so inference time is mostly the number of passes. For each set of grid sizes given, the run's checkpoint
+is scored with `masking.score_grid_sizes` set to it (anomaly_lab.tools.rescoring: validation chooses the
+threshold again, then the test), written as a checkpoint of its own, and timed through predict's own pipeline
+on `--input` (anomaly_lab.tools.bench_predict). One markdown row per set: passes, test image AUROC, pixel AUROC
+and AUPRO at the masks' resolution, F1 and recall at the threshold validation chose, img/s.
+
+    python -m anomaly_lab.tools.passes_table <run folder> --grids 8,16,32,64 16,32 16 \\
+        --input ../shared/data/mvtec_bottle/test [--backend onnxruntime] [--threads 1] [--save DIR]
+
+A faster model for a production line is one of these checkpoints (`--save DIR` keeps them: DIR/grids-16.ckpt,
+...), or a training run with `masking.score_grid_sizes=[16]` from the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+
+from anomaly_lab.cli import user_errors_exit
+from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.errors import UserError
+from anomaly_lab.tools.bench_predict import markdown_row, measure
+from anomaly_lab.tools.rescoring import rescore
+
+COLUMNS = [
+    "score grid sizes",
+    "passes",
+    "image AUROC",
+    "pixel AUROC",
+    "AUPRO",
+    "F1-max",
+    "F1 at threshold",
+    "recall at threshold",
+    "img/s",
+    "forward img/s",
+]
+
+
+def grid_sets(values: Sequence[str]) -> list[list[int]]:
+    """'8,16,32,64' -> [8, 16, 32, 64], each a positive integer."""
+    sets = []
+    for value in values:
+        try:
+            grids = [int(part) for part in value.split(",")]
+        except ValueError:
+            raise UserError(f"--grids {value!r}: expected grid sizes separated by commas, e.g. 16,32") from None
+        if not grids or min(grids) < 1:
+            raise UserError(f"--grids {value!r}: grid sizes are positive integers")
+        sets.append(grids)
+    return sets
+
+
+def passes_row(
+    folder: Path, grids: list[int], input_path: str, predict_options: Sequence[str], save_to: Path
+) -> dict[str, Any]:
+    """One set of score grid sizes: the rescored run's test metrics and predict's throughput on its checkpoint."""
+    rescored = rescore(folder, [f"masking.score_grid_sizes=[{','.join(map(str, grids))}]"])
+    checkpoint = save_to / f"grids-{'-'.join(map(str, grids))}.ckpt"
+    rescored.trainer.save_checkpoint(checkpoint, weights_only=True)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="predict",
+            overrides=["progress=false", f"ckpt_path={checkpoint}", f"input={input_path}", *predict_options],
+        )
+    speed = measure(cfg)
+    metrics = rescored.test_metrics
+    return {
+        "score grid sizes": ",".join(map(str, grids)),
+        "passes": rescored.module.model.masking.passes_per_image(),
+        "image AUROC": metrics.get("test/image_auroc", float("nan")),
+        "pixel AUROC": metrics.get("test/pixel_auroc", float("nan")),
+        "AUPRO": metrics.get("test/aupro", float("nan")),
+        "F1-max": metrics.get("test/f1_max", float("nan")),
+        "F1 at threshold": metrics.get("test/f1", float("nan")),
+        "recall at threshold": metrics.get("test/recall", float("nan")),
+        "img/s": speed["img/s"],
+        "forward img/s": speed["forward img/s"],
+        "_speed": speed,
+    }
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [markdown_row(COLUMNS), markdown_row(["---"] * len(COLUMNS))]
+    for row in rows:
+        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) and "img/s" not in c else row[c] for c in COLUMNS]
+        cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in cells]
+        lines.append(markdown_row(cells))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a run folder of python -m anomaly_lab.train (masking with a grid)")
+    parser.add_argument("--grids", nargs="+", required=True, help="sets of grid sizes, e.g. 8,16,32,64 16")
+    parser.add_argument("--input", required=True, help="images predict is timed on (a folder, file or glob)")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    parser.add_argument("--threads", type=int, default=None, help="the backend's threads (default: its own)")
+    parser.add_argument("--save", type=Path, help="keep the checkpoints here (a new folder), one per set")
+    args = parser.parse_args(argv)
+    sets = grid_sets(args.grids)
+    predict_options = [f"backend={args.backend}"] + ([f"threads={args.threads}"] if args.threads else [])
+    with tempfile.TemporaryDirectory(prefix="anomaly_lab_passes_") as temporary:
+        save_to = Path(temporary) if args.save is None else args.save
+        if args.save is not None:
+            if args.save.exists():
+                raise UserError(f"--save {args.save}: already exists; give a new folder (nothing is overwritten)")
+            args.save.mkdir(parents=True)
+        rows = [passes_row(args.run, grids, args.input, predict_options, save_to) for grids in sets]
+    speed = rows[0]["_speed"]
+    print(
+        f"run: {args.run}; predict: {speed['backend']}, threads {speed['threads']}, batch {speed['batch']}, "
+        f"{speed['images']} images of {args.input}, load {speed['load']:.2f}; {speed['machine']}"
+    )
+    print(table(rows), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with user_errors_exit():
+        main()

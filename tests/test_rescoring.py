@@ -1,0 +1,120 @@
+"""Scoring a trained model again: fewer masked passes (masking.score_grid_sizes), other threshold rules, and the
+two tools that measure them (passes_table, operating_point) on a real run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from anomaly_lab.config_checks import check_train_config
+from anomaly_lab.errors import ConfigError
+from anomaly_lab.masking import GridMasking
+from anomaly_lab.metrics import f1_max
+from anomaly_lab.thresholds import F1Threshold, NormalSigmaThreshold, metrics_at_threshold
+from tests.conftest import TINY, TINY_SYNTHETIC, compose_config
+
+
+def test_scoring_fewer_grid_sizes_uses_the_full_sets_own_masks() -> None:
+    full = GridMasking([2, 4, 8], ratio=0.5, seed=3)
+    some = GridMasking([2, 4, 8], ratio=0.5, seed=3, score_grid_sizes=[8, 4])
+    full_sets, some_sets = full.coverage_masks(16, 16), some.coverage_masks(16, 16)
+    assert [len(s) for s in some_sets] == [2, 2]
+    assert torch.equal(some_sets[0], full_sets[2]) and torch.equal(some_sets[1], full_sets[1])
+    assert (full.passes_per_image(), some.passes_per_image()) == (6, 4)
+    # a size only scored, never trained: still a full cover, every pixel blanked exactly once
+    extra = GridMasking([2], ratio=0.25, seed=3, score_grid_sizes=[8]).coverage_masks(16, 16)
+    assert len(extra) == 1 and torch.equal(extra[0].sum(dim=0), torch.ones(1, 16, 16))
+    with pytest.raises(ValueError, match="score grid sizes"):
+        GridMasking([2], ratio=0.5, score_grid_sizes=[])
+
+
+def test_a_bad_score_grid_size_is_named_before_training() -> None:
+    cfg = compose_config(
+        [*TINY, "masking=multiscale_grid", "masking.grid_sizes=[2,4]", "masking.score_grid_sizes=[16,1000]"]
+    )
+    with pytest.raises(ConfigError, match=r"^masking\.score_grid_sizes=\[16, 1000\]: each must be an integer"):
+        check_train_config(cfg)
+
+
+def test_f1_midpoint_keeps_validation_f1_with_a_margin_below_the_edge() -> None:
+    scores = torch.tensor([0.10, 0.20, 0.30, 0.50, 0.60, 0.05])  # (N,)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    edge, midpoint = F1Threshold()(scores, labels), F1Threshold("midpoint")(scores, labels)
+    assert edge == pytest.approx(0.50)  # best F1 calls 0.5 and 0.6 anomalous (0.8) ...
+    assert midpoint == pytest.approx(0.40)  # ... as does anything down to the normal 0.3 below it
+    assert metrics_at_threshold(scores, labels, midpoint)["f1"] == pytest.approx(f1_max(scores, labels)[0])
+    with pytest.raises(ValueError, match="position"):
+        F1Threshold("middle")
+
+
+def test_normal_sigma_is_mean_plus_k_std_of_the_normal_scores() -> None:
+    scores, labels = torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([0, 0, 0, 1])
+    assert NormalSigmaThreshold(2.0)(scores, labels) == pytest.approx(2.0 + 2.0 * 1.0)
+    with pytest.raises(ValueError, match="at least 2 normal"):
+        NormalSigmaThreshold()(torch.tensor([1.0, 5.0]), torch.tensor([0, 1]))
+
+
+@pytest.fixture(scope="module")
+def run_with_options(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run (two grid sizes, F1 threshold) and the .hydra/overrides.yaml the command line would leave."""
+    from anomaly_lab.train import run
+
+    out = tmp_path_factory.mktemp("rescored_run")
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    options = [
+        *TINY,
+        *TINY_SYNTHETIC,
+        "trainer.max_epochs=2",
+        f"paths.cache_dir={cache}",
+        "scoring=riad",
+        "masking=multiscale_grid",
+        "masking.grid_sizes=[2,4]",
+        "masking.ratio=0.5",
+        "threshold=f1",
+    ]
+    run(compose_config([*options, f"paths.output_dir={out}"]))
+    (out / ".hydra").mkdir()
+    (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*options, f"paths.output_dir={out}"]))
+    return out
+
+
+def test_operating_point_reproduces_the_runs_own_threshold_and_test(run_with_options: Path) -> None:
+    from anomaly_lab.tools.operating_point import main
+
+    recorded = json.loads((run_with_options / "metrics.json").read_text())
+    rows = {row["rule"]: row for row in main([str(run_with_options), "--rules", "f1", "f1_midpoint"])}
+    assert rows["f1"]["threshold"] == pytest.approx(recorded["test/threshold"], rel=1e-6)  # best.ckpt's own
+    assert rows["f1"]["test F1"] == pytest.approx(recorded["test/f1"], abs=1e-6)
+    assert rows["f1"]["test F1-max"] == pytest.approx(recorded["test/f1_max"], abs=1e-6)
+    assert rows["f1_midpoint"]["threshold"] <= rows["f1"]["threshold"]
+    with pytest.raises(Exception, match="no such threshold option"):
+        main([str(run_with_options), "--rules", "nonsense"])
+
+
+def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_options: Path, tmp_path: Path) -> None:
+    from anomaly_lab.inference import load_model
+    from anomaly_lab.tools.passes_table import main
+
+    recorded = json.loads((run_with_options / "metrics.json").read_text())
+    images = sorted((run_with_options.parent / "cache").glob("**/*.png"))[:4]  # the generated bottles
+    assert images, "the tiny run's generated test images"
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for index, image in enumerate(images):
+        shutil.copy(image, inputs / f"{index}.png")
+    saved = tmp_path / "models"
+    rows = main([str(run_with_options), "--grids", "2,4", "4", "--input", str(inputs), "--save", str(saved)])
+    assert [row["passes"] for row in rows] == [4, 2]
+    assert rows[0]["image AUROC"] == pytest.approx(recorded["test/image_auroc"], abs=1e-6)  # the run's own scoring
+    assert all(math.isfinite(row["img/s"]) and row["img/s"] > 0 for row in rows)
+    fast = load_model(saved / "grids-4.ckpt")
+    assert fast.masking.score_grid_sizes == [4] and sum(fast.set_sizes) == 2
+    assert math.isfinite(float(fast.threshold))  # chosen again on validation with 2 passes
+    with pytest.raises(Exception, match="already exists"):
+        main([str(run_with_options), "--grids", "4", "--input", str(inputs), "--save", str(saved)])
