@@ -57,12 +57,16 @@ class F1Threshold:
     Every threshold between the lowest validation score called anomalous at best F1 and the next lower
     validation score gives that F1. position="edge" returns the first (the tightest fit to validation: any
     unseen defect scoring a little lower is missed); "midpoint" the middle of that gap, a margin on both sides.
+    cap_percentile: never above that percentile of the normal validation scores. With few, well-separated
+    validation anomalies best F1 is reached far above every normal score, and unseen defects scoring between
+    the two are missed; the cap puts the threshold just above the normal tail instead (threshold=f1_capped).
     """
 
-    def __init__(self, position: str = "edge") -> None:
+    def __init__(self, position: str = "edge", cap_percentile: float | None = None) -> None:
         if position not in ("edge", "midpoint"):
             raise ValueError(f"position={position!r}: choose edge or midpoint")
         self.position = position
+        self.cap = None if cap_percentile is None else PercentileThreshold(cap_percentile)
 
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
         try:
@@ -74,9 +78,8 @@ class F1Threshold:
             ) from error
         below = torch.as_tensor(scores).flatten().double()  # (N,)
         below = below[below < edge]
-        if self.position == "edge" or below.numel() == 0:
-            return edge
-        return (edge + float(below.max())) / 2.0
+        threshold = edge if self.position == "edge" or below.numel() == 0 else (edge + float(below.max())) / 2.0
+        return threshold if self.cap is None else min(threshold, self.cap(scores, labels))
 
 
 class NormalSigmaThreshold:
@@ -100,8 +103,8 @@ class AutoThreshold:
     a threshold tuned on synthetic anomalies would fit their look, not the defects to come. train.run sets
     `real_anomalies` from the datamodule (data.validation_anomalies)."""
 
-    def __init__(self, percentile: float = 99.0, position: str = "edge") -> None:
-        self.f1 = F1Threshold(position)
+    def __init__(self, percentile: float = 99.0, position: str = "edge", cap: bool = False) -> None:
+        self.f1 = F1Threshold(position, cap_percentile=percentile if cap else None)
         self.percentile = PercentileThreshold(percentile)
         self.real_anomalies = True
 

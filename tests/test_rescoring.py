@@ -53,6 +53,20 @@ def test_f1_midpoint_keeps_validation_f1_with_a_margin_below_the_edge() -> None:
         F1Threshold("middle")
 
 
+def test_f1_capped_stays_just_above_the_normal_tail_when_validation_defects_score_far_above_it() -> None:
+    normal = torch.linspace(0.10, 0.20, 21)  # (21,)
+    scores = torch.cat([normal, torch.tensor([0.50, 0.55, 0.60])])  # three validation defects, far above
+    labels = torch.tensor([0] * 21 + [1] * 3)
+    assert F1Threshold()(scores, labels) == pytest.approx(0.50)  # best F1 at the lowest defect
+    capped = F1Threshold(cap_percentile=99.0)(scores, labels)
+    assert capped == pytest.approx(float(torch.quantile(normal.double(), 0.99)))  # the cap: below 0.5
+    # where the classes overlap, best F1 lies below the normal tail, and the cap changes nothing
+    overlapping = torch.tensor([0.1, 0.2, 0.9, 0.3, 0.4, 0.95])
+    overlap_labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    rule, capped_rule = F1Threshold(), F1Threshold(cap_percentile=99.0)
+    assert capped_rule(overlapping, overlap_labels) == rule(overlapping, overlap_labels) == pytest.approx(0.3)
+
+
 def test_normal_sigma_is_mean_plus_k_std_of_the_normal_scores() -> None:
     scores, labels = torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([0, 0, 0, 1])
     assert NormalSigmaThreshold(2.0)(scores, labels) == pytest.approx(2.0 + 2.0 * 1.0)
