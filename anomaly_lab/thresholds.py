@@ -99,11 +99,11 @@ class NormalSigmaThreshold:
 
 
 class AutoThreshold:
-    """F1-optimal when validation's anomalies are real, else the percentile of the normal validation scores:
-    a threshold tuned on synthetic anomalies would fit their look, not the defects to come. train.run sets
-    `real_anomalies` from the datamodule (data.validation_anomalies)."""
+    """F1-optimal when validation's anomalies are real (with cap: never above the percentile of the normal
+    validation scores), else that percentile: a threshold tuned on synthetic anomalies would fit their look, not
+    the defects to come. train.run sets `real_anomalies` from the datamodule (data.validation_anomalies)."""
 
-    def __init__(self, percentile: float = 99.0, position: str = "edge", cap: bool = False) -> None:
+    def __init__(self, percentile: float = 99.0, position: str = "edge", cap: bool = True) -> None:
         self.f1 = F1Threshold(position, cap_percentile=percentile if cap else None)
         self.percentile = PercentileThreshold(percentile)
         self.real_anomalies = True

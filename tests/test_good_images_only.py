@@ -244,7 +244,8 @@ def test_auto_threshold_is_f1_on_real_anomalies_else_the_99th_percentile() -> No
     labels = torch.cat([torch.zeros(40), torch.ones(12)]).long()
     rule = AutoThreshold()
     assert rule.real_anomalies  # until train.run says otherwise
-    assert rule(scores, labels) == F1Threshold()(scores, labels)
+    assert rule(scores, labels) == F1Threshold(cap_percentile=99)(scores, labels)
+    assert AutoThreshold(cap=False)(scores, labels) == F1Threshold()(scores, labels)
     rule.real_anomalies = False
     percentile = PercentileThreshold(99)(scores, labels)
     assert rule(scores, labels) == percentile == pytest.approx(np.percentile(scores[:40].numpy(), 99))
