@@ -74,12 +74,18 @@ def check_masking(cfg: DictConfig, size: int) -> None:
         if grid_sizes is None:
             continue  # score_grid_sizes null: the training grid sizes
         values: list[Any] = list(grid_sizes) if OmegaConf.is_list(grid_sizes) else [grid_sizes]
-        if not values or any(isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= size for g in values):
-            shown = OmegaConf.to_object(grid_sizes) if OmegaConf.is_list(grid_sizes) else repr(grid_sizes)
+        shown = OmegaConf.to_object(grid_sizes) if OmegaConf.is_list(grid_sizes) else repr(grid_sizes)
+        if not values:
+            raise ConfigError(
+                f"{key}=[]: give at least one grid size" + (" (or null: all of grid_sizes)" if "score" in key else "")
+            )
+        if any(isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= size for g in values):
             raise ConfigError(
                 f"{key}={shown}: each must be an integer from 1 to model.image_size={size} "
                 f"(a larger grid has cells smaller than a pixel)"
             )
+        if "score" in key and len(set(values)) < len(values):
+            raise ConfigError(f"{key}={shown}: a grid size twice scores the same masks twice; give each once")
     fraction(cfg, "masking.ratio", True, 1.0, "the share of grid cells blanked per mask")
 
 

@@ -78,6 +78,8 @@ class GridMasking:
         self.score_grid_sizes = (
             list(self.grid_sizes) if score_grid_sizes is None else _grid_list(score_grid_sizes, "score grid sizes")
         )
+        if len(set(self.score_grid_sizes)) < len(self.score_grid_sizes):  # the same passes twice, for nothing
+            raise ValueError(f"score grid sizes must differ from each other, got {self.score_grid_sizes}")
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
         for grid in {*self.grid_sizes, *self.score_grid_sizes}:

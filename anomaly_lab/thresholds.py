@@ -66,6 +66,10 @@ class F1Threshold:
         if position not in ("edge", "midpoint"):
             raise ValueError(f"position={position!r}: choose edge or midpoint")
         self.position = position
+        if cap_percentile is not None and (
+            isinstance(cap_percentile, bool) or not isinstance(cap_percentile, int | float)
+        ):
+            raise ValueError(f"cap_percentile={cap_percentile!r}: expected a number in [0, 100] or null")
         self.cap = None if cap_percentile is None else PercentileThreshold(cap_percentile)
 
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -87,8 +91,8 @@ class NormalSigmaThreshold:
     high percentile of a few dozen normal images (about their maximum), it does not hinge on one image."""
 
     def __init__(self, sigmas: float = 3.0) -> None:
-        if not math.isfinite(sigmas):
-            raise ValueError(f"sigmas must be a finite number, got {sigmas}")
+        if isinstance(sigmas, bool) or not isinstance(sigmas, int | float) or not math.isfinite(sigmas) or sigmas < 0:
+            raise ValueError(f"sigmas={sigmas!r}: expected a number >= 0 (e.g. 3)")
         self.sigmas = float(sigmas)
 
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -112,6 +112,12 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
             f"dataset.val_fraction={cfg.dataset.get('val_fraction')} leaves no normal validation image; "
             f"validation needs some (threshold, objective): raise it (e.g. 0.1)"
         )
+    target = str(OmegaConf.select(cfg, "threshold._target_") or "")
+    if target.endswith(".NormalSigmaThreshold") and counts["val"].count(0) < 2:
+        raise SplitError(
+            f"threshold=normal_sigma needs at least 2 normal validation images, dataset.val_fraction="
+            f"{cfg.dataset.get('val_fraction')} leaves {counts['val'].count(0)}: raise it, or use threshold=percentile"
+        )
     if needs_validation_anomalies(cfg) and counts["val"].count(1) == 0:
         raise SplitError(
             f"dataset.val_anomalous={cfg.dataset.get('val_anomalous')} leaves no anomalous validation image; "

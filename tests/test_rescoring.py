@@ -95,6 +95,7 @@ def run_with_options(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(compose_config([*options, f"paths.output_dir={out}"]))
     (out / ".hydra").mkdir()
     (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*options, f"paths.output_dir={out}"]))
+    (out / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(Path.cwd())}}}))
     return out
 
 
@@ -107,8 +108,6 @@ def test_operating_point_reproduces_the_runs_own_threshold_and_test(run_with_opt
     assert rows["f1"]["test F1"] == pytest.approx(recorded["test/f1"], abs=1e-6)
     assert rows["f1"]["test F1-max"] == pytest.approx(recorded["test/f1_max"], abs=1e-6)
     assert rows["f1_midpoint"]["threshold"] <= rows["f1"]["threshold"]
-    with pytest.raises(Exception, match="no such threshold option"):
-        main([str(run_with_options), "--rules", "nonsense"])
 
 
 def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_options: Path, tmp_path: Path) -> None:
@@ -132,3 +131,65 @@ def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_o
     assert math.isfinite(float(fast.threshold))  # chosen again on validation with 2 passes
     with pytest.raises(Exception, match="already exists"):
         main([str(run_with_options), "--grids", "4", "--input", str(inputs), "--save", str(saved)])
+
+
+def test_operating_point_checks_rules_first_and_reports_a_rule_validation_cannot_serve(run_with_options: Path) -> None:
+    from anomaly_lab.errors import ConfigError as RuleError
+    from anomaly_lab.tools.operating_point import main
+
+    for bad in ("../masking/grid", "nonsense", "percentile:nokey=1", "normal_sigma:sigmas=-1"):
+        with pytest.raises(RuleError, match=r"^--rules "):
+            main([str(run_with_options), "--rules", bad])
+    # the tiny run validates on one normal image: mean + k std needs two; its row says so, the others stand
+    rows = {row["rule"]: row for row in main([str(run_with_options), "--rules", "f1", "normal_sigma:sigmas=2"])}
+    assert str(rows["normal_sigma:sigmas=2"]["threshold"]).startswith("n/a: threshold=normal_sigma needs at least 2")
+    assert math.isfinite(rows["f1"]["test F1"])
+
+
+def test_rescoring_a_model_the_options_no_longer_build_is_one_line(run_with_options: Path) -> None:
+    from anomaly_lab.errors import UserError
+    from anomaly_lab.tools.operating_point import main
+
+    with pytest.raises(UserError, match=r"best\.ckpt: its weights do not fit the model the run's options compose now"):
+        main([str(run_with_options), "--rules", "f1", "--options", "model.net.base_channels=4"])
+
+
+def test_passes_table_refuses_a_grid_size_training_would_refuse(run_with_options: Path, tmp_path: Path) -> None:
+    from anomaly_lab.tools.passes_table import main
+
+    with pytest.raises(ConfigError, match=r"^masking\.score_grid_sizes=\[64\]: each must be an integer from 1 to"):
+        images = str(run_with_options.parent / "cache")  # the generated bottles
+        main([str(run_with_options), "--grids", "64", "--input", images, "--save", str(tmp_path / "s")])
+    assert not (tmp_path / "s").exists()  # nothing made for a refused command
+
+
+def test_relative_data_paths_resolve_where_the_run_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run started in one folder with a relative cache (its generated data) is rescored from another folder:
+    the tools read the run's data, and write nothing where they are started."""
+    from anomaly_lab.tools.operating_point import main
+    from anomaly_lab.train import run
+
+    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
+    started.mkdir(), elsewhere.mkdir()
+    options = [*TINY, *TINY_SYNTHETIC, "paths.cache_dir=relative_cache", "threshold=f1"]
+    monkeypatch.chdir(started)
+    out = tmp_path / "run"
+    run(compose_config([*options, f"paths.output_dir={out}"]))
+    (out / ".hydra").mkdir()
+    (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(options))
+    (out / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(started)}}}))
+    monkeypatch.chdir(elsewhere)
+    (row,) = main([str(out), "--rules", "f1"])
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert row["test F1"] == pytest.approx(recorded["test/f1"], abs=1e-6)
+    assert list(elsewhere.iterdir()) == []  # no data generated or cached here
+
+
+def test_normal_sigma_without_two_normal_validation_images_is_refused_before_training(tmp_path: Path) -> None:
+    from anomaly_lab.errors import SplitError
+    from anomaly_lab.train import run
+
+    cfg = compose_config([*TINY, *TINY_SYNTHETIC, f"paths.output_dir={tmp_path / 'r'}", "threshold=normal_sigma"])
+    with pytest.raises(SplitError, match=r"^threshold=normal_sigma needs at least 2 normal validation images"):
+        run(cfg)
+    assert not (tmp_path / "r" / "checkpoints").exists()

@@ -63,7 +63,8 @@ def pruner_settings(config: Mapping[str, Any] | None, where: str = "hydra.sweepe
     if target not in PRUNERS:
         raise ConfigError(
             f"{where}._target_={target!r}: not a pruner this sweeper builds; one of {', '.join(PRUNERS)} "
-            f"(hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband|threshold)"
+            f"(hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband|threshold, or the presets "
+            f"median_after_warmup|successive_halving_from_epoch5)"
         )
     for key, value in settings.items():
         if key != "_target_" and (key.startswith("_") or not isinstance(value, PLAIN)):

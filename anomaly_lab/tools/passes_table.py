@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from anomaly_lab.cli import user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import UserError
+from anomaly_lab.predict import find_inputs
 from anomaly_lab.tools.bench_predict import markdown_row, measure
-from anomaly_lab.tools.rescoring import rescore
+from anomaly_lab.tools.rescoring import compose_run, rescore
 
 COLUMNS = [
     "score grid sizes",
@@ -59,12 +62,19 @@ def grid_sets(values: Sequence[str]) -> list[list[int]]:
     return sets
 
 
+def check_grid_masked(folder: Path) -> None:
+    """A one-line UserError unless the run was trained with grid masking (there are passes to leave out)."""
+    if OmegaConf.select(compose_run(folder, []), "masking.grid_sizes") is None:
+        raise UserError(f"{folder}: trained without grid masking (masking=none): no masked passes to leave out")
+
+
 def passes_row(
     folder: Path, grids: list[int], input_path: str, predict_options: Sequence[str], save_to: Path
 ) -> dict[str, Any]:
     """One set of score grid sizes: the rescored run's test metrics and predict's throughput on its checkpoint."""
     rescored = rescore(folder, [f"masking.score_grid_sizes=[{','.join(map(str, grids))}]"])
     checkpoint = save_to / f"grids-{'-'.join(map(str, grids))}.ckpt"
+    save_to.mkdir(parents=True, exist_ok=True)
     rescored.trainer.save_checkpoint(checkpoint, weights_only=True)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(
@@ -107,14 +117,22 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--save", type=Path, help="keep the checkpoints here (a new folder), one per set")
     args = parser.parse_args(argv)
     sets = grid_sets(args.grids)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: a whole number >= 1 (or leave it out: the backend's default)")
+    find_inputs(args.input)  # a missing input or one without images: one line now, not after the rescoring
+    input_path = str(Path(args.input).resolve()) if Path(args.input).exists() else args.input
+    if args.save is not None and args.save.exists():
+        raise UserError(f"--save {args.save}: already exists; give a new folder (nothing is overwritten)")
+    check_grid_masked(args.run)
     predict_options = [f"backend={args.backend}"] + ([f"threads={args.threads}"] if args.threads else [])
     with tempfile.TemporaryDirectory(prefix="anomaly_lab_passes_") as temporary:
-        save_to = Path(temporary) if args.save is None else args.save
-        if args.save is not None:
-            if args.save.exists():
-                raise UserError(f"--save {args.save}: already exists; give a new folder (nothing is overwritten)")
-            args.save.mkdir(parents=True)
-        rows = [passes_row(args.run, grids, args.input, predict_options, save_to) for grids in sets]
+        save_to = Path(temporary) if args.save is None else args.save.resolve()
+        try:
+            rows = [passes_row(args.run, grids, input_path, predict_options, save_to) for grids in sets]
+        except BaseException:
+            if args.save is not None and save_to.is_dir():  # the folder this run made: no half set left behind
+                shutil.rmtree(save_to)
+            raise
     speed = rows[0]["_speed"]
     print(
         f"run: {args.run}; predict: {speed['backend']}, threads {speed['threads']}, batch {speed['batch']}, "

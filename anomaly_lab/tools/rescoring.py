@@ -5,15 +5,20 @@ How many masked passes an image needs (passes_table) and which threshold rule ho
 config is composed from the run's own command-line options (.hydra/overrides.yaml) plus the new ones, from this
 project's config files, never from the run's stored config: a file does not choose what is instantiated. The
 model is rebuilt from that config and gets the checkpoint's weights; validation then chooses its threshold with
-the composed rule and the test measures it, as in training (anomaly_lab.train.run).
+the composed rule and the test measures it, as in training (anomaly_lab.train.run). Relative paths in the options
+(data, cache) are read from the folder the run was started in (.hydra/hydra.yaml, hydra.runtime.cwd), as the
+run read them. A model that these options compose differently from the run's own (config files changed since)
+is named in a warning, or, where the weights do not fit, refused in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +28,19 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.errors import UserError
 from anomaly_lab.inference import read_checkpoint
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.results import StageResults
 from anomaly_lab.thresholds import AutoThreshold
 from anomaly_lab.train import build_module
 
+log = logging.getLogger(__name__)
+
 # recorded options that say where a run wrote or how it was resumed, not what it is
-NOT_CARRIED = ("hydra.", "hydra/", "sweep_trial", "paths.output_dir", "paths.root_dir", "resume", "overwrite")
+NOT_CARRIED = ("hydra.", "hydra/", "sweep_trial", "paths.output_dir", "resume", "overwrite")
 
 
 @dataclass
@@ -60,14 +69,79 @@ def compose_run(folder: Path, options: Sequence[str]) -> DictConfig:
         return compose(config_name="train", overrides=[*run_options(folder), *options])
 
 
+@contextlib.contextmanager
+def run_working_directory(folder: Path) -> Iterator[None]:
+    """The folder the run was started in, as the current directory (relative data paths resolve as they did)."""
+    recorded = (
+        OmegaConf.select(OmegaConf.load(folder / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd")
+        if (folder / ".hydra" / "hydra.yaml").is_file()
+        else None
+    )
+    if not isinstance(recorded, str) or not Path(recorded).is_dir():
+        log.warning("%s: the folder the run started in is not known or gone; relative paths resolve here", folder)
+        yield
+        return
+    before = os.getcwd()
+    os.chdir(recorded)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def model_differences(folder: Path, cfg: DictConfig, options: Sequence[str]) -> list[str]:
+    """Keys of `model` whose value the current config files give differently from the run's stored config
+    (values compared as plain data; nothing in the stored file is built), less those `options` set."""
+    stored_path = folder / ".hydra" / "config.yaml"
+    if not stored_path.is_file():
+        return []
+
+    def flat(node: object, prefix: str) -> dict[str, object]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}.{key}").items()}
+        return {prefix: node}
+
+    try:
+        stored = flat(OmegaConf.to_container(OmegaConf.load(stored_path).model, resolve=True), "model")
+        now = flat(OmegaConf.to_container(cfg.model, resolve=True), "model")
+    except Exception:  # an unreadable stored config: nothing to compare (the weights must still fit)
+        return []
+    given = {o.split("=", 1)[0].lstrip("+~") for o in options}
+    return sorted(
+        k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k) and k.removeprefix("model.") not in given
+    )
+
+
 def rescore(folder: Path, options: Sequence[str] = (), checkpoint: str = "best.ckpt") -> Rescored:
     """The run's checkpoint (checkpoints/<checkpoint>) in the model `options` compose, validated (threshold
     chosen) and tested."""
+    folder = folder.resolve()
+    with run_working_directory(folder):
+        return _rescore(folder, options, checkpoint)
+
+
+def _rescore(folder: Path, options: Sequence[str], checkpoint: str) -> Rescored:
     cfg = compose_run(folder, options)
+    check_train_config(cfg)
+    changed = model_differences(folder, cfg, options)
+    if changed:
+        log.warning(
+            "%s: the run's options now compose another model than it trained (%s); the config files changed since",
+            folder,
+            ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else ""),
+        )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
-    _, state_dict = read_checkpoint(folder / "checkpoints" / checkpoint)
-    module.load_state_dict(state_dict)  # strict: the composed model must be the trained one
+    path = folder / "checkpoints" / checkpoint
+    _, state_dict = read_checkpoint(path)
+    try:
+        module.load_state_dict(state_dict)  # strict: the composed model must be the trained one
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise UserError(
+            f"{path}: its weights do not fit the model the run's options compose now "
+            f"({lines[0] if lines else 'state dict mismatch'})"
+        ) from None
     datamodule: L.LightningDataModule = instantiate(cfg.dataset, preprocessing=module.model.preprocessing)
     datamodule.setup("fit")
     kind = str(getattr(datamodule, "validation_anomaly_kind", "real"))

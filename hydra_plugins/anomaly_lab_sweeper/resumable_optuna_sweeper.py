@@ -2,7 +2,8 @@
 
 `hydra/sweeper=resumable_optuna` takes every option of hydra-optuna-sweeper's `optuna` plus the
 heartbeat settings and a pruner (`hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband|
-threshold`, options as `hydra.sweeper.pruner.<key>=...`); the loop itself is
+threshold`, or the presets in anomaly_lab/conf/hydra/sweeper/pruner/; options as `hydra.sweeper.pruner.<key>=...`);
+the loop itself is
 anomaly_lab.sweeps.resumable_optuna.ResumableOptunaSweeperImpl.
 """
 
