@@ -20,6 +20,7 @@ NO_MASKING = "anomaly_lab.masking.NoMasking"
 GRID = "anomaly_lab.masking.GridMasking"
 PAGES = "anomaly_lab.data.folders.SyntheticPagesDataModule"
 MVTEC = "anomaly_lab.data.datamodules.MVTecDataModule"
+FOLDER = "anomaly_lab.data.folders.FolderDataModule"
 STEP_LR = "torch.optim.lr_scheduler.StepLR"
 THESIS_TILES = {
     "model.image_size": 64,
@@ -59,6 +60,14 @@ EXPECTED: dict[str, dict[str, Any]] = {
         **THESIS_TILES,
         "dataset.write_pages._target_": "anomaly_lab.data.synthetic.write_notes_pages",
         "threshold.value": 0.002,
+        "trainer.max_epochs": 5,
+    },
+    "notes_thesis_scale": {
+        **THESIS_TILES,
+        "dataset.write_pages._target_": "anomaly_lab.data.synthetic.write_notes_pages",
+        "dataset.write_pages.height": 1600,
+        "dataset.write_pages.width": 1088,
+        "threshold._target_": "anomaly_lab.thresholds.F1Threshold",
         "trainer.max_epochs": 5,
     },
     "sharks": {
@@ -116,13 +125,25 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "optimizer.lr": 1e-3,
     },
     "bottles_unmasked_cpu": {**CPU_BOTTLES, **THESIS_RULE, "masking._target_": NO_MASKING, "optimizer.lr": 1e-3},
+    # bottles_cpu on a plain folder without masks, each training image rotated at random (MVTec screw)
+    "screw_cpu": {
+        **CPU_BOTTLES,
+        **RIAD,
+        "dataset._target_": FOLDER,
+        "dataset.mask_dir": None,
+        "dataset.preprocessing.grayscale": False,
+        "dataset.train_transform.transforms.0._target_": "albumentations.Rotate",
+        "optimizer.lr": 1e-3,
+    },
 }
 # The dataset option each experiment chooses, named again so compose_tiny shrinks it to tiny data.
 DATASET = {
     "notes_highlighter": "synthetic_notes",
+    "notes_thesis_scale": "synthetic_notes",
     "sharks": "synthetic_sharks",
     "sharks_gray": "synthetic_sharks",
     **{name: "mvtec" for name in EXPECTED if name.startswith("bottles")},
+    "screw_cpu": "folder",  # read from tiny_data_dir's folder/ (generated pages, whole images)
 }
 # GPU trainers run their code path on CPU here; precision stays as configured.
 ON_CPU = ["trainer.accelerator=cpu", "trainer.benchmark=false"]
@@ -141,10 +162,14 @@ def test_experiment_settings_land(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_one_step(name: str, compose_tiny: ComposeFn, tiny_bottles_root: Path) -> None:
+def test_experiment_runs_one_step(
+    name: str, compose_tiny: ComposeFn, tiny_bottles_root: Path, request: pytest.FixtureRequest
+) -> None:
     data = [f"dataset={DATASET[name]}"]  # compose_tiny adds the tiny page sizes for generated pages
     if DATASET[name] == "mvtec":
         data.append(f"dataset.root={tiny_bottles_root}")
+    if DATASET[name] == "folder":
+        data.append(f"paths.data_dir={request.getfixturevalue('tiny_data_dir')}")
     gpu = ON_CPU if EXPECTED[name]["trainer.accelerator"] == "gpu" else []
     # 32px (compose_tiny) and a narrow net: unet512's 64 base channels under 16 full-coverage passes take minutes
     tiny_net = ["model.net.base_channels=8"]

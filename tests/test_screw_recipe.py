@@ -1,0 +1,94 @@
+"""experiment=screw_cpu (issue 16, item 5): bottles_cpu with random rotations, read as a plain folder without masks.
+
+Composed only (no training): the recipe reads a folder of grayscale images as 3 equal channels, keeps every
+other setting of bottles_cpu, and still runs on an MVTec layout (bottle) with dataset=mvtec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from anomaly_lab.config_checks import check_train_config
+from anomaly_lab.data.folders import FolderDataModule
+from tests.conftest import compose_config
+
+FOLDER = "anomaly_lab.data.folders.FolderDataModule"
+MVTEC = "anomaly_lab.data.datamodules.MVTecDataModule"
+
+
+def settings(cfg: DictConfig) -> dict[str, object]:
+    """What screw_cpu shares with bottles_cpu: everything but the dataset (and its training transform)."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(container, dict)
+    return {key: value for key, value in container.items() if key != "dataset"}
+
+
+@pytest.fixture
+def gray_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """normal/ (10) and anomaly/ (4) 8-bit grayscale 48x48 images, screw-like: a dark bar on a light background."""
+    rng = np.random.default_rng(0)
+    folders = (tmp_path / "normal", tmp_path / "anomaly")
+    for folder, count in zip(folders, (10, 4), strict=True):
+        folder.mkdir()
+        for i in range(count):
+            image = np.full((48, 48), 185, np.uint8) + rng.integers(0, 8, (48, 48), dtype=np.uint8)
+            image[20:28, 6:42] = 60 + 5 * i
+            Image.fromarray(image, mode="L").save(folder / f"{i:03d}.png")
+    return folders
+
+
+def test_screw_cpu_is_bottles_cpu_with_rotations_on_a_folder_without_masks() -> None:
+    cfg = compose_config(["experiment=screw_cpu"])
+    bottles = compose_config(["experiment=bottles_cpu"])
+    assert cfg.dataset._target_ == FOLDER and cfg.dataset.mask_dir is None
+    assert cfg.dataset.preprocessing.grayscale is False  # gray files decode to 3 equal channels; colour stays colour
+    transforms = OmegaConf.to_container(cfg.dataset.train_transform.transforms)
+    assert isinstance(transforms, list) and [t["_target_"] for t in transforms] == ["albumentations.Rotate"]
+    assert transforms[0]["limit"] == 180
+    assert settings(cfg) == settings(bottles)  # model, masking, scoring, trainer, callbacks: bottles_cpu's
+    assert (cfg.model.image_size, cfg.trainer.max_epochs, cfg.trainer.max_time) == (128, 40, "00:00:15:00")
+    assert cfg.callbacks.model_checkpoint.monitor is None  # a fixed budget: the last epoch is tested
+
+
+def test_screw_cpu_reads_a_grayscale_folder_as_three_equal_channels(gray_folders: tuple[Path, Path]) -> None:
+    normal, anomaly = gray_folders
+    cfg = compose_config(
+        [
+            "experiment=screw_cpu",
+            f"dataset.normal_dir={normal}",
+            f"dataset.abnormal_dir={anomaly}",
+            "model.image_size=64",  # the recipe's 64x64 grid needs 64 pixels
+        ]
+    )
+    check_train_config(cfg)
+    module = instantiate(cfg.dataset)
+    assert isinstance(module, FolderDataModule)
+    module.setup("fit")
+    assert sum(s.label for s in module.splits["train"].samples) == 0  # normals only in training
+    assert sum(s.label for s in module.splits["test"].samples) > 0
+    assert any(s.label == 0 for s in module.splits["test"].samples)  # normals held out of normal_dir for the test
+    for split in module.splits.values():
+        for image in split.images:
+            assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+            assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2])
+    batch = next(iter(module.train_dataloader()))  # rotated per item, still 3 equal channels
+    images = batch["image"]
+    assert images.shape[1:] == (3, 64, 64)
+    assert bool((images[:, 0] == images[:, 1]).all()) and bool((images[:, 0] == images[:, 2]).all())
+    test = next(iter(module.test_dataloader()))  # no masks: anomalous images count as anomalous everywhere
+    assert test["mask_known"].tolist() == (test["label"] == 0).tolist()
+
+
+def test_screw_cpu_runs_on_an_mvtec_layout_with_dataset_mvtec(tmp_path: Path) -> None:
+    cfg = compose_config(["experiment=screw_cpu", "dataset=mvtec", f"dataset.root={tmp_path}"])
+    assert cfg.dataset._target_ == MVTEC and cfg.dataset.root == str(tmp_path)
+    assert not {"normal_dir", "abnormal_dir", "mask_dir", "test_fraction"} & set(cfg.dataset)  # no folder keys
+    assert cfg.dataset.train_transform.transforms[0]._target_ == "albumentations.Rotate"
+    assert cfg.dataset.preprocessing.grayscale is False  # bottle keeps its colour
+    check_train_config(cfg)
