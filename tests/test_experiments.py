@@ -125,14 +125,17 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "optimizer.lr": 1e-3,
     },
     "bottles_unmasked_cpu": {**CPU_BOTTLES, **THESIS_RULE, "masking._target_": NO_MASKING, "optimizer.lr": 1e-3},
-    # bottles_cpu on a plain folder without masks, each training image rotated at random (MVTec screw)
+    # bottles_cpu at 192 px on a plain folder without masks (MVTec screw)
     "screw_cpu": {
         **CPU_BOTTLES,
         **RIAD,
         "dataset._target_": FOLDER,
         "dataset.mask_dir": None,
         "dataset.preprocessing.grayscale": False,
-        "dataset.train_transform.transforms.0._target_": "albumentations.Rotate",
+        "dataset.train_transform.transforms": [],
+        "model.image_size": 192,
+        "trainer.max_epochs": 18,
+        "trainer.check_val_every_n_epoch": 9,
         "optimizer.lr": 1e-3,
     },
 }
