@@ -39,9 +39,6 @@ class NoMasking:
     def apply(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return images
 
-    def passes_per_image(self) -> int:
-        return 1
-
 
 def _grid_list(value: Sequence[int] | int, what: str) -> list[int]:
     grids = [int(value)] if isinstance(value, int) else [int(g) for g in value]
@@ -132,10 +129,6 @@ class GridMasking:
             masks = group_map[None] == torch.arange(n_masks, device=device)[:, None, None]  # (n,H,W)
             drawn.setdefault(grid, masks.unsqueeze(1).float())  # (n,1,H,W)
         return [drawn[grid] for grid in self.score_grid_sizes]
-
-    def passes_per_image(self) -> int:
-        """Masked forward passes full-coverage scoring makes per image."""
-        return sum(math.ceil(grid * grid / self.cells_per_mask(grid)) for grid in self.score_grid_sizes)
 
     def apply(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return images * (1 - masks) + self.fill * masks  # (B,C,H,W)

@@ -35,7 +35,7 @@ from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reaso
 from anomaly_lab.inference import model_spec
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.thresholds import AutoThreshold, F1Threshold
+from anomaly_lab.thresholds import AutoThreshold, F1Threshold, ThresholdRule
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,6 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
             f"dataset.val_fraction={cfg.dataset.get('val_fraction')} leaves no normal validation image; "
             f"validation needs some (threshold, objective): raise it (e.g. 0.1)"
         )
-    target = str(OmegaConf.select(cfg, "threshold._target_") or "")
-    if target.endswith(".NormalSigmaThreshold") and counts["val"].count(0) < 2:
-        raise SplitError(
-            f"threshold=normal_sigma needs at least 2 normal validation images, dataset.val_fraction="
-            f"{cfg.dataset.get('val_fraction')} leaves {counts['val'].count(0)}: raise it, or use threshold=percentile"
-        )
     if needs_validation_anomalies(cfg) and counts["val"].count(1) == 0:
         raise SplitError(
             f"dataset.val_anomalous={cfg.dataset.get('val_anomalous')} leaves no anomalous validation image; "
@@ -130,6 +124,24 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
             f"the test split is empty; hold out normal images ({hold_out}), lower dataset.val_anomalous, "
             f"or set test=false"
         )
+
+
+def check_threshold_rule(rule: ThresholdRule | None, datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
+    """The threshold rule, run once on the validation split's labels (placeholder scores), accepts them: a rule that
+    needs more validation images than the split holds fails now, not after training."""
+    splits = getattr(datamodule, "splits", None)
+    if rule is None or not splits:
+        return
+    labels = [s.label for s in splits["val"].samples]
+    if getattr(datamodule, "validation_anomaly_kind", "real") in ("synthetic", "both"):
+        labels.append(1)  # validation adds synthetic anomalies to the split
+    try:
+        rule(torch.arange(len(labels), dtype=torch.float64), torch.tensor(labels))
+    except ValueError as error:
+        raise SplitError(
+            f"{error}; dataset.val_fraction={cfg.dataset.get('val_fraction')} leaves {labels.count(0)} normal and "
+            f"{labels.count(1)} anomalous validation images"
+        ) from error
 
 
 def run(cfg: DictConfig) -> float:
@@ -154,6 +166,7 @@ def run(cfg: DictConfig) -> float:
         module.threshold_rule.real_anomalies = validation_anomalies == "real"
     elif isinstance(module.threshold_rule, F1Threshold) and validation_anomalies != "real":
         log.warning("threshold=f1 fits the %s validation anomalies; threshold=auto does not", validation_anomalies)
+    check_threshold_rule(module.threshold_rule, datamodule, cfg)
     source = OmegaConf.select(cfg, "dataset.validation_anomalies.source")
     if source == "both" and validation_anomalies == "synthetic":
         log.info("validation_anomalies=both: the data has no anomalous validation image, so they are synthetic only")

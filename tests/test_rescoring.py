@@ -26,7 +26,7 @@ def test_scoring_fewer_grid_sizes_uses_the_full_sets_own_masks() -> None:
     full_sets, some_sets = full.coverage_masks(16, 16), some.coverage_masks(16, 16)
     assert [len(s) for s in some_sets] == [2, 2]
     assert torch.equal(some_sets[0], full_sets[2]) and torch.equal(some_sets[1], full_sets[1])
-    assert (full.passes_per_image(), some.passes_per_image()) == (6, 4)
+    assert (sum(map(len, full_sets)), sum(map(len, some_sets))) == (6, 4)  # masked passes per image
     # a size only scored, never trained: still a full cover, every pixel blanked exactly once
     extra = GridMasking([2], ratio=0.25, seed=3, score_grid_sizes=[8]).coverage_masks(16, 16)
     assert len(extra) == 1 and torch.equal(extra[0].sum(dim=0), torch.ones(1, 16, 16))
@@ -191,5 +191,18 @@ def test_normal_sigma_without_two_normal_validation_images_is_refused_before_tra
 
     cfg = compose_config([*TINY, *TINY_SYNTHETIC, f"paths.output_dir={tmp_path / 'r'}", "threshold=normal_sigma"])
     with pytest.raises(SplitError, match=r"^threshold=normal_sigma needs at least 2 normal validation images"):
+        run(cfg)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_threshold_rule_the_validation_split_cannot_serve_is_refused_before_training(tmp_path: Path) -> None:
+    from anomaly_lab.errors import SplitError
+    from anomaly_lab.train import run
+
+    # the objective needs no anomalous validation image, but threshold=f1 does
+    options = ["dataset.val_anomalous=0", "validation_anomalies=real", "objective.metric=val/loss", "threshold=f1"]
+    cfg = compose_config([*TINY, *TINY_SYNTHETIC, f"paths.output_dir={tmp_path / 'r'}", *options])
+    refusal = r"^threshold=f1 needs normal and anomalous .* leaves \d+ normal and 0 anomalous"
+    with pytest.raises(SplitError, match=refusal):
         run(cfg)
     assert not (tmp_path / "r" / "checkpoints").exists()

@@ -85,7 +85,7 @@ def passes_row(
     metrics = rescored.test_metrics
     return {
         "score grid sizes": ",".join(map(str, grids)),
-        "passes": rescored.module.model.masking.passes_per_image(),
+        "passes": speed["passes"],
         "image AUROC": metrics.get("test/image_auroc", float("nan")),
         "pixel AUROC": metrics.get("test/pixel_auroc", float("nan")),
         "AUPRO": metrics.get("test/aupro", float("nan")),
