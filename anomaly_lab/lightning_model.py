@@ -76,6 +76,8 @@ class InpaintingModule(L.LightningModule):
         # protocol, test/pixel_auroc, test/aupro) and at the model's resolution against the prepared masks (*_model_res)
         self.pixel_metrics = PixelMetrics()
         self.pixel_metrics_model_res = PixelMetrics()
+        # validation's, at the model's resolution (cheap each epoch): what a map setting is chosen on, never the test
+        self.val_pixel_metrics_model_res = PixelMetrics()
         # where on_test_epoch_end logs and publishes: "test", or e.g. "test/all" for a pass over the whole test set
         # (datamodule.test_split="all"): its threshold-free metrics only, results in self.results["test/all"]
         self.test_prefix = "test"
@@ -109,6 +111,8 @@ class InpaintingModule(L.LightningModule):
         if stage != "train":
             maps, scores = self.model(images)
             self.samples[stage] += scored_samples(batch, scores)
+            if stage == "val":
+                self.val_pixel_metrics_model_res.update(maps, batch["mask"] > 0.5)  # (B,1,S,S) the prepared masks
             if stage == "test":
                 masks = batch["mask"] > 0.5  # (B,1,S,S) the prepared masks
                 self.pixel_metrics_model_res.update(maps, masks)
@@ -175,7 +179,13 @@ class InpaintingModule(L.LightningModule):
         return metrics
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self._separation_metrics("val"), sync_dist=True)  # the same on every process (gathered)
+        metrics = self._separation_metrics("val")
+        results = None if self.trainer.sanity_checking else self.results.get("val")
+        if "val/image_auroc" in metrics and results is not None and without_masks_note(results.samples) is None:
+            pixel = self.val_pixel_metrics_model_res.compute()
+            metrics.update({f"val/{name}_model_res": float(value) for name, value in pixel.items()})
+        self.val_pixel_metrics_model_res.reset()
+        self.log_dict(metrics, sync_dist=True)  # the same on every process (gathered)
 
     def on_test_epoch_end(self) -> None:
         prefix = self.test_prefix

@@ -15,7 +15,7 @@ from torch import nn
 from anomaly_lab.masking import Masking, inpaint_for_training
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.registry import checkpoint_class
-from anomaly_lab.scoring import REDUCTIONS, full_coverage_scores
+from anomaly_lab.scoring import REDUCTIONS, AnomalyMap, full_coverage_scores
 
 
 class NetShapeError(ValueError):
@@ -51,7 +51,7 @@ class InpaintingModel(nn.Module):
         image_size: int,
         net: nn.Module,
         masking: Masking,
-        anomaly_map: nn.Module,
+        anomaly_map: AnomalyMap,
         preprocessing: Preprocessing,
         reduce: str = "mean",
         topk_fraction: float = 0.01,

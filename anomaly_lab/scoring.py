@@ -64,19 +64,38 @@ def map_weights(weights: dict[str, float]) -> dict[str, float]:
 @checkpoint_class
 class AnomalyMap(nn.Module):
     """Weighted sum of pixel maps by name (l2=, ssim=, msgms=, ... any registered map), then a Gaussian blur
-    (blur_sigma 0 = none)."""
+    (blur_sigma 0 = none).
 
-    def __init__(self, blur_sigma: float = 0.0, **weights: float) -> None:
+    score_blur_sigma: the blur of the map the image score pools (None: the anomaly map itself). Locating a
+    defect and deciding whether an image has one want different blurs: a wide one fills a large defect's
+    interior, which only an edge error marks; a narrow one keeps a small defect's peak (docs/benchmarks.md,
+    "Blur of the anomaly map and of the image score").
+    """
+
+    def __init__(self, blur_sigma: float = 0.0, score_blur_sigma: float | None = None, **weights: float) -> None:
         super().__init__()
         self.weights = map_weights(weights)
+        for name, sigma in (("blur_sigma", blur_sigma), ("score_blur_sigma", score_blur_sigma)):
+            if sigma is not None and (isinstance(sigma, bool) or not math.isfinite(sigma) or sigma < 0):
+                raise ValueError(f"{name}={sigma!r}: expected a number >= 0 (0: no blur)")
         self.blur_sigma = float(blur_sigma)
+        self.score_blur_sigma = None if score_blur_sigma is None else float(score_blur_sigma)
+
+    def unblurred(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.stack([w * PIXEL_MAPS[name](recon, target) for name, w in self.weights.items()]).sum(dim=0)
 
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        maps = torch.stack([w * PIXEL_MAPS[name](recon, target) for name, w in self.weights.items()]).sum(dim=0)
-        return gaussian_blur(maps, self.blur_sigma)  # (B,1,H,W)
+        return gaussian_blur(self.unblurred(recon, target), self.blur_sigma)  # (B,1,H,W)
+
+    def blurred(self, unblurred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The anomaly map and the map the image score pools, from an unblurred one.  # (B,1,H,W) each"""
+        anomaly_map = gaussian_blur(unblurred, self.blur_sigma)
+        if self.score_blur_sigma is None or self.score_blur_sigma == self.blur_sigma:
+            return anomaly_map, anomaly_map
+        return anomaly_map, gaussian_blur(unblurred, self.score_blur_sigma)
 
     def extra_repr(self) -> str:
-        return f"weights={self.weights}, blur_sigma={self.blur_sigma}"
+        return f"weights={self.weights}, blur_sigma={self.blur_sigma}, score_blur_sigma={self.score_blur_sigma}"
 
 
 class ReconstructionLoss(nn.Module):
@@ -136,7 +155,7 @@ def full_coverage_scores(
     net: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     masking: Masking,
-    anomaly_map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    anomaly_map: AnomalyMap,
     reduce: str = "mean",
     topk_fraction: float = 0.01,
     mask_sets: Sequence[torch.Tensor] | None = None,
@@ -144,5 +163,6 @@ def full_coverage_scores(
     """Anomaly maps (B,1,H,W) averaged over the full-coverage inpaintings of each grid size, and image
     scores (B,). The one scoring rule of the trained model (anomaly_lab.model.InpaintingModel)."""
     recons = inpaint_full_coverage(net, images, masking, mask_sets)
-    maps = torch.stack([anomaly_map(recon, images) for recon in recons]).mean(dim=0)  # (B,1,H,W)
-    return maps, image_score(maps, reduce, topk_fraction)
+    unblurred = torch.stack([anomaly_map.unblurred(recon, images) for recon in recons]).mean(dim=0)  # (B,1,H,W)
+    maps, score_maps = anomaly_map.blurred(unblurred)  # the blur is linear: blurring the mean = the mean of blurs
+    return maps, image_score(score_maps, reduce, topk_fraction)

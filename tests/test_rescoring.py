@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from anomaly_lab.config_checks import check_train_config
-from anomaly_lab.errors import ConfigError
+from anomaly_lab.errors import ConfigError, UserError
 from anomaly_lab.masking import GridMasking
 from anomaly_lab.metrics import f1_max
 from anomaly_lab.thresholds import F1Threshold, NormalSigmaThreshold, metrics_at_threshold
@@ -131,6 +131,28 @@ def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_o
     assert math.isfinite(float(fast.threshold))  # chosen again on validation with 2 passes
     with pytest.raises(Exception, match="already exists"):
         main([str(run_with_options), "--grids", "4", "--input", str(inputs), "--save", str(saved)])
+
+
+def test_blur_table_reproduces_the_runs_own_blur_and_chooses_on_validation(
+    run_with_options: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anomaly_lab.tools.blur_table import chosen, main
+
+    recorded = json.loads((run_with_options / "metrics.json").read_text())
+    rows = main([str(run_with_options), "--sigmas", "4", "0", "1.5"])  # scoring=riad blurs with sigma 4
+    assert [row["sigma"] for row in rows] == [4.0, 0.0, 1.5]
+    assert rows[0]["test image AUROC"] == pytest.approx(recorded["test/image_auroc"], abs=1e-6)
+    assert rows[0]["test pixel AUROC"] == pytest.approx(recorded["test/pixel_auroc"], abs=1e-6)
+    assert all(math.isfinite(row["val pixel AUROC, model res."]) for row in rows)
+    assert len({round(row["test pixel AUROC"], 9) for row in rows}) > 1  # the blur changes the map
+    map_sigma, score_sigma = chosen(rows)
+    best_val_pixel = max(row["val pixel AUROC, model res."] for row in rows)
+    assert next(r for r in rows if r["sigma"] == map_sigma)["val pixel AUROC, model res."] == best_val_pixel
+    assert score_sigma in (4.0, 0.0, 1.5)
+    assert f"scoring.anomaly_map.blur_sigma={map_sigma:g} " in capsys.readouterr().out
+    for bad in (["-1"], ["x"], ["2", "2"]):
+        with pytest.raises(UserError, match="--sigmas"):
+            main([str(run_with_options), "--sigmas", *bad])
 
 
 def test_operating_point_checks_rules_first_and_reports_a_rule_validation_cannot_serve(run_with_options: Path) -> None:

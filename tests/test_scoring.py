@@ -95,6 +95,26 @@ def test_anomaly_map_is_the_weighted_sum_then_blur() -> None:
         ReconstructionLoss(l2=0.0, ssim=0.0, msgms=0.0)
 
 
+def test_the_image_score_pools_its_own_blur_of_the_map_when_given_one() -> None:
+    from anomaly_lab.masking import NoMasking
+    from anomaly_lab.scoring import full_coverage_scores
+
+    x = smooth_images(seed=4)
+    y = x.clone()
+    y[0, :, 20:23, 20:23] = 1 - y[0, :, 20:23, 20:23]  # a small defect: a wide blur flattens its peak
+    net = lambda _: y  # noqa: E731 (the "inpainting" is y whatever is masked)
+    raw = l2_map(y, x)
+    two_blurs = AnomalyMap(l2=1.0, blur_sigma=6.0, score_blur_sigma=1.0)
+    maps, scores = full_coverage_scores(net, x, NoMasking(), two_blurs, reduce="max")
+    assert torch.allclose(maps, gaussian_blur(raw, 6.0), atol=1e-6)
+    assert torch.allclose(scores, image_score(gaussian_blur(raw, 1.0), "max"), atol=1e-6)
+    assert scores[0] > 2 * image_score(maps, "max")[0]  # the narrow blur kept the small defect's peak
+    same, same_scores = full_coverage_scores(net, x, NoMasking(), AnomalyMap(l2=1.0, blur_sigma=6.0), reduce="max")
+    assert torch.allclose(same, maps) and torch.allclose(same_scores, image_score(maps, "max"), atol=1e-6)
+    with pytest.raises(ValueError, match="score_blur_sigma"):
+        AnomalyMap(l2=1.0, score_blur_sigma=-1.0)
+
+
 def test_reconstruction_loss_is_differentiable() -> None:
     x = smooth_images()
     recon = (x + 0.05 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)

@@ -51,6 +51,7 @@ class Rescored:
     val: StageResults
     test: StageResults
     test_metrics: dict[str, float]
+    val_metrics: dict[str, float]
     test_seconds: float  # wall time of the test pass (scoring and metrics)
     validation_anomalies: str  # real | synthetic | both (the datamodule's validation_anomaly_kind)
 
@@ -161,10 +162,12 @@ def _rescore(folder: Path, options: Sequence[str], checkpoint: str) -> Rescored:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             trainer.validate(module, datamodule=datamodule, verbose=False)
+            val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
             start = time.perf_counter()
             trainer.test(module, datamodule=datamodule, verbose=False)
             seconds = time.perf_counter() - start
     finally:
         quiet.level = level
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    return Rescored(cfg, module, trainer, module.results["val"], module.results["test"], metrics, seconds, kind)
+    val, test = module.results["val"], module.results["test"]
+    return Rescored(cfg, module, trainer, val, test, metrics, val_metrics, seconds, kind)
