@@ -155,6 +155,21 @@ def test_blur_table_reproduces_the_runs_own_blur_and_chooses_on_validation(
             main([str(run_with_options), "--sigmas", *bad])
 
 
+def test_rescoring_warns_of_changed_config_files_not_of_its_own_options(run_with_options: Path, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from anomaly_lab.tools.rescoring import compose_run, model_differences
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_with_options, folder)
+    stored = compose_run(folder, [])
+    OmegaConf.save(stored, folder / ".hydra" / "config.yaml")  # as the run wrote it
+    assert model_differences(folder) == []
+    stored.scoring.anomaly_map.blur_sigma = 99.0  # the run trained with another blur than scoring=riad's now
+    OmegaConf.save(stored, folder / ".hydra" / "config.yaml")
+    assert model_differences(folder) == ["model.anomaly_map.blur_sigma"]
+
+
 def test_operating_point_checks_rules_first_and_reports_a_rule_validation_cannot_serve(run_with_options: Path) -> None:
     from anomaly_lab.errors import ConfigError as RuleError
     from anomaly_lab.tools.operating_point import main

@@ -90,9 +90,10 @@ def run_working_directory(folder: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-def model_differences(folder: Path, cfg: DictConfig, options: Sequence[str]) -> list[str]:
+def model_differences(folder: Path) -> list[str]:
     """Keys of `model` whose value the current config files give differently from the run's stored config
-    (values compared as plain data; nothing in the stored file is built), less those `options` set."""
+    (values compared as plain data; nothing in the stored file is built). The run's own options compose both,
+    so what a rescoring's options change (directly or through an interpolation, e.g. scoring.*) is not listed."""
     stored_path = folder / ".hydra" / "config.yaml"
     if not stored_path.is_file():
         return []
@@ -104,13 +105,10 @@ def model_differences(folder: Path, cfg: DictConfig, options: Sequence[str]) -> 
 
     try:
         stored = flat(OmegaConf.to_container(OmegaConf.load(stored_path).model, resolve=True), "model")
-        now = flat(OmegaConf.to_container(cfg.model, resolve=True), "model")
+        now = flat(OmegaConf.to_container(compose_run(folder, []).model, resolve=True), "model")
     except Exception:  # an unreadable stored config: nothing to compare (the weights must still fit)
         return []
-    given = {o.split("=", 1)[0].lstrip("+~") for o in options}
-    return sorted(
-        k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k) and k.removeprefix("model.") not in given
-    )
+    return sorted(k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k))
 
 
 def rescore(folder: Path, options: Sequence[str] = (), checkpoint: str = "best.ckpt") -> Rescored:
@@ -124,7 +122,7 @@ def rescore(folder: Path, options: Sequence[str] = (), checkpoint: str = "best.c
 def _rescore(folder: Path, options: Sequence[str], checkpoint: str) -> Rescored:
     cfg = compose_run(folder, options)
     check_train_config(cfg)
-    changed = model_differences(folder, cfg, options)
+    changed = model_differences(folder)
     if changed:
         log.warning(
             "%s: the run's options now compose another model than it trained (%s); the config files changed since",
