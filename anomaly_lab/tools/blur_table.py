@@ -6,8 +6,8 @@ flattens the peak of a small one (the image score, the map's max, falls). So the
 its own (`scoring.anomaly_map.score_blur_sigma`). Pixel metrics depend on the map's blur only and image metrics
 on the score's only, so one rescoring per sigma (anomaly_lab.tools.rescoring: validation, then the test) gives
 both columns; the map's sigma is the one with the best validation pixel AUROC (model resolution, masks of the
-validation defects), the score's the one with the best validation image AUROC (ties: F1-max, then the
-narrower blur). The test columns are read, never chosen on.
+validation defects; ties to 3 decimals: AUPRO), the score's the one with the best validation image AUROC
+(ties: F1-max); then the narrower blur. The test columns are read, never chosen on.
 
     python -m anomaly_lab.tools.blur_table <run folder> --sigmas 2 4 6 8 10 12 16
 """
@@ -29,6 +29,7 @@ from anomaly_lab.tools.rescoring import rescore
 COLUMNS = [
     "sigma",
     "val pixel AUROC, model res.",
+    "val AUPRO, model res.",
     "val image AUROC",
     "val F1-max",
     "test pixel AUROC",
@@ -37,6 +38,7 @@ COLUMNS = [
 ]
 METRICS = {
     "val pixel AUROC, model res.": "val/pixel_auroc_model_res",
+    "val AUPRO, model res.": "val/aupro_model_res",
     "val image AUROC": "val/image_auroc",
     "val F1-max": "val/f1_max",
     "test pixel AUROC": "test/pixel_auroc",
@@ -74,9 +76,11 @@ def chosen(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
         usable = [row for row in rows if all(math.isfinite(row[k]) for k in key)]
         if not usable:
             return math.nan
-        return max(usable, key=lambda row: (*(row[k] for k in key), -row["sigma"]))["sigma"]
+        # equal to the table's 3 decimals: the next metric decides, then the narrower blur
+        return max(usable, key=lambda row: (*(round(row[k], 3) for k in key), -row["sigma"]))["sigma"]
 
-    return best(("val pixel AUROC, model res.",)), best(("val image AUROC", "val F1-max"))
+    map_sigma = best(("val pixel AUROC, model res.", "val AUPRO, model res."))
+    return map_sigma, best(("val image AUROC", "val F1-max"))
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
