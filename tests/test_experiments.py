@@ -54,6 +54,7 @@ RIAD = {
     "scoring.anomaly_map.msgms": 1.0,
     "scoring.reduce": "max",
 }
+TWO_BLURS = {"scoring.anomaly_map.blur_sigma": 12.0, "scoring.anomaly_map.score_blur_sigma": 8.0}
 # What each experiment must set (dotted key -> value), from the thesis's settings and the measured CPU recipe.
 EXPECTED: dict[str, dict[str, Any]] = {
     "notes_highlighter": {
@@ -108,7 +109,15 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "trainer.accelerator": "gpu",
         "trainer.precision": "bf16-mixed",
     },
-    "bottles_cpu": {**CPU_BOTTLES, **RIAD, "optimizer.lr": 1e-3, "masking.train_full_coverage": False},
+    "bottles_cpu": {**CPU_BOTTLES, **RIAD, **TWO_BLURS, "optimizer.lr": 1e-3, "masking.train_full_coverage": False},
+    "bottles_cpu_fast": {
+        **CPU_BOTTLES,
+        **RIAD,
+        **TWO_BLURS,
+        "model.net.base_channels": 8,
+        "masking.score_grid_sizes": [16, 32],
+        "masking.train_full_coverage": False,
+    },
     "bottles_riad_cpu": {
         **CPU_BOTTLES,
         **RIAD,
