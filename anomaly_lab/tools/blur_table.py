@@ -103,11 +103,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     map_sigma, score_sigma = chosen(rows)
     print(f"run: {args.run} ({args.checkpoint})")
     print(table(rows))
-    print(
-        f"chosen on validation: scoring.anomaly_map.blur_sigma={map_sigma:g} "
-        f"scoring.anomaly_map.score_blur_sigma={score_sigma:g}",
-        flush=True,
-    )
+    choices = [
+        f"scoring.anomaly_map.blur_sigma={map_sigma:g}"
+        if math.isfinite(map_sigma)
+        else "no map blur (validation has no anomalous image with a mask)",
+        f"scoring.anomaly_map.score_blur_sigma={score_sigma:g}"
+        if math.isfinite(score_sigma)
+        else "no score blur (validation has no anomalous image)",
+    ]
+    print(f"chosen on validation: {' '.join(choices)}", flush=True)
     return rows
 
 
