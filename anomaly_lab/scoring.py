@@ -76,7 +76,9 @@ class AnomalyMap(nn.Module):
         super().__init__()
         self.weights = map_weights(weights)
         for name, sigma in (("blur_sigma", blur_sigma), ("score_blur_sigma", score_blur_sigma)):
-            if sigma is not None and (isinstance(sigma, bool) or not math.isfinite(sigma) or sigma < 0):
+            if sigma is None and name == "score_blur_sigma":
+                continue  # the anomaly map's blur
+            if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
                 raise ValueError(f"{name}={sigma!r}: expected a number >= 0 (0: no blur)")
         self.blur_sigma = float(blur_sigma)
         self.score_blur_sigma = None if score_blur_sigma is None else float(score_blur_sigma)

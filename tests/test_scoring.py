@@ -111,8 +111,11 @@ def test_the_image_score_pools_its_own_blur_of_the_map_when_given_one() -> None:
     assert scores[0] > 2 * image_score(maps, "max")[0]  # the narrow blur kept the small defect's peak
     same, same_scores = full_coverage_scores(net, x, NoMasking(), AnomalyMap(l2=1.0, blur_sigma=6.0), reduce="max")
     assert torch.allclose(same, maps) and torch.allclose(same_scores, image_score(maps, "max"), atol=1e-6)
-    with pytest.raises(ValueError, match="score_blur_sigma"):
-        AnomalyMap(l2=1.0, score_blur_sigma=-1.0)
+    for bad in (-1.0, float("nan"), "abc", True):
+        with pytest.raises(ValueError, match=r"^score_blur_sigma=.*: expected a number >= 0"):
+            AnomalyMap(l2=1.0, score_blur_sigma=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^blur_sigma=None: expected a number >= 0"):
+        AnomalyMap(l2=1.0, blur_sigma=None)  # type: ignore[arg-type]
 
 
 def test_reconstruction_loss_is_differentiable() -> None:

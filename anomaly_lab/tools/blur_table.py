@@ -106,10 +106,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     choices = [
         f"scoring.anomaly_map.blur_sigma={map_sigma:g}"
         if math.isfinite(map_sigma)
-        else "no map blur (validation has no anomalous image with a mask)",
+        else "map blur: validation cannot choose it (no anomalous validation image with a mask)",
         f"scoring.anomaly_map.score_blur_sigma={score_sigma:g}"
         if math.isfinite(score_sigma)
-        else "no score blur (validation has no anomalous image)",
+        else "score blur: validation cannot choose it (no anomalous validation image)",
     ]
     print(f"chosen on validation: {' '.join(choices)}", flush=True)
     return rows
