@@ -111,10 +111,10 @@ class InpaintingModule(L.LightningModule):
         if stage != "train":
             maps, scores = self.model(images)
             self.samples[stage] += scored_samples(batch, scores)
+            masks = batch["mask"] > 0.5  # (B,1,S,S) the prepared masks
             if stage == "val":
-                self.val_pixel_metrics_model_res.update(maps, batch["mask"] > 0.5)  # (B,1,S,S) the prepared masks
+                self.val_pixel_metrics_model_res.update(maps, masks)
             if stage == "test":
-                masks = batch["mask"] > 0.5  # (B,1,S,S) the prepared masks
                 self.pixel_metrics_model_res.update(maps, masks)
                 # (1,h,w) each at its file's resolution (data.images.NATIVE_MASK_KEY); a loader without them: S
                 self.pixel_metrics.update(maps, batch.get(NATIVE_MASK_KEY, masks))
