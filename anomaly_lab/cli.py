@@ -8,6 +8,7 @@ shows the full traceback instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -50,7 +51,12 @@ def one_line(error: BaseException) -> str:
 def exit_for_user_error(error: BaseException) -> NoReturn:
     message = one_line(error)
     message += moved_key_hint(message)
-    print(f"{type(error).__name__}: {message} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
+    line = f"{type(error).__name__}: {message}"
+    record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:  # the run's log file (train.log) keeps why the run stopped
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    print(f"{line} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
     sys.exit(USER_ERROR_EXIT)
 
 

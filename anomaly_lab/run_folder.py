@@ -6,7 +6,10 @@ writes .hydra/ into it, so a refusal there leaves everything as it was, and a co
 - a non-empty folder is refused unless `resume=true` (continue the run in it) or `overwrite=true` (delete
   the earlier run's outputs first; files that are not run outputs are kept);
 - resuming keeps the earlier record: the earlier .hydra/ files move to .hydra/previous/<n>/, and train.run
-  merges the earlier metrics.json into the new one (keys the resumed run logs again take the new values).
+  merges the earlier metrics.json into the new one (keys the resumed run logs again take the new values);
+- a folder holding only what a run that stopped before training leaves (.hydra/ and train.log, e.g. after a
+  SplitError) is reused as it is: the corrected command goes into the same folder, the earlier .hydra/ files
+  move to .hydra/previous/<n>/ and train.log is appended to.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from anomaly_lab.train import build_module
 log = logging.getLogger(__name__)
 # What a train run writes into its folder (conf/callbacks, conf/logger, Hydra's job log and .hydra).
 RUN_OUTPUTS = ("metrics.json", "scores.csv", "checkpoints", "tensorboard", "csv", ".hydra", "train.log")
+# What a run that stopped before its first training step leaves: its config and its log.
+BEFORE_TRAINING_OUTPUTS = {".hydra", "train.log"}
 
 
 def previous_hydra_dir(hydra_dir: Path) -> Path:
@@ -36,6 +41,23 @@ def previous_hydra_dir(hydra_dir: Path) -> Path:
     while (hydra_dir / "previous" / str(number)).exists():
         number += 1
     return hydra_dir / "previous" / str(number)
+
+
+def keep_earlier_config(folder: Path, why: str) -> None:
+    """Move the folder's .hydra/*.yaml to the next free .hydra/previous/<n>, before Hydra writes the new ones."""
+    hydra_dir = folder / ".hydra"
+    if not hydra_dir.is_dir():
+        return
+    keep = previous_hydra_dir(hydra_dir)
+    keep.mkdir(parents=True)
+    for path in hydra_dir.glob("*.yaml"):
+        path.rename(keep / path.name)
+    log.info("%s: its earlier config is kept in %s", why, keep)
+
+
+def stopped_before_training(folder: Path) -> bool:
+    """The folder holds only a run's config and log: that run stopped before training (nothing to lose by reuse)."""
+    return (folder / ".hydra").is_dir() and {path.name for path in folder.iterdir()} <= BEFORE_TRAINING_OUTPUTS
 
 
 def prepare_run_folder(folder: Path, resume: bool | str | None, overwrite: bool) -> None:
@@ -48,13 +70,10 @@ def prepare_run_folder(folder: Path, resume: bool | str | None, overwrite: bool)
         raise RunFolderError(f"hydra.run.dir={folder} is a file; choose a folder")
     if resume not in (False, None):
         resume_checkpoint(resume, folder)  # a clear error before anything is touched
-        hydra_dir = folder / ".hydra"
-        if hydra_dir.is_dir():
-            keep = previous_hydra_dir(hydra_dir)
-            keep.mkdir(parents=True)
-            for path in hydra_dir.glob("*.yaml"):
-                path.rename(keep / path.name)
-            log.info("resuming in %s: its earlier config is kept in %s", folder, keep)
+        keep_earlier_config(folder, f"resuming in {folder}")
+        return
+    if not overwrite and stopped_before_training(folder):
+        keep_earlier_config(folder, f"{folder} holds a run that stopped before training; this run goes on in it")
         return
     if not overwrite:
         recorded = sorted(path.name for path in folder.iterdir())

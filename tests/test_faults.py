@@ -412,6 +412,31 @@ def test_a_reused_run_folder_is_refused_and_resuming_keeps_the_record(cache: Pat
     assert not (run_dir / ".hydra" / "previous").exists()
 
 
+def test_a_run_stopped_before_training_leaves_its_folder_to_the_corrected_command(cache: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # threshold=f1 needs anomalous validation images; the split holds none: refused before training
+    no_anomalies = ["dataset.val_anomalous=0", "validation_anomalies=real", "objective.metric=val/loss", "threshold=f1"]
+    stopped = train(["trainer.max_epochs=1", *no_anomalies], run_dir, cache)
+    assert stopped.returncode == 2
+    error_line = stopped.stderr.strip().splitlines()[-1].split(" [HYDRA_FULL_ERROR")[0]
+    assert error_line.startswith("SplitError: threshold=f1 needs normal and anomalous")
+    stopped_log = (run_dir / "train.log").read_text()
+    assert error_line in stopped_log  # why the run stopped, kept beside its config
+    stopped_overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert sorted(path.name for path in run_dir.iterdir()) == [".hydra", "train.log"]
+
+    corrected = train(["trainer.max_epochs=1"], run_dir, cache)
+    assert corrected.returncode == 0, corrected.stderr[-2000:]
+    assert (run_dir / ".hydra" / "previous" / "1" / "overrides.yaml").read_text() == stopped_overrides
+    assert "threshold=f1" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert (run_dir / "train.log").read_text().startswith(stopped_log)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+    again = train(["trainer.max_epochs=1"], run_dir, cache)  # a folder that holds a trained run is still refused
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith(f"RunFolderError: hydra.run.dir={run_dir} already holds")
+
+
 # ------------------------------------------------------------------------------- 6. a dead model says so
 
 
