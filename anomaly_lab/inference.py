@@ -170,6 +170,19 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     return spec, checkpoint["state_dict"]
 
 
+def load_weights(model: InpaintingModel, weights: dict[str, Any], path: Path) -> None:
+    """model.load_state_dict(weights), strict; a misfit is a CheckpointError naming the file and the first reason."""
+    try:
+        with warnings.catch_warnings():  # on the meta device copying is a no-op, which torch warns of per tensor
+            warnings.filterwarnings("ignore", message=r".*copying from a non-meta parameter")
+            model.load_state_dict(weights)
+    except RuntimeError as error:
+        reasons = str(error).strip().splitlines()[1:]  # torch's first line only says that loading failed
+        detail = reasons[0].strip() if reasons else first_line(error)
+        detail = detail if len(detail) <= 300 else f"{detail[:300]}..."
+        raise CheckpointError(f"{path}: weights do not fit the model of its spec ({detail})") from error
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> InpaintingModel:
     """The InpaintingModel of a checkpoint written by anomaly_lab.train (eval mode), its threshold included."""
     spec, state_dict = read_checkpoint(path)
@@ -188,15 +201,15 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Inpainti
         if not isinstance(model_node.get(part), dict):
             kind = type(model_node.get(part)).__name__
             raise CheckpointError(f"{path}: model.{part}: expected a mapping with a _target_, got {kind}")
-    model: InpaintingModel = build_from_spec({**model_node, **TRAINING_ONLY}, f"{path}: model")
+    node = {**model_node, **TRAINING_ONLY}
     weights = {key.removeprefix("model."): value for key, value in state_dict.items() if key.startswith("model.")}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        reasons = str(error).strip().splitlines()[1:]  # torch's first line only says that loading failed
-        detail = reasons[0].strip() if reasons else first_line(error)
-        detail = detail if len(detail) <= 300 else f"{detail[:300]}..."
-        raise CheckpointError(f"{path}: weights do not fit the model of its spec ({detail})") from error
+    # First on the meta device (shapes only, no memory): a spec that does not fit its weights, e.g. a crafted one
+    # whose net is far wider than the weights the file holds, is refused before any memory is taken for it.
+    with torch.device("meta"):
+        skeleton: InpaintingModel = build_from_spec(node, f"{path}: model")
+    load_weights(skeleton, weights, path)
+    model: InpaintingModel = build_from_spec(node, f"{path}: model")
+    load_weights(model, weights, path)
     model.eval()
     size = model.image_size
     try:

@@ -259,6 +259,8 @@ PREPROCESSING, MODEL = "anomaly_lab.preprocessing.Preprocessing", "anomaly_lab.m
         ("model.topk_fraction", 0, ("model", MODEL, "topk_fraction=0: expected a number in (0, 1]")),
         ("model.topk_fraction", 2, ("model", MODEL, "topk_fraction=2: expected a number in (0, 1]")),
         ("model.net.base_channels", -1, ("model.net", "anomaly_lab.models.unet.UNet", "")),
+        # far wider than its weights: refused from shapes alone (the meta device), before any memory is taken
+        ("model.net.base_channels", 10**6, "weights do not fit the model of its spec (size mismatch for net.stem.0"),
         ("model.net.out_channels", 1, ("model", MODEL, "the net maps (1,3,32,32) images to (1, 1, 32, 32), not")),
         ("model.masking", {"_target_": PREPROCESSING, "image_size": 32}, ("model", MODEL, "'Preprocessing' object")),
     ],
