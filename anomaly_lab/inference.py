@@ -205,9 +205,15 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Inpainti
     weights = {key.removeprefix("model."): value for key, value in state_dict.items() if key.startswith("model.")}
     # First on the meta device (shapes only, no memory): a spec that does not fit its weights, e.g. a crafted one
     # whose net is far wider than the weights the file holds, is refused before any memory is taken for it.
-    with torch.device("meta"):
-        skeleton: InpaintingModel = build_from_spec(node, f"{path}: model")
-    load_weights(skeleton, weights, path)
+    try:
+        with torch.device("meta"):
+            skeleton: InpaintingModel | None = build_from_spec(node, f"{path}: model")
+    except CheckpointError:
+        raise
+    except Exception:  # what the meta device cannot run (e.g. batch norm over 0 channels): the real build says why
+        skeleton = None
+    if skeleton is not None:
+        load_weights(skeleton, weights, path)
     model: InpaintingModel = build_from_spec(node, f"{path}: model")
     load_weights(model, weights, path)
     model.eval()

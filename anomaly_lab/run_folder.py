@@ -56,8 +56,14 @@ def keep_earlier_config(folder: Path, why: str) -> None:
 
 
 def stopped_before_training(folder: Path) -> bool:
-    """The folder holds only a run's config and log: that run stopped before training (nothing to lose by reuse)."""
-    return (folder / ".hydra").is_dir() and {path.name for path in folder.iterdir()} <= BEFORE_TRAINING_OUTPUTS
+    """The folder holds only a run's config folder and log file, neither a link: that run stopped before training
+    (nothing to lose by reuse)."""
+    hydra_dir, log_file = folder / ".hydra", folder / "train.log"
+    if hydra_dir.is_symlink() or not hydra_dir.is_dir() or log_file.is_symlink():
+        return False
+    if log_file.exists() and not log_file.is_file():
+        return False
+    return {path.name for path in folder.iterdir()} <= BEFORE_TRAINING_OUTPUTS
 
 
 def prepare_run_folder(folder: Path, resume: bool | str | None, overwrite: bool) -> None:

@@ -29,8 +29,9 @@ import torch
 from PIL import Image
 
 from anomaly_lab.config_checks import check_train_config
-from anomaly_lab.errors import ConfigError
+from anomaly_lab.errors import ConfigError, RunFolderError
 from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_model
+from anomaly_lab.run_folder import prepare_run_folder
 from anomaly_lab.train import build_module, run
 from tests.conftest import ComposeFn
 
@@ -259,6 +260,7 @@ PREPROCESSING, MODEL = "anomaly_lab.preprocessing.Preprocessing", "anomaly_lab.m
         ("model.topk_fraction", 0, ("model", MODEL, "topk_fraction=0: expected a number in (0, 1]")),
         ("model.topk_fraction", 2, ("model", MODEL, "topk_fraction=2: expected a number in (0, 1]")),
         ("model.net.base_channels", -1, ("model.net", "anomaly_lab.models.unet.UNet", "")),
+        ("model.net.base_channels", 0, ("model", MODEL, "the net cannot take (1,3,32,32) images")),
         # far wider than its weights: refused from shapes alone (the meta device), before any memory is taken
         ("model.net.base_channels", 10**6, "weights do not fit the model of its spec (size mismatch for net.stem.0"),
         ("model.net.out_channels", 1, ("model", MODEL, "the net maps (1,3,32,32) images to (1, 1, 32, 32), not")),
@@ -437,6 +439,26 @@ def test_a_run_stopped_before_training_leaves_its_folder_to_the_corrected_comman
     again = train(["trainer.max_epochs=1"], run_dir, cache)  # a folder that holds a trained run is still refused
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith(f"RunFolderError: hydra.run.dir={run_dir} already holds")
+
+
+@pytest.mark.parametrize("odd", ["train.log is a folder", ".hydra is a link"])
+def test_a_folder_that_only_looks_like_a_stopped_run_is_refused_untouched(odd: str, tmp_path: Path) -> None:
+    other = tmp_path / "other_run" / ".hydra"
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text("seed: 0\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if odd == "train.log is a folder":
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "config.yaml").write_text("seed: 1\n")
+        (folder / "train.log").mkdir()
+    else:  # reusing it would move another run's config
+        (folder / ".hydra").symlink_to(other)
+        (folder / "train.log").write_text("")
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    with pytest.raises(RunFolderError, match=f"^hydra.run.dir={re.escape(str(folder))} already holds a run"):
+        prepare_run_folder(folder, resume=False, overwrite=False)
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before
 
 
 # ------------------------------------------------------------------------------- 6. a dead model says so
