@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.data.tiles import BORDERS
 from anomaly_lab.errors import ConfigError
+from anomaly_lab.orientation import ORIENTS
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
 # What run(cfg) can return: the metrics every validation logs (models.module) and the training loss.
@@ -234,6 +235,7 @@ def check_dataset(cfg: DictConfig) -> None:
         check_optional(cfg, key, non_negative_int)
     check_optional(cfg, "dataset.max_image_pixels", positive_int)
     check_optional(cfg, "dataset.preprocessing.border", check_choice, BORDERS)
+    check_optional(cfg, "dataset.preprocessing.orient", check_choice, ORIENTS)
 
 
 def check_train_config(cfg: DictConfig) -> None:

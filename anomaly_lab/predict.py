@@ -209,8 +209,8 @@ class Skipped:
 
 def prepare_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) -> Prepared:
     """Decode one file and prepare it as in training (model.preprocessing). BadImageError if unusable."""
-    image = read_image(path, None, max_pixels=max_pixels)  # (H,W,3) uint8
-    prepared, _ = preprocessing.prepare(image)  # (S,S,3), or a page (h,w,3) to tile
+    image, _ = preprocessing.turn(read_image(path, None, max_pixels=max_pixels))  # (H,W,3) uint8, as the model sees it
+    prepared, _ = preprocessing.fit(image)  # (S,S,3), or a page (h,w,3) to tile
     if not preprocessing.tiled:
         return Prepared(path, image, prepared[None])
     try:

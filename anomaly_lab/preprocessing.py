@@ -3,6 +3,8 @@
 A Preprocessing travels inside the trained model (and so inside every checkpoint), so a served model prepares
 images exactly as it was trained. Decoding (any mode and bit depth to 8-bit RGB) is data.images.read_image's;
 from its uint8 (H,W,3) on, everything is here:
+- orient="principal_axis" first turns a whole image so its part lies in one pose (orientation.py), at the file's
+  resolution, masks alike (so ground truth at the file's resolution is in the pose the maps are);
 - whole images are resized to image_size x image_size (bilinear, aspect not kept; masks nearest);
 - tiled pages keep their size, or are scaled to page_width (aspect kept), then cut into image_size tiles
   `stride` apart (border: drop or pad the remainder);
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
 from PIL import Image
 
 from anomaly_lab.data.tiles import BORDERS, TileGrid
+from anomaly_lab.orientation import ORIENTS, orient
 from anomaly_lab.registry import checkpoint_class
 
 
@@ -53,6 +57,7 @@ class Preprocessing:
     border: str = "drop"  # tiled: drop | pad the remainder a whole tile does not cover
     page_width: int | None = None  # tiled: scale each page to this width first (aspect kept)
     divide_by: float = 255.0
+    orient: str = "none"  # whole images: none | principal_axis (turn each part to one pose first)
 
     def __post_init__(self) -> None:
         def positive_int(value: object) -> bool:
@@ -65,6 +70,10 @@ class Preprocessing:
                 raise ValueError(f"{key}={getattr(self, key)!r}: expected null or a positive integer")
         if self.border not in BORDERS:
             raise ValueError(f"border={self.border!r}: expected one of {', '.join(BORDERS)}")
+        if self.orient not in ORIENTS:
+            raise ValueError(f"orient={self.orient!r}: expected one of {', '.join(ORIENTS)}")
+        if self.orient != "none" and self.tiled:
+            raise ValueError(f"orient={self.orient!r} turns whole images; tiled pages keep their pose (orient=none)")
         if not isinstance(self.grayscale, bool) or not isinstance(self.tiled, bool):
             raise ValueError("grayscale and tiled must be true or false")
         if isinstance(self.divide_by, bool) or not isinstance(self.divide_by, int | float):
@@ -77,6 +86,18 @@ class Preprocessing:
 
         Returns (S,S,3) and (S,S) for whole images, or the page (h,w,3) and (h,w) to cut into tiles.
         """
+        return self.fit(*self.turn(image, mask))
+
+    @overload
+    def turn(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    def turn(self, image: np.ndarray, mask: None = None) -> tuple[np.ndarray, None]: ...
+    def turn(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """prepare's first step: image (H,W,3) and mask (H,W) or None in the pose `orient` says, at the file's size."""
+        return orient(image, mask, self.orient)
+
+    def fit(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """prepare's second step, on a turned image: model geometry and colour (the module docstring's rule)."""
         height, width = image.shape[:2]
         if mask is None:
             mask = np.zeros((height, width), bool)

@@ -1,0 +1,124 @@
+"""orient=principal_axis: every image of a part turned to one pose, its mask alike, in training, testing and predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anomaly_lab.data.folders import FolderDataModule
+from anomaly_lab.data.images import NATIVE_MASK_KEY
+from anomaly_lab.orientation import orient
+from anomaly_lab.predict import prepare_file
+from anomaly_lab.preprocessing import Preprocessing
+
+SIZE = 96
+
+
+def nail(dark: bool = True) -> np.ndarray:
+    """A nail lying along x: a wide head on the left, a shaft, and a barb on the shaft's upper edge, which a
+    mirror would move to the lower edge.  # (H,W,3) uint8"""
+    ground, part = (200, 50) if dark else (40, 220)
+    image = np.full((SIZE, SIZE), ground, np.uint8)
+    image[34:62, 14:22] = part  # head
+    image[44:52, 22:80] = part  # shaft
+    image[38:44, 58:74] = part  # barb on the upper edge
+    return np.repeat(image[..., None], 3, axis=-1)
+
+
+def moved(image: np.ndarray, degrees: float, shift: tuple[float, float], mirror: bool = False) -> np.ndarray:
+    """image turned about its centre and shifted, as a part photographed elsewhere at another angle."""
+    pose = cv2.getRotationMatrix2D(((SIZE - 1) / 2, (SIZE - 1) / 2), degrees, 1.0)
+    pose[:, 2] += shift
+    source = image[::-1] if mirror else image
+    return cv2.warpAffine(np.ascontiguousarray(source), pose, (SIZE, SIZE), borderMode=cv2.BORDER_REPLICATE)
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of pixels whose grey levels differ by more than a third of the part's contrast."""
+    return float((np.abs(a.astype(int) - b.astype(int)).max(axis=-1) > 50).mean())
+
+
+ANGLES_AND_SHIFTS = [(0, (0, 0)), (37, (5, -8)), (90, (-6, 3)), (180, (0, 0)), (-131, (7, 7))]
+
+
+@pytest.mark.parametrize("dark", [True, False])
+@pytest.mark.parametrize(("degrees", "shift"), ANGLES_AND_SHIFTS)
+def test_a_part_at_any_angle_and_place_is_turned_to_one_pose(dark: bool, degrees: float, shift: tuple) -> None:
+    reference, _ = orient(nail(dark), None, "principal_axis")
+    turned, _ = orient(moved(nail(dark), degrees, shift), None, "principal_axis")
+    assert differs(turned, reference) < 0.01  # a mirror or a missing half turn differs on 3-6 %
+    part = np.abs(turned[..., 0].astype(int) - int(turned[0, 0, 0])) > 80
+    columns = part.sum(axis=0)
+    assert columns.argmax() < SIZE / 2  # the wide end (head) on the left
+    rows = np.nonzero(part.any(axis=1))[0]
+    assert abs((rows.min() + rows.max()) / 2 - (SIZE - 1) / 2) < 6  # centred, axis horizontal
+
+
+def test_a_mirrored_part_stays_mirrored() -> None:
+    """A half turn, never a flip: a mirror image (a thread of the other hand) must not look like the original."""
+    reference, _ = orient(nail(), None, "principal_axis")
+    mirrored, _ = orient(moved(nail(), 23, (0, 0), mirror=True), None, "principal_axis")
+    assert differs(mirrored, reference) > 0.02  # the barb is on the other edge
+    assert differs(mirrored, reference[::-1]) < 0.01
+
+
+def test_the_mask_is_turned_with_its_image() -> None:
+    image = moved(nail(), 64, (4, -3))
+    defect = np.zeros((SIZE, SIZE), bool)
+    defect[40:56, 40:56] = True
+    image[defect] = 255  # a bright defect where the mask says
+    turned, mask = orient(image, defect, "principal_axis")
+    assert mask is not None and mask.dtype == bool and mask.shape == defect.shape
+    bright = turned[..., 0] > 240
+    assert (bright & mask).sum() / mask.sum() > 0.9 and (bright & ~mask).sum() < 0.05 * mask.sum()
+
+
+def test_an_image_without_a_part_and_orient_none_are_left_as_they_are() -> None:
+    flat = np.full((SIZE, SIZE, 3), 128, np.uint8)
+    mask = np.zeros((SIZE, SIZE), bool)
+    assert orient(flat, mask, "principal_axis")[0] is flat
+    image = moved(nail(), 30, (0, 0))
+    assert orient(image, None, "none")[0] is image
+
+
+def test_training_data_ground_truth_and_predict_share_the_pose(tmp_path: Path) -> None:
+    """The folder datamodule turns images and the masks kept at the file's resolution (the pixel protocol's ground
+    truth) alike, and predict prepares a file exactly as the datamodule did."""
+    normal, anomalous, masks = (tmp_path / name for name in ("good", "bad", "masks"))
+    for folder in (normal, anomalous, masks):
+        folder.mkdir()
+    for i in range(6):
+        Image.fromarray(moved(nail(), 30 * i, (i, -i))).save(normal / f"{i}.png")
+    image = moved(nail(), 50, (3, 2))
+    defect = np.zeros((SIZE, SIZE), bool)
+    defect[42:54, 42:54] = True
+    image[defect] = 255
+    Image.fromarray(image).save(anomalous / "0.png")
+    Image.fromarray(defect.astype(np.uint8) * 255).save(masks / "0_mask.png")
+    preprocessing = Preprocessing(image_size=32, orient="principal_axis")
+    module = FolderDataModule(
+        preprocessing=preprocessing,
+        normal_dir=str(normal),
+        abnormal_dir=str(anomalous),
+        mask_dir=str(masks),
+        val_fraction=0.2,
+        val_anomalous=0.0,
+        test_fraction=0.2,
+        batch_size=8,
+        num_workers=0,
+    )
+    module.setup("test")
+    batch = next(iter(module.test_dataloader()))
+    index = int(torch.nonzero(batch["label"])[0])
+    ground_truth = batch[NATIVE_MASK_KEY][index][0].numpy()  # (96,96) bool: the file's mask, turned
+    assert np.array_equal(ground_truth, orient(image, defect, "principal_axis")[1])
+    assert not np.array_equal(ground_truth, defect)
+    from_predict = prepare_file(anomalous / "0.png", preprocessing, None)
+    assert np.array_equal(from_predict.image, orient(image, None, "principal_axis")[0])  # drawn on as scored
+    expected = preprocessing.to_tensor(from_predict.units)[0]
+    assert torch.equal(batch["image"][index], expected)
