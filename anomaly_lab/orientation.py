@@ -12,6 +12,7 @@ Round parts, or parts that fill most of the image, have no stable axis: leave th
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import overload
 
@@ -19,6 +20,8 @@ import cv2
 import numpy as np
 
 ORIENTS = ("none", "principal_axis")
+
+log = logging.getLogger(__name__)
 
 
 def part_mask(image: np.ndarray) -> np.ndarray:
@@ -29,10 +32,10 @@ def part_mask(image: np.ndarray) -> np.ndarray:
     return part if part.sum() <= part.size / 2 else ~part
 
 
-def principal_axis_pose(image: np.ndarray) -> np.ndarray | None:
-    """The (2,3) affine map that turns image (H,W,3) uint8 to the pose in the module docstring; None: no part."""
-    height, width = image.shape[:2]
-    part = part_mask(image)
+def principal_axis_pose(part: np.ndarray) -> np.ndarray | None:
+    """The (2,3) affine map that turns an image whose part is `part` (H,W) bool to the module docstring's pose;
+    None: no part."""
+    height, width = part.shape
     moments = cv2.moments(part.astype(np.uint8), binaryImage=True)
     if moments["m00"] < 2:  # a flat image: nothing to turn
         return None
@@ -50,21 +53,45 @@ def principal_axis_pose(image: np.ndarray) -> np.ndarray | None:
 
 
 @overload
-def orient(image: np.ndarray, mask: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]: ...
+def orient(image: np.ndarray, mask: np.ndarray, how: str, source: str = ...) -> tuple[np.ndarray, np.ndarray]: ...
 @overload
-def orient(image: np.ndarray, mask: None, how: str) -> tuple[np.ndarray, None]: ...
-def orient(image: np.ndarray, mask: np.ndarray | None, how: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """image (H,W,3) uint8 and its mask (H,W) bool or None, both turned as `how` says (ORIENTS); sizes kept."""
+def orient(image: np.ndarray, mask: None, how: str, source: str = ...) -> tuple[np.ndarray, None]: ...
+def orient(
+    image: np.ndarray, mask: np.ndarray | None, how: str, source: str = "an image"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """image (H,W,3) uint8 and its mask (H,W) bool or None, both turned as `how` says (ORIENTS); sizes kept.
+
+    The turned image keeps the file's size, so a part longer than the image is wide loses its ends beyond the
+    edge: a warning names `source` and the share lost, since what lies there (a defect too) is not scored.
+    """
     if how == "none":
         return image, mask
     if how != "principal_axis":
         raise ValueError(f"orient={how!r}: expected one of {', '.join(ORIENTS)}")
-    pose = principal_axis_pose(image)
+    part = part_mask(image)  # (H,W) bool
+    pose = principal_axis_pose(part)
     if pose is None:
         return image, mask
     height, width = image.shape[:2]
-    # the ground beyond the image edge repeats the edge (no black corners for the net to call anomalous)
-    turned = cv2.warpAffine(image, pose, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    kept = cv2.warpAffine(part.astype(np.uint8), pose, (width, height), flags=cv2.INTER_NEAREST).sum()
+    lost = 1 - kept / part.sum()
+    if lost > 0.01:
+        log.warning(
+            "%s: %.0f%% of its part turned beyond the image edge (orient=principal_axis); not scored",
+            source,
+            100 * lost,
+        )
+    # the ground turned in from beyond the edge is the ground's median colour: no dark corners for the net to
+    # call anomalous, and a part touching the edge is not lengthened
+    ground = np.median(image[~part], axis=0) if (~part).any() else np.zeros(image.shape[-1])  # (3,)
+    turned = cv2.warpAffine(
+        image,
+        pose,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=tuple(float(v) for v in ground),
+    )
     if mask is None:
         return turned, None
     turned_mask = cv2.warpAffine(mask.astype(np.uint8), pose, (width, height), flags=cv2.INTER_NEAREST)

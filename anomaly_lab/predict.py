@@ -189,7 +189,7 @@ class Prepared:
     """One readable input, ready to score: the decoded file and the model-size units cut from it."""
 
     path: Path
-    image: np.ndarray  # (H,W,3) uint8 as decoded: outputs are drawn on it at its size
+    image: np.ndarray  # (H,W,3) uint8 as decoded (and turned, with orient): outputs are drawn on it at its size
     units: np.ndarray  # (N,S,S,3) uint8: the resized image (N=1) or a tiled page's tiles
     grid: TileGrid | None = None  # tiled models: the page's tile grid
     page_shape: tuple[int, int] | None = None  # tiled models: (h,w) of the prepared page
@@ -209,7 +209,8 @@ class Skipped:
 
 def prepare_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) -> Prepared:
     """Decode one file and prepare it as in training (model.preprocessing). BadImageError if unusable."""
-    image, _ = preprocessing.turn(read_image(path, None, max_pixels=max_pixels))  # (H,W,3) uint8, as the model sees it
+    image = read_image(path, None, max_pixels=max_pixels)  # (H,W,3) uint8
+    image, _ = preprocessing.turn(image, None, str(path))  # as the model sees it: outputs are drawn on it
     prepared, _ = preprocessing.fit(image)  # (S,S,3), or a page (h,w,3) to tile
     if not preprocessing.tiled:
         return Prepared(path, image, prepared[None])

@@ -89,12 +89,15 @@ class Preprocessing:
         return self.fit(*self.turn(image, mask))
 
     @overload
-    def turn(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def turn(self, image: np.ndarray, mask: np.ndarray, source: str = ...) -> tuple[np.ndarray, np.ndarray]: ...
     @overload
-    def turn(self, image: np.ndarray, mask: None = None) -> tuple[np.ndarray, None]: ...
-    def turn(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """prepare's first step: image (H,W,3) and mask (H,W) or None in the pose `orient` says, at the file's size."""
-        return orient(image, mask, self.orient)
+    def turn(self, image: np.ndarray, mask: None = None, source: str = ...) -> tuple[np.ndarray, None]: ...
+    def turn(
+        self, image: np.ndarray, mask: np.ndarray | None = None, source: str = "an image"
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """prepare's first step: image (H,W,3) and mask (H,W) or None in the pose `orient` says, at the file's size
+        (source: the file, for the warning of a part turned beyond the edge)."""
+        return orient(image, mask, self.orient, source)
 
     def fit(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """prepare's second step, on a turned image: model geometry and colour (the module docstring's rule)."""

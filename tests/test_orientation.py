@@ -122,3 +122,26 @@ def test_training_data_ground_truth_and_predict_share_the_pose(tmp_path: Path) -
     assert np.array_equal(from_predict.image, orient(image, None, "principal_axis")[0])  # drawn on as scored
     expected = preprocessing.to_tensor(from_predict.units)[0]
     assert torch.equal(batch["image"][index], expected)
+
+
+def test_a_part_longer_than_the_image_is_wide_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Turned, a corner-to-corner part loses its ends beyond the edge: the warning names the file and the share."""
+    image = np.full((SIZE, SIZE, 3), 200, np.uint8)
+    for i in range(SIZE):
+        image[max(0, i - 2) : i + 3, i] = 50  # a diagonal bar from corner to corner
+    with caplog.at_level("WARNING", logger="anomaly_lab.orientation"):
+        orient(nail(), None, "principal_axis", "nail.png")
+        assert not caplog.records  # a part that fits turns silently
+        orient(image, None, "principal_axis", "diagonal.png")
+    (record,) = caplog.records
+    assert record.getMessage().startswith("diagonal.png: ") and "beyond the image edge" in record.getMessage()
+
+
+def test_a_part_touching_the_edge_is_not_lengthened_and_corners_are_ground() -> None:
+    image = np.full((SIZE, SIZE, 3), 200, np.uint8)
+    image[40:56, 0:40] = 50  # a bar touching the left edge, at an angle after the move below
+    tilted = moved(image, 20, (0, 0))
+    turned, _ = orient(tilted, None, "principal_axis")
+    part = turned[..., 0] < 125
+    assert abs(int(part.sum()) - int((tilted[..., 0] < 125).sum())) < 0.03 * part.sum()  # not lengthened
+    assert (turned[[0, 0, -1, -1], [0, -1, 0, -1]] == 200).all()  # the corners turned in are the ground's colour

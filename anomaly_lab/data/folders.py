@@ -131,7 +131,8 @@ class FolderDataModule(SplitDataModule):
             if mask_path is not None
             else np.full(image.shape[:2], anomalous)
         )
-        image, full = self.preprocessing.turn(image, mask)  # the file's mask, in the pose the maps will be in
+        # the file's mask too, in the pose the maps will be in
+        image, full = self.preprocessing.turn(image, mask, str(path))
         image, mask = self.preprocessing.fit(image, full)
         defect = self.abnormal_dir.name if anomalous and self.abnormal_dir is not None else "good"
         # whole images resized to the model's size keep the file's mask for testing; an unknown one (no mask_dir) not

@@ -196,7 +196,8 @@ class DecodedImages:
                 mask_path = Path(sample.mask_path) if sample.mask_path else None
                 full = read_mask(mask_path, Path(sample.path), None, max_pixels) if mask_path else None  # (H,W) bool
                 height, width = image.shape[:2]
-                image, full = preprocessing.turn(image, full)  # the file's mask, in the pose the maps will be in
+                # the file's mask too, in the pose the maps will be in
+                image, full = preprocessing.turn(image, full, sample.path)
                 image, mask = preprocessing.fit(image, full)
                 if not sample.mask_known:  # no mask file: anomalous everywhere
                     mask = np.ones_like(mask)
