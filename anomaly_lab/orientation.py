@@ -42,10 +42,15 @@ def principal_axis_pose(part: np.ndarray) -> np.ndarray | None:
     centre_x, centre_y = moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]
     axis = 0.5 * math.atan2(2 * moments["mu11"], moments["mu20"] - moments["mu02"])  # radians, y pointing down
     pose = cv2.getRotationMatrix2D((centre_x, centre_y), math.degrees(axis), 1.0)  # axis -> +x about the centroid
-    pose[:, 2] += ((width - 1) / 2 - centre_x, (height - 1) / 2 - centre_y)
-    turned = cv2.warpAffine(part.astype(np.uint8), pose, (width, height), flags=cv2.INTER_NEAREST)  # (H,W)
+    rows, columns = np.nonzero(part)
+    turned = pose[:, :2] @ np.stack([columns, rows]) + pose[:, 2:]  # (2,n) x, y of the part's pixels, turned
+    # the part's extent, not its centroid, to the centre: a part with a heavy end still fits if it is shorter
+    # than the image is wide
+    shift = np.array([width - 1, height - 1]) / 2 - (turned.min(axis=1) + turned.max(axis=1)) / 2
+    pose[:, 2] += shift
+    column = np.clip(np.rint(turned[0] + shift[0]), 0, width - 1).astype(np.int64)
     window = max(1, width // 32)
-    part_width = np.convolve(turned.sum(axis=0), np.ones(window) / window, mode="same")  # (W,) per column
+    part_width = np.convolve(np.bincount(column, minlength=width), np.ones(window) / window, mode="same")  # (W,)
     if int(part_width.argmax()) > (width - 1) / 2:  # wider end on the right: half a turn about the image centre
         pose = -pose
         pose[:, 2] += (width - 1, height - 1)
