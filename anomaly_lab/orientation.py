@@ -86,17 +86,9 @@ def orient(
             source,
             100 * lost,
         )
-    # the ground turned in from beyond the edge is the ground's median colour: no dark corners for the net to
-    # call anomalous, and a part touching the edge is not lengthened
-    ground = np.median(image[~part], axis=0) if (~part).any() else np.zeros(image.shape[-1])  # (3,)
-    turned = cv2.warpAffine(
-        image,
-        pose,
-        (width, height),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=tuple(float(v) for v in ground),
-    )
+    # the ground turned in from beyond the edge repeats the edge's pixels: no corner edges for the net to call
+    # anomalous (a flat fill draws one), but a part touching the edge is lengthened there
+    turned = cv2.warpAffine(image, pose, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if mask is None:
         return turned, None
     turned_mask = cv2.warpAffine(mask.astype(np.uint8), pose, (width, height), flags=cv2.INTER_NEAREST)
