@@ -134,20 +134,19 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "optimizer.lr": 1e-3,
     },
     "bottles_unmasked_cpu": {**CPU_BOTTLES, **THESIS_RULE, "masking._target_": NO_MASKING, "optimizer.lr": 1e-3},
-    # bottles_cpu at 192 px on a plain folder without masks (MVTec screw)
+    # bottles_cpu with each part turned to one pose, 70 epochs, on a plain folder without masks (MVTec screw)
     "screw_cpu": {
         **CPU_BOTTLES,
         **RIAD,
+        **TWO_BLURS,
         "dataset._target_": FOLDER,
         "dataset.mask_dir": None,
         "dataset.preprocessing.grayscale": False,
+        "dataset.preprocessing.orient": "principal_axis",
         "dataset.train_transform.transforms": [],
-        "model.image_size": 192,
-        "scoring.anomaly_map.blur_sigma": 4.0,  # riad's: screw has no masks to choose a map blur on
-        "scoring.anomaly_map.score_blur_sigma": None,
-        "trainer.max_epochs": 18,
-        "trainer.check_val_every_n_epoch": 9,
+        "trainer.max_epochs": 70,
         "optimizer.lr": 1e-3,
+        "masking.train_full_coverage": False,
     },
 }
 # The dataset option each experiment chooses, named again so compose_tiny shrinks it to tiny data.

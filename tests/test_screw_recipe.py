@@ -1,7 +1,8 @@
-"""experiment=screw_cpu (issue 16, item 5): bottles_cpu at 192 px, read as a plain folder without masks.
+"""experiment=screw_cpu (issue 16, item 5): bottles_cpu with each part turned to one pose, 70 epochs, read as a
+plain folder without masks.
 
 Composed only (no training, no real data): the recipe reads a folder of grayscale images as 3 equal channels,
-keeps every other setting of bottles_cpu, and still composes for an MVTec layout (bottle) with dataset=mvtec.
+keeps every other setting of bottles_cpu, and still composes for an MVTec layout with dataset=mvtec.
 """
 
 from __future__ import annotations
@@ -21,14 +22,7 @@ from tests.conftest import compose_config
 FOLDER = "anomaly_lab.data.folders.FolderDataModule"
 MVTEC = "anomaly_lab.data.datamodules.MVTecDataModule"
 # what screw_cpu changes in bottles_cpu besides the dataset
-OWN = {
-    "model.image_size": 192,
-    "trainer.max_epochs": 18,
-    "trainer.check_val_every_n_epoch": 9,
-    # riad's single blur, as measured on screw (no masks there to choose bottles_cpu's wide map blur on)
-    "scoring.anomaly_map.blur_sigma": 4.0,
-    "scoring.anomaly_map.score_blur_sigma": None,
-}
+OWN = {"trainer.max_epochs": 70}
 
 
 def settings(cfg: DictConfig) -> dict[str, object]:
@@ -42,6 +36,13 @@ def settings(cfg: DictConfig) -> dict[str, object]:
             node = node[parent]
         del node[leaf]
     return {key: value for key, value in container.items() if key != "dataset"}
+
+
+def preprocessing_settings(cfg: DictConfig) -> dict[str, object]:
+    """The dataset's preprocessing node but for orient."""
+    node = OmegaConf.to_container(cfg.dataset.preprocessing, resolve=False)
+    assert isinstance(node, dict)
+    return {key: value for key, value in node.items() if key != "orient"}
 
 
 @pytest.fixture
@@ -58,17 +59,17 @@ def gray_folders(tmp_path: Path) -> tuple[Path, Path]:
     return folders
 
 
-def test_screw_cpu_is_bottles_cpu_at_192_px_on_a_folder_without_masks() -> None:
+def test_screw_cpu_is_bottles_cpu_with_parts_turned_to_one_pose_on_a_folder_without_masks() -> None:
     cfg = compose_config(["experiment=screw_cpu"])
     bottles = compose_config(["experiment=bottles_cpu"])
     assert cfg.dataset._target_ == FOLDER and cfg.dataset.mask_dir is None
     assert cfg.dataset.preprocessing.grayscale is False  # gray files decode to 3 equal channels; colour stays colour
     assert list(cfg.dataset.train_transform.transforms) == []  # augmentation=rotate measured no better
     assert all(OmegaConf.select(cfg, key) == value for key, value in OWN.items())
-    assert cfg.dataset.preprocessing.image_size == 192
+    assert cfg.dataset.preprocessing.orient == "principal_axis" and bottles.dataset.preprocessing.orient == "none"
+    assert preprocessing_settings(cfg) == preprocessing_settings(bottles)
     assert settings(cfg) == settings(bottles)  # masking, scoring, optimizer, callbacks, 15-minute cap: bottles_cpu's
     assert cfg.trainer.max_time == "00:00:15:00" and cfg.callbacks.model_checkpoint.monitor is None
-    assert 192 % max(cfg.masking.grid_sizes) == 0  # whole-pixel cells at every grid size
 
 
 def test_screw_cpu_reads_a_grayscale_folder_as_three_equal_channels(gray_folders: tuple[Path, Path]) -> None:
@@ -103,6 +104,6 @@ def test_screw_cpu_composes_for_an_mvtec_layout_with_dataset_mvtec(tmp_path: Pat
     cfg = compose_config(["experiment=screw_cpu", "dataset=mvtec", f"dataset.root={tmp_path}"])
     assert cfg.dataset._target_ == MVTEC and cfg.dataset.root == str(tmp_path)
     assert not {"normal_dir", "abnormal_dir", "mask_dir", "test_fraction"} & set(cfg.dataset)  # no folder keys
-    assert cfg.dataset.preprocessing.grayscale is False  # bottle keeps its colour
-    assert cfg.model.image_size == 192
+    assert cfg.dataset.preprocessing.grayscale is False  # colour stays colour
+    assert cfg.dataset.preprocessing.orient == "principal_axis"
     check_train_config(cfg)
