@@ -64,6 +64,7 @@ def test_onnx_scores_match_torch(tiny_run: Path, tmp_path: Path) -> None:
         "border": "drop",
         "page_width": None,
         "divide_by": 255.0,
+        "orient": "none",
     }
     assert metadata["image_size"] == str(model.image_size)
 

@@ -62,6 +62,7 @@ WHOLE_IMAGES_32 = {
     "stride": None,
     "border": "drop",
     "page_width": None,
+    "orient": "none",
 }
 
 
