@@ -5,7 +5,7 @@ MVTec AD screw, which lies at any angle, the bottle recipe scores test image AUR
 are and about 0.7 on the same images turned to one pose (docs/benchmarks.md, "Screw"). The pose comes from the
 image alone, so training, validation and predict turn every image the same way:
 - the part is the minority side of Otsu's threshold on luminance (a dark part on a light ground, or the reverse);
-- its centroid moves to the image centre and its principal axis (second moments) to the horizontal;
+- its principal axis (second moments, about the centroid) turns horizontal, and its extent moves to the centre;
 - its wider end goes to the left, by a half turn, never a mirror (a mirror would change a thread's hand).
 Round parts, or parts that fill most of the image, have no stable axis: leave the pose alone for them.
 """
