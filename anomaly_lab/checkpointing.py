@@ -8,6 +8,8 @@
 - RandomState puts the global random generators (torch, numpy, random: masks, shuffling, augmentation) into
   every checkpoint and restores them when one is loaded to resume, so a run killed in epoch k and resumed
   from last.ckpt draws the same masks and batches as a run that was never stopped.
+- check_same_model refuses to resume a checkpoint into a different model (another preprocessing, net, masking or
+  score): the weights and the validation history would belong to one model and the rest of the run to another.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from anomaly_lab.inference import CheckpointError, load_weights_only
+from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,52 @@ def resume_checkpoint(resume: bool | str | None, output_dir: Path) -> str | None
             f"resume=true hydra.run.dir=<the run dir to continue>"
         )
     return str(path)
+
+
+# Model options that change speed, not the model: a run may resume with them changed (on a GPU, say).
+RESUME_MAY_CHANGE = frozenset({"channels_last", "compile"})
+# Where the user sets each part of the model's config (conf/model_base/inpainting.yaml), to name the key they typed.
+OPTION_OF_MODEL_KEY = {
+    "preprocessing": "dataset.preprocessing",
+    "masking": "masking",
+    "anomaly_map": "scoring.anomaly_map",
+    "reduce": "scoring.reduce",
+    "topk_fraction": "scoring.topk_fraction",
+}
+
+
+def spec_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """'<option>: <saved> in the checkpoint, <current> now' for every option whose value differs. An option the
+    checkpoint lacks (written before it existed) is not compared."""
+    differences = []
+    for key, value in current.items():
+        if key not in saved or (not prefix and key in RESUME_MAY_CHANGE):
+            continue
+        option = f"{prefix}.{key}" if prefix else OPTION_OF_MODEL_KEY.get(key, f"model.{key}")
+        if isinstance(value, dict) and isinstance(saved[key], dict):
+            differences += spec_differences(saved[key], value, option)
+        elif saved[key] != value:
+            differences.append(f"{option}: {saved[key]!r} in the checkpoint, {value!r} now")
+    return differences
+
+
+def check_same_model(path: str | Path, spec: dict[str, Any]) -> None:
+    """CheckpointError naming the options whose values differ if the checkpoint at path, to be resumed, holds
+    another model than `spec` (anomaly_lab.inference.model_spec) describes. Lightning checkpoints without a spec
+    are left to the shapes of their weights."""
+    saved = load_weights_only(Path(path))
+    check_resumable(saved, Path(path))
+    saved_spec = saved.get(SPEC_KEY)
+    saved_model = saved_spec.get("model") if isinstance(saved_spec, dict) else None
+    if not isinstance(saved_model, dict):
+        return
+    differences = spec_differences(saved_model, spec["model"])
+    if differences:
+        more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+        raise CheckpointError(
+            f"{path}: resuming a different model: {'; '.join(differences[:3])}{more}; resume with the options "
+            f"the run was started with (its .hydra/overrides.yaml), or start a new run in another folder"
+        )
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

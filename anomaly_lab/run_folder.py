@@ -22,7 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from anomaly_lab.checkpointing import resume_checkpoint
+from anomaly_lab.checkpointing import check_same_model, resume_checkpoint
 from anomaly_lab.cli import user_errors_exit
 from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.errors import RunFolderError
@@ -66,8 +66,13 @@ def stopped_before_training(folder: Path) -> bool:
     return {path.name for path in folder.iterdir()} <= BEFORE_TRAINING_OUTPUTS
 
 
-def prepare_run_folder(folder: Path, resume: bool | str | None, overwrite: bool) -> None:
-    """Refuse, clear or keep the folder a run is about to write into (see the module docstring)."""
+def prepare_run_folder(
+    folder: Path, resume: bool | str | None, overwrite: bool, spec: dict[str, Any] | None = None
+) -> None:
+    """Refuse, clear or keep the folder a run is about to write into (see the module docstring). With `spec` (the
+    model the options build), a checkpoint to resume that holds another model is refused first."""
+    if resume not in (False, None) and spec is not None:
+        check_same_model(resume_checkpoint(resume, folder), spec)
     if not folder.exists() or not any(folder.iterdir()):
         if resume is True:
             resume_checkpoint(resume, folder)  # raises: nothing to resume there
@@ -103,6 +108,6 @@ class RunFolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with user_errors_exit():  # Hydra would turn an exception here into a warning and run anyway
             check_train_config(config)
-            build_module(config)  # every part builds: a ConfigError before any folder exists
+            module = build_module(config)  # every part builds: a ConfigError before any folder exists
             folder = Path(str(config.hydra.run.dir))
-            prepare_run_folder(folder, config.get("resume"), bool(config.get("overwrite", False)))
+            prepare_run_folder(folder, config.get("resume"), bool(config.get("overwrite", False)), module.spec)

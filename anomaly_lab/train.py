@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, resume_checkpoint
+from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, check_same_model, resume_checkpoint
 from anomaly_lab.cli import one_line, run_cli, user_errors_exit
 from anomaly_lab.config_checks import check_train_config, needs_validation_anomalies
 from anomaly_lab.configs import CONFIG_DIR
@@ -151,6 +151,8 @@ def run(cfg: DictConfig) -> float:
     module = build_module(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
+    if ckpt_path is not None and module.spec is not None:
+        check_same_model(ckpt_path, module.spec)
     data_settings: dict[str, Any] = {"preprocessing": module.model.preprocessing}
     test_fraction = OmegaConf.select(cfg, "dataset.test_fraction")
     if not cfg.test and test_fraction:  # nothing will be tested: every normal image trains or validates

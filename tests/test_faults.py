@@ -339,6 +339,32 @@ def test_resume_from_a_crafted_checkpoint_runs_nothing(compose_tiny: ComposeFn, 
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    ("changed", "named"),
+    [
+        ("dataset.preprocessing.grayscale=true", "dataset.preprocessing.grayscale: False in the checkpoint, True now"),
+        ("dataset.preprocessing.orient=principal_axis", "dataset.preprocessing.orient: 'none' in the checkpoint"),
+        ("masking.grid_sizes=[4,8]", r"masking.grid_sizes: \[2, 4\] in the checkpoint, \[4, 8\] now"),
+    ],
+)
+def test_resuming_into_a_different_model_is_refused_before_anything_is_written(
+    compose_tiny: ComposeFn, tiny_run: Path, tmp_path: Path, changed: str, named: str
+) -> None:
+    overrides = ["scoring=riad", "masking=multiscale_grid", "masking.grid_sizes=[2,4]", "masking.ratio=0.5"]
+    resume = f"resume={tiny_run / 'checkpoints' / 'last.ckpt'}"
+    with pytest.raises(CheckpointError, match=f"resuming a different model: {named}"):
+        run(compose_tiny([*overrides, changed, resume], output_dir=tmp_path / "resumed"))
+    assert not (tmp_path / "resumed").exists()
+    # speed-only options may change: the same model on another machine
+    run(
+        compose_tiny(
+            [*overrides, "model.channels_last=true", "trainer.max_epochs=2", "test=false", resume],
+            output_dir=tmp_path / "resumed",
+        )
+    )
+    assert (tmp_path / "resumed" / "checkpoints" / "last.ckpt").is_file()
+
+
 # ------------------------------------------------------------------------------- 2. kill, Ctrl-C, full disk
 
 
@@ -440,6 +466,25 @@ def test_a_run_stopped_before_training_leaves_its_folder_to_the_corrected_comman
     again = train(["trainer.max_epochs=1"], run_dir, cache)  # a folder that holds a trained run is still refused
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith(f"RunFolderError: hydra.run.dir={run_dir} already holds")
+
+
+def test_resuming_a_run_with_other_preprocessing_is_one_line_and_leaves_the_run_as_it_was(
+    cache: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    first = train(["trainer.max_epochs=1", "test=false"], run_dir, cache)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    resumed = train(
+        ["trainer.max_epochs=2", "test=false", "dataset.preprocessing.grayscale=true", "resume=true"], run_dir, cache
+    )
+    assert resumed.returncode == 2
+    last = resumed.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"CheckpointError: {run_dir / 'checkpoints' / 'last.ckpt'}: resuming a different model: "
+        "dataset.preprocessing.grayscale: False in the checkpoint, True now;"
+    ), last
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
 
 
 @pytest.mark.parametrize("odd", ["train.log is a folder", ".hydra is a link"])
