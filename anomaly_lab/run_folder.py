@@ -71,8 +71,9 @@ def prepare_run_folder(
 ) -> None:
     """Refuse, clear or keep the folder a run is about to write into (see the module docstring). With `spec` (the
     model the options build), a checkpoint to resume that holds another model is refused first."""
-    if resume not in (False, None) and spec is not None:
-        check_same_model(resume_checkpoint(resume, folder), spec)
+    checkpoint = resume_checkpoint(resume, folder) if spec is not None else None  # raises: nothing to resume
+    if checkpoint is not None and spec is not None:
+        check_same_model(checkpoint, spec)
     if not folder.exists() or not any(folder.iterdir()):
         if resume is True:
             resume_checkpoint(resume, folder)  # raises: nothing to resume there
