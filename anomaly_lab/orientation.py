@@ -57,35 +57,45 @@ def principal_axis_pose(part: np.ndarray) -> np.ndarray | None:
     return pose
 
 
-@overload
-def orient(image: np.ndarray, mask: np.ndarray, how: str, source: str = ...) -> tuple[np.ndarray, np.ndarray]: ...
-@overload
-def orient(image: np.ndarray, mask: None, how: str, source: str = ...) -> tuple[np.ndarray, None]: ...
-def orient(
-    image: np.ndarray, mask: np.ndarray | None, how: str, source: str = "an image"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """image (H,W,3) uint8 and its mask (H,W) bool or None, both turned as `how` says (ORIENTS); sizes kept.
+def find_pose(image: np.ndarray, how: str, source: str = "an image") -> np.ndarray | None:
+    """The (2,3) affine map that turns image (H,W,3) uint8 to the pose `how` says (ORIENTS); None: left as it is
+    (how="none", or no part found).
 
     The turned image keeps the file's size, so a part longer than the image is wide loses its ends beyond the
     edge: a warning names `source` and the share lost, since what lies there (a defect too) is not scored.
     """
     if how == "none":
-        return image, mask
+        return None
     if how != "principal_axis":
         raise ValueError(f"orient={how!r}: expected one of {', '.join(ORIENTS)}")
     part = part_mask(image)  # (H,W) bool
     pose = principal_axis_pose(part)
     if pose is None:
-        return image, mask
-    height, width = image.shape[:2]
-    kept = cv2.warpAffine(part.astype(np.uint8), pose, (width, height), flags=cv2.INTER_NEAREST).sum()
-    lost = 1 - kept / part.sum()
+        return None
+    height, width = part.shape
+    rows, columns = np.nonzero(part)
+    x, y = np.rint(pose[:, :2] @ np.stack([columns, rows]) + pose[:, 2:])  # the part's pixels, turned
+    lost = 1 - np.count_nonzero((x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)) / len(x)
     if lost > 0.01:
         log.warning(
             "%s: %.0f%% of its part turned beyond the image edge (orient=principal_axis); not scored",
             source,
             100 * lost,
         )
+    return pose
+
+
+@overload
+def apply_pose(image: np.ndarray, mask: np.ndarray, pose: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def apply_pose(image: np.ndarray, mask: None, pose: np.ndarray | None) -> tuple[np.ndarray, None]: ...
+def apply_pose(
+    image: np.ndarray, mask: np.ndarray | None, pose: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """image (H,W,3) uint8 and its mask (H,W) bool or None, both turned by pose (find_pose); sizes kept."""
+    if pose is None:
+        return image, mask
+    height, width = image.shape[:2]
     # the ground turned in from beyond the edge repeats the edge's pixels: no corner edges for the net to call
     # anomalous (a flat fill draws one), but a part touching the edge is lengthened there
     turned = cv2.warpAffine(image, pose, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -93,3 +103,24 @@ def orient(
         return turned, None
     turned_mask = cv2.warpAffine(mask.astype(np.uint8), pose, (width, height), flags=cv2.INTER_NEAREST)
     return turned, turned_mask.astype(bool)
+
+
+@overload
+def orient(image: np.ndarray, mask: np.ndarray, how: str, source: str = ...) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def orient(image: np.ndarray, mask: None, how: str, source: str = ...) -> tuple[np.ndarray, None]: ...
+def orient(
+    image: np.ndarray, mask: np.ndarray | None, how: str, source: str = "an image"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """image (H,W,3) uint8 and its mask (H,W) bool or None, both turned as `how` says (ORIENTS); sizes kept."""
+    return apply_pose(image, mask, find_pose(image, how, source))
+
+
+def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None) -> np.ndarray:
+    """An anomaly map (H,W) float32 of a turned image, put back on the file as it is (same size): where the file's
+    pixels were turned beyond the edge, nothing was scored, and the map is 0 there."""
+    if pose is None:
+        return anomaly_map
+    height, width = anomaly_map.shape
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(anomaly_map, pose, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT)

@@ -189,10 +189,11 @@ class Prepared:
     """One readable input, ready to score: the decoded file and the model-size units cut from it."""
 
     path: Path
-    image: np.ndarray  # (H,W,3) uint8 as decoded (and turned, with orient): outputs are drawn on it at its size
+    image: np.ndarray  # (H,W,3) uint8 as decoded: outputs are drawn on it at its size
     units: np.ndarray  # (N,S,S,3) uint8: the resized image (N=1) or a tiled page's tiles
     grid: TileGrid | None = None  # tiled models: the page's tile grid
     page_shape: tuple[int, int] | None = None  # tiled models: (h,w) of the prepared page
+    pose: np.ndarray | None = None  # orient: the (2,3) map that turned the image before it was scored
 
     @property
     def pixels(self) -> int:
@@ -210,10 +211,10 @@ class Skipped:
 def prepare_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) -> Prepared:
     """Decode one file and prepare it as in training (model.preprocessing). BadImageError if unusable."""
     image = read_image(path, None, max_pixels=max_pixels)  # (H,W,3) uint8
-    image, _ = preprocessing.turn(image, None, str(path))  # as the model sees it: outputs are drawn on it
-    prepared, _ = preprocessing.fit(image)  # (S,S,3), or a page (h,w,3) to tile
+    turned, pose = preprocessing.turn_with_pose(image, str(path))  # orient; outputs go back on the file as it is
+    prepared, _ = preprocessing.fit(turned)  # (S,S,3), or a page (h,w,3) to tile
     if not preprocessing.tiled:
-        return Prepared(path, image, prepared[None])
+        return Prepared(path, image, prepared[None], pose=pose)
     try:
         grid = preprocessing.tile_grid(*prepared.shape[:2])
     except TileSizeError as error:
@@ -225,7 +226,8 @@ def scored_result(item: Prepared, maps: np.ndarray, scores: np.ndarray) -> Score
     """An input's result from its units' maps (N,S,S) and scores (N,): the map at the input's size."""
     height, width = item.image.shape[:2]
     if item.grid is None or item.page_shape is None:
-        return Scored(item.path, float(scores[0]), resize_map(maps[0], height, width))
+        anomaly_map = Preprocessing.turn_back(resize_map(maps[0], height, width), item.pose)  # (H,W) on the file
+        return Scored(item.path, float(scores[0]), anomaly_map)
     page_map = stitch_tiles(maps, item.grid, item.page_shape)  # (h,w); 0 where no tile lies (border=drop)
     tiled_page = stitch_tiles(item.units, item.grid, item.grid.covered)  # (h',w',3)
     # a page is as anomalous as its worst tile

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from anomaly_lab.data.tiles import BORDERS, TileGrid
-from anomaly_lab.orientation import ORIENTS, orient
+from anomaly_lab.orientation import ORIENTS, apply_pose, find_pose, orient, turn_back
 from anomaly_lab.registry import checkpoint_class
 
 
@@ -98,6 +98,18 @@ class Preprocessing:
         """prepare's first step: image (H,W,3) and mask (H,W) or None in the pose `orient` says, at the file's size
         (source: the file, for the warning of a part turned beyond the edge)."""
         return orient(image, mask, self.orient, source)
+
+    def turn_with_pose(self, image: np.ndarray, source: str = "an image") -> tuple[np.ndarray, np.ndarray | None]:
+        """turn for predict: image (H,W,3) uint8 turned, and the (2,3) map that turned it (None: not turned), which
+        turn_back needs to put an anomaly map of the turned image back on the file."""
+        pose = find_pose(image, self.orient, source)
+        return apply_pose(image, None, pose)[0], pose
+
+    @staticmethod
+    def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None) -> np.ndarray:
+        """An anomaly map (H,W) of the image turn_with_pose turned, on the file as it is (0 where nothing was
+        scored: the file's pixels turned beyond the edge)."""
+        return turn_back(anomaly_map, pose)
 
     def fit(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """prepare's second step, on a turned image: model geometry and colour (the module docstring's rule)."""

@@ -13,7 +13,7 @@ from PIL import Image
 from anomaly_lab.data.folders import FolderDataModule
 from anomaly_lab.data.images import NATIVE_MASK_KEY
 from anomaly_lab.orientation import orient
-from anomaly_lab.predict import prepare_file
+from anomaly_lab.predict import prepare_file, score_stream
 from anomaly_lab.preprocessing import Preprocessing
 
 SIZE = 96
@@ -119,7 +119,7 @@ def test_training_data_ground_truth_and_predict_share_the_pose(tmp_path: Path) -
     assert np.array_equal(ground_truth, orient(image, defect, "principal_axis")[1])
     assert not np.array_equal(ground_truth, defect)
     from_predict = prepare_file(anomalous / "0.png", preprocessing, None)
-    assert np.array_equal(from_predict.image, orient(image, None, "principal_axis")[0])  # drawn on as scored
+    assert np.array_equal(from_predict.image, image)  # outputs are drawn on the file as it is
     expected = preprocessing.to_tensor(from_predict.units)[0]
     assert torch.equal(batch["image"][index], expected)
 
@@ -153,3 +153,26 @@ def test_the_ground_turned_in_at_the_corners_draws_no_edge() -> None:
 def far_from(part: np.ndarray, distance: int = 4) -> np.ndarray:
     """Pixels (H,W) bool further than `distance` from every part pixel."""
     return cv2.dilate(part.astype(np.uint8), np.ones((2 * distance + 1, 2 * distance + 1), np.uint8)) == 0
+
+
+def test_predict_puts_the_anomaly_map_back_where_the_defect_is_in_the_file(tmp_path: Path) -> None:
+    """A scorer whose map marks the white defect of the turned, resized image it is given: the map predict writes
+    marks the defect where it lies in the file, not where the turn moved it."""
+    image = moved(nail(), -65, (4, -3))
+    defect = np.zeros((SIZE, SIZE), bool)
+    defect[40:50, 52:60] = True  # on the shaft
+    image[defect] = 255
+    Image.fromarray(image).save(tmp_path / "0.png")
+    preprocessing = Preprocessing(image_size=48, orient="principal_axis")
+
+    def marks_white(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (N,S,S,3) -> (N,S,S), (N,)
+        maps = (units.min(axis=-1) > 230).astype(np.float32)
+        return maps, maps.reshape(len(maps), -1).max(axis=1)
+
+    [(scored, drawn_on)] = list(score_stream([tmp_path / "0.png"], preprocessing, marks_white, 4, None))
+    assert np.array_equal(drawn_on, image)
+    marked = scored.anomaly_map > 0.5  # (96,96)
+    assert scored.anomaly_map.shape == (SIZE, SIZE)
+    assert (marked & defect).sum() / (marked | defect).sum() > 0.6  # intersection over union with the defect
+    turned_defect = orient(image, defect, "principal_axis")[1]
+    assert (marked & turned_defect).sum() < 0.3 * turned_defect.sum()  # not where the turn moved it
