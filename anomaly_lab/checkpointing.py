@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_weights_only
+from anomaly_lab.inference import SPEC_KEY, CheckpointError, is_plain, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,15 @@ def spec_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str
         option = f"{prefix}.{key}" if prefix else OPTION_OF_MODEL_KEY.get(key, f"model.{key}")
         if isinstance(value, dict) and isinstance(saved[key], dict):
             differences += spec_differences(saved[key], value, option)
-        elif saved[key] != value:
-            differences.append(f"{option}: {saved[key]!r} in the checkpoint, {value!r} now")
+        elif not is_plain(saved[key]) or saved[key] != value:  # a tensor or object is no value this config gives
+            differences.append(f"{option}: {shortened(saved[key])} in the checkpoint, {shortened(value)} now")
     return differences
+
+
+def shortened(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: a crafted value cannot flood the one-line message."""
+    text = repr(value) if is_plain(value) or isinstance(value, dict) else f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def check_same_model(path: str | Path, spec: dict[str, Any]) -> None:

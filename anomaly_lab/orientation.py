@@ -116,11 +116,24 @@ def orient(
     return apply_pose(image, mask, find_pose(image, how, source))
 
 
-def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None) -> np.ndarray:
+def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None, source: str = "an image") -> np.ndarray:
     """An anomaly map (H,W) float32 of a turned image, put back on the file as it is (same size): where the file's
-    pixels were turned beyond the edge, nothing was scored, and the map is 0 there."""
+    pixels were turned beyond the edge, nothing was scored, and the map is 0 there.
+
+    The turned image's corners hold ground turned in from beyond the file's edge, which no pixel of the file
+    shows: if the map peaks there, a warning names `source` (its score may come from there, its map cannot).
+    """
     if pose is None:
         return anomaly_map
     height, width = anomaly_map.shape
+    peak = np.unravel_index(int(anomaly_map.argmax()), anomaly_map.shape)
+    inverse = cv2.invertAffineTransform(pose)
+    x, y = inverse @ np.array([peak[1], peak[0], 1.0])  # the peak's place in the file
+    if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5):
+        log.warning(
+            "%s: its anomaly map peaks in the ground turned in from beyond the file's edge (orient=principal_axis), "
+            "which the map drawn on the file cannot show",
+            source,
+        )
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     return cv2.warpAffine(anomaly_map, pose, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT)

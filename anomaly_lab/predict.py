@@ -226,7 +226,7 @@ def scored_result(item: Prepared, maps: np.ndarray, scores: np.ndarray) -> Score
     """An input's result from its units' maps (N,S,S) and scores (N,): the map at the input's size."""
     height, width = item.image.shape[:2]
     if item.grid is None or item.page_shape is None:
-        anomaly_map = Preprocessing.turn_back(resize_map(maps[0], height, width), item.pose)  # (H,W) on the file
+        anomaly_map = Preprocessing.turn_back(resize_map(maps[0], height, width), item.pose, str(item.path))
         return Scored(item.path, float(scores[0]), anomaly_map)
     page_map = stitch_tiles(maps, item.grid, item.page_shape)  # (h,w); 0 where no tile lies (border=drop)
     tiled_page = stitch_tiles(item.units, item.grid, item.grid.covered)  # (h',w',3)

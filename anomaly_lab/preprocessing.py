@@ -106,10 +106,10 @@ class Preprocessing:
         return apply_pose(image, None, pose)[0], pose
 
     @staticmethod
-    def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None) -> np.ndarray:
+    def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None, source: str = "an image") -> np.ndarray:
         """An anomaly map (H,W) of the image turn_with_pose turned, on the file as it is (0 where nothing was
-        scored: the file's pixels turned beyond the edge)."""
-        return turn_back(anomaly_map, pose)
+        scored: the file's pixels turned beyond the edge; a warning names source if the map peaks beyond it)."""
+        return turn_back(anomaly_map, pose, source)
 
     def fit(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """prepare's second step, on a turned image: model geometry and colour (the module docstring's rule)."""

@@ -468,6 +468,19 @@ def test_a_run_stopped_before_training_leaves_its_folder_to_the_corrected_comman
     assert again.stderr.strip().splitlines()[-1].startswith(f"RunFolderError: hydra.run.dir={run_dir} already holds")
 
 
+def test_a_crafted_value_in_the_resumed_spec_is_a_checkpoint_error(
+    compose_tiny: ComposeFn, tiny_run: Path, tmp_path: Path
+) -> None:
+    good = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    good["anomaly_lab"]["model"]["masking"]["ratio"] = torch.tensor([0.5] * 10_000)  # no value a config gives
+    torch.save(good, tmp_path / "last.ckpt")
+    overrides = ["scoring=riad", "masking=multiscale_grid", "masking.grid_sizes=[2,4]", "masking.ratio=0.5"]
+    with pytest.raises(CheckpointError, match=r"masking.ratio: a Tensor in the checkpoint, 0.5 now") as error:
+        run(compose_tiny([*overrides, f"resume={tmp_path / 'last.ckpt'}"], output_dir=tmp_path / "resumed"))
+    assert len(str(error.value)) < 600
+    assert not (tmp_path / "resumed").exists()
+
+
 def test_resuming_a_run_with_other_preprocessing_is_one_line_and_leaves_the_run_as_it_was(
     cache: Path, tmp_path: Path
 ) -> None:

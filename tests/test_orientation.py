@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -176,3 +177,25 @@ def test_predict_puts_the_anomaly_map_back_where_the_defect_is_in_the_file(tmp_p
     assert (marked & defect).sum() / (marked | defect).sum() > 0.6  # intersection over union with the defect
     turned_defect = orient(image, defect, "principal_axis")[1]
     assert (marked & turned_defect).sum() < 0.3 * turned_defect.sum()  # not where the turn moved it
+
+
+def test_a_map_peaking_in_the_ground_turned_in_from_beyond_the_file_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    Image.fromarray(moved(nail(), -65, (4, -3))).save(tmp_path / "0.png")
+    preprocessing = Preprocessing(image_size=48, orient="principal_axis")
+
+    def peaks_at(row: int, col: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        def scorer(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (N,S,S,3) -> (N,S,S), (N,)
+            maps = np.zeros(units.shape[:3], np.float32)
+            maps[:, row, col] = 1.0
+            return maps, maps.reshape(len(maps), -1).max(axis=1)
+
+        return scorer
+
+    for row, col, named in [(24, 24, False), (0, 0, True)]:  # the centre; a corner turned in from beyond the edge
+        caplog.clear()
+        list(score_stream([tmp_path / "0.png"], preprocessing, peaks_at(row, col), 4, None))
+        warned = [r.getMessage() for r in caplog.records if "beyond the file's edge" in r.getMessage()]
+        assert bool(warned) == named, warned
+        assert all(message.startswith(str(tmp_path / "0.png")) for message in warned)
