@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,9 @@ OPTION_OF_MODEL_KEY = {
 }
 
 
-def spec_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """'<option>: <saved> in the checkpoint, <current> now' for every option whose value differs. An option the
-    checkpoint lacks (written before it existed) is not compared."""
+def spec_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(option, value in the checkpoint, value now) for every option whose value differs. An option the checkpoint
+    lacks (written before it existed) is not compared."""
     differences = []
     for key, value in current.items():
         if key not in saved or (not prefix and key in RESUME_MAY_CHANGE):
@@ -67,7 +68,7 @@ def spec_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str
         if isinstance(value, dict) and isinstance(saved[key], dict):
             differences += spec_differences(saved[key], value, option)
         elif not is_plain(saved[key]) or saved[key] != value:  # a tensor or object is no value this config gives
-            differences.append(f"{option}: {shortened(saved[key])} in the checkpoint, {shortened(value)} now")
+            differences.append((option, saved[key], value))
     return differences
 
 
@@ -77,10 +78,13 @@ def shortened(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-def check_same_model(path: str | Path, spec: dict[str, Any]) -> None:
+def check_same_model(
+    path: str | Path, spec: dict[str, Any], set_by: Callable[[str], str | None] = lambda option: None
+) -> None:
     """CheckpointError naming the options whose values differ if the checkpoint at path, to be resumed, holds
-    another model than `spec` (anomaly_lab.inference.model_spec) describes. Lightning checkpoints without a spec
-    are left to the shapes of their weights."""
+    another model than `spec` (anomaly_lab.inference.model_spec) describes. set_by(option): the option the user
+    sets it through, if another (masking.seed is `seed`'s). Lightning checkpoints without a spec are left to the
+    shapes of their weights."""
     saved = load_weights_only(Path(path))
     check_resumable(saved, Path(path))
     saved_spec = saved.get(SPEC_KEY)
@@ -89,9 +93,14 @@ def check_same_model(path: str | Path, spec: dict[str, Any]) -> None:
         return
     differences = spec_differences(saved_model, spec["model"])
     if differences:
+        named = []
+        for option, before, now in differences[:3]:
+            source = set_by(option)
+            through = f" (set by {source})" if source else ""
+            named.append(f"{option}{through}: {shortened(before)} in the checkpoint, {shortened(now)} now")
         more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
         raise CheckpointError(
-            f"{path}: resuming a different model: {'; '.join(differences[:3])}{more}; resume with the options "
+            f"{path}: resuming a different model: {'; '.join(named)}{more}; resume with the options "
             f"the run was started with (its .hydra/overrides.yaml), or start a new run in another folder"
         )
 

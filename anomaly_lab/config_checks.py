@@ -8,6 +8,8 @@ again for callers of the compose API.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +249,19 @@ def check_train_config(cfg: DictConfig) -> None:
     check_scoring_and_schedule(cfg)
     check_splits(cfg)
     check_dataset(cfg)
+
+
+def interpolation_source(cfg: DictConfig) -> Callable[[str], str | None]:
+    """option -> the option its value comes from, if it is an interpolation (masking.seed: `${seed}` -> "seed"),
+    else None: an error can name the option the user typed. Read now: building objects from cfg resolves it."""
+    sources: dict[str, str] = {}
+
+    def collect(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                collect(value, f"{prefix}.{key}" if prefix else str(key))
+        elif isinstance(node, str) and (reference := re.fullmatch(r"\$\{([\w.]+)\}", node)):
+            sources[prefix] = reference.group(1)
+
+    collect(OmegaConf.to_container(cfg, resolve=False), "")
+    return sources.get

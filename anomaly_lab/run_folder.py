@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from omegaconf import DictConfig
 
 from anomaly_lab.checkpointing import check_same_model, resume_checkpoint
 from anomaly_lab.cli import user_errors_exit
-from anomaly_lab.config_checks import check_train_config
+from anomaly_lab.config_checks import check_train_config, interpolation_source
 from anomaly_lab.errors import RunFolderError
 from anomaly_lab.train import build_module
 
@@ -67,13 +68,17 @@ def stopped_before_training(folder: Path) -> bool:
 
 
 def prepare_run_folder(
-    folder: Path, resume: bool | str | None, overwrite: bool, spec: dict[str, Any] | None = None
+    folder: Path,
+    resume: bool | str | None,
+    overwrite: bool,
+    spec: dict[str, Any] | None = None,
+    set_by: Callable[[str], str | None] = lambda option: None,
 ) -> None:
     """Refuse, clear or keep the folder a run is about to write into (see the module docstring). With `spec` (the
     model the options build), a checkpoint to resume that holds another model is refused first."""
     checkpoint = resume_checkpoint(resume, folder) if spec is not None else None  # raises: nothing to resume
     if checkpoint is not None and spec is not None:
-        check_same_model(checkpoint, spec)
+        check_same_model(checkpoint, spec, set_by)
     if not folder.exists() or not any(folder.iterdir()):
         if resume is True:
             resume_checkpoint(resume, folder)  # raises: nothing to resume there
@@ -109,6 +114,8 @@ class RunFolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with user_errors_exit():  # Hydra would turn an exception here into a warning and run anyway
             check_train_config(config)
+            set_by = interpolation_source(config)  # before build_module resolves config
             module = build_module(config)  # every part builds: a ConfigError before any folder exists
             folder = Path(str(config.hydra.run.dir))
-            prepare_run_folder(folder, config.get("resume"), bool(config.get("overwrite", False)), module.spec)
+            resume, overwrite = config.get("resume"), bool(config.get("overwrite", False))
+            prepare_run_folder(folder, resume, overwrite, module.spec, set_by)

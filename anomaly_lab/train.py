@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, check_same_model, resume_checkpoint
 from anomaly_lab.cli import one_line, run_cli, user_errors_exit
-from anomaly_lab.config_checks import check_train_config, needs_validation_anomalies
+from anomaly_lab.config_checks import check_train_config, interpolation_source, needs_validation_anomalies
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.deprecations import warn_deprecated_options
 from anomaly_lab.errors import ConfigError, SplitError, UserError
@@ -147,12 +147,13 @@ def check_threshold_rule(rule: ThresholdRule | None, datamodule: L.LightningData
 def run(cfg: DictConfig) -> float:
     """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
     check_train_config(cfg)
+    set_by = interpolation_source(cfg)  # before build_module resolves cfg
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
     if ckpt_path is not None and module.spec is not None:
-        check_same_model(ckpt_path, module.spec)
+        check_same_model(ckpt_path, module.spec, set_by)
     data_settings: dict[str, Any] = {"preprocessing": module.model.preprocessing}
     test_fraction = OmegaConf.select(cfg, "dataset.test_fraction")
     if not cfg.test and test_fraction:  # nothing will be tested: every normal image trains or validates

@@ -345,6 +345,7 @@ def test_resume_from_a_crafted_checkpoint_runs_nothing(compose_tiny: ComposeFn, 
         ("dataset.preprocessing.grayscale=true", "dataset.preprocessing.grayscale: False in the checkpoint, True now"),
         ("dataset.preprocessing.orient=principal_axis", "dataset.preprocessing.orient: 'none' in the checkpoint"),
         ("masking.grid_sizes=[4,8]", r"masking.grid_sizes: \[2, 4\] in the checkpoint, \[4, 8\] now"),
+        ("seed=1", r"masking.seed \(set by seed\): 0 in the checkpoint, 1 now"),  # named as typed
     ],
 )
 def test_resuming_into_a_different_model_is_refused_before_anything_is_written(
