@@ -5,6 +5,7 @@ writes .hydra/ into it, so a refusal there leaves everything as it was, and a co
 
 - a non-empty folder is refused unless `resume=true` (continue the run in it) or `overwrite=true` (delete
   the earlier run's outputs first; files that are not run outputs are kept);
+- resuming refuses a checkpoint that holds another model than the options build (checkpointing.check_same_model);
 - resuming keeps the earlier record: the earlier .hydra/ files move to .hydra/previous/<n>/, and train.run
   merges the earlier metrics.json into the new one (keys the resumed run logs again take the new values);
 - a folder holding only what a run that stopped before training leaves (.hydra/ and train.log, e.g. after a
@@ -76,17 +77,14 @@ def prepare_run_folder(
 ) -> None:
     """Refuse, clear or keep the folder a run is about to write into (see the module docstring). With `spec` (the
     model the options build), a checkpoint to resume that holds another model is refused first."""
-    checkpoint = resume_checkpoint(resume, folder) if spec is not None else None  # raises: nothing to resume
+    checkpoint = resume_checkpoint(resume, folder)  # None without resume; raises, before anything is touched, if none
     if checkpoint is not None and spec is not None:
         check_same_model(checkpoint, spec, set_by)
     if not folder.exists() or not any(folder.iterdir()):
-        if resume is True:
-            resume_checkpoint(resume, folder)  # raises: nothing to resume there
         return
     if folder.is_file():
         raise RunFolderError(f"hydra.run.dir={folder} is a file; choose a folder")
-    if resume not in (False, None):
-        resume_checkpoint(resume, folder)  # a clear error before anything is touched
+    if checkpoint is not None:
         keep_earlier_config(folder, f"resuming in {folder}")
         return
     if not overwrite and stopped_before_training(folder):

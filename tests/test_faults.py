@@ -356,7 +356,14 @@ def test_resuming_into_a_different_model_is_refused_before_anything_is_written(
     with pytest.raises(CheckpointError, match=f"resuming a different model: {named}"):
         run(compose_tiny([*overrides, changed, resume], output_dir=tmp_path / "resumed"))
     assert not (tmp_path / "resumed").exists()
-    # speed-only options may change: the same model on another machine
+
+
+def test_resuming_with_a_speed_only_option_changed_goes_on(
+    compose_tiny: ComposeFn, tiny_run: Path, tmp_path: Path
+) -> None:
+    overrides = ["scoring=riad", "masking=multiscale_grid", "masking.grid_sizes=[2,4]", "masking.ratio=0.5"]
+    resume = f"resume={tiny_run / 'checkpoints' / 'last.ckpt'}"
+    # the same model on another machine
     run(
         compose_tiny(
             [*overrides, "model.channels_last=true", "trainer.max_epochs=2", "test=false", resume],
