@@ -212,15 +212,29 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Inpainti
         raise
     except Exception:  # what the meta device cannot run (e.g. batch norm over 0 channels): the real build says why
         skeleton = None
+    scored = False
     if skeleton is not None:
         load_weights(skeleton, weights, path)
+        scored = score_one_blank_image(skeleton.eval(), path, torch.device("meta"))
     model: InpaintingModel = build_from_spec(node, f"{path}: model")
     load_weights(model, weights, path)
     model.eval()
+    if not scored:
+        score_one_blank_image(model, path, torch.device("cpu"))
+    return model.to(device)
+
+
+def score_one_blank_image(model: InpaintingModel, path: Path, device: torch.device) -> bool:
+    """One image through the whole scoring: a spec that builds but cannot score is a CheckpointError here. On the
+    meta device (shapes only, no memory) False if an op has no meta kernel: the caller scores for real then."""
     size = model.image_size
     try:
-        with torch.no_grad():  # one image through the whole scoring: a spec that builds but cannot score fails here
-            model(torch.zeros(1, 3, size, size))
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    except NotImplementedError:
+        if device.type != "meta":
+            raise
+        return False
     except (RuntimeError, ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: its model cannot score a {size}px image ({first_line(error)})") from error
-    return model.to(device)
+    return True

@@ -9,6 +9,8 @@ anomaly_lab.inference rebuilds it from a checkpoint for predict and export. Any 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -23,19 +25,51 @@ class NetShapeError(ValueError):
 
 
 def check_net_shape(net: nn.Module, size: int) -> None:
-    """One blank (1,3,size,size) image through the net (eval mode, no grad): its output must have that shape."""
-    was_training = net.training
-    net.eval()
+    """One blank (1,3,size,size) image through the net (eval mode, no grad): its output must have that shape.
+
+    The pass runs on a copy of the net on the meta device (shapes only), so a large size (a typo, a crafted
+    checkpoint) costs no memory; a net with an op the meta device lacks is tried for real.
+    """
+    out: object = None
     try:
+        probe = copy.deepcopy(net).to("meta").eval()
         with torch.no_grad():
-            out = net(torch.zeros(1, 3, size, size))
+            out = probe(torch.zeros(1, 3, size, size, device="meta"))
+    except NotImplementedError:  # an op without a meta kernel: the real pass below
+        pass
     except (RuntimeError, ValueError) as error:
         raise NetShapeError(f"the net cannot take (1,3,{size},{size}) images: {error}") from error
-    finally:
-        net.train(was_training)
+    except Exception:  # what only the meta device trips on (batch norm over 0 channels): the real pass below
+        pass
+    if out is None:
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                out = net(torch.zeros(1, 3, size, size))
+        except (RuntimeError, ValueError) as error:
+            raise NetShapeError(f"the net cannot take (1,3,{size},{size}) images: {error}") from error
+        finally:
+            net.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 3, size, size):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise NetShapeError(f"the net maps (1,3,{size},{size}) images to {shape}, not the same shape")
+
+
+MAX_COVERAGE_MASK_BYTES = 2**31  # 2 GiB: 16 masks (RIAD's 4 grid sizes) at 2048 px take 256 MiB
+
+
+def check_coverage_mask_memory(masking: Masking, size: int) -> None:
+    """Refuse a masking and size whose full-coverage masks would take more than MAX_COVERAGE_MASK_BYTES (counted on
+    the meta device, before any memory is taken): such a model is a typo or a crafted checkpoint."""
+    shapes = masking.coverage_masks(size, size, torch.device("meta"))  # per grid size (n,1,S,S)
+    count = sum(len(masks) for masks in shapes)
+    needed = count * size * size * 4  # float32
+    if needed > MAX_COVERAGE_MASK_BYTES:
+        raise ValueError(
+            f"{count} full-coverage masks of {size}x{size} px would take {needed / 2**30:.1f} GiB "
+            f"(at most {MAX_COVERAGE_MASK_BYTES / 2**30:.0f} GiB): lower image_size or the number of masks"
+        )
 
 
 @checkpoint_class
@@ -70,6 +104,7 @@ class InpaintingModel(nn.Module):
                 f"preprocessing.image_size={preprocessing.image_size} differs from image_size={image_size}"
             )
         size = image_size
+        check_coverage_mask_memory(masking, size)
         check_net_shape(net, size)
         # channels_last: net weights and input images in NHWC memory order (faster convolutions on GPUs
         # with tensor cores, bf16 especially); results are the same up to rounding.

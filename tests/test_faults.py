@@ -280,6 +280,46 @@ def test_a_spec_with_impossible_values_is_a_checkpoint_error(
         load_model(path)
 
 
+def test_a_crafted_large_image_size_is_refused_or_loaded_without_taking_its_memory(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    """The model's image size, unlike its weights, is not bounded by the file: a crafted one must not make loading
+    allocate what a pass at that size would (the shape checks run on the meta device), and one whose coverage
+    masks alone would take more than 2 GiB is refused before they are made. Loaded in a process limited to 4 GiB
+    of address space, where one real pass at 8192 px does not fit."""
+    good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    paths = {}
+    for size in (8192, 16384):
+        paths[size] = tmp_path / f"size{size}.ckpt"
+        torch.save(
+            with_spec(with_spec(good, "model.image_size", size), "model.preprocessing.image_size", size), paths[size]
+        )
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))\n"
+        "from anomaly_lab.inference import CheckpointError, load_model\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print('loaded', load_model(path).image_size)\n"
+        "    except CheckpointError as error:\n"
+        "        print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(paths[8192]), str(paths[16384])],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded, refused = result.stdout.strip().splitlines()
+    assert loaded == "loaded 8192"
+    assert refused == (
+        f"{paths[16384]}: model: cannot build {MODEL} from the checkpoint (4 full-coverage masks of 16384x16384 px "
+        "would take 4.0 GiB (at most 2 GiB): lower image_size or the number of masks)"
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
