@@ -179,7 +179,10 @@ class ReconstructionImages(L.Callback):
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            cuda = [images.device.index or 0] if images.device.type == "cuda" else []
+            # the same masks at every validation (pictures compare across epochs), training's random stream untouched
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(0)
                 masked, recon = model.masked_inpainting(images)
                 maps, _ = model(images)  # (B,1,S,S)
         finally:

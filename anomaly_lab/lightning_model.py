@@ -90,10 +90,19 @@ class InpaintingModule(L.LightningModule):
         """Full-coverage inpainting error: anomaly maps (B,1,H,W) and image scores (B,)."""
         return self.model(images)
 
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> torch.Tensor:
         images = batch["image"]  # (B,3,H,W)
         normal = batch["label"] == 0  # (B,)
-        recon = self.model.training_reconstruction(images)  # (B,3,H,W)
+        if stage == "train":
+            recon = self.model.training_reconstruction(images)  # (B,3,H,W)
+        else:
+            # Validation and test draw their random masks from a stream of their own, seeded by the batch: their
+            # losses compare across epochs, and training's stream (masks, batch order) is the same whether or how
+            # often validation ran.
+            cuda = [images.device.index or 0] if images.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(batch_idx)
+                recon = self.model.training_reconstruction(images)
         loss = self.loss(recon[normal], images[normal]) if normal.any() else images.new_zeros(())
         if not torch.isfinite(loss):
             lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
@@ -121,13 +130,13 @@ class InpaintingModule(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+        return self._step(batch, "val", batch_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
+        return self._step(batch, "test", batch_idx)
 
     def on_validation_epoch_start(self) -> None:
         self.samples["val"] = []

@@ -123,6 +123,19 @@ def test_same_seed_gives_the_same_metrics(compose_tiny: ComposeFn, tmp_path: Pat
     assert metrics_a["train/loss"] == metrics_b["train/loss"]
 
 
+def test_how_often_validation_runs_does_not_change_training(compose_tiny: ComposeFn, tmp_path: Path) -> None:
+    """Validation masks images at random too; it must not draw from training's stream (masks, batch order)."""
+    weights = []
+    for name, every in (("every_epoch", 1), ("last_epoch_only", 3)):
+        out = tmp_path / name
+        overrides = ["trainer.max_epochs=3", f"trainer.check_val_every_n_epoch={every}", "test=false"]
+        run(compose_tiny([*overrides, "masking=multiscale_grid", "masking.grid_sizes=[2,4]"], output_dir=out))
+        weights.append(torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    differing = [key for key in weights[0] if not torch.equal(weights[0][key], weights[1][key])]
+    assert differing == []
+
+
 def test_missing_root_says_how_to_point_at_data(compose_tiny: ComposeFn, tmp_path: Path) -> None:
     cfg = compose_tiny(["dataset=mvtec", f"dataset.root={tmp_path / 'nowhere'}"])
     with pytest.raises(ConfigError, match=r"dataset\.root=.*nowhere: not found; point it at an MVTec AD category"):

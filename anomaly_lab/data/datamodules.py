@@ -241,6 +241,9 @@ class SplitDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_samples if test else None,
+            # every loader iterator draws a seed for its workers: evaluation's from a generator of its own, so that
+            # training's random stream (masks, batch order) is the same whether or how often validation runs
+            generator=None if train else torch.Generator().manual_seed(0),
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, Any]]:
