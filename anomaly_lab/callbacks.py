@@ -89,15 +89,23 @@ class ImagesPerSecond(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx == 0:
-            return  # warm-up
+        if batch_idx == 0 or whole_test_set_pass(module):
+            return  # warm-up; the test split's speed only
         self.test_seconds += time.perf_counter() - self._start
         self.test_images += int(batch["image"].shape[0])
 
     def on_test_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if whole_test_set_pass(module):
+            return
         if self.test_seconds > 0:
             module.log("test/images_per_s", self.test_images / self.test_seconds, sync_dist=True)
         module.log("peak_memory_mb", peak_memory_mb(module.device), sync_dist=True, reduce_fx="max")
+
+
+def whole_test_set_pass(pl_module: L.LightningModule) -> bool:
+    """True during train.run's second test pass, over the whole test set (the module logs it as "test/all"): the
+    test's tables, figures and speed are the test split's, written in the first pass only."""
+    return getattr(pl_module, "test_prefix", "test") != "test"
 
 
 def published_results(pl_module: L.LightningModule, stage: str) -> StageResults | None:
@@ -263,7 +271,7 @@ class ScoresTable(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         results = published_results(pl_module, "test")
-        if not trainer.is_global_zero or results is None:
+        if not trainer.is_global_zero or results is None or whole_test_set_pass(pl_module):
             return
         threshold = results.threshold
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +296,8 @@ class ScoreFigures(L.Callback):
             self._add_figures("val", trainer, pl_module)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._add_figures("test", trainer, pl_module)
+        if not whole_test_set_pass(pl_module):
+            self._add_figures("test", trainer, pl_module)
 
     def _add_figures(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         results = published_results(pl_module, stage)
@@ -324,7 +333,8 @@ class TilePageFigures(L.Callback):
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.tiles = {}
-        self.keep = bool(inpainting_model(pl_module).preprocessing.tiled)  # whole images: keep nothing
+        # whole images, or the whole-test-set pass (its pages are drawn from the test split): keep nothing
+        self.keep = bool(inpainting_model(pl_module).preprocessing.tiled) and not whole_test_set_pass(pl_module)
 
     def on_test_batch_end(
         self,

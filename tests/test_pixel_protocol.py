@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from anomaly_lab.data.datamodules import MVTecDataModule
 from anomaly_lab.data.images import NATIVE_MASK_KEY, NativeMask
@@ -157,6 +158,10 @@ def test_a_run_logs_both_resolutions_and_a_whole_test_set_pass_when_it_selects_n
         return
     assert {"test/all/image_auroc", "test/all/pixel_auroc", "test/all/aupro", "test/all/f1_max"} <= whole
     assert not {"test/all/threshold", "test/all/tp", "test/all/f1"} & whole  # validation chose the threshold on some
+    # the test split's figures are drawn once: the whole-set pass logs only its test/all/ metrics
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    for tag in ("test/score_histogram", "test/roc", "test/precision_recall"):
+        assert len(events.Images(tag)) == 1, tag
     # the whole test folder's image AUROC, from a model rebuilt from the checkpoint
     model = load_model(out / "checkpoints" / "best.ckpt")
     datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
