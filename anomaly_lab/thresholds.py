@@ -80,9 +80,11 @@ class F1Threshold:
                 f"threshold=f1 needs normal and anomalous validation images ({error}); "
                 f"set dataset.val_anomalous > 0 or use threshold=percentile"
             ) from error
-        below = torch.as_tensor(scores).flatten().double()  # (N,)
-        below = below[below < edge]
-        threshold = edge if self.position == "edge" or below.numel() == 0 else (edge + float(below.max())) / 2.0
+        threshold = edge
+        if self.position == "midpoint":  # halfway down to the highest score below the edge, if any
+            below = torch.as_tensor(scores).flatten().double()  # (N,)
+            below = below[below < edge]
+            threshold = edge if below.numel() == 0 else (edge + float(below.max())) / 2.0
         return threshold if self.cap is None else min(threshold, self.cap(scores, labels))
 
 
