@@ -26,7 +26,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, check_same_model, resume_checkpoint
-from anomaly_lab.cli import one_line, run_cli, user_errors_exit
+from anomaly_lab.cli import USER_ERRORS, one_line, run_cli, user_errors_exit
 from anomaly_lab.config_checks import check_train_config, interpolation_source, needs_validation_anomalies
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.deprecations import warn_deprecated_options
@@ -249,8 +249,14 @@ def main(cfg: DictConfig) -> float:
     torch.set_float32_matmul_precision("high")
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
     warn_deprecated_options(HydraConfig.get().runtime.choices)
-    with user_errors_exit(enabled=HydraConfig.get().mode == RunMode.RUN):
-        objective = run(cfg)
+    single_run = HydraConfig.get().mode == RunMode.RUN
+    with user_errors_exit(enabled=single_run):
+        try:
+            objective = run(cfg)
+        except USER_ERRORS as error:  # a sweep's trial fails; its own train.log says why, as a single run's does
+            if not single_run:
+                log.error("%s: %s", type(error).__name__, one_line(error))
+            raise
     return objective
 
 

@@ -183,6 +183,9 @@ def test_nan_trial_is_failed_and_the_next_runs(
         if exploded:
             assert trial.value is None
             assert "NonFiniteLossError" in trial.user_attrs["error"]
+            log = (Path(trial.user_attrs["output_dir"]) / "train.log").read_text()
+            # the trial's own log says why it failed
+            assert re.search(r"\]\[anomaly_lab.train\]\[ERROR\] - NonFiniteLossError: \w+ loss is nan", log)
     assert states(load(tmp_path)) == [TrialState.FAIL, TrialState.COMPLETE]  # the sweep went on
 
 
