@@ -210,6 +210,10 @@ def check_scoring_and_schedule(cfg: DictConfig) -> None:
     fraction = OmegaConf.select(cfg, "scoring.topk_fraction")
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
         raise ConfigError(f"scoring.topk_fraction={fraction!r}: must be in (0, 1]")
+    anomaly_map = OmegaConf.select(cfg, "scoring.anomaly_map")
+    for name in anomaly_map or ():  # the blurs (score_blur_sigma may be null) and the pixel maps' weights
+        if name != "_target_":
+            check_optional(cfg, f"scoring.anomaly_map.{name}", non_negative_number)
     check_optional(cfg, "scheduler.gamma", positive_number)
     check_optional(cfg, "scheduler.step_size", positive_int)
     check_optional(cfg, "optimizer.weight_decay", non_negative_number)
