@@ -57,15 +57,25 @@ def fraction(cfg: DictConfig, key: str, low_open: bool, high: float, why: str) -
 
 def check_image_size(cfg: DictConfig) -> int:
     size = positive_int(cfg, "model.image_size", "64, 128, 256")
+    sides = [("model.image_size", size)]
+    if OmegaConf.select(cfg, "dataset.preprocessing.crop_height") is not None:
+        height = positive_int(cfg, "dataset.preprocessing.crop_height", f"a band of rows, at most {size}")
+        if height > size:
+            raise ConfigError(
+                f"dataset.preprocessing.crop_height={height}: must be at most model.image_size={size} (it keeps "
+                "that many of the resized image's rows)"
+            )
+        sides.append(("dataset.preprocessing.crop_height", height))
     depth = OmegaConf.select(cfg, "model.net.depth")
     if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
         multiple = 2**depth
-        if size % multiple:
-            lower, upper = max(multiple, size // multiple * multiple), (size // multiple + 1) * multiple
-            raise ConfigError(
-                f"model.image_size={size}: must be a multiple of 2**model.net.depth = {multiple} "
-                f"(model.net.depth={depth}); use model.image_size={lower} or {upper}, or lower model.net.depth"
-            )
+        for key, side in sides:
+            if side % multiple:
+                lower, upper = max(multiple, side // multiple * multiple), (side // multiple + 1) * multiple
+                raise ConfigError(
+                    f"{key}={side}: must be a multiple of 2**model.net.depth = {multiple} "
+                    f"(model.net.depth={depth}); use {key}={lower} or {upper}, or lower model.net.depth"
+                )
     return size
 
 

@@ -1,7 +1,7 @@
 """`python -m anomaly_lab.export ckpt_path=... format=onnx`: the trained net with its full-coverage scoring as ONNX.
 
-The graph takes "images" (B,3,S,S) float32 prepared as in training (anomaly_lab.preprocessing) and returns
-"anomaly_map" (B,1,S,S) and "score" (B,): every masked pass, the stitching and the anomaly map are in it, so a
+The graph takes "images" (B,3,H,W) float32 prepared as in training (anomaly_lab.preprocessing) and returns
+"anomaly_map" (B,1,H,W) and "score" (B,): every masked pass, the stitching and the anomaly map are in it, so a
 runtime needs nothing else. The checkpoint spec, the preprocessing, the threshold and the SHA-256 of the checkpoint
 file (`checkpoint_sha256`: predict's onnxruntime backend refuses a graph exported from another checkpoint) go into
 the model's metadata.
@@ -70,7 +70,7 @@ def export_onnx(
     for name in ("onnxscript", "onnx_ir", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(name).setLevel(logging.ERROR)
     scorer = model.cpu().eval()
-    example = torch.rand(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(1, 3, *model.input_shape, generator=torch.Generator().manual_seed(0))
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     torch.onnx.export(
         scorer,
@@ -90,7 +90,8 @@ def export_onnx(
         "preprocessing": json.dumps(asdict(model.preprocessing)),
         "threshold": repr(float(model.threshold)),
         "image_size": str(model.image_size),
-        "input": "images (B,3,S,S) float32: prepared as `preprocessing` says (anomaly_lab.preprocessing)",
+        "input_shape": "x".join(map(str, model.input_shape)),  # H x W: image_size x image_size, or the crop_height band
+        "input": "images (B,3,H,W) float32: prepared as `preprocessing` says (anomaly_lab.preprocessing)",
     }
     if checkpoint_sha256 is not None:
         metadata[DIGEST_KEY] = checkpoint_sha256
@@ -105,10 +106,10 @@ def onnx_deviation(path: Path, model: InpaintingModel, batch: int = 2) -> dict[s
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    images = torch.rand(batch, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(batch, 3, *model.input_shape, generator=torch.Generator().manual_seed(1))
     onnx_maps, onnx_scores = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.numpy()})
     with torch.no_grad():
-        maps, scores = model.cpu().eval()(images)  # (B,1,S,S), (B,)
+        maps, scores = model.cpu().eval()(images)  # (B,1,H,W), (B,)
     return {
         "anomaly_map": float(np.abs(onnx_maps - maps.numpy()).max()),
         "score": float(np.abs(onnx_scores - scores.numpy()).max()),
@@ -128,7 +129,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     batch = export_onnx(model, output, spec, int(cfg.opset), bool(cfg.dynamic_batch), file_sha256(ckpt_path))
     result: dict[str, Any] = {"output": str(output), "batch": batch, "image_size": model.image_size}
-    log.info("wrote %s: images (%s,3,%d,%d) -> anomaly_map, score", output, batch, model.image_size, model.image_size)
+    log.info("wrote %s: images (%s,3,%d,%d) -> anomaly_map, score", output, batch, *model.input_shape)
     if cfg.dynamic_batch and batch != "batch":
         log.warning("the exported graph fixes the batch size to %s (SSIM in the anomaly map); feed that many", batch)
     if cfg.check:

@@ -227,14 +227,15 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Inpainti
 def score_one_blank_image(model: InpaintingModel, path: Path, device: torch.device) -> bool:
     """One image through the whole scoring: a spec that builds but cannot score is a CheckpointError here. On the
     meta device (shapes only, no memory) False if an op has no meta kernel: the caller scores for real then."""
-    size = model.image_size
+    height, width = model.input_shape
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
+            model(torch.zeros(1, 3, height, width, device=device))
     except NotImplementedError:
         if device.type != "meta":
             raise
         return False
     except (RuntimeError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: its model cannot score a {size}px image ({first_line(error)})") from error
+        reason = first_line(error)
+        raise CheckpointError(f"{path}: its model cannot score a {height}x{width} px image ({reason})") from error
     return True

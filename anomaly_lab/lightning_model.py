@@ -125,8 +125,13 @@ class InpaintingModule(L.LightningModule):
                 self.val_pixel_metrics_model_res.update(maps, masks)
             if stage == "test":
                 self.pixel_metrics_model_res.update(maps, masks)
-                # (1,h,w) each at its file's resolution (data.images.NATIVE_MASK_KEY); a loader without them: S
-                self.pixel_metrics.update(maps, batch.get(NATIVE_MASK_KEY, masks))
+                # (1,h,w) each at its file's resolution (data.images.NATIVE_MASK_KEY), against the map of the whole
+                # square (0 in the rows a crop_height band leaves out); a loader without them: the prepared masks
+                native = batch.get(NATIVE_MASK_KEY)
+                if native is None:
+                    self.pixel_metrics.update(maps, masks)
+                else:
+                    self.pixel_metrics.update(self.model.preprocessing.uncrop(maps), native)
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -17,9 +17,14 @@ from anomaly_lab.registry import checkpoint_class
 
 
 def _cell_index(height: int, width: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
-    """Cell number of every pixel for a grid x grid split; works for any image size.  # (H,W) long"""
-    rows = torch.arange(height, device=device) * grid // height
-    cols = torch.arange(width, device=device) * grid // width
+    """Cell number of every pixel for a grid x grid split of the image's longer side; works for any image size.
+
+    Cells are square: a non-square image (a band, preprocessing.crop_height) lies in the first rows (or columns)
+    of the square grid, and the cells beyond it hold no pixel.  # (H,W) long
+    """
+    side = max(height, width)
+    rows = torch.arange(height, device=device) * grid // side
+    cols = torch.arange(width, device=device) * grid // side
     return rows[:, None] * grid + cols[None, :]
 
 

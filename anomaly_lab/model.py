@@ -4,7 +4,7 @@ InpaintingModel holds the backbone net, the masking, the anomaly map, the image-
 preprocessing, plus the image-score threshold chosen on validation. It is built from config by one
 `instantiate(cfg.model)`; the LightningModule (anomaly_lab.lightning_model) wraps it for training, and
 anomaly_lab.inference rebuilds it from a checkpoint for predict and export. Any nn.Module that maps
-(B,3,S,S) to (B,3,S,S) is a backbone: the size check is a test forward pass.
+(B,3,H,W) to (B,3,H,W) is a backbone: the size check is a test forward pass.
 """
 
 from __future__ import annotations
@@ -21,24 +21,28 @@ from anomaly_lab.scoring import REDUCTIONS, AnomalyMap, full_coverage_scores
 
 
 class NetShapeError(ValueError):
-    """A backbone that does not map (B,3,S,S) images to (B,3,S,S)."""
+    """A backbone that does not map (B,3,H,W) images to (B,3,H,W)."""
 
 
-def check_net_shape(net: nn.Module, size: int) -> None:
-    """One blank (1,3,size,size) image through the net (eval mode, no grad): its output must have that shape.
+def check_net_shape(net: nn.Module, height: int, width: int | None = None) -> None:
+    """One blank (1,3,height,width) image (width None: square) through the net (eval mode, no grad): its output
+    must have that shape.
 
     The pass runs on a copy of the net on the meta device (shapes only), so a large size (a typo, a crafted
     checkpoint) costs no memory; a net with an op the meta device lacks is tried for real.
     """
+    width = height if width is None else width
+    shape = (1, 3, height, width)
+    named = f"(1,3,{height},{width})"
     out: object = None
     try:
         probe = copy.deepcopy(net).to("meta").eval()
         with torch.no_grad():
-            out = probe(torch.zeros(1, 3, size, size, device="meta"))
+            out = probe(torch.zeros(shape, device="meta"))
     except NotImplementedError:  # an op without a meta kernel: the real pass below
         pass
     except (RuntimeError, ValueError) as error:
-        raise NetShapeError(f"the net cannot take (1,3,{size},{size}) images: {error}") from error
+        raise NetShapeError(f"the net cannot take {named} images: {error}") from error
     except Exception:  # what only the meta device trips on (batch norm over 0 channels): the real pass below
         pass
     if out is None:
@@ -46,38 +50,38 @@ def check_net_shape(net: nn.Module, size: int) -> None:
         net.eval()
         try:
             with torch.no_grad():
-                out = net(torch.zeros(1, 3, size, size))
+                out = net(torch.zeros(shape))
         except (RuntimeError, ValueError) as error:
-            raise NetShapeError(f"the net cannot take (1,3,{size},{size}) images: {error}") from error
+            raise NetShapeError(f"the net cannot take {named} images: {error}") from error
         finally:
             net.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, 3, size, size):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise NetShapeError(f"the net maps (1,3,{size},{size}) images to {shape}, not the same shape")
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise NetShapeError(f"the net maps {named} images to {got}, not the same shape")
 
 
 MAX_COVERAGE_MASK_BYTES = 2**31  # 2 GiB: 16 masks (RIAD's 4 grid sizes) at 2048 px take 256 MiB
 
 
-def check_coverage_mask_memory(masking: Masking, size: int) -> None:
-    """Refuse a masking and size whose full-coverage masks would take more than MAX_COVERAGE_MASK_BYTES (counted on
-    the meta device, before any memory is taken): such a model is a typo or a crafted checkpoint."""
-    shapes = masking.coverage_masks(size, size, torch.device("meta"))  # per grid size (n,1,S,S)
+def check_coverage_mask_memory(masking: Masking, height: int, width: int) -> None:
+    """Refuse a masking and input size whose full-coverage masks would take more than MAX_COVERAGE_MASK_BYTES
+    (counted on the meta device, before any memory is taken): such a model is a typo or a crafted checkpoint."""
+    shapes = masking.coverage_masks(height, width, torch.device("meta"))  # per grid size (n,1,H,W)
     count = sum(len(masks) for masks in shapes)
-    needed = count * size * size * 4  # float32
+    needed = count * height * width * 4  # float32
     if needed > MAX_COVERAGE_MASK_BYTES:
         raise ValueError(
-            f"{count} full-coverage masks of {size}x{size} px would take {needed / 2**30:.1f} GiB "
+            f"{count} full-coverage masks of {height}x{width} px would take {needed / 2**30:.1f} GiB "
             f"(at most {MAX_COVERAGE_MASK_BYTES / 2**30:.0f} GiB): lower image_size or the number of masks"
         )
 
 
 @checkpoint_class
 class InpaintingModel(nn.Module):
-    """images (B,3,S,S) in [0, 1] -> anomaly maps (B,1,S,S) and image scores (B,), by full-coverage inpainting.
+    """images (B,3,H,W) in [0, 1] -> anomaly maps (B,1,H,W) and image scores (B,), by full-coverage inpainting.
 
-    The full-coverage mask sets are computed once for S x S and kept as a buffer, so the forward graph is
-    static (ONNX export) and no batch recomputes them.
+    The full-coverage mask sets are computed once for the input shape (H,W: preprocessing.input_shape) and kept
+    as a buffer, so the forward graph is static (ONNX export) and no batch recomputes them.
     """
 
     def __init__(
@@ -103,9 +107,9 @@ class InpaintingModel(nn.Module):
             raise ValueError(
                 f"preprocessing.image_size={preprocessing.image_size} differs from image_size={image_size}"
             )
-        size = image_size
-        check_coverage_mask_memory(masking, size)
-        check_net_shape(net, size)
+        height, width = preprocessing.input_shape
+        check_coverage_mask_memory(masking, height, width)
+        check_net_shape(net, height, width)
         # channels_last: net weights and input images in NHWC memory order (faster convolutions on GPUs
         # with tensor cores, bf16 especially); results are the same up to rounding.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -117,10 +121,10 @@ class InpaintingModel(nn.Module):
         self.preprocessing = preprocessing
         self.reduce = reduce
         self.topk_fraction = topk_fraction
-        mask_sets = masking.coverage_masks(size, size)  # per grid size (n,1,S,S)
+        mask_sets = masking.coverage_masks(height, width)  # per grid size (n,1,H,W)
         self.set_sizes = [len(masks) for masks in mask_sets]
         self.coverage_masks: torch.Tensor
-        self.register_buffer("coverage_masks", torch.cat(mask_sets), persistent=False)  # (sum n,1,S,S)
+        self.register_buffer("coverage_masks", torch.cat(mask_sets), persistent=False)  # (sum n,1,H,W)
         # Image-score threshold chosen on validation (NaN: none); a buffer, so checkpoints carry it.
         self.threshold: torch.Tensor
         self.register_buffer("threshold", torch.tensor(float("nan")))
@@ -129,10 +133,15 @@ class InpaintingModel(nn.Module):
     def image_size(self) -> int:
         return self.preprocessing.image_size
 
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(H, W) of the images the model takes: (image_size, image_size), or the band preprocessing crops."""
+        return self.preprocessing.input_shape
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps (B,1,S,S) and image scores (B,) of images (B,3,S,S)."""
-        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape)}")
+        """Anomaly maps (B,1,H,W) and image scores (B,) of images (B,3,H,W)."""
+        if tuple(images.shape[-2:]) != self.input_shape:
+            raise ValueError(f"expected {'x'.join(map(str, self.input_shape))} images, got {tuple(images.shape)}")
         images = images.contiguous(memory_format=self.memory_format)
         mask_sets = self.coverage_masks.split(self.set_sizes)
         return full_coverage_scores(
@@ -140,11 +149,11 @@ class InpaintingModel(nn.Module):
         )
 
     def training_reconstruction(self, images: torch.Tensor) -> torch.Tensor:
-        """The inpainting the training loss sees (random masks, or the stitched disjoint set).  # (B,3,S,S)"""
+        """The inpainting the training loss sees (random masks, or the stitched disjoint set).  # (B,3,H,W)"""
         return inpaint_for_training(self.net, images.contiguous(memory_format=self.memory_format), self.masking)
 
     def masked_inpainting(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One random masking of images (B,3,S,S) and the net's inpainting of it, for pictures: (masked, recon)."""
+        """One random masking of images (B,3,H,W) and the net's inpainting of it, for pictures: (masked, recon)."""
         height, width = images.shape[-2:]
         masks = self.masking.random_masks(len(images), height, width, device=images.device)  # (B,1,H,W)
         masked = self.masking.apply(images, masks)

@@ -35,7 +35,6 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -57,7 +56,7 @@ from anomaly_lab.predict_outputs import (
     write_image_outputs,
     write_tables,
 )
-from anomaly_lab.preprocessing import Preprocessing
+from anomaly_lab.preprocessing import Preprocessing, resize_map
 from anomaly_lab.scoring import full_coverage_scores
 
 log = logging.getLogger(__name__)
@@ -90,14 +89,6 @@ def find_inputs(pattern: str) -> tuple[list[Path], Path]:
     return files, Path(os.path.commonpath([p.parent.absolute() for p in files]))
 
 
-def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A map (h,w) resized bilinearly to (height,width).  # (H,W) float32"""
-    if anomaly_map.shape == (height, width):
-        return anomaly_map.astype(np.float32)
-    resized = F.interpolate(torch.from_numpy(anomaly_map)[None, None].float(), size=(height, width), mode="bilinear")
-    return resized[0, 0].numpy()
-
-
 # A backend's forward: units (b,S,S,3) uint8 -> anomaly maps (b,S,S) float32 and scores (b,) float32.
 Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -112,8 +103,8 @@ def stacked_passes_forward(model: InpaintingModel, images: torch.Tensor) -> tupl
     Fewer, larger net calls: what a GPU is fed best (not measured yet); on a 2-core CPU it ran slower
     (anomaly_lab.tools.bench_predict measures it: stack_passes=true).
     """
-    if tuple(images.shape[-2:]) != (model.image_size, model.image_size):
-        raise ValueError(f"expected {model.image_size}x{model.image_size} images, got {tuple(images.shape)}")
+    if tuple(images.shape[-2:]) != model.input_shape:
+        raise ValueError(f"expected {'x'.join(map(str, model.input_shape))} images, got {tuple(images.shape)}")
     images = images.contiguous(memory_format=model.memory_format)
     masks = model.coverage_masks  # (P,1,S,S): every set's masks, sets in order
     masked = model.masking.apply(images[None], masks[:, None]).flatten(0, 1)  # (P*B,3,S,S)
@@ -222,11 +213,11 @@ def prepare_file(path: Path, preprocessing: Preprocessing, max_pixels: int | Non
     return Prepared(path, image, cut_tiles(prepared, grid), grid, (prepared.shape[0], prepared.shape[1]))
 
 
-def scored_result(item: Prepared, maps: np.ndarray, scores: np.ndarray) -> Scored:
-    """An input's result from its units' maps (N,S,S) and scores (N,): the map at the input's size."""
+def scored_result(item: Prepared, maps: np.ndarray, scores: np.ndarray, preprocessing: Preprocessing) -> Scored:
+    """An input's result from its units' maps (N,H,W) and scores (N,): the map on the file, at its size."""
     height, width = item.image.shape[:2]
     if item.grid is None or item.page_shape is None:
-        anomaly_map = Preprocessing.turn_back(resize_map(maps[0], height, width), item.pose, str(item.path))
+        anomaly_map = preprocessing.map_on_file(maps[0], item.pose, height, width, str(item.path))
         return Scored(item.path, float(scores[0]), anomaly_map)
     page_map = stitch_tiles(maps, item.grid, item.page_shape)  # (h,w); 0 where no tile lies (border=drop)
     tiled_page = stitch_tiles(item.units, item.grid, item.grid.covered)  # (h',w',3)
@@ -235,7 +226,7 @@ def scored_result(item: Prepared, maps: np.ndarray, scores: np.ndarray) -> Score
 
 
 def score_pending(
-    pending: list[Prepared | Skipped], scorer: Scorer, batch_size: int
+    pending: list[Prepared | Skipped], scorer: Scorer, batch_size: int, preprocessing: Preprocessing
 ) -> Iterator[tuple[Scored, np.ndarray] | Skipped]:
     """Score the prepared inputs of pending together, batch_size units per forward; yield each entry in order."""
     items = [entry for entry in pending if isinstance(entry, Prepared)]
@@ -249,7 +240,7 @@ def score_pending(
             yield entry
         else:
             item, item_maps, item_scores = next(results)
-            yield scored_result(item, item_maps, item_scores), item.image
+            yield scored_result(item, item_maps, item_scores, preprocessing), item.image
 
 
 def score_stream(
@@ -277,9 +268,9 @@ def score_stream(
         units += len(item.units)
         pixels += item.pixels
         if units >= batch_size or (max_pixels is not None and pixels >= max_pixels):
-            yield from score_pending(pending, scorer, batch_size)
+            yield from score_pending(pending, scorer, batch_size, preprocessing)
             pending, units, pixels = [], 0, 0
-    yield from score_pending(pending, scorer, batch_size)
+    yield from score_pending(pending, scorer, batch_size, preprocessing)
 
 
 def onnxruntime_module() -> Any:

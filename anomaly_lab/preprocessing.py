@@ -5,7 +5,9 @@ images exactly as it was trained. Decoding (any mode and bit depth to 8-bit RGB)
 from its uint8 (H,W,3) on, everything is here:
 - orient="principal_axis" first turns a whole image so its part lies in one pose (orientation.py), at the file's
   resolution, masks alike (so ground truth at the file's resolution is in the pose the maps are);
-- whole images are resized to image_size x image_size (bilinear, aspect not kept; masks nearest);
+- whole images are resized to image_size x image_size (bilinear, aspect not kept; masks nearest), then
+  crop_height (if set) keeps the centre band of that many rows: a long part that orient laid along the centre
+  row at a resolution the square would not afford (model input crop_height x image_size, H x W);
 - tiled pages keep their size, or are scaled to page_width (aspect kept), then cut into image_size tiles
   `stride` apart (border: drop or pad the remainder);
 - grayscale=true turns RGB into luminance replicated over 3 channels (models stay 3-channel);
@@ -20,6 +22,7 @@ from typing import overload
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from anomaly_lab.data.tiles import BORDERS, TileGrid
@@ -34,6 +37,14 @@ def resize_page(image: np.ndarray, mask: np.ndarray, width: int, height: int) ->
     resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
     resized_mask = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
     return np.asarray(resized), np.asarray(resized_mask)
+
+
+def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A map (h,w) resized bilinearly to (height,width).  # (height,width) float32"""
+    if anomaly_map.shape == (height, width):
+        return anomaly_map.astype(np.float32)
+    resized = F.interpolate(torch.from_numpy(anomaly_map)[None, None].float(), size=(height, width), mode="bilinear")
+    return resized[0, 0].numpy()
 
 
 def grayscale_rgb(image: np.ndarray) -> np.ndarray:
@@ -58,6 +69,7 @@ class Preprocessing:
     page_width: int | None = None  # tiled: scale each page to this width first (aspect kept)
     divide_by: float = 255.0
     orient: str = "none"  # whole images: none | principal_axis (turn each part to one pose first)
+    crop_height: int | None = None  # whole images: keep the centre crop_height rows; None: the whole square
 
     def __post_init__(self) -> None:
         def positive_int(value: object) -> bool:
@@ -74,6 +86,12 @@ class Preprocessing:
             raise ValueError(f"orient={self.orient!r}: expected one of {', '.join(ORIENTS)}")
         if self.orient != "none" and self.tiled:
             raise ValueError(f"orient={self.orient!r} turns whole images; tiled pages keep their pose (orient=none)")
+        if self.crop_height is not None:
+            if not positive_int(self.crop_height) or self.crop_height > self.image_size:
+                expected = f"expected null or an integer from 1 to image_size={self.image_size}"
+                raise ValueError(f"crop_height={self.crop_height!r}: {expected}")
+            if self.tiled:
+                raise ValueError(f"crop_height={self.crop_height} crops whole images; tiled pages keep their tiles")
         if not isinstance(self.grayscale, bool) or not isinstance(self.tiled, bool):
             raise ValueError("grayscale and tiled must be true or false")
         if isinstance(self.divide_by, bool) or not isinstance(self.divide_by, int | float):
@@ -84,7 +102,7 @@ class Preprocessing:
     def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A decoded file (H,W,3) uint8 and its mask (H,W) bool (None: all normal) at model geometry and colour.
 
-        Returns (S,S,3) and (S,S) for whole images, or the page (h,w,3) and (h,w) to cut into tiles.
+        Returns (H,W,3) and (H,W) for whole images (input_shape), or the page (h,w,3) and (h,w) to cut into tiles.
         """
         return self.fit(*self.turn(image, mask))
 
@@ -105,11 +123,15 @@ class Preprocessing:
         pose = find_pose(image, self.orient, source)
         return apply_pose(image, None, pose)[0], pose
 
-    @staticmethod
-    def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None, source: str = "an image") -> np.ndarray:
-        """An anomaly map (H,W) of the image turn_with_pose turned, on the file as it is (0 where nothing was
-        scored: the file's pixels turned beyond the edge; a warning names source if the map peaks beyond it)."""
-        return turn_back(anomaly_map, pose, source)
+    def map_on_file(
+        self, anomaly_map: np.ndarray, pose: np.ndarray | None, height: int, width: int, source: str = "an image"
+    ) -> np.ndarray:
+        """A whole image's anomaly map (H,W) (input_shape) on its file of height x width as it is: the rows
+        crop_height left out put back (0: nothing scored there), resized, and turned back from the pose
+        turn_with_pose found (0 where the file's pixels were turned beyond the edge; a warning names source if
+        the map peaks beyond it).  # (height,width) float32"""
+        square = self.uncrop(torch.from_numpy(np.asarray(anomaly_map, np.float32))).numpy()  # (S,S)
+        return turn_back(resize_map(square, height, width), pose, source)
 
     def fit(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """prepare's second step, on a turned image: model geometry and colour (the module docstring's rule)."""
@@ -118,9 +140,30 @@ class Preprocessing:
             mask = np.zeros((height, width), bool)
         if not self.tiled:
             image, mask = resize_page(image, mask, self.image_size, self.image_size)
+            top = self.band_top
+            image, mask = image[top : top + self.input_shape[0]], mask[top : top + self.input_shape[0]]
         elif self.page_width is not None:
             image, mask = resize_page(image, mask, self.page_width, max(1, round(height * self.page_width / width)))
         return (grayscale_rgb(image) if self.grayscale else image), mask
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(H, W) of a model input: (crop_height or image_size, image_size)."""
+        return (self.crop_height or self.image_size, self.image_size)
+
+    @property
+    def band_top(self) -> int:
+        """The first row crop_height keeps of the image_size x image_size image (0: no crop)."""
+        return (self.image_size - self.input_shape[0]) // 2
+
+    def uncrop(self, maps: torch.Tensor) -> torch.Tensor:
+        """Maps of model inputs (...,H,W) placed in the image_size x image_size image they were cut from, 0 in the
+        rows crop_height left out (nothing scored there).  # (...,S,S)"""
+        height = self.input_shape[0]
+        if height == self.image_size:
+            return maps
+        bottom = self.image_size - height - self.band_top
+        return F.pad(maps, (0, 0, self.band_top, bottom))
 
     def tile_grid(self, height: int, width: int) -> TileGrid:
         """The tiles of a prepared page (TileSizeError for a page smaller than a tile)."""

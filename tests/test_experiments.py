@@ -228,7 +228,17 @@ def test_sweep_direction_follows_objective_mode(mode: str, direction: str) -> No
     assert "objective" not in OmegaConf.load(CONF / "hparams_search" / "bottles_thesis.yaml")  # train.yaml's
 
 
-PREPROCESSING_KEYS = ["_target_", "image_size", "grayscale", "tiled", "stride", "border", "page_width", "orient"]
+PREPROCESSING_KEYS = [
+    "_target_",
+    "image_size",
+    "grayscale",
+    "tiled",
+    "stride",
+    "border",
+    "page_width",
+    "orient",
+    "crop_height",
+]
 TILED = {"notes", "sharks", "synthetic_notes", "synthetic_sharks"}
 
 

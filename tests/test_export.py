@@ -65,6 +65,7 @@ def test_onnx_scores_match_torch(tiny_run: Path, tmp_path: Path) -> None:
         "page_width": None,
         "divide_by": 255.0,
         "orient": "none",
+        "crop_height": None,
     }
     assert metadata["image_size"] == str(model.image_size)
 

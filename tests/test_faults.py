@@ -639,6 +639,16 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
         ("dataset.preprocessing.stride=0", r"^model: .*Preprocessing.*stride=0: expected null or a positive integer"),
         ("++dataset.preprocessing.divide_by=0", r"^model: .*Preprocessing.*divide_by=0: expected a positive number"),
         ("dataset.preprocessing.image_size=64", r"^model: .*preprocessing\.image_size=64 differs from image_size=32"),
+        (
+            "dataset.preprocessing.crop_height=20",
+            r"^dataset\.preprocessing\.crop_height=20: must be a multiple of 2\*\*model\.net\.depth = 16 .*=16 or 32",
+        ),
+        ("dataset.preprocessing.crop_height=64", r"^dataset\.preprocessing\.crop_height=64: must be at most model"),
+        ("dataset.preprocessing.crop_height=0", r"^dataset\.preprocessing\.crop_height=0: must be a positive integer"),
+        (
+            "dataset=synthetic_notes dataset.preprocessing.crop_height=16",
+            r"^model: .*Preprocessing.*crop_height=16 crops whole images; tiled pages keep their tiles",
+        ),
         ("scoring.anomaly_map.l2=-1", r"^scoring\.anomaly_map\.l2=-1: must be a number >= 0$"),
         ("scoring.anomaly_map.blur_sigma=-1", r"^scoring\.anomaly_map\.blur_sigma=-1: must be a number >= 0$"),
         ("scoring.anomaly_map.score_blur_sigma=abc", r"^scoring\.anomaly_map\.score_blur_sigma='abc': must be a"),

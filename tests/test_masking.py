@@ -33,6 +33,21 @@ def test_coverage_masks_cover_every_pixel_exactly_once(grids: list[int], ratio: 
         assert torch.equal(masks.sum(0), torch.ones(1, *size))
 
 
+@pytest.mark.parametrize("size", [(16, 64), (64, 24)])
+def test_a_band_is_masked_with_square_cells_as_the_square_it_was_cut_from(size: tuple[int, int]) -> None:
+    """A non-square input (preprocessing.crop_height) gets the cells of the square of its longer side: square
+    cells, and the same masks as that square's first rows or columns (random ones and coverage sets alike)."""
+    height, width = size
+    side = max(size)
+    masking = GridMasking([4, 8], 0.25)
+    for band, square in zip(masking.coverage_masks(height, width), masking.coverage_masks(side, side), strict=True):
+        assert torch.equal(band, square[..., :height, :width])
+    torch.manual_seed(0)
+    band = masking.random_masks(3, height, width)
+    torch.manual_seed(0)
+    assert torch.equal(band, masking.random_masks(3, side, side)[..., :height, :width])
+
+
 def test_apply_fills_only_blanked_pixels() -> None:
     masking = GridMasking(2, 0.5, fill=0.25)
     images = torch.rand(3, 3, 8, 8)

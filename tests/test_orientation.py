@@ -156,17 +156,33 @@ def far_from(part: np.ndarray, distance: int = 4) -> np.ndarray:
     return cv2.dilate(part.astype(np.uint8), np.ones((2 * distance + 1, 2 * distance + 1), np.uint8)) == 0
 
 
-def test_predict_puts_the_anomaly_map_back_where_the_defect_is_in_the_file(tmp_path: Path) -> None:
-    """A scorer whose map marks the white defect of the turned, resized image it is given: the map predict writes
-    marks the defect where it lies in the file, not where the turn moved it."""
+def test_crop_height_keeps_the_centre_band_and_maps_go_back_into_it() -> None:
+    rows = np.repeat(np.arange(100, dtype=np.uint8)[:, None, None] * 2, 60, axis=1).repeat(3, axis=2)  # (100,60,3)
+    whole = Preprocessing(image_size=64).prepare(rows)[0]  # (64,64,3)
+    band = Preprocessing(image_size=64, crop_height=16)
+    assert band.input_shape == (16, 64) and band.band_top == 24
+    assert np.array_equal(band.prepare(rows)[0], whole[24:40])  # the centre 16 rows of the resized image
+    square = band.uncrop(torch.ones(2, 1, 16, 64))  # (2,1,64,64)
+    assert square.shape == (2, 1, 64, 64) and square[:, :, 24:40].all() and square.sum() == 2 * 16 * 64
+    on_file = band.map_on_file(np.ones((16, 64), np.float32), None, 100, 60)  # the file's rows 37.5 to 62.5
+    scored_rows = np.nonzero(on_file.max(axis=1) > 0.5)[0]
+    assert on_file.shape == (100, 60) and scored_rows.min() in (37, 38) and scored_rows.max() in (61, 62)
+
+
+@pytest.mark.parametrize("crop_height", [None, 16])
+def test_predict_puts_the_anomaly_map_back_where_the_defect_is_in_the_file(
+    crop_height: int | None, tmp_path: Path
+) -> None:
+    """A scorer whose map marks the white defect of the turned, resized (and cropped) image it is given: the map
+    predict writes marks the defect where it lies in the file, not where the turn moved it."""
     image = moved(nail(), -65, (4, -3))
     defect = np.zeros((SIZE, SIZE), bool)
     defect[40:50, 52:60] = True  # on the shaft
     image[defect] = 255
     Image.fromarray(image).save(tmp_path / "0.png")
-    preprocessing = Preprocessing(image_size=48, orient="principal_axis")
+    preprocessing = Preprocessing(image_size=48, orient="principal_axis", crop_height=crop_height)
 
-    def marks_white(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (N,S,S,3) -> (N,S,S), (N,)
+    def marks_white(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (N,H,W,3) -> (N,H,W), (N,)
         maps = (units.min(axis=-1) > 230).astype(np.float32)
         return maps, maps.reshape(len(maps), -1).max(axis=1)
 

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from anomaly_lab.data.datamodules import MVTecDataModule
 from anomaly_lab.data.images import NATIVE_MASK_KEY, NativeMask
+from anomaly_lab.export import export_onnx, onnx_deviation
 from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import PixelMetrics
 from anomaly_lab.preprocessing import Preprocessing
@@ -176,3 +177,32 @@ def test_a_run_logs_both_resolutions_and_a_whole_test_set_pass_when_it_selects_n
     assert sorted(paths) == every
     score, label = torch.cat(scores).numpy(), torch.cat(labels).numpy()
     assert metrics["test/all/image_auroc"] == pytest.approx(exact_auroc(score[label == 0], score[label == 1]), abs=1e-6)
+
+
+def test_a_band_crop_is_measured_against_the_files_whole_masks_and_exports(
+    compose_tiny: ComposeFn, bottles_64: Path, tmp_path: Path
+) -> None:
+    """dataset.preprocessing.crop_height: the model takes the centre band (16x32 here); the published pixel
+    metrics still cover each file's whole mask, the rows outside the band scored 0 (nothing scored there)."""
+    cfg = compose_tiny(["dataset=mvtec", f"dataset.root={bottles_64}", "dataset.preprocessing.crop_height=16"])
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    model = load_model(out / "checkpoints" / "best.ckpt")
+    assert model.input_shape == (16, 32)
+    datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
+    datamodule.setup("fit")
+    maps, masks = [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            assert batch["image"].shape[-2:] == (16, 32)
+            square = model.preprocessing.uncrop(model(batch["image"])[0])  # (B,1,32,32)
+            maps.append(F.interpolate(square, size=(64, 64), mode="bilinear", align_corners=False))
+            masks += batch[NATIVE_MASK_KEY]
+    score, truth = torch.cat(maps).flatten().numpy(), torch.cat(masks).flatten().numpy()
+    assert torch.cat(masks).shape[-2:] == (64, 64)  # the files' own masks, whole: not cut to the band
+    assert metrics["test/pixel_auroc"] == pytest.approx(exact_auroc(score[~truth], score[truth]), abs=2e-3)
+    onnx_path = tmp_path / "band.onnx"
+    spec = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["anomaly_lab"]
+    export_onnx(model, onnx_path, spec)
+    assert max(onnx_deviation(onnx_path, model).values()) < 1e-4

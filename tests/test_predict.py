@@ -63,6 +63,7 @@ WHOLE_IMAGES_32 = {
     "border": "drop",
     "page_width": None,
     "orient": "none",
+    "crop_height": None,
 }
 
 
