@@ -134,15 +134,21 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "optimizer.lr": 1e-3,
     },
     "bottles_unmasked_cpu": {**CPU_BOTTLES, **THESIS_RULE, "masking._target_": NO_MASKING, "optimizer.lr": 1e-3},
-    # bottles_cpu with each part turned to one pose, 70 epochs, on a plain folder without masks (MVTec screw)
+    # bottles_cpu with each part turned to one pose and the band it lies in seen at 256 px by a half-width net (grid
+    # cells and blurs doubled), 70 epochs, on a plain folder without masks (MVTec screw)
     "screw_cpu": {
         **CPU_BOTTLES,
         **RIAD,
-        **TWO_BLURS,
+        "model.image_size": 256,
+        "model.net.base_channels": 8,
+        "masking.grid_sizes": [16, 32, 64, 128],
+        "scoring.anomaly_map.blur_sigma": 24.0,
+        "scoring.anomaly_map.score_blur_sigma": 8.0,
         "dataset._target_": FOLDER,
         "dataset.mask_dir": None,
         "dataset.preprocessing.grayscale": False,
         "dataset.preprocessing.orient": "principal_axis",
+        "dataset.preprocessing.crop_height": 96,
         "dataset.train_transform.transforms": [],
         "trainer.max_epochs": 70,
         "optimizer.lr": 1e-3,
@@ -187,11 +193,11 @@ def test_experiment_runs_one_step(
     # 32px (compose_tiny) and a narrow net: unet512's 64 base channels under 16 full-coverage passes take minutes
     tiny_net = ["model.net.base_channels=8"]
     cfg = compose_tiny([f"experiment={name}", *data, *gpu, *tiny_net, "trainer.fast_dev_run=true"])
-    if max(OmegaConf.select(cfg, "masking.grid_sizes", default=[1])) > cfg.model.image_size:
-        # a 64x64 grid needs at least 64 pixels (config_checks refuses cells smaller than a pixel)
-        cfg = compose_tiny(
-            [f"experiment={name}", *data, *gpu, *tiny_net, "trainer.fast_dev_run=true", "model.image_size=64"]
-        )
+    # a 64x64 grid needs at least 64 pixels (config_checks refuses cells smaller than a pixel), a band of 96 rows 96
+    needed = max(*OmegaConf.select(cfg, "masking.grid_sizes", default=[1]), cfg.dataset.preprocessing.crop_height or 1)
+    if needed > cfg.model.image_size:
+        size = f"model.image_size={max(64, -(-needed // 32) * 32)}"
+        cfg = compose_tiny([f"experiment={name}", *data, *gpu, *tiny_net, "trainer.fast_dev_run=true", size])
     assert OmegaConf.select(cfg, "dataset._target_") == EXPECTED[name]["dataset._target_"]
     assert isinstance(run(cfg), float)
     metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())

@@ -1,5 +1,5 @@
-"""experiment=screw_cpu (issue 16, item 5): bottles_cpu with each part turned to one pose, 70 epochs, read as a
-plain folder without masks.
+"""experiment=screw_cpu (issue 16, item 5): bottles_cpu with each part turned to one pose and the band it lies in
+seen at 256 px by a half-width net, 70 epochs, read as a plain folder without masks.
 
 Composed only (no training, no real data): the recipe reads a folder of grayscale images as 3 equal channels,
 keeps every other setting of bottles_cpu, and still composes for an MVTec layout with dataset=mvtec.
@@ -21,8 +21,16 @@ from tests.conftest import compose_config
 
 FOLDER = "anomaly_lab.data.folders.FolderDataModule"
 MVTEC = "anomaly_lab.data.datamodules.MVTecDataModule"
-# what screw_cpu changes in bottles_cpu besides the dataset
-OWN = {"trainer.max_epochs": 70}
+# what screw_cpu changes in bottles_cpu besides the dataset: twice the resolution in a band of rows (cells and blurs
+# doubled, so their size in pixels is kept), a half-width net, 70 epochs
+OWN = {
+    "model.image_size": 256,
+    "model.net.base_channels": 8,
+    "masking.grid_sizes": [16, 32, 64, 128],
+    "scoring.anomaly_map.blur_sigma": 24.0,
+    "scoring.anomaly_map.score_blur_sigma": 8.0,
+    "trainer.max_epochs": 70,
+}
 
 
 def settings(cfg: DictConfig) -> dict[str, object]:
@@ -39,10 +47,10 @@ def settings(cfg: DictConfig) -> dict[str, object]:
 
 
 def preprocessing_settings(cfg: DictConfig) -> dict[str, object]:
-    """The dataset's preprocessing node but for orient."""
+    """The dataset's preprocessing node but for orient and crop_height."""
     node = OmegaConf.to_container(cfg.dataset.preprocessing, resolve=False)
     assert isinstance(node, dict)
-    return {key: value for key, value in node.items() if key != "orient"}
+    return {key: value for key, value in node.items() if key not in ("orient", "crop_height")}
 
 
 @pytest.fixture
@@ -67,6 +75,7 @@ def test_screw_cpu_is_bottles_cpu_with_parts_turned_to_one_pose_on_a_folder_with
     assert list(cfg.dataset.train_transform.transforms) == []  # augmentation=rotate measured no better
     assert all(OmegaConf.select(cfg, key) == value for key, value in OWN.items())
     assert cfg.dataset.preprocessing.orient == "principal_axis" and bottles.dataset.preprocessing.orient == "none"
+    assert cfg.dataset.preprocessing.crop_height == 96 and bottles.dataset.preprocessing.crop_height is None
     assert preprocessing_settings(cfg) == preprocessing_settings(bottles)
     assert settings(cfg) == settings(bottles)  # masking, scoring, optimizer, callbacks, 15-minute cap: bottles_cpu's
     assert cfg.trainer.max_time == "00:00:15:00" and cfg.callbacks.model_checkpoint.monitor is None
@@ -79,7 +88,8 @@ def test_screw_cpu_reads_a_grayscale_folder_as_three_equal_channels(gray_folders
             "experiment=screw_cpu",
             f"dataset.normal_dir={normal}",
             f"dataset.abnormal_dir={anomaly}",
-            "model.image_size=64",  # small and fast; the recipe's 64x64 grid needs 64 pixels
+            "model.image_size=128",  # small and fast: the recipe's 128x128 grid needs 128 pixels
+            "dataset.preprocessing.crop_height=32",
         ]
     )
     check_train_config(cfg)
@@ -91,10 +101,10 @@ def test_screw_cpu_reads_a_grayscale_folder_as_three_equal_channels(gray_folders
     assert any(s.label == 0 for s in module.splits["test"].samples)  # normals held out of normal_dir for the test
     for split in module.splits.values():
         for image in split.images:
-            assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+            assert image.shape == (32, 128, 3) and image.dtype == np.uint8  # the centre band of the 128 px square
             assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2])
     images = next(iter(module.train_dataloader()))["image"]
-    assert images.shape[1:] == (3, 64, 64)
+    assert images.shape[1:] == (3, 32, 128)
     assert bool((images[:, 0] == images[:, 1]).all()) and bool((images[:, 0] == images[:, 2]).all())
     test = next(iter(module.test_dataloader()))  # no masks: anomalous images count as anomalous everywhere
     assert test["mask_known"].tolist() == (test["label"] == 0).tolist()

@@ -133,7 +133,7 @@ def measure(cfg: DictConfig, repeats: int = 3, warmup: int = 1) -> dict[str, Any
         backend = f"onnxruntime {onnxruntime.__version__}"
     return {
         "checkpoint": settings.ckpt_path,
-        "px": model.image_size,
+        "px": model.image_size if model.input_shape[0] == model.image_size else "x".join(map(str, model.input_shape)),
         "passes": int(sum(model.set_sizes)),
         "backend": backend,
         "batch": settings.batch_size,

@@ -104,6 +104,7 @@ def table_row(name: str, run_dir: Path, returncode: int) -> list[str]:
     metrics: dict[str, float] = json.loads(metrics_file.read_text())
     cfg = OmegaConf.load(config_file)
     size = cfg.model.image_size
+    height = OmegaConf.select(cfg, "dataset.preprocessing.crop_height") or size  # a band of rows, else the square
 
     def value(key: str, fmt: str) -> str:
         number = metrics.get(key)
@@ -111,7 +112,7 @@ def table_row(name: str, run_dir: Path, returncode: int) -> list[str]:
 
     return [
         name,
-        f"{size}x{size}",
+        f"{height}x{size}",
         value("train/epochs", "{:.0f}"),
         *(value(key, fmt) for _, key, fmt in METRIC_COLUMNS),
         _minutes(metrics["train/seconds"]) if "train/seconds" in metrics else "n/a",
