@@ -65,6 +65,11 @@ def check_image_size(cfg: DictConfig) -> int:
                 f"dataset.preprocessing.crop_height={height}: must be at most model.image_size={size} (it keeps "
                 "that many of the resized image's rows)"
             )
+        if OmegaConf.select(cfg, "dataset.preprocessing.tiled") is True:
+            raise ConfigError(
+                f"dataset.preprocessing.crop_height={height}: crops whole images; tiled pages keep their tiles "
+                "(dataset.preprocessing.tiled=true): set crop_height=null"
+            )
         sides.append(("dataset.preprocessing.crop_height", height))
     depth = OmegaConf.select(cfg, "model.net.depth")
     if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from anomaly_lab.masking import Masking, inpaint_for_training
+from anomaly_lab.masking import GridMasking, Masking, inpaint_for_training
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.registry import checkpoint_class
 from anomaly_lab.scoring import REDUCTIONS, AnomalyMap, full_coverage_scores
@@ -60,7 +60,19 @@ def check_net_shape(net: nn.Module, height: int, width: int | None = None) -> No
         raise NetShapeError(f"the net maps {named} images to {got}, not the same shape")
 
 
-MAX_COVERAGE_MASK_BYTES = 2**31  # 2 GiB: 16 masks (RIAD's 4 grid sizes) at 2048 px take 256 MiB
+MAX_COVERAGE_MASK_BYTES = 2**31  # 2 GiB: 16 masks (RIAD's 4 grid sizes) at 2048 px take 256 MiB, at 4096 px 1 GiB
+
+
+def check_grid_sizes(masking: Masking, height: int, width: int) -> None:
+    """Refuse grid sizes above the input's longer side (cells smaller than a pixel; config_checks refuses them in
+    training configs, this in checkpoints, before their grid x grid cells are drawn)."""
+    if isinstance(masking, GridMasking):
+        too_fine = sorted(g for g in {*masking.grid_sizes, *masking.score_grid_sizes} if g > max(height, width))
+        if too_fine:
+            raise ValueError(
+                f"grid sizes {too_fine} exceed the input's longer side ({max(height, width)} px): cells smaller "
+                "than a pixel"
+            )
 
 
 def check_coverage_mask_memory(masking: Masking, height: int, width: int) -> None:
@@ -108,6 +120,7 @@ class InpaintingModel(nn.Module):
                 f"preprocessing.image_size={preprocessing.image_size} differs from image_size={image_size}"
             )
         height, width = preprocessing.input_shape
+        check_grid_sizes(masking, height, width)
         check_coverage_mask_memory(masking, height, width)
         check_net_shape(net, height, width)
         # channels_last: net weights and input images in NHWC memory order (faster convolutions on GPUs

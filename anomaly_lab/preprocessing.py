@@ -53,7 +53,9 @@ def grayscale_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(luminance[..., None], 3, axis=-1)
 
 
-MAX_IMAGE_SIZE = 16384  # model input side in pixels: larger is a typo (or a crafted checkpoint), not a model
+# model input side in pixels: larger is a typo or a crafted checkpoint (one pass at 4096 px takes gigabytes; larger
+# parts are tiled)
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)

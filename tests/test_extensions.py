@@ -161,7 +161,7 @@ def test_conv_autoencoder_shapes_and_clear_size_error() -> None:
     assert ConvAutoencoder(channels=[4, 8, 16], depth=None)(torch.rand(1, 3, 24, 40)).shape == (1, 3, 24, 40)
     with pytest.raises(ValueError, match=r"channels=\[4, 8\] has 2 levels but depth=4"):
         ConvAutoencoder(channels=[4, 8])
-    with pytest.raises(ValueError, match=r"not divisible by 2\*\*depth = 8 .*or lower model\.net\.depth"):
+    with pytest.raises(ValueError, match=r"not divisible by 2\*\*depth = 8 .*or lower the net.s depth"):
         ConvAutoencoder(base_channels=4, depth=3)(torch.rand(1, 3, 20, 16))
 
 

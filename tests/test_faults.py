@@ -243,7 +243,7 @@ PREPROCESSING, MODEL = "anomaly_lab.preprocessing.Preprocessing", "anomaly_lab.m
         (
             "model.preprocessing.image_size",
             0,
-            ("model.preprocessing", PREPROCESSING, "image_size=0: expected an integer from 1 to 16384"),
+            ("model.preprocessing", PREPROCESSING, "image_size=0: expected an integer from 1 to 4096"),
         ),
         ("model.preprocessing.image_size", -32, ("model.preprocessing", PREPROCESSING, "image_size=-32")),
         ("model.image_size", 64, ("model", MODEL, "preprocessing.image_size=32 differs from image_size=64")),
@@ -266,6 +266,10 @@ PREPROCESSING, MODEL = "anomaly_lab.preprocessing.Preprocessing", "anomaly_lab.m
         ("model.net.base_channels", 10**6, "weights do not fit the model of its spec (size mismatch for net.stem.0"),
         ("model.net.out_channels", 1, ("model", MODEL, "the net maps (1,3,32,32) images to (1, 1, 32, 32), not")),
         ("model.masking", {"_target_": PREPROCESSING, "image_size": 32}, ("model", MODEL, "'Preprocessing' object")),
+        # grid x grid cells are drawn when the model is built: a grid finer than the pixels is refused first
+        ("model.masking.grid_sizes", [2, 10**5], ("model", MODEL, "grid sizes [100000] exceed the input's longer")),
+        ("model.preprocessing.crop_height", 0, ("model.preprocessing", PREPROCESSING, "crop_height=0: expected")),
+        ("model.preprocessing.crop_height", 64, ("model.preprocessing", PREPROCESSING, "crop_height=64: expected")),
     ],
 )
 def test_a_spec_with_impossible_values_is_a_checkpoint_error(
@@ -284,16 +288,16 @@ def test_a_crafted_large_image_size_is_refused_or_loaded_without_taking_its_memo
     tiny_run: Path, tmp_path: Path
 ) -> None:
     """The model's image size, unlike its weights, is not bounded by the file: a crafted one must not make loading
-    allocate what a pass at that size would (the shape checks run on the meta device), and one whose coverage
-    masks alone would take more than 2 GiB is refused before they are made. Loaded in a process limited to 4 GiB
-    of address space, where one real pass at 8192 px does not fit."""
+    allocate what a pass at that size would (the shape checks run on the meta device); a size above 4096 px, or
+    coverage masks that alone would take more than 2 GiB, are refused before anything is made. Loaded in a process
+    limited to 4 GiB of address space, where one real pass at 4096 px does not fit."""
     good = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     paths = {}
-    for size in (8192, 16384):
-        paths[size] = tmp_path / f"size{size}.ckpt"
-        torch.save(
-            with_spec(with_spec(good, "model.image_size", size), "model.preprocessing.image_size", size), paths[size]
-        )
+    many_masks = {"_target_": "anomaly_lab.masking.GridMasking", "grid_sizes": [64], "ratio": 0.01}  # 100 masks
+    for name, size, masking in (("largest", 4096, None), ("too large", 4097, None), ("many masks", 4096, many_masks)):
+        spec = with_spec(with_spec(good, "model.image_size", size), "model.preprocessing.image_size", size)
+        paths[name] = tmp_path / f"{name.replace(' ', '_')}.ckpt"
+        torch.save(with_spec(spec, "model.masking", masking) if masking else spec, paths[name])
     script = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))\n"
@@ -305,18 +309,18 @@ def test_a_crafted_large_image_size_is_refused_or_loaded_without_taking_its_memo
         "        print(error)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(paths[8192]), str(paths[16384])],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        [sys.executable, "-c", script, *map(str, paths.values())], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    loaded, refused = result.stdout.strip().splitlines()
-    assert loaded == "loaded 8192"
-    assert refused == (
-        f"{paths[16384]}: model: cannot build {MODEL} from the checkpoint (4 full-coverage masks of 16384x16384 px "
-        "would take 4.0 GiB (at most 2 GiB): lower image_size or the number of masks)"
+    loaded, too_large, too_many = result.stdout.strip().splitlines()
+    assert loaded == "loaded 4096"
+    assert too_large == (
+        f"{paths['too large']}: model.preprocessing: cannot build {PREPROCESSING} from the checkpoint "
+        "(image_size=4097: expected an integer from 1 to 4096)"
+    )
+    assert too_many == (
+        f"{paths['many masks']}: model: cannot build {MODEL} from the checkpoint (100 full-coverage masks of "
+        "4096x4096 px would take 6.2 GiB (at most 2 GiB): lower image_size or the number of masks)"
     )
 
 
@@ -647,7 +651,7 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
         ("dataset.preprocessing.crop_height=0", r"^dataset\.preprocessing\.crop_height=0: must be a positive integer"),
         (
             "dataset=synthetic_notes dataset.preprocessing.crop_height=16",
-            r"^model: .*Preprocessing.*crop_height=16 crops whole images; tiled pages keep their tiles",
+            r"^dataset\.preprocessing\.crop_height=16: crops whole images; tiled pages keep their tiles \(",
         ),
         ("scoring.anomaly_map.l2=-1", r"^scoring\.anomaly_map\.l2=-1: must be a number >= 0$"),
         ("scoring.anomaly_map.blur_sigma=-1", r"^scoring\.anomaly_map\.blur_sigma=-1: must be a number >= 0$"),

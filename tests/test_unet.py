@@ -35,8 +35,13 @@ def test_indivisible_size_is_a_clear_error() -> None:
         net(torch.rand(1, 3, 36, 36))
     with pytest.raises(ValueError, match="not divisible"):
         net.check_size(100, 96)
-    with pytest.raises(ValueError, match=r"model\.image_size=32\) or lower model\.net\.depth"):  # real keys
+    with pytest.raises(ValueError, match=r"model\.image_size=32\) or lower the net's depth"):  # real keys
         net.check_size(36, 36)
+    # a band (crop_height rows of an image_size-wide image): the option that sets the side that does not divide
+    with pytest.raises(ValueError, match=r"\(e\.g\. dataset\.preprocessing\.crop_height=16\)"):
+        net.check_size(20, 32)
+    with pytest.raises(ValueError, match=r"\(e\.g\. model\.image_size=32\)"):
+        net.check_size(16, 36)
 
 
 def test_unknown_norm_names_the_choices() -> None:

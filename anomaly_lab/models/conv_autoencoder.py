@@ -12,7 +12,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from anomaly_lab.models.unet import _norm
+from anomaly_lab.models.unet import _norm, check_divisible
 from anomaly_lab.registry import checkpoint_class
 
 
@@ -60,13 +60,6 @@ class ConvAutoencoder(nn.Module):
         self.decoder = nn.Sequential(*ups, nn.ConvTranspose2d(widths[1], out_channels, 4, stride=2, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,C,H,W) -> (B,C_out,H,W)
-        height, width = x.shape[-2:]
-        m = 2**self.depth
-        if height % m or width % m:
-            raise ValueError(
-                f"input size {height}x{width} is not divisible by 2**depth = {m} (depth={self.depth}); resize "
-                f"the images to a multiple of {m} (e.g. model.image_size={max(m, height // m * m)}) or lower "
-                "model.net.depth"
-            )
+        check_divisible(x.shape[-2], x.shape[-1], self.depth)
         out = self.decoder(self.encoder(x))
         return torch.sigmoid(out) if self.output_activation == "sigmoid" else out

@@ -58,6 +58,18 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
+def check_divisible(height: int, width: int, depth: int) -> None:
+    """ValueError unless both sides of an input are multiples of 2**depth, naming the option that sets the side
+    that is not: model.image_size (the width, and the height of a square), dataset.preprocessing.crop_height."""
+    m = 2**depth
+    if height % m or width % m:
+        side, key = (width, "model.image_size") if width % m else (height, "dataset.preprocessing.crop_height")
+        raise ValueError(
+            f"input size {height}x{width} is not divisible by 2**depth = {m} (depth={depth}); use a multiple of {m} "
+            f"(e.g. {key}={max(m, side // m * m)}) or lower the net's depth"
+        )
+
+
 @checkpoint_class
 class UNet(nn.Module):
     """U-Net with `depth` down/up levels; level i has `base_channels * 2**i` channels."""
@@ -90,13 +102,7 @@ class UNet(nn.Module):
         return 2**self.depth
 
     def check_size(self, height: int, width: int) -> None:
-        m = self.size_multiple
-        if height % m or width % m:
-            raise ValueError(
-                f"input size {height}x{width} is not divisible by 2**depth = {m} "
-                f"(depth={self.depth}); resize the images to a multiple of {m} "
-                f"(e.g. model.image_size={max(m, height // m * m)}) or lower model.net.depth"
-            )
+        check_divisible(height, width, self.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,C,H,W) -> (B,C_out,H,W)
         self.check_size(x.shape[-2], x.shape[-1])
