@@ -24,14 +24,12 @@ class NetShapeError(ValueError):
     """A backbone that does not map (B,3,H,W) images to (B,3,H,W)."""
 
 
-def check_net_shape(net: nn.Module, height: int, width: int | None = None) -> None:
-    """One blank (1,3,height,width) image (width None: square) through the net (eval mode, no grad): its output
-    must have that shape.
+def check_net_shape(net: nn.Module, height: int, width: int) -> None:
+    """One blank (1,3,height,width) image through the net (eval mode, no grad): its output must have that shape.
 
     The pass runs on a copy of the net on the meta device (shapes only), so a large size (a typo, a crafted
     checkpoint) costs no memory; a net with an op the meta device lacks is tried for real.
     """
-    width = height if width is None else width
     shape = (1, 3, height, width)
     named = f"(1,3,{height},{width})"
     out: object = None
