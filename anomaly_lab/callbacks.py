@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from anomaly_lab.data.images import ImageDataset
 from anomaly_lab.data.tiles import stitch_scores
 from anomaly_lab.figures import precision_recall_figure, roc_figure, score_histogram, tile_classification_figure
+from anomaly_lab.masking import seeded_random_stream
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX, ScoredSample, StageResults
 
@@ -187,10 +188,8 @@ class ReconstructionImages(L.Callback):
         was_training = model.training
         model.eval()
         try:
-            cuda = [images.device.index or 0] if images.device.type == "cuda" else []
             # the same masks at every validation (pictures compare across epochs), training's random stream untouched
-            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(0)
+            with torch.no_grad(), seeded_random_stream(images.device, 0):
                 masked, recon = model.masked_inpainting(images)
                 maps, _ = model(images)  # (B,1,S,S)
         finally:

@@ -18,6 +18,7 @@ import torch
 from anomaly_lab.data.images import NATIVE_MASK_KEY
 from anomaly_lab.errors import UserError
 from anomaly_lab.inference import SPEC_KEY
+from anomaly_lab.masking import seeded_random_stream
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.results import (
@@ -99,9 +100,7 @@ class InpaintingModule(L.LightningModule):
             # Validation and test draw their random masks from a stream of their own, seeded by the batch: their
             # losses compare across epochs, and training's stream (masks, batch order) is the same whether or how
             # often validation ran.
-            cuda = [images.device.index or 0] if images.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(batch_idx)
+            with seeded_random_stream(images.device, batch_idx):
                 recon = self.model.training_reconstruction(images)
         loss = self.loss(recon[normal], images[normal]) if normal.any() else images.new_zeros(())
         if not torch.isfinite(loss):

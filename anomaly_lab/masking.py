@@ -9,7 +9,8 @@ each mask's inpainted pixels gives a reconstruction in which no pixel was seen b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -41,8 +42,22 @@ class NoMasking:
     def coverage_masks(self, height: int, width: int, device: torch.device | None = None) -> list[torch.Tensor]:
         return [torch.ones(1, 1, height, width, device=device)]  # one (1,1,H,W) set
 
+    def coverage_mask_count(self) -> int:
+        return 1
+
     def apply(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return images
+
+
+@contextmanager
+def seeded_random_stream(device: torch.device, seed: int) -> Iterator[None]:
+    """Draws inside come from torch's random stream seeded with `seed` (on `device`'s generator too, if a GPU);
+    the stream outside is restored after, as if nothing had been drawn: masks for validation and pictures that
+    are the same every time and leave training's masks and batch order alone."""
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 def _grid_list(value: Sequence[int] | int, what: str) -> list[int]:
@@ -95,6 +110,14 @@ class GridMasking:
     def cells_per_mask(self, grid: int) -> int:
         return round(self.ratio * grid * grid)
 
+    def masks_per_set(self, grid: int) -> int:
+        """Masks that blank each of a grid's cells once: ceil(cells / cells_per_mask)."""
+        return math.ceil(grid * grid / self.cells_per_mask(grid))
+
+    def coverage_mask_count(self) -> int:
+        """Masked passes per scored image, counted without drawing a mask: the masks of every scored grid size."""
+        return sum(self.masks_per_set(grid) for grid in self.score_grid_sizes)
+
     def random_masks(self, batch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
         """One grid size per batch, an independent random cell choice per sample.  # (B,1,H,W)"""
         grid = self.grid_sizes[int(torch.randint(len(self.grid_sizes), ()).item())]
@@ -114,8 +137,8 @@ class GridMasking:
         per_mask = self.cells_per_mask(grid)
         ranks = torch.rand(batch, cells, device=device).argsort(dim=1).argsort(dim=1)  # (B,cells)
         group_map = (ranks // per_mask)[:, _cell_index(height, width, grid, device)]  # (B,H,W) mask number
-        n_masks = math.ceil(cells / per_mask)
-        masks = group_map[None] == torch.arange(n_masks, device=device)[:, None, None, None]  # (n,B,H,W)
+        numbers = torch.arange(self.masks_per_set(grid), device=device)  # (n,)
+        masks = group_map[None] == numbers[:, None, None, None]  # (n,B,H,W)
         return masks.unsqueeze(2).float()  # (n,B,1,H,W)
 
     def coverage_masks(self, height: int, width: int, device: torch.device | None = None) -> list[torch.Tensor]:
@@ -129,9 +152,8 @@ class GridMasking:
             order = torch.randperm(cells, generator=generator)
             group_of_cell = torch.empty(cells, dtype=torch.long)
             group_of_cell[order] = torch.arange(cells) // per_mask
-            n_masks = math.ceil(cells / per_mask)
             group_map = group_of_cell.to(device)[_cell_index(height, width, grid, device)]  # (H,W)
-            masks = group_map[None] == torch.arange(n_masks, device=device)[:, None, None]  # (n,H,W)
+            masks = group_map[None] == torch.arange(self.masks_per_set(grid), device=device)[:, None, None]  # (n,H,W)
             drawn.setdefault(grid, masks.unsqueeze(1).float())  # (n,1,H,W)
         return [drawn[grid] for grid in self.score_grid_sizes]
 

@@ -75,9 +75,8 @@ def check_grid_sizes(masking: Masking, height: int, width: int) -> None:
 
 def check_coverage_mask_memory(masking: Masking, height: int, width: int) -> None:
     """Refuse a masking and input size whose full-coverage masks would take more than MAX_COVERAGE_MASK_BYTES
-    (counted on the meta device, before any memory is taken): such a model is a typo or a crafted checkpoint."""
-    shapes = masking.coverage_masks(height, width, torch.device("meta"))  # per grid size (n,1,H,W)
-    count = sum(len(masks) for masks in shapes)
+    (counted before any is drawn): such a model is a typo or a crafted checkpoint."""
+    count = masking.coverage_mask_count()
     needed = count * height * width * 4  # float32
     if needed > MAX_COVERAGE_MASK_BYTES:
         raise ValueError(
