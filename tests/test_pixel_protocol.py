@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from anomaly_lab.data.datamodules import MVTecDataModule
 from anomaly_lab.data.images import NATIVE_MASK_KEY, NativeMask
 from anomaly_lab.export import export_onnx, onnx_deviation
-from anomaly_lab.inference import load_model
+from anomaly_lab.inference import SPEC_KEY, load_model
 from anomaly_lab.metrics import PixelMetrics
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.train import run
@@ -203,6 +203,6 @@ def test_a_band_crop_is_measured_against_the_files_whole_masks_and_exports(
     assert torch.cat(masks).shape[-2:] == (64, 64)  # the files' own masks, whole: not cut to the band
     assert metrics["test/pixel_auroc"] == pytest.approx(exact_auroc(score[~truth], score[truth]), abs=2e-3)
     onnx_path = tmp_path / "band.onnx"
-    spec = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["anomaly_lab"]
+    spec = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)[SPEC_KEY]
     export_onnx(model, onnx_path, spec)
     assert max(onnx_deviation(onnx_path, model).values()) < 1e-4
