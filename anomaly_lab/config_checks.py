@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from anomaly_lab.data.tiles import BORDERS
-from anomaly_lab.errors import ConfigError
+from anomaly_lab.errors import ConfigError, as_typed
 from anomaly_lab.orientation import ORIENTS
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
@@ -41,17 +41,17 @@ def positive_int(cfg: DictConfig, key: str, examples: str = "") -> int:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         hint = f" (e.g. {examples})" if examples else ""
-        raise ConfigError(f"{key}={value!r}: must be a positive integer{hint}")
+        raise ConfigError(f"{key}={as_typed(value)}: must be a positive integer{hint}")
     return value
 
 
 def fraction(cfg: DictConfig, key: str, low_open: bool, high: float, why: str) -> float:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r}: must be a number")
+        raise ConfigError(f"{key}={as_typed(value)}: must be a number")
     if (value <= 0 if low_open else value < 0) or value >= high:
         interval = f"{'(' if low_open else '['}0, {high:g})"
-        raise ConfigError(f"{key}={value!r}: must be in {interval}; {why}")
+        raise ConfigError(f"{key}={as_typed(value)}: must be in {interval}; {why}")
     return float(value)
 
 
@@ -111,7 +111,7 @@ def check_training(cfg: DictConfig) -> None:
     lr = OmegaConf.select(cfg, "optimizer.lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0):
         # 0 is allowed: weights held fixed (tests/test_ddp.py compares evaluation that way)
-        raise ConfigError(f"optimizer.lr={lr!r}: must be a number >= 0 (e.g. 1e-3)")
+        raise ConfigError(f"optimizer.lr={as_typed(lr)}: must be a number >= 0 (e.g. 1e-3)")
     positive_int(cfg, "dataset.batch_size", "8")
     if OmegaConf.select(cfg, "dataset.eval_batch_size") is not None:
         positive_int(cfg, "dataset.eval_batch_size", "8")
@@ -139,7 +139,7 @@ def check_splits(cfg: DictConfig) -> None:
     if val_anomalous is not None:
         if isinstance(val_anomalous, bool) or not isinstance(val_anomalous, int | float) or val_anomalous < 0:
             raise ConfigError(
-                f"dataset.val_anomalous={val_anomalous!r}: must be a share in (0, 1) or a count >= 1 of "
+                f"dataset.val_anomalous={as_typed(val_anomalous)}: must be a share in (0, 1) or a count >= 1 of "
                 f"anomalous images"
             )
         synthetic = OmegaConf.select(cfg, "dataset.validation_anomalies.source", default="real") != "real"
@@ -171,7 +171,7 @@ def check_objective_metric(cfg: DictConfig) -> None:
     if parts[1] not in kinds or parts[2] not in ("wasserstein", "image_auroc"):
         per_kind = [f"val/{kind}/{name}" for kind in kinds for name in ("wasserstein", "image_auroc")]
         raise ConfigError(
-            f"objective.metric={metric!r}: must be one of {', '.join(OBJECTIVE_METRICS + tuple(per_kind))}"
+            f"objective.metric={as_typed(metric)}: must be one of {', '.join(OBJECTIVE_METRICS + tuple(per_kind))}"
             + (
                 ""
                 if per_kind
@@ -185,7 +185,7 @@ def check_choice(cfg: DictConfig, key: str, choices: tuple[Any, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
         names = [str(choice).lower() if isinstance(choice, bool) else str(choice) for choice in choices]
-        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(names)}")
+        raise ConfigError(f"{key}={as_typed(value)}: must be one of {', '.join(names)}")
 
 
 def check_optional(cfg: DictConfig, key: str, check: Any, *args: Any) -> None:
@@ -197,14 +197,14 @@ def check_optional(cfg: DictConfig, key: str, check: Any, *args: Any) -> None:
 def non_negative_int(cfg: DictConfig, key: str) -> int:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{key}={value!r}: must be an integer >= 0")
+        raise ConfigError(f"{key}={as_typed(value)}: must be an integer >= 0")
     return value
 
 
 def positive_number(cfg: DictConfig, key: str) -> float:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{key}={value!r}: must be a positive number")
+        raise ConfigError(f"{key}={as_typed(value)}: must be a positive number")
     return float(value)
 
 
@@ -217,14 +217,14 @@ def check_top_level(cfg: DictConfig) -> None:
     check_objective_metric(cfg)
     resume = OmegaConf.select(cfg, "resume")
     if resume not in (True, False, None) and not Path(str(resume)).is_file():
-        raise ConfigError(f"resume={resume!r}: must be true, false or the path of a .ckpt file (no file there)")
+        raise ConfigError(f"resume={as_typed(resume)}: must be true, false or the path of a .ckpt file (no file there)")
 
 
 def check_scoring_and_schedule(cfg: DictConfig) -> None:
     check_choice(cfg, "scoring.reduce", SCORE_REDUCTIONS)
     fraction = OmegaConf.select(cfg, "scoring.topk_fraction")
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise ConfigError(f"scoring.topk_fraction={fraction!r}: must be in (0, 1]")
+        raise ConfigError(f"scoring.topk_fraction={as_typed(fraction)}: must be in (0, 1]")
     anomaly_map = OmegaConf.select(cfg, "scoring.anomaly_map")
     for name in anomaly_map or ():  # the blurs (score_blur_sigma may be null) and the pixel maps' weights
         if name != "_target_":
@@ -238,7 +238,7 @@ def check_scoring_and_schedule(cfg: DictConfig) -> None:
 def non_negative_number(cfg: DictConfig, key: str) -> float:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{key}={value!r}: must be a number >= 0")
+        raise ConfigError(f"{key}={as_typed(value)}: must be a number >= 0")
     return float(value)
 
 

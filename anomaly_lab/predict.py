@@ -43,7 +43,7 @@ from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import IMAGE_SUFFIXES, BadImageError, check_max_image_pixels, read_image
 from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_tiles
-from anomaly_lab.errors import ConfigError, UserError
+from anomaly_lab.errors import ConfigError, UserError, as_typed
 from anomaly_lab.export import DIGEST_KEY, INPUT_NAMES, OUTPUT_NAMES, export_onnx, file_sha256
 from anomaly_lab.inference import first_line, load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
@@ -290,14 +290,15 @@ def resolve_device(name: str, backend: str = "torch") -> torch.device:
             return torch.device("cuda" if has_cuda else "cpu")
         if name.startswith("cuda") and not has_cuda:
             raise ConfigError(
-                f"device={name!r}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use device=cpu"
+                f"device={as_typed(name)}: this onnxruntime has no CUDA provider (install onnxruntime-gpu); "
+                "use device=cpu"
             )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(name)
     except RuntimeError as error:
-        raise ConfigError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:<index>") from error
+        raise ConfigError(f"device={as_typed(name)} is not a device: use auto, cpu, cuda or cuda:<index>") from error
 
 
 @dataclass
@@ -326,7 +327,7 @@ def number_setting(cfg: DictConfig, key: str, allowed: str, valid: Callable[[flo
     """cfg[key] as a float; ConfigError naming the key and the allowed values when it is not a valid number."""
     value = cfg[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or not valid(float(value)):
-        raise ConfigError(f"{key}={value!r} is not valid: use {allowed}")
+        raise ConfigError(f"{key}={as_typed(value)} is not valid: use {allowed}")
     return float(value)
 
 
@@ -348,20 +349,24 @@ def checked_settings(cfg: DictConfig) -> Settings:
             raise ConfigError(f"{key} is not set: pass {key}=...")
     for key in ("overwrite", "progress", "stack_passes"):
         if not isinstance(cfg[key], bool):
-            raise ConfigError(f"{key}={cfg[key]!r} is not valid: use true or false")
+            raise ConfigError(f"{key}={as_typed(cfg[key])} is not valid: use true or false")
     if not positive_int(cfg.batch_size):
-        raise ConfigError(f"batch_size={cfg.batch_size!r} is not valid: use a positive whole number")
+        raise ConfigError(f"batch_size={as_typed(cfg.batch_size)} is not valid: use a positive whole number")
     if cfg.threads is not None and not positive_int(cfg.threads):
-        raise ConfigError(f"threads={cfg.threads!r} is not valid: use a positive whole number, or null (the default)")
+        raise ConfigError(
+            f"threads={as_typed(cfg.threads)} is not valid: use a positive whole number, or null (the default)"
+        )
     backend = cfg.backend
     if backend not in BACKENDS:
-        raise ConfigError(f"backend={backend!r} is not valid: use {' or '.join(BACKENDS)}")
+        raise ConfigError(f"backend={as_typed(backend)} is not valid: use {' or '.join(BACKENDS)}")
     if backend != "torch" and cfg.stack_passes:
         raise ConfigError(
             "stack_passes=true is not valid with backend=onnxruntime: the graph runs its passes as exported"
         )
     if backend != "onnxruntime" and cfg.onnx not in (None, ""):
-        raise ConfigError(f"onnx={cfg.onnx!r} is not valid with backend={backend}: it names the graph onnxruntime runs")
+        raise ConfigError(
+            f"onnx={as_typed(cfg.onnx)} is not valid with backend={backend}: it names the graph onnxruntime runs"
+        )
     return Settings(
         ckpt_path=str(cfg.ckpt_path),
         input=None if OmegaConf.is_missing(cfg, "input") or cfg.input in (None, "") else str(cfg.input),

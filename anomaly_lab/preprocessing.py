@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anomaly_lab.data.tiles import BORDERS, TileGrid
+from anomaly_lab.errors import as_typed
 from anomaly_lab.orientation import ORIENTS, apply_pose, find_pose, orient, turn_back
 from anomaly_lab.registry import checkpoint_class
 
@@ -78,28 +79,30 @@ class Preprocessing:
             return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
         if not positive_int(self.image_size) or self.image_size > MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size={self.image_size!r}: expected an integer from 1 to {MAX_IMAGE_SIZE}")
+            raise ValueError(f"image_size={as_typed(self.image_size)}: expected an integer from 1 to {MAX_IMAGE_SIZE}")
         for key in ("stride", "page_width"):
             if getattr(self, key) is not None and not positive_int(getattr(self, key)):
-                raise ValueError(f"{key}={getattr(self, key)!r}: expected null or a positive integer")
+                raise ValueError(f"{key}={as_typed(getattr(self, key))}: expected null or a positive integer")
         if self.border not in BORDERS:
-            raise ValueError(f"border={self.border!r}: expected one of {', '.join(BORDERS)}")
+            raise ValueError(f"border={as_typed(self.border)}: expected one of {', '.join(BORDERS)}")
         if self.orient not in ORIENTS:
-            raise ValueError(f"orient={self.orient!r}: expected one of {', '.join(ORIENTS)}")
+            raise ValueError(f"orient={as_typed(self.orient)}: expected one of {', '.join(ORIENTS)}")
         if self.orient != "none" and self.tiled:
-            raise ValueError(f"orient={self.orient!r} turns whole images; tiled pages keep their pose (orient=none)")
+            raise ValueError(
+                f"orient={as_typed(self.orient)} turns whole images; tiled pages keep their pose (orient=none)"
+            )
         if self.crop_height is not None:
             if not positive_int(self.crop_height) or self.crop_height > self.image_size:
                 expected = f"expected null or an integer from 1 to image_size={self.image_size}"
-                raise ValueError(f"crop_height={self.crop_height!r}: {expected}")
+                raise ValueError(f"crop_height={as_typed(self.crop_height)}: {expected}")
             if self.tiled:
                 raise ValueError(f"crop_height={self.crop_height} crops whole images; tiled pages keep their tiles")
         if not isinstance(self.grayscale, bool) or not isinstance(self.tiled, bool):
             raise ValueError("grayscale and tiled must be true or false")
         if isinstance(self.divide_by, bool) or not isinstance(self.divide_by, int | float):
-            raise ValueError(f"divide_by={self.divide_by!r}: expected a positive number (255.0)")
+            raise ValueError(f"divide_by={as_typed(self.divide_by)}: expected a positive number (255.0)")
         if not 0 < self.divide_by < math.inf:
-            raise ValueError(f"divide_by={self.divide_by!r}: expected a positive number (255.0)")
+            raise ValueError(f"divide_by={as_typed(self.divide_by)}: expected a positive number (255.0)")
 
     def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A decoded file (H,W,3) uint8 and its mask (H,W) bool (None: all normal) at model geometry and colour.

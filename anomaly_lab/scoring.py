@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly_lab.errors import as_typed
 from anomaly_lab.masking import Masking, inpaint_full_coverage
 from anomaly_lab.registry import PIXEL_MAPS, checkpoint_class, load_builtin_parts
 
@@ -79,7 +80,7 @@ class AnomalyMap(nn.Module):
             if sigma is None and name == "score_blur_sigma":
                 continue  # the anomaly map's blur
             if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
-                raise ValueError(f"{name}={sigma!r}: expected a number >= 0 (0: no blur)")
+                raise ValueError(f"{name}={as_typed(sigma)}: expected a number >= 0 (0: no blur)")
         self.blur_sigma = float(blur_sigma)
         self.score_blur_sigma = None if score_blur_sigma is None else float(score_blur_sigma)
 
@@ -126,7 +127,7 @@ def image_score(
     or, with `valid` (B,1,H,W) bool, its count of valid pixels; only valid pixels count for every reduction.
     """
     if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+        raise ValueError(f"unknown reduce {as_typed(reduce)}; choose one of {', '.join(REDUCTIONS)}")
     if reduce == "topk" and not 0.0 < topk_fraction <= 1.0:
         raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
     values = anomaly_map.flatten(start_dim=1)  # (B,N)

@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 from torchmetrics.functional.classification import binary_f1_score, binary_precision, binary_recall
 
+from anomaly_lab.errors import as_typed
 from anomaly_lab.metrics import f1_max
 
 
@@ -64,12 +65,12 @@ class F1Threshold:
 
     def __init__(self, position: str = "edge", cap_percentile: float | None = None) -> None:
         if position not in ("edge", "midpoint"):
-            raise ValueError(f"position={position!r}: choose edge or midpoint")
+            raise ValueError(f"position={as_typed(position)}: choose edge or midpoint")
         self.position = position
         if cap_percentile is not None and (
             isinstance(cap_percentile, bool) or not isinstance(cap_percentile, int | float)
         ):
-            raise ValueError(f"cap_percentile={cap_percentile!r}: expected a number in [0, 100] or null")
+            raise ValueError(f"cap_percentile={as_typed(cap_percentile)}: expected a number in [0, 100] or null")
         self.cap = None if cap_percentile is None else PercentileThreshold(cap_percentile)
 
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -94,7 +95,7 @@ class NormalSigmaThreshold:
 
     def __init__(self, sigmas: float = 3.0) -> None:
         if isinstance(sigmas, bool) or not isinstance(sigmas, int | float) or not math.isfinite(sigmas) or sigmas < 0:
-            raise ValueError(f"sigmas={sigmas!r}: expected a number >= 0 (e.g. 3)")
+            raise ValueError(f"sigmas={as_typed(sigmas)}: expected a number >= 0 (e.g. 3)")
         self.sigmas = float(sigmas)
 
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:

@@ -114,7 +114,7 @@ def test_the_image_score_pools_its_own_blur_of_the_map_when_given_one() -> None:
     for bad in (-1.0, float("nan"), "abc", True):
         with pytest.raises(ValueError, match=r"^score_blur_sigma=.*: expected a number >= 0"):
             AnomalyMap(l2=1.0, score_blur_sigma=bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"^blur_sigma=None: expected a number >= 0"):
+    with pytest.raises(ValueError, match=r"^blur_sigma=null: expected a number >= 0"):
         AnomalyMap(l2=1.0, blur_sigma=None)  # type: ignore[arg-type]
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
-from anomaly_lab.errors import ConfigError
+from anomaly_lab.errors import ConfigError, as_typed
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
@@ -43,7 +43,9 @@ def list_images(folder: Path) -> list[Path]:
 def check_max_image_pixels(value: Any, key: str) -> int | None:
     """The pixel limit of a config key: a positive whole number, or None for no limit."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"{key}={value!r} is not a pixel limit: use a positive whole number or null (no limit)")
+        raise ConfigError(
+            f"{key}={as_typed(value)} is not a pixel limit: use a positive whole number or null (no limit)"
+        )
     return value
 
 

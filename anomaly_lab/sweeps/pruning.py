@@ -36,7 +36,7 @@ from optuna.pruners import (
 from optuna.storages import RDBStorage
 from optuna.trial import Trial, TrialState
 
-from anomaly_lab.errors import ConfigError
+from anomaly_lab.errors import ConfigError, as_typed
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,15 @@ def pruner_settings(config: Mapping[str, Any] | None, where: str = "hydra.sweepe
     target = settings.get("_target_")
     if target not in PRUNERS:
         raise ConfigError(
-            f"{where}._target_={target!r}: not a pruner this sweeper builds; one of {', '.join(PRUNERS)} "
+            f"{where}._target_={as_typed(target)}: not a pruner this sweeper builds; one of {', '.join(PRUNERS)} "
             f"(hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband|threshold, or the presets "
             f"median_after_warmup|successive_halving_from_epoch5)"
         )
     for key, value in settings.items():
         if key != "_target_" and (key.startswith("_") or not isinstance(value, PLAIN)):
-            raise ConfigError(f"{where}.{key}={value!r}: a pruner takes plain keyword arguments (numbers, strings)")
+            raise ConfigError(
+                f"{where}.{key}={as_typed(value)}: a pruner takes plain keyword arguments (numbers, strings)"
+            )
     return settings
 
 
@@ -106,7 +108,7 @@ def load_trial(rdb: RDBStorage, study_name: str, number: int) -> Trial:
     """Trial `number` of the stored study, loaded with the pruner its sweeper recorded (user attr `pruner`)."""
     study_id = rdb.get_study_id_from_name(study_name)
     trial_id = rdb.get_trial_id_from_study_id_trial_number(study_id, number)
-    where = f"trial {number} of study {study_name!r}: user attribute pruner"
+    where = f"trial {number} of study {as_typed(study_name)}: user attribute pruner"
     pruner = build_pruner(rdb.get_trial(trial_id).user_attrs.get("pruner"), where)
     # a random sampler: the job samples nothing, and its relative search space is empty (no work at Trial())
     study = optuna.load_study(
