@@ -153,6 +153,16 @@ def test_blur_table_reproduces_the_runs_own_blur_and_chooses_on_validation(
     for bad in (["-1"], ["x"], ["2", "2"]):
         with pytest.raises(UserError, match="--sigmas"):
             main([str(run_with_options), "--sigmas", *bad])
+    # --options: the same table for another pixel map (L2 instead of the run's MSGMS)
+    l2 = main(
+        [str(run_with_options), "--sigmas", "4", "--options", "scoring.anomaly_map.msgms=0", "scoring.anomaly_map.l2=1"]
+    )
+    assert "with scoring.anomaly_map.msgms=0 scoring.anomaly_map.l2=1" in capsys.readouterr().out
+    assert l2[0]["val pixel AUROC, model res."] != rows[0]["val pixel AUROC, model res."]
+    with pytest.raises(
+        UserError, match=r"^--options scoring\.anomaly_map\.blur_sigma=2: the blurs are the table's rows"
+    ):
+        main([str(run_with_options), "--sigmas", "4", "--options", "scoring.anomaly_map.blur_sigma=2"])
 
 
 def test_rescoring_warns_of_changed_config_files_not_of_its_own_options(run_with_options: Path, tmp_path: Path) -> None:

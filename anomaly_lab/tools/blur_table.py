@@ -7,9 +7,12 @@ its own (`scoring.anomaly_map.score_blur_sigma`). Pixel metrics depend on the ma
 on the score's only, so one rescoring per sigma (anomaly_lab.tools.rescoring: validation, then the test) gives
 both columns; the map's sigma is the one with the best validation pixel AUROC (model resolution, masks of the
 validation defects; ties to 3 decimals: AUPRO), the score's the one with the best validation image AUROC
-(ties: F1-max); then the narrower blur. The test columns are read, never chosen on.
+(ties: F1-max); then the narrower blur. The test columns are read, never chosen on. --options rescore with
+other settings too, e.g. another pixel map, so one table per map compares maps on validation:
 
     python -m anomaly_lab.tools.blur_table <run folder> --sigmas 2 4 6 8 10 12 16
+    python -m anomaly_lab.tools.blur_table <run folder> --sigmas 4 8 --options scoring.anomaly_map.msgms=0 \
+        scoring.anomaly_map.l2=1
 """
 
 from __future__ import annotations
@@ -62,9 +65,9 @@ def sigma_list(values: Sequence[str]) -> list[float]:
     return sigmas
 
 
-def sigma_row(folder: Path, sigma: float, checkpoint: str) -> dict[str, Any]:
-    options = [f"scoring.anomaly_map.blur_sigma={sigma}", "scoring.anomaly_map.score_blur_sigma=null"]
-    rescored = rescore(folder, options, checkpoint)
+def sigma_row(folder: Path, sigma: float, checkpoint: str, options: Sequence[str] = ()) -> dict[str, Any]:
+    blur = [f"scoring.anomaly_map.blur_sigma={sigma}", "scoring.anomaly_map.score_blur_sigma=null"]
+    rescored = rescore(folder, [*options, *blur], checkpoint)
     metrics = rescored.val_metrics | rescored.test_metrics
     return {"sigma": sigma} | {column: metrics.get(key, math.nan) for column, key in METRICS.items()}
 
@@ -95,13 +98,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("run", type=Path, help="a run folder of python -m anomaly_lab.train")
     parser.add_argument("--sigmas", nargs="+", required=True, help="Gaussian blur sigmas in pixels of the model")
     parser.add_argument("--checkpoint", default="best.ckpt", help="a file in the run's checkpoints/ folder")
+    parser.add_argument("--options", nargs="*", default=[], help="options added to the run's own when rescoring")
     args = parser.parse_args(argv)
     sigmas = sigma_list(args.sigmas)
     if not (args.run / "checkpoints" / args.checkpoint).is_file():
         raise UserError(f"{args.run / 'checkpoints' / args.checkpoint}: no such checkpoint")
-    rows = [sigma_row(args.run, sigma, args.checkpoint) for sigma in sigmas]
+    if any(
+        option.lstrip("+~").startswith(("scoring.anomaly_map.blur_sigma", "scoring.anomaly_map.score_blur_sigma"))
+        for option in args.options
+    ):
+        raise UserError(f"--options {' '.join(args.options)}: the blurs are the table's rows; set them with --sigmas")
+    rows = [sigma_row(args.run, sigma, args.checkpoint, args.options) for sigma in sigmas]
     map_sigma, score_sigma = chosen(rows)
-    print(f"run: {args.run} ({args.checkpoint})")
+    print(f"run: {args.run} ({args.checkpoint}){' with ' + ' '.join(args.options) if args.options else ''}")
     print(table(rows))
     choices = [
         f"scoring.anomaly_map.blur_sigma={map_sigma:g}"
