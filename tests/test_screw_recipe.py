@@ -1,5 +1,5 @@
 """experiment=screw_cpu (issue 16, item 5): bottles_cpu with each part turned to one pose and the band it lies in
-seen at 256 px by a half-width net, 70 epochs, read as a plain folder without masks.
+seen at 256 px by a half-width net, scored by the L2 error, 70 epochs, read as a plain folder without masks.
 
 Composed only (no training, no real data): the recipe reads a folder of grayscale images as 3 equal channels,
 keeps every other setting of bottles_cpu, and still composes for an MVTec layout with dataset=mvtec.
@@ -22,11 +22,13 @@ from tests.conftest import compose_config
 FOLDER = "anomaly_lab.data.folders.FolderDataModule"
 MVTEC = "anomaly_lab.data.datamodules.MVTecDataModule"
 # what screw_cpu changes in bottles_cpu besides the dataset: twice the resolution in a band of rows (cells and blurs
-# doubled, so their size in pixels is kept), a half-width net, 70 epochs
+# doubled, so their size in pixels is kept), a half-width net, the L2 error as the anomaly map, 70 epochs
 OWN = {
     "model.image_size": 256,
     "model.net.base_channels": 8,
     "masking.grid_sizes": [16, 32, 64, 128],
+    "scoring.anomaly_map.msgms": 0.0,
+    "scoring.anomaly_map.l2": 1.0,
     "scoring.anomaly_map.blur_sigma": 24.0,
     "scoring.anomaly_map.score_blur_sigma": 8.0,
     "trainer.max_epochs": 70,
