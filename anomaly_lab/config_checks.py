@@ -184,7 +184,7 @@ def check_objective_metric(cfg: DictConfig) -> None:
 def check_choice(cfg: DictConfig, key: str, choices: tuple[Any, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
-        names = [str(choice).lower() if isinstance(choice, bool) else str(choice) for choice in choices]
+        names = [choice if isinstance(choice, str) else as_typed(choice) for choice in choices]
         raise ConfigError(f"{key}={as_typed(value)}: must be one of {', '.join(names)}")
 
 
