@@ -3,8 +3,9 @@
 - AtomicCheckpointIO writes each checkpoint to a temporary file beside its target, fsyncs it and renames it
   over the target (atomic on POSIX), so a kill or a full disk during a save leaves the previous good file in
   place. Lightning's own writer goes through a temporary file in the system temp folder and then copies it
-  across file systems, which truncates the target first. Loading (resume, test) is weights-only: a checkpoint
-  handed to `resume=` cannot run code either.
+  across file systems, which truncates the target first. A save the disk refuses (full, quota, read-only) is a
+  one-line StorageError naming the file. Loading (resume, test) is weights-only: a checkpoint handed to
+  `resume=` cannot run code either.
 - RandomState puts the global random generators (torch, numpy, random: masks, shuffling, augmentation) into
   every checkpoint and restores them when one is loaded to resume, so a run killed in epoch k and resumed
   from last.ckpt draws the same masks and batches as a run that was never stopped.
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from anomaly_lab.errors import StorageError, storage_error, storage_message
 from anomaly_lab.inference import SPEC_KEY, CheckpointError, is_plain, load_weights_only
 
 log = logging.getLogger(__name__)
@@ -127,9 +129,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer and reader, with atomic saves and weights-only loads."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """A full disk (or quota, size limit, read-only file system) is a StorageError naming the file: the
+        temporary file is gone and the checkpoint there before, if any, is untouched."""
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        atomic_torch_save(checkpoint, Path(path))
+        try:
+            atomic_torch_save(checkpoint, Path(path))
+        except Exception as error:
+            refused = storage_error(error)
+            if refused is None:
+                raise
+            raise StorageError(
+                f"{storage_message(refused, path)}: the checkpoint was not saved and the one there before, if any, "
+                f"is kept; free space, then continue the run with resume=true"
+            ) from error
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
         path = Path(path)

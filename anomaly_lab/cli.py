@@ -1,9 +1,9 @@
 """How the command-line entry points end: a user's mistake is one line and exit code 2, a bug keeps its traceback.
 
 Hydra prints a 20-40 line traceback for any exception. Here Hydra is told to re-raise (HYDRA_FULL_ERROR=1 for
-the duration of the call), and errors the user caused (config, data, checkpoint, a folder in the way) become
-one line on stderr, `<ErrorClass>: <message>`, with exit code 2. `HYDRA_FULL_ERROR=1 python -m anomaly_lab.train ...`
-shows the full traceback instead.
+the duration of the call), and errors the user caused (config, data, checkpoint, a folder in the way, a full disk)
+become one line on stderr, `<ErrorClass>: <message>`, with exit code 2.
+`HYDRA_FULL_ERROR=1 python -m anomaly_lab.train ...` shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from anomaly_lab.data.images import BadImageError
 from anomaly_lab.deprecations import moved_key_hint
-from anomaly_lab.errors import UserError
+from anomaly_lab.errors import StorageError, UserError, storage_error, storage_message
+from anomaly_lab.secrets import mask_secrets
 
 USER_ERROR_EXIT = 2
 FULL_TRACEBACK = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's choice, read before run_cli sets it
@@ -51,13 +52,21 @@ def one_line(error: BaseException) -> str:
 def exit_for_user_error(error: BaseException) -> NoReturn:
     message = one_line(error)
     message += moved_key_hint(message)
-    line = f"{type(error).__name__}: {message}"
+    line = mask_secrets(f"{type(error).__name__}: {message}")  # a database URL's password: ***
     record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, line, None, None)
     for handler in logging.getLogger().handlers:  # the run's log file (train.log) keeps why the run stopped
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
     print(f"{line} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
     sys.exit(USER_ERROR_EXIT)
+
+
+def exit_if_storage_refused(error: BaseException) -> None:
+    """A write the disk refused (full, quota, size limit, read-only; errors.STORAGE_ERRNOS), wherever it happened and
+    however wrapped, is the user's one line too: a StorageError naming the file."""
+    refused = storage_error(error)
+    if refused is not None:
+        exit_for_user_error(StorageError(f"{storage_message(refused)}; free space, then run the command again"))
 
 
 @contextmanager
@@ -71,6 +80,9 @@ def user_errors_exit(enabled: bool = True) -> Iterator[None]:
         yield
     except USER_ERRORS as error:
         exit_for_user_error(error)
+    except Exception as error:
+        exit_if_storage_refused(error)
+        raise
 
 
 def run_cli(main: Callable[[], Any]) -> None:
@@ -83,5 +95,8 @@ def run_cli(main: Callable[[], Any]) -> None:
         main()
     except USER_ERRORS as error:
         exit_for_user_error(error)
+    except Exception as error:
+        exit_if_storage_refused(error)
+        raise
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -449,11 +450,77 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoints(cache: Path, t
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     result = train(["trainer.max_epochs=2", "test=false", "resume=true"], run_dir, cache, preexec_fn=small_disk)
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"StorageError: {checkpoints}/") and ": file too large: the checkpoint was not saved" in last
+    assert last.split(" [HYDRA_FULL_ERROR")[0] in (run_dir / "train.log").read_text()  # the log says why it stopped
     after = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in checkpoints.glob("*.ckpt")}
     assert after == before
     assert sorted(path.name for path in checkpoints.iterdir()) == sorted(before)  # no temporary file left
     assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
+
+
+def can_mount_a_tmpfs() -> bool:
+    """Whether this machine lets an unprivileged process mount a tmpfs in a mount namespace of its own."""
+    probe = "mount -t tmpfs -o size=1m tmpfs /mnt"
+    try:
+        return subprocess.run(["unshare", "-rm", "sh", "-c", probe], capture_output=True).returncode == 0
+    except FileNotFoundError:  # no unshare (util-linux)
+        return False
+
+
+FILL_THE_DISK = """
+import os, sys
+disk, free = sys.argv[1], int(sys.argv[2])
+stat = os.statvfs(disk)
+with open(os.path.join(disk, "filler"), "wb") as filler:
+    os.posix_fallocate(filler.fileno(), 0, stat.f_bavail * stat.f_frsize - free)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_mount_a_tmpfs(), reason="no mount namespaces here (unshare -rm) for a small disk")
+def test_a_run_on_a_disk_that_fills_up_stops_with_one_line_and_keeps_its_checkpoints(
+    cache: Path, tmp_path: Path
+) -> None:
+    """A real full disk (ENOSPC): a 200 MB tmpfs, mounted in a mount namespace of the test's own, holds the run;
+    after its first epoch another file takes all but half a checkpoint of the free space, and the resumed run's
+    next save meets the full disk."""
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    run_dir = disk / "run"
+
+    def command(args: list[str]) -> str:
+        process_args = [*RUN, *SYNTHETIC, f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}", *args]
+        return shlex.join([sys.executable, "-m", "anomaly_lab.train", *process_args])
+
+    half_a_checkpoint = f"$(( $(stat -c %s {run_dir}/checkpoints/last.ckpt) / 2 ))"
+    script = f"""
+        mount -t tmpfs -o size=200m tmpfs {disk} || exit 97
+        {command(["trainer.max_epochs=1", "test=false"])} > {out}/first.log 2>&1 || exit 98
+        cp -a {run_dir} {out}/before
+        {shlex.join([sys.executable, "-c", FILL_THE_DISK, str(disk)])} {half_a_checkpoint} || exit 99
+        {command(["trainer.max_epochs=2", "test=false", "resume=true"])} > {out}/stdout 2> {out}/stderr
+        echo $? > {out}/exit
+        df -B1 --output=avail {disk} | tail -1 > {out}/free
+        cp -a {run_dir} {out}/after
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    setup = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=REPO, env=env, timeout=HANG_GUARD)
+    assert setup.returncode == 0, (setup.returncode, (out / "first.log").read_text()[-2000:])
+    stderr = (out / "stderr").read_text()
+    assert (out / "exit").read_text().strip() == "2", stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"StorageError: {run_dir}/checkpoints/") and ": no space left on device: " in last, last
+    assert last.split(" [HYDRA_FULL_ERROR")[0] in (out / "after" / "train.log").read_text()
+    before, after = out / "before" / "checkpoints", out / "after" / "checkpoints"
+    assert sorted(path.name for path in after.iterdir()) == sorted(path.name for path in before.iterdir())
+    for path in before.iterdir():  # the first epoch's checkpoints, byte for byte; no temporary file left
+        assert (after / path.name).read_bytes() == path.read_bytes(), path.name
+    assert int((out / "free").read_text()) > 0  # the failed save's temporary file was removed
 
 
 # ------------------------------------------------------------------------------- 3. last epoch validated
