@@ -247,7 +247,9 @@ def run(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     torch.set_float32_matmul_precision("high")
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+    # the config is in the run folder (.hydra/config.yaml); the console shows it with hydra.verbose=anomaly_lab.train
+    # (this logger's name also under `python -m`, where the module's own is __main__)
+    logging.getLogger("anomaly_lab.train").debug("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
     warn_deprecated_options(HydraConfig.get().runtime.choices)
     single_run = HydraConfig.get().mode == RunMode.RUN
     with user_errors_exit(enabled=single_run):

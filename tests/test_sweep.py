@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -22,6 +23,9 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from anomaly_lab.configs import CONFIG_DIR, data_digest
+from anomaly_lab.errors import ConfigError
+from anomaly_lab.secrets import mask_secrets, mask_secrets_in_files, mask_secrets_in_logs
+from anomaly_lab.sweeps.resumable_optuna import check_same_data, check_study_name
 from anomaly_lab.tools import sweep_report
 from anomaly_lab.train import main
 from tests.conftest import FAST_SWEEP, TINY, TINY_SYNTHETIC, ComposeFn
@@ -257,3 +261,81 @@ def test_the_data_digest_is_stable() -> None:
     dataset = OmegaConf.create({"root": "/no_such_dir/mvtec/bottle", "batch_size": 8, "cache_dir": "/tmp/x"})
     assert data_digest(dataset, "/elsewhere") == "7b1b03bc"
     assert data_digest(OmegaConf.create({"root": "bottle"}), "/no_such_dir/mvtec") == "7b1b03bc"
+
+
+SECRET_URL = "postgresql://optuna:pa%40ss:w0rd@db.example:5432/studies?sslmode=require"
+SECRET = "pa%40ss:w0rd"
+
+
+def test_passwords_in_urls_are_masked_in_text_files_and_log_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert (
+        mask_secrets(f"storage: {SECRET_URL}")
+        == "storage: postgresql://optuna:***@db.example:5432/studies?sslmode=require"
+    )
+    assert mask_secrets("- +x='mysql+pymysql://u:p@h/db',+y=1") == "- +x='mysql+pymysql://u:***@h/db',+y=1"
+    assert (
+        mask_secrets("postgresql://u@h/db?sslmode=x&password=p&a=1") == "postgresql://u@h/db?sslmode=x&password=***&a=1"
+    )
+    for unchanged in ("sqlite:////tmp/optuna.db", "postgresql://u@h/db", "https://host:8080/path", "no url"):
+        assert mask_secrets(unchanged) == unchanged
+
+    config, other = tmp_path / "config.yaml", tmp_path / "overrides.yaml"
+    config.write_text(f"sweep_trial:\n  storage: {SECRET_URL}\n")
+    config.chmod(0o640)
+    other.write_text("- seed=1\n")
+    mask_secrets_in_files([config, other])
+    assert (
+        config.read_text()
+        == "sweep_trial:\n  storage: postgresql://optuna:***@db.example:5432/studies?sslmode=require\n"
+    )
+    assert config.stat().st_mode & 0o777 == 0o640 and other.read_text() == "- seed=1\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.yaml", "overrides.yaml"]
+
+    factory = logging.getLogRecordFactory()
+    mask_secrets_in_logs()
+    mask_secrets_in_logs()  # once per process, however often it is called
+    try:
+        logger = logging.getLogger("tests.secrets")
+        with caplog.at_level(logging.INFO, logger="tests.secrets"):
+            logger.info("study in %s", SECRET_URL)
+            try:
+                raise ValueError(f"cannot reach {SECRET_URL}")
+            except ValueError:
+                logger.exception("the storage failed")
+        assert SECRET not in caplog.text
+        assert caplog.text.count("postgresql://optuna:***@db.example:5432") == 2  # the message and the traceback
+    finally:
+        logging.setLogRecordFactory(factory)
+
+
+@pytest.mark.parametrize("name", ["bottle/screw", "../up", "..", ".", "", "a\\b"])
+def test_a_study_name_that_is_not_one_folder_name_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"hydra\.sweeper\.study_name=.*: a study name also names the sweep's folder"):
+        check_study_name(name)
+
+
+def test_a_study_of_other_data_is_refused_naming_both_unless_allowed() -> None:
+    bottle, screw = {"root": "/data/mvtec_bottle", "csv": None}, {"root": "/data/mvtec_screw", "csv": None}
+    study = optuna.create_study(study_name="shared")
+    assert check_same_data(study, bottle, "memory", allow_other_data=False) is None
+    assert study.user_attrs["data"] == bottle  # a new study records its data
+    assert check_same_data(study, dict(bottle), "memory", allow_other_data=False) is None
+    with pytest.raises(ConfigError) as refused:
+        check_same_data(study, screw, "memory", allow_other_data=False)
+    assert str(refused.value).startswith(
+        "hydra.sweeper.study_name='shared' in memory holds trials of other data (root='/data/mvtec_bottle') than this "
+        "sweep's (root='/data/mvtec_screw'): choose another hydra.sweeper.study_name"
+    )
+    assert "hydra.sweeper.allow_other_data=true" in str(refused.value)
+    assert check_same_data(study, screw, "memory", allow_other_data=True) == bottle
+    assert study.user_attrs["data"] == bottle  # joining does not rewrite what the study is of
+
+    # a study made before studies recorded their data: its trials' records decide
+    older = optuna.create_study(study_name="older")
+    trial = older.ask()
+    trial.set_user_attr("data", bottle)
+    older.tell(trial, 1.0)
+    with pytest.raises(ConfigError, match="other data"):
+        check_same_data(older, screw, "memory", allow_other_data=False)

@@ -16,6 +16,14 @@ only the loop:
   reads PostgreSQL's transaction-start now() as a day-old heartbeat and raises where two workers fail one trial).
   A worker whose trial was failed elsewhere meanwhile logs it and goes on. Several workers may create optuna's
   tables at once (rdb_storage retries).
+- A study records the data it is of (study and trial user attr `data`: configs.data_identity, the data's absolute
+  paths or a generator's settings). A sweep of other data under its name would train nothing and report the other
+  data's best value: it is refused in one line naming both, unless hydra.sweeper.allow_other_data=true (the data
+  moved; the study's finished points then count as this data's). A study that records no data (made before this
+  check) takes this sweep's.
+- A storage that cannot be opened (no driver, no server, an SQLite folder that is not writable) is a
+  StudyStorageError: one line naming the URL (its password masked: anomaly_lab/secrets.py) and the cause. A study
+  name that is not one folder name (a '/' in it) is refused: hparams_search names the sweep's folder after it.
 - A COMPLETE trial whose run reports a collapse in its metrics.json (`collapsed`, `collapse_reasons`) keeps
   its value but gets user attr `collapsed` with the reasons, and a warning.
 - A run that did not create the study reseeds the sampler, so it does not replay the seeded draws of the run
@@ -68,9 +76,12 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy import func
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, ProgrammingError
 
-from anomaly_lab.errors import ConfigError
+from anomaly_lab.cli import one_line
+from anomaly_lab.configs import data_identity
+from anomaly_lab.errors import ConfigError, UserError, as_typed
+from anomaly_lab.secrets import mask_secrets, mask_secrets_in_logs
 from anomaly_lab.sweeps.launchers import failed_job
 from anomaly_lab.sweeps.pruning import build_pruner, is_nop, pruner_settings, sweep_trial_overrides
 
@@ -81,27 +92,113 @@ CREATE_ATTEMPTS = 5  # workers started together on an empty database race to cre
 SETTLE_S = 10.0  # at most this long a round waits for a lower-numbered trial elsewhere to get its parameters
 
 
-def rdb_storage(url: str, heartbeat_interval: int | None, grace_period: int | None = None) -> RDBStorage:
-    """An RDB storage (with heartbeats unless heartbeat_interval is None); an SQLite file's folder is created."""
-    parsed = make_url(url)
-    engine_kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
-        # several local workers wait for SQLite's file lock instead of failing after 5 s
-        engine_kwargs["connect_args"] = {"timeout": 60}
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema set-up logs a dozen INFO lines
-    attempt = 1
-    while True:
-        try:
-            return RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
-            )
-        except (IntegrityError, ProgrammingError) as error:  # PostgreSQL: another worker's CREATE TYPE/TABLE won
-            if attempt == CREATE_ATTEMPTS:
-                raise
-            log.info("optuna's tables in %r: another worker is creating them (%s); again", parsed, type(error).__name__)
-            time.sleep(random.uniform(0.2, 1.0) * attempt)
-            attempt += 1
+class StudyStorageError(UserError):
+    """The sweep's study storage (hydra.sweeper.storage) cannot be opened: no driver, no server, no writable
+    folder. The message names the URL (its password masked) and the cause."""
+
+
+def storage_cause(error: BaseException, url: str) -> str:
+    """Why opening the storage at `url` failed, in one line (no password, no link to SQLAlchemy's error pages)."""
+    if isinstance(error, NoSuchModuleError):
+        driver = url.split("://", 1)[0]
+        return f"SQLAlchemy has no driver {driver!r} (a typo, or the package that provides it is not installed)"
+    if isinstance(error, ArgumentError):
+        return f"not a database URL ({one_line(error)})"
+    if isinstance(error, ImportError):  # optuna's "Failed to import DB access module", from the driver's import
+        cause = error.__cause__ or error
+        return f"its database driver is not installed ({type(cause).__name__}: {one_line(cause)})"
+    if isinstance(error, DBAPIError):
+        cause = one_line(error.orig) if error.orig is not None else one_line(error)
+        if url.startswith("sqlite"):
+            folder = Path(str(make_url(url).database)).parent
+            cause += f"; SQLite creates and writes the study file and its journal in {folder}: is it writable?"
+        return f"{type(error.orig or error).__name__}: {cause}"
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
+def rdb_storage(
+    url: str, heartbeat_interval: int | None, grace_period: int | None = None, key: str = "hydra.sweeper.storage"
+) -> RDBStorage:
+    """An RDB storage (with heartbeats unless heartbeat_interval is None); an SQLite file's folder is created. A
+    storage that cannot be opened is a StudyStorageError naming `key`, the URL (password masked) and the cause."""
+    try:
+        parsed = make_url(url)
+        engine_kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+            # several local workers wait for SQLite's file lock instead of failing after 5 s
+            engine_kwargs["connect_args"] = {"timeout": 60}
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its schema set-up logs a dozen INFO lines
+        attempt = 1
+        while True:
+            try:
+                return RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period
+                )
+            except (IntegrityError, ProgrammingError) as error:  # PostgreSQL: another worker's CREATE TYPE/TABLE won
+                if attempt == CREATE_ATTEMPTS:
+                    raise
+                log.info(
+                    "optuna's tables in %r: another worker is creating them (%s); again", parsed, type(error).__name__
+                )
+                time.sleep(random.uniform(0.2, 1.0) * attempt)
+                attempt += 1
+    except (IntegrityError, ProgrammingError):
+        raise
+    except (ArgumentError, ImportError, DBAPIError, OSError) as error:
+        message = f"{key}={mask_secrets(url)!r} cannot be opened: {storage_cause(error, url)}"
+        raise StudyStorageError(mask_secrets(message)) from error
+
+
+def check_study_name(name: str | None) -> None:
+    """A study name names the sweep's folder (outputs/sweeps/<study_name>/ in hparams_search): one folder, no path."""
+    if name is None:
+        return
+    if name in ("", ".", "..") or any(character in name for character in "/\\\0"):
+        raise ConfigError(
+            f"hydra.sweeper.study_name={name!r}: a study name also names the sweep's folder "
+            f"(outputs/sweeps/<study_name>/), so it may hold no '/' or backslash and may not be '', '.' or '..' "
+            f"(use e.g. '-' instead of '/')"
+        )
+
+
+def describe_data(identity: Mapping[str, Any], keys: Collection[str]) -> str:
+    """The `keys` of a data identity (configs.data_identity) as `key='value'`; a key it lacks as null."""
+    return ", ".join(f"{key}={as_typed(identity.get(key))}" for key in sorted(keys))
+
+
+def check_same_data(
+    study: optuna.Study, identity: dict[str, Any], storage: str, allow_other_data: bool
+) -> dict[str, Any] | None:
+    """Refuse to add trials on this data (`identity`) to a study whose trials are of other data (study user attr
+    `data`, else its trials' user attr `data`), unless allow_other_data; a study that records no data yet gets
+    this one's. Returns the study's other data where it is allowed, else None."""
+    recorded = study.user_attrs.get("data")
+    if recorded is None:
+        recorded = next(
+            (t.user_attrs["data"] for t in study.get_trials(deepcopy=False) if "data" in t.user_attrs), None
+        )
+    if recorded is None:
+        study.set_user_attr("data", identity)
+        return None
+    if recorded == identity:
+        return None
+    differ = {key for key in {*recorded, *identity} if recorded.get(key) != identity.get(key)}
+    if not allow_other_data:
+        theirs, ours = describe_data(recorded, differ), describe_data(identity, differ)
+        raise ConfigError(
+            f"hydra.sweeper.study_name={study.study_name!r} in {storage} holds trials of other data ({theirs}) than "
+            f"this sweep's ({ours}): choose another hydra.sweeper.study_name (hparams_search's default names the "
+            f"data), or set hydra.sweeper.allow_other_data=true to add these trials to that study (for data that "
+            f"moved: its finished points count as this data's)"
+        )
+    log.warning(
+        "study %r holds trials of other data (%s) than this sweep's (%s): joined (hydra.sweeper.allow_other_data=true)",
+        study.study_name,
+        describe_data(recorded, differ),
+        describe_data(identity, differ),
+    )
+    return recorded
 
 
 def open_study(
@@ -174,11 +271,13 @@ def this_process() -> dict[str, Any]:
     }
 
 
-def ask_owned(study: optuna.Study) -> Trial:
+def ask_owned(study: optuna.Study, data: Mapping[str, Any] | None = None) -> Trial:
     """Ask for a trial and record its owner (user attr `owner`, one write) at once, so a re-run can fail it as
-    soon as that process is gone."""
+    soon as that process is gone; and the data it trains on (user attr `data`, configs.data_identity)."""
     trial = study.ask()
     trial.set_user_attr("owner", this_process())
+    if data is not None:
+        trial.set_user_attr("data", dict(data))
     return trial
 
 
@@ -347,10 +446,20 @@ def sync_reports(trial: Trial, backend: RDBStorage) -> None:
 
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
-    def __init__(self, *, heartbeat_interval: int, grace_period: int | None, pruner: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        heartbeat_interval: int,
+        grace_period: int | None,
+        pruner: Any = None,
+        allow_other_data: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        mask_secrets_in_logs()  # the storage URL's password, in every line this process logs
         super().__init__(**kwargs)
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
+        self.allow_other_data = allow_other_data
         # the pruner's config, built (allow-list first) when the sweep starts: a refusal is one line, not a
         # Hydra instantiation error
         self.pruner_config: Any = (
@@ -382,6 +491,11 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         for name in fixed_params:
             distributions.pop(name, None)
 
+        check_study_name(self.study_name)
+        cwd = OmegaConf.select(self.config, "hydra.runtime.cwd")
+        data = (
+            data_identity(self.config.dataset, None if cwd is None else str(cwd)) if "dataset" in self.config else None
+        )
         pruning = pruner_settings(self.pruner_config)
         pruner = build_pruner(pruning)
         if self.storage is None and not is_nop(pruning):
@@ -391,10 +505,13 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             )
         storage = self._storage()
         study, created = open_study(storage, self.study_name, directions[0], self.sampler, pruner)
+        where = mask_secrets(str(self.storage)) if self.storage is not None else "memory"
+        if data is not None:
+            check_same_data(study, data, where, self.allow_other_data)
         log.info(
             "study %r in %s: %s; target %d finished (complete or pruned); pruner %s",
             study.study_name,
-            repr(make_url(str(self.storage))) if self.storage is not None else "memory",  # password masked
+            where,
             self._describe(self._counts(study)),
             self.n_trials,
             type(pruner).__name__,
@@ -419,7 +536,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             if space_size is not None and len(finished_points(study, key)) >= space_size:
                 log.info("all %d points of the search space have finished: the sweep is done", space_size)
                 break
-            asked = [ask_owned(study) for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
+            asked = [ask_owned(study, data) for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
             with heartbeats(storage, asked, self.heartbeat_interval):  # from ask() on, so no worker fails them
                 asked_overrides = self._configure_trials(asked, distributions, fixed_params)
                 if isinstance(storage, RDBStorage):  # the job finds its trial there, to report to it

@@ -2,8 +2,8 @@
 
 `hydra/sweeper=resumable_optuna` takes every option of hydra-optuna-sweeper's `optuna` plus the
 heartbeat settings and a pruner (`hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband|
-threshold`, or the presets in anomaly_lab/conf/hydra/sweeper/pruner/; options as `hydra.sweeper.pruner.<key>=...`);
-the loop itself is
+threshold`, or the presets in anomaly_lab/conf/hydra/sweeper/pruner/; options as `hydra.sweeper.pruner.<key>=...`)
+and allow_other_data (join a study of other data); the loop itself is
 anomaly_lab.sweeps.resumable_optuna.ResumableOptunaSweeperImpl.
 """
 
@@ -94,6 +94,9 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
     heartbeat_interval: int = 10
     grace_period: Optional[int] = None  # noqa: UP045
     pruner: Any = MISSING  # set by the defaults: hydra/sweeper/pruner=none (or another option)
+    # a study records the data its trials train on (configs.data_identity); a sweep of other data is refused unless
+    # this is true (the data moved: the study's finished points count as this data's)
+    allow_other_data: bool = False
 
 
 store = ConfigStore.instance()
