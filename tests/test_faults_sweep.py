@@ -1,12 +1,16 @@
 """Sweep faults as users cause them: a worker killed with SIGKILL mid-trial and the sweep re-run at once, a
-trial killed right after ask(), and a run whose model collapsed."""
+trial killed right after ask(), a run whose model collapsed, a sweep of other data under a study's name, a storage
+that cannot be opened and a study name that is not a folder name."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import socket
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +31,16 @@ from anomaly_lab.sweeps.resumable_optuna import (
     this_process,
 )
 from anomaly_lab.tools import sweep_report
-from tests.test_sweep import kill_sweep_during_job, load, one_torch_thread, sweep, sweep_args  # noqa: F401 (fixtures)
+from tests.conftest import FAST_SWEEP, TINY
+from tests.test_sweep import (  # noqa: F401 (fixtures)
+    HANG_GUARD_S,
+    REPO,
+    kill_sweep_during_job,
+    load,
+    one_torch_thread,
+    sweep,
+    sweep_args,
+)
 
 LONG_GRACE = ["hydra.sweeper.grace_period=3600"]  # far longer than the test: heartbeats cannot be what fails a trial
 
@@ -190,3 +203,151 @@ def test_a_launcher_that_raises_fails_the_rounds_trials_and_the_sweep_goes_on() 
     assert [str(error) for error in errors] == ["node failure"] * 2 and sweeper.job_idx == 2
     for trial in study.get_trials():
         assert trial.state == TrialState.FAIL and trial.user_attrs["error"] == "RuntimeError: node failure"
+
+
+PASSWORD = "s3cret-Pw-not-shown"
+
+
+def sweep_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m anomaly_lab.train --multirun <args>` as a user runs it (no HYDRA_FULL_ERROR), its output kept."""
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args],
+        cwd=REPO,
+        env={**environment, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+
+
+def one_line_refusal(process: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused sweep prints (exit 2, nothing else on the console)."""
+    output = process.stdout + process.stderr
+    assert process.returncode == 2, output
+    assert process.stdout == "" and len(process.stderr.strip().splitlines()) == 1, output
+    return process.stderr.strip()
+
+
+@pytest.mark.slow
+def test_a_sweep_of_other_data_under_a_studys_name_is_refused_naming_both(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # as in the issue: a 1-point space, a finished study on one folder, then the same study_name on another folder
+    # (before: "all 1 points of the search space have finished", the first data's best value, exit 0)
+    from anomaly_lab.data.synthetic import write_synthetic_bottles
+
+    sizes = {"size": 32, "n_train": 8, "n_test_good": 3, "n_test_per_defect": 2}
+    bottle = write_synthetic_bottles(tmp_path / "data" / "bottle", **sizes, seed=0).resolve()
+    screw = write_synthetic_bottles(tmp_path / "data" / "screw", **sizes, seed=1).resolve()
+    one_point = ["optimizer.lr=1e-3", "masking.grid_sizes=[2]", "masking.ratio=0.5"]
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+
+    def args(root: Path) -> list[str]:
+        common = [*TINY, *FAST_SWEEP, *one_point, f"paths.root_dir={tmp_path}", f"paths.cache_dir={tmp_path}/cache"]
+        return [
+            "hparams_search=bottles_thesis",
+            *common,
+            "dataset=mvtec",
+            f"dataset.root={root}",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=shared",
+            "hydra.sweeper.n_trials=2",  # more than the 1-point space holds, as in the issue
+        ]
+
+    first = sweep_process(args(bottle))
+    assert first.returncode == 0, first.stdout + first.stderr
+    study = optuna.load_study(study_name="shared", storage=storage)
+    (trained,) = study.get_trials()
+    assert trained.state == TrialState.COMPLETE
+    assert study.user_attrs["data"]["root"] == str(bottle) == trained.user_attrs["data"]["root"]  # each trial's data
+    sweep_folders = sorted((tmp_path / "outputs" / "sweeps" / "shared").iterdir())
+
+    line = one_line_refusal(sweep_process(args(screw)))
+    assert line.startswith(
+        f"ConfigError: hydra.sweeper.study_name='shared' in {storage} holds trials of other data (root='{bottle}') "
+        f"than this sweep's (root='{screw}'): choose another hydra.sweeper.study_name"
+    ), line
+    assert "hydra.sweeper.allow_other_data=true" in line
+    assert [t.number for t in optuna.load_study(study_name="shared", storage=storage).get_trials()] == [0]
+    assert sorted((tmp_path / "outputs" / "sweeps" / "shared").iterdir()) == sweep_folders  # nothing written
+
+    # the user means it (the data moved): the study's finished point counts, nothing trains again
+    joined = sweep_process([*args(screw), "hydra.sweeper.allow_other_data=true"])
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    assert f"holds trials of other data (root='{bottle}') than this sweep's (root='{screw}'): joined" in joined.stdout
+    assert "all 1 points of the search space have finished" in joined.stdout
+    assert [t.number for t in optuna.load_study(study_name="shared", storage=storage).get_trials()] == [0]
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound a moment ago, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder no file can be created in: mode 555; as root (who writes whatever the mode) procfs, which refuses
+    new files to root too."""
+    if os.geteuid() == 0:
+        return Path("/proc")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+STORAGE_FAULTS = {
+    # a dialect or driver SQLAlchemy does not know (a typo)
+    "no such driver": (
+        f"postgresql+nonexistentdriver://optuna:{PASSWORD}@localhost/optuna",
+        "SQLAlchemy has no driver 'postgresql+nonexistentdriver' (a typo, or the package that provides it is not "
+        "installed)",
+    ),
+    # a known dialect whose driver package is not installed (mysqlclient)
+    "driver not installed": (
+        f"mysql://optuna:{PASSWORD}@localhost/optuna",
+        "its database driver is not installed (ModuleNotFoundError: No module named 'MySQLdb')",
+    ),
+    "server unreachable": (
+        f"postgresql://optuna:{PASSWORD}@127.0.0.1:{{port}}/optuna",
+        'OperationalError: connection to server at "127.0.0.1", port {port} failed: Connection refused',
+    ),
+    "SQLite in a read-only folder": (
+        "sqlite:///{read_only}/optuna.db",
+        "OperationalError: unable to open database file; SQLite creates and writes the study file and its journal in "
+        "{read_only}: is it writable?",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(STORAGE_FAULTS))
+def test_a_storage_that_cannot_be_opened_is_one_line_naming_it_and_the_cause(
+    fault: str,
+    sweep_args: list[str],  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    if fault == "driver not installed" and importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("mysqlclient is installed here: the driver is not missing")
+    if fault == "server unreachable" and importlib.util.find_spec("psycopg2") is None:
+        pytest.skip("psycopg2 is not installed (pip install -e '.[postgres]'): no connection is tried")
+    url, cause = STORAGE_FAULTS[fault]
+    where = {"port": closed_port(), "read_only": read_only_folder(tmp_path)}
+    url, cause = url.format(**where), cause.format(**where)
+    line = one_line_refusal(sweep_process([*sweep_args, f"hydra.sweeper.storage='{url}'"]))
+    masked = url.replace(PASSWORD, "***")
+    assert line.startswith(f"StudyStorageError: hydra.sweeper.storage='{masked}' cannot be opened: {cause}"), line
+    assert PASSWORD not in line
+    assert not (tmp_path / "outputs").exists()  # no sweep folder, no trial
+
+
+@pytest.mark.slow
+def test_a_study_name_with_a_slash_is_refused_before_any_folder_is_made(
+    sweep_args: list[str],  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    line = one_line_refusal(sweep_process([*sweep_args, "hydra.sweeper.study_name=bottle/screw"]))
+    assert line.startswith("ConfigError: hydra.sweeper.study_name='bottle/screw': a study name also names the sweep's")
+    assert not (tmp_path / "outputs").exists()  # no outputs/sweeps/bottle/screw/..., no study database
