@@ -6,6 +6,10 @@
 - TrainingHealth keeps each epoch's mean training loss (in checkpoints too, so a resumed run remembers);
   collapse_reasons reads it with the validation metrics: an inpainting that is the same for every image or
   saturated, a loss that did not go down, a validation AUROC at or below chance.
+- stopped_early_by names what ended training before trainer.max_epochs (trainer.max_time, ...): a recipe is its
+  epochs, and a run that trained fewer is another model, which train.run says in a warning and in metrics.json.
+- smoke_run_batches: trainer.fast_dev_run's batches per stage; such a run checks that a command works, and its
+  metrics (one step, one batch) say nothing about the model, so train.run diagnoses nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.callbacks import EarlyStopping, Timer
 
 SATURATED_SHARE = 0.99  # of output values within 1e-4 of 0 or 1 (a sigmoid output driven to its limits)
 CONSTANT_SPREAD = 1e-5  # mean over pixels of the std across validation images of the inpainting
@@ -46,15 +50,18 @@ class TrainingHealth(L.Callback):
 
     def __init__(self) -> None:
         self.epoch_losses: list[float] = []
+        self.last_epoch_cut_short = False  # this process's last training epoch ran fewer batches than an epoch has
         self._sum = 0.0
         self._count = 0
+        self._batches = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sum, self._count = 0.0, 0
+        self._sum, self._count, self._batches = 0.0, 0, 0
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self._batches += 1
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._sum += float(loss)
@@ -63,6 +70,7 @@ class TrainingHealth(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._count:
             self.epoch_losses.append(self._sum / self._count)
+        self.last_epoch_cut_short = self._batches < trainer.num_training_batches
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch_losses": list(self.epoch_losses)}
@@ -89,3 +97,26 @@ def collapse_reasons(metrics: dict[str, float], epoch_losses: list[float]) -> li
     if auroc is not None and auroc <= 0.5:
         reasons.append(f"validation image AUROC {auroc:.3f} is at or below chance (0.5)")
     return reasons
+
+
+def smoke_run_batches(trainer: L.Trainer) -> int:
+    """The batches per stage of a trainer.fast_dev_run smoke run (true is 1); 0 for a real run."""
+    return int(getattr(trainer, "fast_dev_run", False))  # set by Lightning's Trainer, undeclared
+
+
+def stopped_early_by(trainer: L.Trainer) -> str | None:
+    """What ended a finished fit before trainer.max_epochs: "max_time" (trainer.max_time or another Timer ran out),
+    "max_steps", "early_stopping", or "a callback" (another one set trainer.should_stop). None when every planned
+    epoch ran, when no number was planned (max_epochs -1: a time budget), and in a fast_dev_run smoke run."""
+    planned = trainer.max_epochs
+    if smoke_run_batches(trainer) or planned is None or planned < 0 or trainer.current_epoch >= planned:
+        return None
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    remaining = [timer.time_remaining("train") for timer in callbacks if isinstance(timer, Timer)]
+    if any(seconds is not None and seconds <= 0 for seconds in remaining):
+        return "max_time"
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return "max_steps"
+    if any(isinstance(callback, EarlyStopping) and callback.stopped_epoch > 0 for callback in callbacks):
+        return "early_stopping"
+    return "a callback"

@@ -30,8 +30,14 @@ from anomaly_lab.cli import USER_ERRORS, one_line, run_cli, user_errors_exit
 from anomaly_lab.config_checks import check_train_config, interpolation_source, needs_validation_anomalies
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.deprecations import warn_deprecated_options
-from anomaly_lab.errors import ConfigError, SplitError, UserError
-from anomaly_lab.health import TrainingHealth, ValidateLastEpoch, collapse_reasons
+from anomaly_lab.errors import ConfigError, SplitError, UserError, as_typed
+from anomaly_lab.health import (
+    TrainingHealth,
+    ValidateLastEpoch,
+    collapse_reasons,
+    smoke_run_batches,
+    stopped_early_by,
+)
 from anomaly_lab.inference import model_spec
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.model import InpaintingModel
@@ -144,6 +150,59 @@ def check_threshold_rule(rule: ThresholdRule | None, datamodule: L.LightningData
         ) from error
 
 
+def held_and_scored_test_labels(
+    datamodule: L.LightningDataModule, module: InpaintingModule
+) -> tuple[list[int] | None, list[int]]:
+    """The labels of the test split's images (None for a datamodule without splits) and of those the test scored
+    (fewer under trainer.fast_dev_run or trainer.limit_test_batches)."""
+    splits = getattr(datamodule, "splits", None)
+    held = [s.label for s in splits["test"].samples] if splits and "test" in splits else None
+    scored = module.results.get("test")
+    return held, [] if scored is None else scored.labels.tolist()
+
+
+def missing_auroc_note(held: list[int] | None, scored: list[int], cfg: DictConfig) -> str:
+    """Why the test logged no image AUROC: what the test set holds, not what the scored part of it held."""
+    if held is None:
+        held = scored
+    if 1 not in held:
+        return (
+            "the test set holds no anomalous image (good images only): no AUROC, AUPRO or F1; test/fp and "
+            "test/tn count the normal test images called anomalous or normal at the threshold"
+        )
+    if 0 not in held:
+        return "the test set holds no normal image (anomalous images only): no AUROC or AUPRO"
+    kind = "anomalous" if 1 in scored else "normal"
+    limit = as_typed(OmegaConf.select(cfg, "trainer.limit_test_batches"))
+    return (
+        f"the test scored {len(scored)} of the {len(held)} test images (trainer.limit_test_batches={limit}), all "
+        f"{kind}: no AUROC, AUPRO or F1; the whole test set holds {held.count(1)} anomalous and "
+        f"{held.count(0)} normal images"
+    )
+
+
+def smoke_run_note(batches: int, steps: int, held: list[int] | None, scored: list[int]) -> str:
+    """What a trainer.fast_dev_run run is: a check that the command runs, not a measurement."""
+    tested = f", {len(scored)} of the {len(held)} test images scored" if held else ""
+    return (
+        f"trainer.fast_dev_run: a smoke run of {batches} batch{'es' if batches > 1 else ''} per stage ({steps} "
+        f"training step{'s' if steps != 1 else ''}{tested}): it shows that the command runs; its metrics are not "
+        f"meaningful and the model is not checked for collapse"
+    )
+
+
+def stopped_early_note(cause: str, cfg: DictConfig, trained: int, planned: int, cut_short: bool) -> str:
+    """The warning for training that ended before trainer.max_epochs: a recipe is its epochs."""
+    settings = {"max_time": "trainer.max_time", "max_steps": "trainer.max_steps"}
+    what = f"{settings[cause]}={as_typed(OmegaConf.select(cfg, settings[cause]))}" if cause in settings else cause
+    undo = f"; {settings[cause]}=null trains every epoch" if cause in settings else ""
+    return (
+        f"{what} stopped training after {trained} of the {planned} planned epochs (trainer.max_epochs)"
+        f"{', the last one cut short' if cut_short else ''}: this is not the model the planned epochs train "
+        f"(metrics.json: stopped_early_by={cause}, epochs_trained={trained}, epochs_planned={planned}){undo}"
+    )
+
+
 def run(cfg: DictConfig) -> float:
     """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
     check_train_config(cfg)
@@ -216,8 +275,17 @@ def run(cfg: DictConfig) -> float:
     metrics_path = output_dir / "metrics.json"
     if ckpt_path is not None and metrics_path.is_file():  # a resumed run keeps what the run recorded before
         metrics = {**json.loads(metrics_path.read_text()), **metrics}
-    reasons = collapse_reasons(metrics, health.epoch_losses)
-    metrics.update(collapsed=bool(reasons), collapse_reasons=reasons, validation_anomalies=validation_anomalies)
+    # a recipe is its epochs: how many ran of those planned, and what stopped training before them
+    planned = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+    stopped_by = "pruning" if pruned_epoch is not None else stopped_early_by(trainer)
+    metrics.update(epochs_trained=trainer.current_epoch, epochs_planned=planned, stopped_early_by=stopped_by)
+    smoke_batches = smoke_run_batches(trainer)  # trainer.fast_dev_run: one step and a batch per stage prove nothing
+    reasons = [] if smoke_batches else collapse_reasons(metrics, health.epoch_losses)
+    metrics.update(collapsed=None if smoke_batches else bool(reasons), collapse_reasons=reasons)
+    metrics.update(validation_anomalies=validation_anomalies)
+    if smoke_batches:
+        metrics["fast_dev_run"] = smoke_batches  # batches per stage: these metrics measure nothing
+    held, scored = held_and_scored_test_labels(datamodule, module)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -225,11 +293,13 @@ def run(cfg: DictConfig) -> float:
         for name in sorted(metrics):
             if name.startswith("test/"):
                 log.info("%s = %.4f", name, metrics[name])
-        if cfg.test and pruned_epoch is None and "test/image_auroc" not in metrics:
-            log.warning(
-                "the test set holds no anomalous image (good images only): no AUROC, AUPRO or F1; test/fp and "
-                "test/tn count the normal test images called anomalous or normal at the threshold"
-            )
+        if smoke_batches:
+            log.warning(smoke_run_note(smoke_batches, trainer.global_step, held if cfg.test else None, scored))
+        elif cfg.test and pruned_epoch is None and "test/image_auroc" not in metrics:
+            log.warning(missing_auroc_note(held, scored, cfg))
+        if stopped_by is not None and stopped_by != "pruning" and planned is not None:
+            cut_short = health.last_epoch_cut_short
+            log.warning(stopped_early_note(stopped_by, cfg, trainer.current_epoch, planned, cut_short))
         if reasons:
             log.warning(
                 "THE MODEL LOOKS COLLAPSED (metrics.json: collapsed=true): %s. Lower optimizer.lr or check the data.",

@@ -666,6 +666,8 @@ def test_a_diverged_run_is_one_line(cache: Path, tmp_path: Path) -> None:
 def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
     metrics = json.loads((uninterrupted / "metrics.json").read_text())
     assert metrics["collapsed"] is False and metrics["collapse_reasons"] == []
+    # no time cap: every planned epoch ran, and metrics.json says so
+    assert metrics["stopped_early_by"] is None and metrics["epochs_trained"] == metrics["epochs_planned"] == 3
 
 
 # ------------------------------------------------------------------------------- 8, 11, 12. settings

@@ -1,20 +1,24 @@
-"""Every option of every config group runs for one step; resume, determinism and bad input."""
+"""Every option of every config group runs for one step; resume, determinism and bad input; what a run says
+about itself (a smoke run, a time cap that stops training early)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.errors import MissingConfigException
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import BadImageError
 from anomaly_lab.deprecations import DEPRECATED_OPTIONS
 from anomaly_lab.errors import ConfigError
-from anomaly_lab.train import run
+from anomaly_lab.train import missing_auroc_note, run
 from tests.conftest import ComposeFn, compose_config
 
 CONF = Path(CONFIG_DIR)
@@ -204,3 +208,77 @@ def test_nan_loss_fails_loudly(compose_tiny: ComposeFn) -> None:
         cfg.model.net.output_activation = "none"
     with pytest.raises(FloatingPointError, match=r"loss is (nan|inf)"):
         run(cfg)
+
+
+# ----------------------------------------------------------------------- what a run says about itself (issue 29)
+
+REPO = Path(__file__).resolve().parents[1]
+# tiny generated bottles: 21 training images in batches of 4 (5 steps an epoch); 6 test images, 2 a test batch
+TINY_CLI = [
+    "model.image_size=32",
+    "dataset.batch_size=4",
+    "dataset.eval_batch_size=2",
+    "dataset.n_train=24",
+    "dataset.n_test_good=3",
+    "dataset.n_test_per_defect=2",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def train_cli(args: list[str], run_dir: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m anomaly_lab.train` as a user runs it, on tiny generated bottles."""
+    command = [sys.executable, "-m", "anomaly_lab.train", *TINY_CLI, f"paths.cache_dir={cache}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [*command, f"hydra.run.dir={run_dir}", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_a_fast_dev_run_says_it_is_a_smoke_run_and_diagnoses_nothing(tmp_path: Path) -> None:
+    """The README's check of a command. Its one test batch holds two anomalous images of the six (the test set
+    is read in folder order), and lr=1 saturates the net in its one step: the run used to end with "the test
+    set holds no anomalous image" and "THE MODEL LOOKS COLLAPSED"."""
+    run_dir = tmp_path / "run"
+    result = train_cli(["trainer.fast_dev_run=true", "optimizer.lr=1"], run_dir, tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "COLLAPSED" not in output and "holds no anomalous image" not in output
+    smoke = "trainer.fast_dev_run: a smoke run of 1 batch per stage (1 training step, 2 of the 6 test images scored)"
+    assert smoke in output and "its metrics are not meaningful" in output
+    assert smoke in (run_dir / "train.log").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["fast_dev_run"] == 1 and metrics["collapsed"] is None and metrics["collapse_reasons"] == []
+
+
+def test_a_test_that_scored_part_of_the_test_set_says_so_not_that_the_set_is_empty() -> None:
+    held = [1, 1, 1, 0, 0, 0]  # the test split
+    note = missing_auroc_note(held, scored=[1, 1], cfg=OmegaConf.create({"trainer": {"limit_test_batches": 1}}))
+    assert note.startswith("the test scored 2 of the 6 test images (trainer.limit_test_batches=1), all anomalous")
+    assert "holds 3 anomalous and 3 normal images" in note
+    assert missing_auroc_note([0, 0, 0], [0, 0], OmegaConf.create({})).startswith(
+        "the test set holds no anomalous image (good images only)"
+    )
+    assert missing_auroc_note([1, 1], [1, 1], OmegaConf.create({})).startswith("the test set holds no normal image")
+
+
+@pytest.mark.slow
+def test_a_time_cap_that_stops_training_early_says_so_in_the_log_and_metrics(tmp_path: Path) -> None:
+    """1000 planned epochs cannot all run within one second on any machine: the cap stops training."""
+    run_dir = tmp_path / "run"
+    result = train_cli(["trainer.max_epochs=1000", "trainer.max_time=00:00:00:01"], run_dir, tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    trained = metrics["epochs_trained"]
+    assert metrics["stopped_early_by"] == "max_time" and metrics["epochs_planned"] == 1000
+    assert 1 <= trained < 1000 and trained == metrics["train/epochs"]
+    warning = f"trainer.max_time='00:00:00:01' stopped training after {trained} of the 1000 planned epochs"
+    assert warning in result.stdout + result.stderr
+    assert warning in (run_dir / "train.log").read_text()
+    assert "val/wasserstein" in metrics and "test/image_auroc" in metrics  # validated and tested all the same
+
+
+def test_the_cpu_recipes_train_all_their_epochs_whatever_the_machine() -> None:
+    for name in ("bottles_cpu", "bottles_cpu_fast", "bottles_riad_cpu", "bottles_thesis_cpu", "screw_cpu"):
+        assert compose_config([f"experiment={name}"]).trainer.max_time is None, name
