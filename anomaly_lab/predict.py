@@ -1,7 +1,8 @@
 """`python -m anomaly_lab.predict ckpt_path=... input=<file|folder|glob> output=...`: score new images.
 
 Per image: its score, a prediction at the checkpoint's threshold (or `score_threshold=`), a heatmap overlay and a
-binary mask, both PNGs the size of the input; scores.csv and summary.json for the lot. A model trained on
+binary mask, both PNGs the size of the input (of a file of more than 4 megapixels decoded at reduced size, as the
+model's preprocessing allows: that size, logged); scores.csv and summary.json for the lot. A model trained on
 tiles of pages scores every tile of each page and also draws the page with its tile grid (pages/, tiles.csv).
 Images are prepared by the training rule; a file that cannot be read (or is larger than max_image_pixels) is
 named in the log and in summary.json and skipped, so one bad file never stops the batch; scoring nothing at all
@@ -41,7 +42,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.data.images import IMAGE_SUFFIXES, BadImageError, check_max_image_pixels, read_image
+from anomaly_lab.data.images import (
+    FAINT_ADVICE,
+    IMAGE_SUFFIXES,
+    BadImageError,
+    check_max_image_pixels,
+    faint_content,
+    read_file,
+)
 from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_tiles
 from anomaly_lab.errors import ConfigError, UserError, as_typed
 from anomaly_lab.export import DIGEST_KEY, INPUT_NAMES, OUTPUT_NAMES, export_onnx, file_sha256
@@ -200,10 +208,27 @@ class Skipped:
 
 
 def prepare_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) -> Prepared:
-    """Decode one file and prepare it as in training (model.preprocessing). BadImageError if unusable."""
-    image = read_image(path, None, max_pixels=max_pixels)  # (H,W,3) uint8
+    """Decode one file and prepare it as in training (model.preprocessing). BadImageError if unusable.
+
+    A large file is decoded at reduced size as in training (Preprocessing.decode_factors); its outputs (map,
+    heatmap, mask) are then at that size, which is logged.
+    """
+    image, (width, height) = read_file(path, preprocessing, max_pixels)  # (H,W,3) uint8
+    if image.shape[:2] != (height, width):
+        log.info(
+            "%s: a %dx%d file, decoded at %dx%d (the model sees %d px): its heatmap and mask are that size",
+            path,
+            width,
+            height,
+            image.shape[1],
+            image.shape[0],
+            preprocessing.image_size,
+        )
     turned, pose = preprocessing.turn_with_pose(image, str(path))  # orient; outputs go back on the file as it is
     prepared, _ = preprocessing.fit(turned)  # (S,S,3), or a page (h,w,3) to tile
+    faint = faint_content(prepared)  # as training's check (data.images.warn_faint_files) sees it
+    if faint is not None:  # scored all the same, but its score says nothing about defects
+        log.warning("%s: %s image: its score says little; %s", path, faint, FAINT_ADVICE)
     if not preprocessing.tiled:
         return Prepared(path, image, prepared[None], pose=pose)
     try:

@@ -3,6 +3,10 @@
 A Preprocessing travels inside the trained model (and so inside every checkpoint), so a served model prepares
 images exactly as it was trained. Decoding (any mode and bit depth to 8-bit RGB) is data.images.read_image's;
 from its uint8 (H,W,3) on, everything is here:
+- a file of more than REDUCE_ABOVE_PIXELS (4 megapixels) that the model sees much smaller is decoded at reduced size
+  (`decode_factors`: integer factors, box averages, PIL's Image.reduce), still REDUCING_GAP times larger than
+  what the steps below resize it to, so a 100-megapixel file takes the memory of its decoding only; what follows
+  (orient, masks, predict's maps and outputs) is at that decoded size;
 - orient="principal_axis" first turns a whole image so its part lies in one pose (orientation.py), at the file's
   resolution, masks alike (so ground truth at the file's resolution is in the pose the maps are);
 - whole images are resized to image_size x image_size (bilinear, aspect not kept; masks nearest), then
@@ -53,6 +57,13 @@ def grayscale_rgb(image: np.ndarray) -> np.ndarray:
     luminance = np.asarray(Image.fromarray(image).convert("L"))
     return np.repeat(luminance[..., None], 3, axis=-1)
 
+
+# Files of more pixels than this are decoded at reduced size where the model sees them much smaller (decode_factors);
+# smaller ones (every MVTec AD image, 1024x1024 at most) are decoded whole, as they always were.
+REDUCE_ABOVE_PIXELS = 2048 * 2048
+# A reduced file keeps at least this many times the side it is then resized to: PIL's `reducing_gap` (Image.resize),
+# from 3 on "indistinguishable from fair resampling in most cases".
+REDUCING_GAP = 3
 
 # model input side in pixels: larger is a typo or a crafted checkpoint (one pass at 4096 px takes gigabytes; larger
 # parts are tiled)
@@ -110,6 +121,25 @@ class Preprocessing:
         Returns (H,W,3) and (H,W) for whole images (input_shape), or the page (h,w,3) and (h,w) to cut into tiles.
         """
         return self.fit(*self.turn(image, mask))
+
+    def decode_factors(self, width: int, height: int) -> tuple[int, int]:
+        """Integer factors (x, y) by which a file of width x height is decoded smaller (box averages: PIL's
+        Image.reduce) before `turn` and `fit`: (1, 1), the file as it is, for one of at most REDUCE_ABOVE_PIXELS or
+        tiled pages at their own resolution (page_width=null); else as large as keeps each side at least
+        REDUCING_GAP times what `fit` resizes it to (one factor for both sides where the aspect matters: tiled
+        pages scaled to page_width, and orient, which finds the pose on the image as decoded)."""
+        if width * height <= REDUCE_ABOVE_PIXELS:
+            return 1, 1
+        if self.tiled:
+            if self.page_width is None:
+                return 1, 1
+            factor = max(1, width // (REDUCING_GAP * self.page_width))
+            return factor, factor
+        across = max(1, width // (REDUCING_GAP * self.image_size))
+        down = max(1, height // (REDUCING_GAP * self.image_size))
+        if self.orient != "none":
+            across = down = min(across, down)
+        return across, down
 
     @overload
     def turn(self, image: np.ndarray, mask: np.ndarray, source: str = ...) -> tuple[np.ndarray, np.ndarray]: ...

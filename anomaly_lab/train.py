@@ -119,6 +119,13 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
             f"validation needs some (threshold, objective): raise it (e.g. 0.1)"
         )
     if needs_validation_anomalies(cfg) and counts["val"].count(1) == 0:
+        if not any(1 in labels for labels in counts.values()):  # no split holds a real anomaly to take
+            raise SplitError(
+                f"dataset.validation_anomalies.source={OmegaConf.select(cfg, 'dataset.validation_anomalies.source')} "
+                f"leaves no anomalous validation image: the data holds no anomalous image, so raising "
+                f"dataset.val_anomalous cannot help; objective.metric={cfg.objective.metric} needs some: use "
+                f"synthetic ones (validation_anomalies=synthetic), or set objective.metric=val/loss"
+            )
         raise SplitError(
             f"dataset.val_anomalous={cfg.dataset.get('val_anomalous')} leaves no anomalous validation image; "
             f"objective.metric={cfg.objective.metric} needs some: raise it (a share or a count), "

@@ -318,9 +318,9 @@ def test_tile_larger_than_the_page_is_named(tiny_pages_root: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"val_fraction": 1.0}, r"val_fraction=1.0 leaves no training image"),
+        ({"val_fraction": 1.0}, r"val_fraction=1.0 leaves no training tile of 36 normal tiles: lower it$"),
         ({"val_fraction": 0.0}, r"val_fraction=0.0 leaves no normal validation tile"),
-        ({"test_fraction": 1.0}, r"test_fraction=1.0 leaves no training image"),
+        ({"test_fraction": 1.0}, r"test_fraction=1.0 and dataset\.val_fraction=0\.2 leave no training tile"),
         ({"val_anomalous": 2}, r"val_anomalous=2 leaves no anomalous test image"),
     ],
 )

@@ -254,16 +254,23 @@ def test_one_folder_as_normal_and_anomalous_is_refused(
             module.setup()
 
 
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
 def test_folders_sharing_files_through_links_are_refused(
-    compose_tiny: ComposeFn, tiny_pages_root: Path, tmp_path: Path
+    compose_tiny: ComposeFn, tiny_pages_root: Path, tmp_path: Path, link: str
 ) -> None:
+    """A file linked into both folders, symbolically or hard (os.link: one inode, two names, no path to resolve)."""
     root = copy_folders(tiny_pages_root, tmp_path / "pages")
-    (root / "anomalous" / "linked.png").symlink_to(root / "normal" / "002.png")
+    normal_file, linked = root / "normal" / "002.png", root / "anomalous" / "linked.png"
+    if link == "symbolic":
+        linked.symlink_to(normal_file)
+    else:
+        os.link(normal_file, linked)
+        assert not linked.is_symlink() and linked.resolve() != normal_file.resolve()
     module = instantiate(folder_config(compose_tiny, root / "normal", root / "anomalous").dataset)
-    with pytest.raises(
-        ConfigError, match=r"dataset\.normal_dir=.*share 1 image files through links, e\.g\. .*002\.png"
-    ):
+    shared = r"share 1 image files through links \(symbolic or hard\), e\.g\. .*normal/002\.png and "
+    with pytest.raises(ConfigError, match=rf"dataset\.normal_dir=.*{shared}.*anomalous/linked\.png are one file"):
         module.setup()
+    assert module.splits == {}
 
 
 # --------------------------------------------------------------------------------------------- predict settings

@@ -353,16 +353,31 @@ def small_folder(normal_dir: Path, tmp_path: Path, n_images: int) -> Path:
 def test_a_folder_of_one_good_image_is_one_line_naming_the_key(normal_dir: Path, cache: Path, tmp_path: Path) -> None:
     small = small_folder(normal_dir, tmp_path, 1)
     line = user_error_line(train_cli(folder_only_good(small), cache, tmp_path / "run"))
-    assert line.startswith("BadImageError: dataset.test_fraction=0.2 leaves no training image of 1: ")
-    assert "at least 3" in line  # says how many normal images it needs
+    assert line.startswith(
+        "BadImageError: dataset.test_fraction=0.2 and dataset.val_fraction=0.1 leave no training image of 1 normal "
+        "image: they need at least 3 (1 to test, 1 to validate, 1 to train)"
+    )  # says how many normal images these fractions need
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(
     ("n_images", "test_fraction", "error", "message"),
     [
-        (1, 0.0, BadImageError, r"^dataset\.val_fraction=0\.1 leaves no training image of 1: .*at least 2"),
-        (2, 0.2, BadImageError, r"^dataset\.val_fraction=0\.1 leaves no training image of 1: .*at least 2"),
+        (
+            1,
+            0.0,
+            BadImageError,
+            r"^dataset\.val_fraction=0\.1 leaves no training image of 1 normal image: it needs "
+            r"at least 2 \(1 to validate, 1 to train\)",
+        ),
+        # the case: 2 images, the default fractions; the error said "at least 2"
+        (
+            2,
+            0.2,
+            BadImageError,
+            r"^dataset\.test_fraction=0\.2 and dataset\.val_fraction=0\.1 leave no training image "
+            r"of 2 normal images: they need at least 3 \(1 to test, 1 to validate, 1 to train\)",
+        ),
         (2, 0.0, SplitError, r"^the test split is empty; .*dataset\.test_fraction.*or set test=false$"),
     ],
     ids=["1-image-no-test", "2-images", "2-images-no-test"],
@@ -398,7 +413,9 @@ def test_real_validation_anomalies_on_good_images_only_point_at_synthetic_ones(
     compose_tiny: ComposeFn, normal_dir: Path
 ) -> None:
     cfg = compose_tiny([*folder_only_good(normal_dir), "validation_anomalies=real"])
-    with pytest.raises(SplitError, match=r"leaves no anomalous validation image.*validation_anomalies=synthetic"):
+    # raising dataset.val_anomalous cannot help where there is no anomalous image: the advice is synthetic ones
+    cannot_help = r"source=real leaves no anomalous validation image: the data holds no anomalous image, so raising"
+    with pytest.raises(SplitError, match=rf"{cannot_help} dataset\.val_anomalous cannot help.*=synthetic\)"):
         run(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 

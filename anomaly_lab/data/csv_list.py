@@ -106,7 +106,7 @@ class CsvListDataModule(SplitDataModule):
         without_mask = np.array([s.mask_path is None for s in held_out.samples], dtype=bool)
         held_out.masks[without_mask] = True  # no mask: anomalous everywhere
         rng = np.random.default_rng(self.split_seed)
-        kept, test_normal = hold_out(len(normal.samples), self.test_fraction, rng, "test_fraction")
+        kept, test_normal = hold_out(len(normal.samples), self.test_fraction, rng, self.val_fraction)
         train_ids, val_ids, val_anomalous_ids, test_ids = split_validation(
             [normal.samples[i] for i in kept], held_out.samples, self.val_fraction, self.val_anomalous, self.split_seed
         )

@@ -38,6 +38,7 @@ from anomaly_lab.data.images import (
     check_max_image_pixels,
     collate_samples,
     list_images,
+    warn_faint_files,
 )
 from anomaly_lab.data.synthetic import write_synthetic_bottles
 from anomaly_lab.data.validation_anomalies import ValidationAnomalies
@@ -81,6 +82,45 @@ def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
     return train, test
 
 
+def normal_shares(total: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int, int]:
+    """How many of total normal images (or tiles) are held out for testing, validate and train: test_fraction,
+    then val_fraction of the rest, each rounded up as the splits round them."""
+    tested = math.ceil(test_fraction * total) if test_fraction > 0 else 0
+    validated = math.ceil(val_fraction * (total - tested)) if val_fraction > 0 else 0
+    return tested, validated, total - tested - validated
+
+
+def normal_images_needed(val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int, int, int] | None:
+    """The fewest normal images (or tiles) that leave one to train (normal_shares): (in all, to test, to validate,
+    to train); None for fractions that need more than a million."""
+    if val_fraction >= 1 or test_fraction >= 1:
+        return None
+    for total in range(1, 1_000_001):
+        tested, validated, trained = normal_shares(total, val_fraction, test_fraction)
+        if trained >= 1:
+            return total, tested, validated, trained
+    return None
+
+
+def too_few_normal(count: int, val_fraction: float, test_fraction: float = 0.0, unit: str = "image") -> str:
+    """The error of count normal images (or tiles) too few for the fractions: how many they need, and for what."""
+    keys = (f"dataset.test_fraction={test_fraction} and " if test_fraction > 0 else "") + (
+        f"dataset.val_fraction={val_fraction}"
+    )
+    both = test_fraction > 0
+    them, they_need, leave = ("them", "they need", "leave") if both else ("it", "it needs", "leaves")
+    have = f"{count} normal {unit}{'' if count == 1 else 's'}"
+    needed = normal_images_needed(val_fraction, test_fraction)
+    if needed is None:
+        return f"{keys} {leave} no training {unit} of {have}: lower {them}"
+    total, tested, validated, trained = needed
+    shares = ([f"{tested} to test"] if both else []) + [f"{validated} to validate", f"{trained} to train"]
+    return (
+        f"{keys} {leave} no training {unit} of {have}: {they_need} at least {total} ({', '.join(shares)}); "
+        f"give more normal {unit}s, or lower {them}"
+    )
+
+
 def split_validation(
     train: list[Sample], test: list[Sample], val_fraction: float, val_anomalous: float, seed: int
 ) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -93,10 +133,7 @@ def split_validation(
     order = rng.permutation(len(train))
     n_val = math.ceil(val_fraction * len(train)) if val_fraction > 0 else 0
     if n_val >= len(train):
-        raise BadImageError(
-            f"dataset.val_fraction={val_fraction} leaves no training image of {len(train)}: lower it, or give more "
-            f"normal images (at least 2: one to train, one to validate)"
-        )
+        raise BadImageError(too_few_normal(len(train), val_fraction))
     by_defect: dict[str, list[int]] = {}
     for i, sample in enumerate(test):
         if sample.label:
@@ -203,6 +240,7 @@ class SplitDataModule(L.LightningDataModule):
         if self.splits:
             return
         splits = self.build_splits()  # assigned only when complete: a failed setup leaves nothing half-built
+        warn_faint_files(splits)  # blank or nearly black files: one warning naming them, before any training
         splits["train"] = add_rotated_copies(splits["train"], self.rotation_copies)
         normal, anomalous, self.validation_anomaly_kind = self.validation_anomalies.split(splits["val"])
         splits["val"] = validation_set(normal, anomalous)

@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_lab.data.datamodules import SplitDataModule, split_validation, validation_set
+from anomaly_lab.data.datamodules import (
+    SplitDataModule,
+    normal_shares,
+    split_validation,
+    too_few_normal,
+    validation_set,
+)
 from anomaly_lab.data.images import (
     IMAGE_SUFFIXES,
     MAX_IMAGE_PIXELS,
@@ -76,15 +82,26 @@ def find_mask(mask_dir: Path, image_path: Path) -> Path:
     )
 
 
-def hold_out(n: int, fraction: float, rng: np.random.Generator, what: str) -> tuple[list[int], list[int]]:
-    """Seeded (kept, held-out) indices of range(n); held-out is ceil(fraction * n), kept must stay non-empty."""
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file or folder a path reaches, through any links (None: it reaches nothing): two
+    paths with one identity are one file, whether linked symbolically or hard."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def hold_out(
+    n: int, test_fraction: float, rng: np.random.Generator, val_fraction: float, unit: str = "image"
+) -> tuple[list[int], list[int]]:
+    """Seeded (kept, held-out) indices of range(n) normal images (or tiles): held out for testing is
+    ceil(test_fraction * n); what is kept must leave one to train once validation takes val_fraction of it, else a
+    BadImageError says how many images these fractions need."""
+    if normal_shares(n, val_fraction, test_fraction)[2] < 1:
+        raise BadImageError(too_few_normal(n, val_fraction, test_fraction, unit))
     order = rng.permutation(n).tolist()
-    n_out = math.ceil(fraction * n) if fraction > 0 else 0
-    if n_out >= n:
-        raise BadImageError(
-            f"dataset.{what}={fraction} leaves no training image of {n}: lower it, or give more normal images "
-            f"(at least 3: one each to train, validate and test)"
-        )
+    n_out = math.ceil(test_fraction * n) if test_fraction > 0 else 0
     return sorted(order[n_out:]), sorted(order[:n_out])
 
 
@@ -124,10 +141,11 @@ class FolderDataModule(SplitDataModule):
     def read_page(self, path: Path, anomalous: bool) -> Page:
         """Decode one file (and its mask) to the size the samples are cut from; BadImageError names what is wrong."""
         mask_path = find_mask(self.mask_dir, path) if anomalous and self.mask_dir is not None else None
-        image = read_image(path, None, max_pixels=self.max_image_pixels)  # (H,W,3) uint8
+        # (H,W,3) uint8, a large file at reduced size (preprocessing.decode_factors), its mask alike
+        image = read_image(path, None, max_pixels=self.max_image_pixels, reduce_for=self.preprocessing)
         # (H,W) bool; a mask's size is checked against its image
         mask = (
-            read_mask(mask_path, path, None, self.max_image_pixels)
+            read_mask(mask_path, path, None, self.max_image_pixels, self.preprocessing)
             if mask_path is not None
             else np.full(image.shape[:2], anomalous)
         )
@@ -192,19 +210,27 @@ class FolderDataModule(SplitDataModule):
         return DecodedImages.concat(parts)
 
     def check_separate_folders(self) -> None:
-        """Refuse normal and anomalous folders that hold the same images (one folder, or files linked into both):
-        those images would count as normal and as anomalous."""
+        """Refuse normal and anomalous folders that hold the same images (one folder, or files linked into both:
+        symbolic or hard links, told by device and inode): those images would count as normal and as anomalous."""
         if self.abnormal_dir is None:
             return
         keys = f"dataset.normal_dir={self.normal_dir} and dataset.abnormal_dir={self.abnormal_dir}"
-        if self.normal_dir.resolve() == self.abnormal_dir.resolve():
+        normal_folder = file_identity(self.normal_dir)
+        if self.normal_dir.resolve() == self.abnormal_dir.resolve() or (
+            normal_folder is not None and normal_folder == file_identity(self.abnormal_dir)
+        ):
             raise ConfigError(f"{keys} are the same folder: its images would count as normal and as anomalous")
-        normal_files = {path.resolve(): path for path in list_images(self.normal_dir)}
-        shared = [(normal_files[p.resolve()], p) for p in list_images(self.abnormal_dir) if p.resolve() in normal_files]
+        normal_files = {file_identity(path): path for path in list_images(self.normal_dir)}
+        normal_files.pop(None, None)  # a broken link: named as unreadable when read
+        shared = [
+            (normal_files[identity], path)
+            for path in list_images(self.abnormal_dir)
+            if (identity := file_identity(path)) in normal_files
+        ]
         if shared:
             raise ConfigError(
-                f"{keys} share {len(shared)} image files through links, e.g. {shared[0][0]} and {shared[0][1]}: "
-                f"they would count as normal and as anomalous"
+                f"{keys} share {len(shared)} image files through links (symbolic or hard), e.g. {shared[0][0]} and "
+                f"{shared[0][1]} are one file: it would count as normal and as anomalous"
             )
 
     def build_splits(self) -> dict[str, DecodedImages]:
@@ -223,12 +249,12 @@ class FolderDataModule(SplitDataModule):
 
         normal = self.decode_units(normal_pages)
         rng = np.random.default_rng(self.split_seed)
-        kept, test_normal = hold_out(len(normal.samples), self.test_fraction, rng, "test_fraction")
+        unit = "tile" if self.tiled else "image"
+        kept, test_normal = hold_out(len(normal.samples), self.test_fraction, rng, self.val_fraction, unit)
         page_samples = [Sample(str(p.path), 1, p.defect) for p in anomalous_pages]
         train_ids, val_ids, val_page_ids, test_page_ids = split_validation(
             [normal.samples[i] for i in kept], page_samples, self.val_fraction, self.val_anomalous, self.split_seed
         )
-        unit = "tile" if self.tiled else "image"
         if not val_ids:
             raise BadImageError(f"val_fraction={self.val_fraction} leaves no normal validation {unit} of {len(kept)}")
         splits = {

@@ -3,11 +3,18 @@
 Images are decoded and resized once and kept as uint8, so epochs after the first cost no I/O. A whole image
 resized to the model's size also keeps its ground-truth mask at the file's own resolution (`NativeMask`, one bit
 per pixel, nothing for an all-clear mask), which the test's pixel metrics are measured against.
+
+A file of more than 4 megapixels that the model sees much smaller is decoded at reduced size
+(Preprocessing.decode_factors: Image.reduce's box averages, a JPEG by libjpeg's own scaling, its mask nearest), so
+memory is that of one decoded file (a 98-megapixel PNG: about 300 MB as RGB) rather than of float copies of it; its
+"file's resolution" above is then that reduced size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -70,43 +77,117 @@ def _check_pixels(path: Path, image: Image.Image, max_pixels: int | None) -> Non
         )
 
 
-def _to_uint8(image: Image.Image, mode: str) -> Image.Image:
-    # 16-bit grayscale is scaled by its type's range, not its content, so frames of one sensor keep their
-    # relative brightness: v / 65535 * 255 (as OpenCV and scikit-image do; PIL's own convert clips to 255).
-    # Mode "I" (32-bit, e.g. a 16-bit PNG from older Pillow, or a 32-bit TIFF) is taken as 16-bit: clipped to
-    # [0, 65535] first.
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)  # (H,W)
-        image = Image.fromarray((array / 65535.0 * 255.0 + 0.5).astype(np.uint8))
+# 16-bit value v as 8-bit: v / 65535 * 255, rounded (one table look-up per pixel, no float copy of a large file)
+_SIXTEEN_TO_EIGHT_BIT = (np.arange(65536) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+_ROWS_PER_STEP = 1024
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit integer images as 8-bit "L"; any other image as it is.
+
+    16-bit grayscale is scaled by its type's range, not its content, so frames of one sensor keep their relative
+    brightness: v / 65535 * 255 (as OpenCV and scikit-image do; PIL's own convert clips to 255). Mode "I" (32-bit,
+    e.g. a 16-bit PNG from older Pillow, or a 32-bit TIFF) is taken as 16-bit: clipped to [0, 65535] first.
+    """
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        return image
+    values = np.asarray(image)  # (H,W) uint16 or int32
+    eight_bit = np.empty(values.shape, np.uint8)  # (H,W)
+    for top in range(0, len(values), _ROWS_PER_STEP):  # a band of rows at a time: no int64 copy of the whole file
+        rows = values[top : top + _ROWS_PER_STEP]
+        eight_bit[top : top + _ROWS_PER_STEP] = _SIXTEEN_TO_EIGHT_BIT[np.clip(rows, 0, 65535)]
+    return Image.fromarray(eight_bit)
+
+
+def _in_mode(image: Image.Image, mode: str) -> Image.Image:
+    """An 8-bit image in mode: RGBA, LA and palette images composited on white for RGB."""
     if image.mode in ("RGBA", "LA", "P") and mode == "RGB":
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
-    return image.convert(mode)
+    return image if image.mode == mode else image.convert(mode)
 
 
-def read_image(
-    path: Path, size: int | None, mode: str = "RGB", max_pixels: int | None = MAX_IMAGE_PIXELS
-) -> np.ndarray:
-    """Decode one image to uint8 (H,W,3) for RGB or (H,W) for L, resized to size x size.
+def reduced_size(width: int, height: int, factors: tuple[int, int]) -> tuple[int, int]:
+    """The (width, height) Image.reduce(factors) makes of a file: each side divided, rounded up."""
+    return -(-width // factors[0]), -(-height // factors[1])
 
-    An image of more than max_pixels (None: any size) is refused from its header, before it is decoded.
-    """
+
+def _reduced(image: Image.Image, original: tuple[int, int], factors: tuple[int, int], mode: str) -> Image.Image:
+    """An 8-bit image of a file of size original, reduced by factors: box averages (a JPEG already decoded at a
+    smaller scale by draft is box-resized the rest of the way). Palette and 1-bit images are turned into values
+    first (an average of palette indices is no colour); masks (mode "L") are taken nearest, so they stay masks."""
+    target = reduced_size(*original, factors)
+    if image.size == target:
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if mode == "RGB" else "L")
+    elif image.mode in ("PA", "1"):
+        image = image.convert(mode)
+    if mode == "L":
+        return image.convert("L").resize(target, Image.Resampling.NEAREST)
+    if image.size == original:
+        return image.reduce(factors)
+    return image.resize(target, Image.Resampling.BOX)
+
+
+def _decode(
+    path: Path, mode: str, max_pixels: int | None, reduce_for: Preprocessing | None, size: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The file decoded to 8 bits in mode (uint8 (H,W,3) for RGB, (H,W) for L), reduced as
+    reduce_for.decode_factors says (None: at its own size), then resized to size x size (None: kept), and the
+    file's own (width, height). Mode L (masks) is resized nearest. An image of more than max_pixels is refused from
+    its header."""
     try:
         with _own_pixel_limit(), Image.open(path) as opened:
             _check_pixels(path, opened, max_pixels)
+            original = opened.size
+            factors = reduce_for.decode_factors(*original) if reduce_for is not None else (1, 1)
+            if factors != (1, 1) and mode != "L":
+                opened.draft(None, reduced_size(*original, factors))  # JPEG: decoded at 1/2, 1/4 or 1/8 scale
             opened.load()
-            image = _to_uint8(opened, mode)
+            image = _eight_bit(opened)
+            if factors != (1, 1):
+                image = _reduced(image, original, factors, mode)
+            image = _in_mode(image, mode)
+            if size is not None and image.size != (size, size):
+                resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BILINEAR
+                image = image.resize((size, size), resample)
+            return np.asarray(image), original  # a copy: the file's image is closed on leaving
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise BadImageError(f"{path}: corrupt or unreadable image ({error})") from error
-    if size is not None and image.size != (size, size):
-        resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BILINEAR
-        image = image.resize((size, size), resample)
-    return np.asarray(image)
 
 
-def read_mask(path: Path, image_path: Path, size: int | None, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode a ground-truth mask (nonzero = defect) to bool (H,W); its size must match the image's."""
+def read_image(
+    path: Path,
+    size: int | None,
+    mode: str = "RGB",
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    reduce_for: Preprocessing | None = None,
+) -> np.ndarray:
+    """Decode one image to uint8 (H,W,3) for RGB or (H,W) for L, resized to size x size (None: kept).
+
+    An image of more than max_pixels (None: any size) is refused from its header, before it is decoded. With
+    reduce_for, a large file is decoded at the reduced size that preprocessing's `decode_factors` allows.
+    """
+    return _decode(path, mode, max_pixels, reduce_for, size)[0]
+
+
+def read_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image (h,w,3) uint8 decoded at the size preprocessing needs (read_image with reduce_for), and the file's
+    own (width, height)."""
+    return _decode(path, "RGB", max_pixels, preprocessing)
+
+
+def read_mask(
+    path: Path,
+    image_path: Path,
+    size: int | None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    reduce_for: Preprocessing | None = None,
+) -> np.ndarray:
+    """Decode a ground-truth mask (nonzero = defect) to bool (H,W); its size must match the image's. With
+    reduce_for, a large mask is taken (nearest) at its image's reduced size."""
     try:
         with _own_pixel_limit(), Image.open(path) as mask, Image.open(image_path) as image:
             if mask.size != image.size:
@@ -116,7 +197,7 @@ def read_mask(path: Path, image_path: Path, size: int | None, max_pixels: int | 
                 )
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise BadImageError(f"{path}: corrupt or unreadable mask ({error})") from error
-    return read_image(path, size, mode="L", max_pixels=max_pixels) > 0
+    return read_image(path, size, mode="L", max_pixels=max_pixels, reduce_for=reduce_for) > 0
 
 
 @dataclass(frozen=True)
@@ -194,9 +275,12 @@ class DecodedImages:
         masks: list[np.ndarray] = []  # (H,W) bool each
         for sample in samples:
             try:
-                image = read_image(Path(sample.path), None, max_pixels=max_pixels)  # (H,W,3) uint8
+                # (H,W,3) uint8, a large file at reduced size (preprocessing.decode_factors), its mask alike
+                image = read_image(Path(sample.path), None, max_pixels=max_pixels, reduce_for=preprocessing)
                 mask_path = Path(sample.mask_path) if sample.mask_path else None
-                full = read_mask(mask_path, Path(sample.path), None, max_pixels) if mask_path else None  # (H,W) bool
+                full = (  # (H,W) bool
+                    read_mask(mask_path, Path(sample.path), None, max_pixels, preprocessing) if mask_path else None
+                )
                 height, width = image.shape[:2]
                 # the file's mask too, in the pose the maps will be in
                 image, full = preprocessing.turn(image, full, sample.path)
@@ -229,6 +313,59 @@ class DecodedImages:
     def subset(self, indices: Sequence[int]) -> DecodedImages:
         index = np.asarray(indices, dtype=np.int64)
         return DecodedImages([self.samples[i] for i in index], self.images[index], self.masks[index])
+
+
+# An image whose luminance varies less than this (standard deviation, of 255) is near-constant: blank, or a file
+# decoded to one grey; one 99% of whose pixels are darker than NEAR_BLACK_LEVEL (of 255) is near-black, e.g. a
+# 16-bit file of small values. Either holds next to nothing to learn from, and scores as anomalous.
+NEAR_CONSTANT_SPREAD = 2.0
+NEAR_BLACK_LEVEL = 10.0
+_LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's "L"
+_CHECKED_PIXELS = 1 << 16  # a larger image is looked at every k-th row and column
+FAINT_ADVICE = (
+    "a 16-bit image is scaled by its type's range (v / 65535 * 255) and a 32-bit one taken as 16-bit, so small "
+    "values decode nearly black, and a float image is cut to whole numbers 0-255: convert such files to 8-bit over "
+    "their own range first (e.g. PIL's ImageOps.autocontrast); remove blank (all-black, all-white) files, or check "
+    "that they are what you meant"
+)
+
+
+def faint_content(image: np.ndarray) -> str | None:
+    """Why an image (H,W,3) or the tiles of one page (N,H,W,3), uint8, hold next to nothing to learn from or to
+    score: "near-constant (...)" or "near-black (...)"; None when they hold enough."""
+    rows = image.reshape(-1, image.shape[-2], image.shape[-1])  # (N*H,W,3)
+    step = max(1, math.ceil(math.sqrt(rows.shape[0] * rows.shape[1] / _CHECKED_PIXELS)))
+    luminance = rows[::step, ::step].astype(np.float32) @ _LUMINANCE  # (h,w)
+    if float(luminance.std()) < NEAR_CONSTANT_SPREAD:
+        return f"near-constant (every pixel about {float(luminance.mean()):.0f}/255)"
+    level = float(np.percentile(luminance, 99))
+    if level < NEAR_BLACK_LEVEL:
+        return f"near-black (99% of its pixels below {level:.1f}/255)"
+    return None
+
+
+def warn_faint_files(splits: dict[str, DecodedImages], listed: int = 20) -> dict[str, str]:
+    """One warning naming the files of the splits (whole images, or pages of tiles) that `faint_content` flags,
+    with what to do; returns them, {file: why}."""
+    tiles_of: dict[str, list[tuple[DecodedImages, int]]] = {}
+    for split in splits.values():
+        for index, sample in enumerate(split.samples):
+            tiles_of.setdefault(sample.page or sample.path, []).append((split, index))
+    found: dict[str, str] = {}
+    for file, places in tiles_of.items():
+        why = faint_content(np.stack([split.images[index] for split, index in places]))  # (N,H,W,3)
+        if why is not None:
+            found[file] = why
+    if found:
+        lines = [f"{file}: {why}" for file, why in list(found.items())[:listed]]
+        if len(found) > listed:
+            lines.append(f"... and {len(found) - listed} more")
+        warnings.warn(
+            f"{len(found)} of {len(tiles_of)} images are near-constant or near-black, next to nothing to learn from "
+            f"(and scored as anomalous):\n" + "\n".join(lines) + f"\nWhat to do: {FAINT_ADVICE}",
+            stacklevel=3,
+        )
+    return found
 
 
 NATIVE_MASK_KEY = "mask_native"
