@@ -6,6 +6,12 @@ runtime needs nothing else. The checkpoint spec, the preprocessing, the threshol
 file (`checkpoint_sha256`: predict's onnxruntime backend refuses a graph exported from another checkpoint) go into
 the model's metadata.
 
+That digest is a string in the file: anyone who can edit the graph can keep it. So predict also checks the graph
+against the checkpoint it already trusts: every weight of the model must be in the graph under its own name, bit for
+bit (weight_mismatch: a halved or foreign weight is refused), and the graph must give the model's maps and scores on
+random images drawn afresh at each load (probe_mismatch: an edited node is refused). Not covered: a graph crafted
+to act as the model on random images and otherwise on real ones (README.md, "Speed").
+
 Exporter: torch's torch.export-based one (dynamo=True, which needs onnxscript, part of the `onnx` extra).
 The older TorchScript exporter (dynamo=False) cannot export the computed Gaussian windows of the MSGMS
 blur and SSIM maps ("convolution for kernel of unknown shape").
@@ -16,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,7 @@ from omegaconf import DictConfig
 
 from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.errors import UserError
 from anomaly_lab.inference import load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 
@@ -35,6 +43,13 @@ FORMATS = ("onnx",)
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["anomaly_map", "score"]
 DIGEST_KEY = "checkpoint_sha256"  # metadata: the SHA-256 of the checkpoint file the graph was exported from
+# check_graph's probe: largest deviation from torch, relative to torch's largest output (float32 kernels of two
+# runtimes differ by ~1e-6; any edit of the computation that matters to a score moves it far more)
+PROBE_TOLERANCE = 1e-3
+
+
+class GraphMismatchError(UserError):
+    """An exported graph that is not the checkpoint's model: other weights, or other outputs on random images."""
 
 
 def file_sha256(path: Path) -> str:
@@ -101,19 +116,78 @@ def export_onnx(
     return batch.dim_param or int(batch.dim_value)
 
 
+def session_outputs(session: Any, model: InpaintingModel, images: torch.Tensor) -> dict[str, tuple[np.ndarray, ...]]:
+    """Each output's (onnxruntime, torch) arrays on images (B,3,H,W): anomaly_map (B,1,H,W), score (B,)."""
+    onnx_maps, onnx_scores = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.numpy()})
+    with torch.no_grad():
+        maps, scores = model.cpu().eval()(images)  # (B,1,H,W), (B,)
+    return {"anomaly_map": (onnx_maps, maps.numpy()), "score": (onnx_scores, scores.numpy())}
+
+
 def onnx_deviation(path: Path, model: InpaintingModel, batch: int = 2) -> dict[str, float]:
     """Largest absolute difference between onnxruntime's and torch's outputs on seeded random images."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = torch.rand(batch, 3, *model.input_shape, generator=torch.Generator().manual_seed(1))
-    onnx_maps, onnx_scores = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.numpy()})
-    with torch.no_grad():
-        maps, scores = model.cpu().eval()(images)  # (B,1,H,W), (B,)
-    return {
-        "anomaly_map": float(np.abs(onnx_maps - maps.numpy()).max()),
-        "score": float(np.abs(onnx_scores - scores.numpy()).max()),
-    }
+    outputs = session_outputs(session, model, images)
+    return {name: float(np.abs(ours - torchs).max()) for name, (ours, torchs) in outputs.items()}
+
+
+def weight_mismatch(graph: Any, model: InpaintingModel) -> str | None:
+    """Why graph (an onnx ModelProto) does not hold model's weights, or None when it does.
+
+    The exporter stores each parameter and buffer it uses as an initializer under its own name (net.stem.0.weight,
+    coverage_masks): every parameter must be there, and every initializer of such a name must equal the model's
+    tensor in shape, dtype and every bit. An initializer stored in an external file is refused unread.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    expected = {name: tensor.detach().cpu() for name, tensor in [*model.named_parameters(), *model.named_buffers()]}
+    for name, _ in model.named_parameters():
+        if name not in initializers:
+            return f"it lacks the weight {name}"
+    for name, tensor in initializers.items():
+        if name not in expected:
+            continue  # a constant of the trace (shapes, Gaussian windows): the probe covers it
+        if tensor.data_location == TensorProto.EXTERNAL:
+            return f"it keeps {name} in an external file"
+        ours, theirs = numpy_helper.to_array(tensor), expected[name].numpy()
+        if ours.shape != theirs.shape or ours.dtype != theirs.dtype or not np.array_equal(ours, theirs):
+            return f"its {name} {tuple(ours.shape)} {ours.dtype} differs from the checkpoint's"
+    return None
+
+
+def probe_mismatch(session: Any, model: InpaintingModel) -> str | None:
+    """Why session's graph does not compute model's maps and scores, or None: both run on random images drawn
+    with a fresh seed (so a graph cannot single out the probe), and every output must agree with torch's to
+    PROBE_TOLERANCE of torch's largest output."""
+    batch = session.get_inputs()[0].shape[0]
+    batch = batch if isinstance(batch, int) and batch > 0 else 1  # a fixed batch is fed as exported
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
+    images = torch.rand(batch, 3, *model.input_shape, generator=generator)  # (B,3,H,W)
+    try:
+        outputs = session_outputs(session, model, images)
+    except Exception as error:  # onnxruntime's own errors (Fail, InvalidArgument, ...) share no base class
+        return f"it does not run on images {tuple(images.shape)} ({str(error).strip().splitlines()[0]})"
+    for name, (ours, torchs) in outputs.items():
+        if ours.shape != torchs.shape:
+            return f"its {name} has the shape {ours.shape}, the model's {torchs.shape}"
+        scale = float(np.abs(torchs).max())
+        deviation = float(np.abs(ours.astype(np.float64) - torchs).max())
+        if not deviation <= PROBE_TOLERANCE * scale + 1e-12:  # not <=: a NaN output is refused too
+            return f"its {name} on random images is {deviation:.3g} off the model's (largest value {scale:.3g})"
+    return None
+
+
+def graph_mismatch_message(path: Path, ckpt: Path, reason: str) -> str:
+    """GraphMismatchError's line: the graph at path is not ckpt's model, why (weight_mismatch or probe_mismatch's
+    reason), and how to get one that is."""
+    return (
+        f"onnx {path} is not {ckpt}'s model, whatever its metadata says: {reason} (a tampered or foreign graph); "
+        f"delete it and export again (python -m anomaly_lab.export ckpt_path={ckpt} output={path} overwrite=true)"
+    )
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -13,8 +13,9 @@ Files are scored in batches across files, in input order: batch_size images (or 
 also closing once its decoded images hold max_image_pixels (memory stays bounded). backend=torch runs the
 checkpoint's model (stack_passes=true: every masked pass of a batch in one net call); backend=onnxruntime runs
 its exported graph (anomaly_lab.export): `onnx=`, else <ckpt stem>.onnx beside the checkpoint, refused unless it
-records this checkpoint's SHA-256, else a fresh export to a temporary file. threads= sets the backend's intra-op
-threads. `python -m anomaly_lab.tools.bench_predict` measures the throughput.
+records this checkpoint's SHA-256 and holds its weights and computes its outputs, else a fresh export to a
+temporary file. threads= sets the backend's intra-op threads. `python -m anomaly_lab.tools.bench_predict`
+measures the throughput.
 """
 
 from __future__ import annotations
@@ -52,7 +53,17 @@ from anomaly_lab.data.images import (
 )
 from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_tiles
 from anomaly_lab.errors import ConfigError, UserError, as_typed
-from anomaly_lab.export import DIGEST_KEY, INPUT_NAMES, OUTPUT_NAMES, export_onnx, file_sha256
+from anomaly_lab.export import (
+    DIGEST_KEY,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    GraphMismatchError,
+    export_onnx,
+    file_sha256,
+    graph_mismatch_message,
+    probe_mismatch,
+    weight_mismatch,
+)
 from anomaly_lab.inference import first_line, load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.predict_outputs import (
@@ -298,6 +309,17 @@ def score_stream(
     yield from score_pending(pending, scorer, batch_size, preprocessing)
 
 
+def onnx_module() -> Any:
+    """onnx (to read an exported graph's weights), or a ConfigError saying how to install it."""
+    try:
+        import onnx
+    except ImportError as error:
+        raise ConfigError(
+            "backend=onnxruntime needs onnx to check the graph (the onnx extra): pip install -e '.[onnx]'"
+        ) from error
+    return onnx
+
+
 def onnxruntime_module() -> Any:
     """onnxruntime, or a ConfigError saying how to install it."""
     try:
@@ -432,8 +454,10 @@ def onnx_session(settings: Settings, model: InpaintingModel) -> tuple[Any, str]:
     """An onnxruntime session of the checkpoint's exported graph, and where the graph came from.
 
     settings.onnx, else <ckpt stem>.onnx beside the checkpoint when there is one: refused unless its metadata
-    records this checkpoint file's SHA-256 (a stale export, or one made before the digest was recorded). With
-    neither, the model is exported to a temporary file first (export's graph, the same as `make export`).
+    records this checkpoint file's SHA-256 (a stale export, or one made before the digest was recorded) and the
+    graph itself is the checkpoint's model (export.weight_mismatch, export.probe_mismatch: its weights bit for bit,
+    its outputs on fresh random images). The file is read once: the bytes checked are the bytes run. With neither,
+    the model is exported to a temporary file first (export's graph, the same as `make export`).
     """
     onnxruntime = onnxruntime_module()
     options = onnxruntime.SessionOptions()
@@ -446,11 +470,13 @@ def onnx_session(settings: Settings, model: InpaintingModel) -> tuple[Any, str]:
     path = settings.onnx if settings.onnx is not None else ckpt.with_suffix(".onnx")
     reexport = f"re-export it (python -m anomaly_lab.export ckpt_path={ckpt} output={path} overwrite=true)"
     if path.is_file():
+        onnx = onnx_module()
+        graph_bytes = path.read_bytes()
         try:
-            session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-        except Exception as error:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...) share no base class
-            raise UserError(f"onnx {path}: onnxruntime cannot load it ({first_line(error)}); {reexport}") from error
-        recorded = session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY)
+            graph = onnx.load_model_from_string(graph_bytes)
+        except Exception as error:  # protobuf's DecodeError and onnx's own errors share no base class
+            raise UserError(f"onnx {path}: not an ONNX model ({first_line(error)}); {reexport}") from error
+        recorded = {prop.key: prop.value for prop in graph.metadata_props}.get(DIGEST_KEY)
         if recorded is None:
             raise UserError(
                 f"onnx {path}: records no checkpoint digest ({DIGEST_KEY}; exported by an older anomaly_lab or "
@@ -461,6 +487,19 @@ def onnx_session(settings: Settings, model: InpaintingModel) -> tuple[Any, str]:
                 f"onnx {path} was exported from another checkpoint than {ckpt} ({DIGEST_KEY} {recorded[:12]}... "
                 f"recorded, {digest[:12]}... now): a stale export; {reexport}"
             )
+        reason = weight_mismatch(graph, model)  # before onnxruntime reads the graph: a foreign one is not run
+        if reason is not None:
+            raise GraphMismatchError(graph_mismatch_message(path, ckpt, reason))
+        try:
+            session = onnxruntime.InferenceSession(graph_bytes, options, providers=providers)
+        except Exception as error:  # onnxruntime's own errors (InvalidProtobuf, Fail, ...) share no base class
+            raise UserError(f"onnx {path}: onnxruntime cannot load it ({first_line(error)}); {reexport}") from error
+        probe = session  # compared with torch on the CPU: kernel for kernel, not CUDA's (TF32) rounding
+        if providers[0] != "CPUExecutionProvider":
+            probe = onnxruntime.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
+        reason = probe_mismatch(probe, model)
+        if reason is not None:
+            raise GraphMismatchError(graph_mismatch_message(path, ckpt, reason))
         return session, str(path)
     if settings.onnx is not None:
         raise FileNotFoundError(

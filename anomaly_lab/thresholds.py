@@ -8,14 +8,17 @@ A score >= threshold is called anomalous (the convention of `metrics.f1_max`).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Protocol
 
 import torch
 from torchmetrics.functional.classification import binary_f1_score, binary_precision, binary_recall
 
-from anomaly_lab.errors import as_typed
+from anomaly_lab.errors import ConfigError, as_typed
 from anomaly_lab.metrics import f1_max
+
+log = logging.getLogger(__name__)
 
 
 class ThresholdRule(Protocol):
@@ -25,12 +28,39 @@ class ThresholdRule(Protocol):
 
 
 class FixedThreshold:
-    """A given value, whatever the scores (the thesis: 0.002 for notes, 0.005 for sharks, on mean L2)."""
+    """A given value, whatever the scores (the thesis: 0.002 for notes, 0.005 for sharks, on mean L2).
+
+    A value that is not a finite number is refused: NaN would call no image anomalous and leave every metric at
+    the threshold undefined. A value at or below every validation score calls every image anomalous, one above
+    them all none: legal (the scores of another model or scoring may differ), so it is only logged, once each time
+    a validation puts it on the other side.
+    """
 
     def __init__(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(
+                f"threshold.value={as_typed(value)}: expected a finite number (an image score, e.g. 0.002)"
+            )
         self.value = float(value)
+        self.outside: str | None = None  # where the last validation's scores put the value: "below", "above", None
 
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
+        scores = torch.as_tensor(scores).flatten()  # (N,) compared in their own dtype, as metrics_at_threshold does
+        outside = None
+        if scores.numel() and bool(scores.min() >= self.value):
+            outside = "below"
+        elif scores.numel() and bool(scores.max() < self.value):
+            outside = "above"
+        if outside is not None and outside != self.outside:
+            log.warning(
+                "threshold.value=%s is %s every validation score (%.6g to %.6g): %s",
+                as_typed(self.value),
+                "at or below" if outside == "below" else "above",
+                float(scores.min()),
+                float(scores.max()),
+                "every image is called anomalous" if outside == "below" else "no image is called anomalous",
+            )
+        self.outside = outside
         return self.value
 
 

@@ -41,7 +41,7 @@ from anomaly_lab.health import (
 from anomaly_lab.inference import model_spec
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.thresholds import AutoThreshold, F1Threshold, ThresholdRule
+from anomaly_lab.thresholds import AutoThreshold, F1Threshold, FixedThreshold, ThresholdRule
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def config_group(name: str) -> Iterator[None]:
     ) as error:
         if isinstance(error, UserError):
             raise
+        if isinstance(error, HydraException) and isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None  # the class's own refusal, which names its key (threshold.value=nan)
         raise ConfigError(f"{name}: {one_line(error)}") from error
 
 
@@ -143,7 +145,7 @@ def check_threshold_rule(rule: ThresholdRule | None, datamodule: L.LightningData
     """The threshold rule, run once on the validation split's labels (placeholder scores), accepts them: a rule that
     needs more validation images than the split holds fails now, not after training."""
     splits = getattr(datamodule, "splits", None)
-    if rule is None or not splits:
+    if rule is None or not splits or isinstance(rule, FixedThreshold):  # a fixed value needs no validation image
         return
     labels = [s.label for s in splits["val"].samples]
     if getattr(datamodule, "validation_anomaly_kind", "real") in ("synthetic", "both"):

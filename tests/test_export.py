@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")  # torch's torch.export-based ONNX exporter needs it
 
 TOLERANCE = 1e-4  # float32 kernels of two runtimes; seen: below 1e-6
+REPO = Path(__file__).resolve().parents[1]
 
 
 def export_config(overrides: list[str]) -> DictConfig:
@@ -180,3 +184,84 @@ def test_a_fixed_batch_graph_is_fed_padded_chunks() -> None:
     maps, scores = scorer(units)
     assert session.fed == [2, 2, 2] and maps.shape == (5, 4, 4) and scores.shape == (5,)
     np.testing.assert_allclose(scores, units.reshape(5, -1).mean(axis=1) / 255.0, rtol=1e-6)
+
+
+def predict_process(checkpoint: Path, images: Path, output: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m anomaly_lab.predict ... backend=onnxruntime` as a user runs it (the graph beside the checkpoint)."""
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "anomaly_lab.predict", f"ckpt_path={checkpoint}", f"input={images}"]
+    command += [f"output={output}", "backend=onnxruntime", "device=cpu", "progress=false"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def halve_weights(graph: Any) -> int:
+    """An attacker's edit: every `.weight` initializer halved in place, names and metadata kept; returns how many."""
+    halved = 0
+    for tensor in graph.graph.initializer:
+        if tensor.name.endswith(".weight"):
+            tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) / 2, tensor.name))
+            halved += 1
+    return halved
+
+
+def halve_the_score(graph: Any) -> None:
+    """An attacker's edit of the computation, every weight kept: the score output multiplied by 0.5."""
+    score = graph.graph.output[1].name
+    for node in graph.graph.node:
+        node.output[:] = ["unscaled_score" if name == score else name for name in node.output]
+    graph.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.5, np.float32), "one_half"))
+    graph.graph.node.append(onnx.helper.make_node("Mul", ["unscaled_score", "one_half"], [score]))
+
+
+@pytest.mark.slow
+def test_a_tampered_or_foreign_graph_is_refused_whatever_its_metadata(tiny_run: Path, tmp_path: Path) -> None:
+    from anomaly_lab.export import DIGEST_KEY, GraphMismatchError, file_sha256
+
+    checkpoint = tmp_path / "run" / "model.ckpt"
+    checkpoint.parent.mkdir()
+    shutil.copy(tiny_run / "checkpoints" / "best.ckpt", checkpoint)
+    images = Path(next(iter(scores_of(tiny_run)))).parent.parent  # the tiny run's test folder
+    run(export_config([f"ckpt_path={checkpoint}", "check=false"]))
+    graph_path = checkpoint.with_suffix(".onnx")
+    exported = graph_path.read_bytes()
+    metadata = {prop.key: prop.value for prop in onnx.load(str(graph_path)).metadata_props}
+
+    # the export as written scores
+    result = predict_process(checkpoint, images, tmp_path / "untampered")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "untampered" / "scores.csv").is_file()
+
+    # weights halved, every metadata entry (the checkpoint's digest too) kept: refused in one line, nothing written
+    graph = onnx.load_model_from_string(exported)
+    assert halve_weights(graph) > 20
+    onnx.save(graph, str(graph_path))
+    assert {prop.key: prop.value for prop in onnx.load(str(graph_path)).metadata_props} == metadata
+    result = predict_process(checkpoint, images, tmp_path / "halved")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and not result.stdout.strip(), result.stderr
+    assert lines[0].startswith(f"GraphMismatchError: onnx {graph_path} is not {checkpoint}'s model")
+    assert "net.stem.0.weight" in lines[0] and "overwrite=true" in lines[0]
+    assert not (tmp_path / "halved").exists()
+
+    # the computation edited, every weight and metadata entry kept: refused by the outputs on random images
+    graph = onnx.load_model_from_string(exported)
+    halve_the_score(graph)
+    onnx.save(graph, str(graph_path))
+    args = [f"ckpt_path={checkpoint}", f"input={images}", "backend=onnxruntime"]
+    with pytest.raises(GraphMismatchError, match=r"its score on random images is [0-9.e-]+ off the model's"):
+        predict_run(predict_config([*args, f"output={tmp_path / 'edited'}"]))
+    assert not (tmp_path / "edited").exists()
+
+    # another model's graph copied beside this checkpoint, its digest rewritten to this checkpoint's
+    foreign_checkpoint = tmp_path / "run" / "other.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["state_dict"]["model.net.head.bias"] += 0.01  # another model of the same net
+    torch.save(saved, foreign_checkpoint)
+    graph = onnx.load_model_from_string(exported)
+    onnx.helper.set_model_props(graph, {**metadata, DIGEST_KEY: file_sha256(foreign_checkpoint)})
+    onnx.save(graph, str(foreign_checkpoint.with_suffix(".onnx")))
+    foreign_args = [f"ckpt_path={foreign_checkpoint}", f"input={images}", "backend=onnxruntime"]
+    with pytest.raises(GraphMismatchError, match=r"is not .*other\.ckpt's model.*its net\.head\.bias \(3,\) float32"):
+        predict_run(predict_config([*foreign_args, f"output={tmp_path / 'foreign'}"]))
+    assert not (tmp_path / "foreign").exists()
