@@ -4,6 +4,7 @@ two tools that measure them (passes_table, operating_point) on a real run folder
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -165,19 +166,35 @@ def test_blur_table_reproduces_the_runs_own_blur_and_chooses_on_validation(
         main([str(run_with_options), "--sigmas", "4", "--options", "scoring.anomaly_map.blur_sigma=2"])
 
 
-def test_rescoring_warns_of_changed_config_files_not_of_its_own_options(run_with_options: Path, tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
-
-    from anomaly_lab.tools.rescoring import compose_run, model_differences
+def test_rescoring_scores_the_checkpoints_model_with_what_its_options_change(
+    run_with_options: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The model rescored is the checkpoint's spec (weights-only, the loader's classes), not what the config files
+    compose now; a rescoring's options change it, and config files that changed since are named in a warning."""
+    from anomaly_lab.inference import SPEC_KEY
+    from anomaly_lab.tools.rescoring import compose_run, model_differences, plain_model, rescore
 
     folder = tmp_path / "run"
     shutil.copytree(run_with_options, folder)
-    stored = compose_run(folder, [])
-    OmegaConf.save(stored, folder / ".hydra" / "config.yaml")  # as the run wrote it
-    assert model_differences(folder) == []
-    stored.scoring.anomaly_map.blur_sigma = 99.0  # the run trained with another blur than scoring=riad's now
-    OmegaConf.save(stored, folder / ".hydra" / "config.yaml")
-    assert model_differences(folder) == ["model.anomaly_map.blur_sigma"]
+    path = folder / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert model_differences(checkpoint[SPEC_KEY]["model"], plain_model(compose_run(folder, []))) == []
+    checkpoint[SPEC_KEY]["model"]["anomaly_map"]["blur_sigma"] = 99.0  # trained with another blur than riad's 4
+    torch.save(checkpoint, path)
+    with caplog.at_level(logging.WARNING, logger="anomaly_lab.tools.rescoring"):
+        trained = rescore(folder)
+    assert "compose another model than it trained (model.anomaly_map.blur_sigma)" in caplog.text
+    assert trained.module.model.anomaly_map.blur_sigma == 99.0  # the checkpoint's, not the config files'
+    assert trained.module.spec is not None and trained.module.spec["model"] == checkpoint[SPEC_KEY]["model"]
+    blurred = rescore(folder, ["scoring.anomaly_map.blur_sigma=2"])
+    assert blurred.module.model.anomaly_map.blur_sigma == 2.0
+    assert blurred.module.spec is not None
+    assert blurred.module.spec["model"] == {
+        **checkpoint[SPEC_KEY]["model"],
+        "anomaly_map": {**checkpoint[SPEC_KEY]["model"]["anomaly_map"], "blur_sigma": 2.0},
+    }
+    with pytest.raises(RuntimeError, match="scored, not trained"):
+        blurred.module.configure_optimizers()
 
 
 def test_operating_point_checks_rules_first_and_reports_a_rule_validation_cannot_serve(run_with_options: Path) -> None:

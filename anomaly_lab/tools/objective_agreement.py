@@ -24,15 +24,13 @@ from pathlib import Path
 
 import optuna
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
-from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import wasserstein_separation
+from anomaly_lab.tools.rescoring import compose_run
 
 TEST_METRIC = "test/image_auroc"
 RESCORED = "rescored/val/wasserstein"
@@ -57,12 +55,10 @@ def load_runs(folders: Sequence[Path]) -> dict[str, dict[str, float]]:
 
 def rescored_objective(folder: Path, options: Sequence[str]) -> float:
     """The validation objective of a run's checkpoint, scored again on the validation that the run's own
-    command-line options (.hydra/overrides.yaml) plus `options` compose. Built from option names (our own config
-    files), never from the run's stored config: a file does not choose what is instantiated."""
-    recorded = [str(option) for option in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
-    kept = [o for o in recorded if not o.lstrip("+~").startswith(("hydra.", "hydra/", "sweep_trial"))]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*kept, *options])
+    command-line options (.hydra/overrides.yaml, read as plain data: anomaly_lab.tools.rescoring.run_options)
+    plus `options` compose, from this project's config files; the model is the checkpoint's (load_model). Nothing
+    in the run folder chooses what is instantiated."""
+    cfg = compose_run(folder, options)
     model = load_model(folder / "checkpoints" / "best.ckpt")
     datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
     datamodule.setup("fit")
