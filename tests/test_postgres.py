@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shutil
 import socket
 import subprocess
@@ -279,3 +280,54 @@ def test_workers_that_draw_the_same_point_at_once_train_it_once(
     complete = [t for t in only_study(url).get_trials() if t.state == TrialState.COMPLETE]
     trained = sorted(t.params["masking.ratio"] for t in complete if "duplicate_of" not in t.user_attrs)
     assert trained == [0.25, 0.5], f"runs per point: {trained}"
+
+
+PASSWORD = "pg-Secret-4e1d"  # the test server trusts its socket's clients: it takes the password and ignores it
+
+
+def run_sweep(args: list[str], env: dict[str, str] | None = None) -> str:
+    """`python -m anomaly_lab.train --multirun <args>` as a user runs it; its console output (exit 0 asserted)."""
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    process = subprocess.run(
+        [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args],
+        cwd=REPO,
+        env={**environment, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output
+    return output
+
+
+def test_a_storage_password_shows_in_no_console_line_and_no_file(
+    postgres: Postgres, tmp_path: Path, cache: Path
+) -> None:
+    url = new_study_database(postgres, "secret").replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
+    assert PASSWORD in url
+    masked = url.replace(PASSWORD, "***")
+    # the URL on the command line; the console stays quiet (no config dump)
+    quiet = run_sweep([*sweep_args(tmp_path, cache, url, n_trials=1), "masking.ratio=0.5"])
+    assert f"in {masked}:" in quiet and "sweep_trial:" not in quiet
+    # the URL from the environment (README), with the config dump asked for
+    # (another mask ratio: a point of its own, so this run trains rather than takes the first run's value)
+    from_env = [*sweep_args(tmp_path, cache, "${oc.env:ANOMALY_LAB_TEST_STORAGE}", n_trials=2), "masking.ratio=0.25"]
+    verbose = run_sweep([*from_env, "hydra.verbose=anomaly_lab.train"], env={"ANOMALY_LAB_TEST_STORAGE": url})
+    assert f"storage: {masked}" in verbose  # the dump, masked
+    for console in (quiet, verbose):
+        assert PASSWORD not in console
+
+    study = only_study(url)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for trial in trials:  # each job reported its validations to the study: it had the real URL
+        assert trial.intermediate_values, trial.number
+    folders = [Path(trial.user_attrs["output_dir"]) for trial in trials]
+    for folder in folders:  # Hydra wrote the masked URL (the job's own +sweep_trial.storage) into the run folder
+        assert f"storage: {masked}" in (folder / ".hydra" / "config.yaml").read_text()
+        assert f"+sweep_trial.storage='{masked}'" in (folder / ".hydra" / "overrides.yaml").read_text()
+    assert f"storage: {masked}" in (folders[1] / "train.log").read_text()  # the verbose run's dump
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert len(written) > 10
+    assert [path for path in written if PASSWORD.encode() in path.read_bytes()] == []
