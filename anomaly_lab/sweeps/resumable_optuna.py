@@ -105,14 +105,15 @@ def storage_cause(error: BaseException, url: str) -> str:
     if isinstance(error, ArgumentError):
         return f"not a database URL ({one_line(error)})"
     if isinstance(error, ImportError):  # optuna's "Failed to import DB access module", from the driver's import
-        cause = error.__cause__ or error
-        return f"its database driver is not installed ({type(cause).__name__}: {one_line(cause)})"
+        missing = error.__cause__ or error
+        return f"its database driver is not installed ({type(missing).__name__}: {one_line(missing)})"
     if isinstance(error, DBAPIError):
-        cause = one_line(error.orig) if error.orig is not None else one_line(error)
+        driver_error = error.orig if error.orig is not None else error  # the driver's own, without SQLAlchemy's link
+        cause = one_line(driver_error)
         if url.startswith("sqlite"):
             folder = Path(str(make_url(url).database)).parent
             cause += f"; SQLite creates and writes the study file and its journal in {folder}: is it writable?"
-        return f"{type(error.orig or error).__name__}: {cause}"
+        return f"{type(driver_error).__name__}: {cause}"
     return f"{type(error).__name__}: {one_line(error)}"
 
 
