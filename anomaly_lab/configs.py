@@ -64,7 +64,26 @@ def data_digest(dataset: DictConfig, cwd: str | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:DATA_DIGEST_CHARS]
 
 
+def if_cuda(on_gpu: Any, on_cpu: Any) -> Any:
+    """`${if_cuda:<value on a GPU>,<value on the CPU>}`: trainer=auto's settings follow the machine it runs on."""
+    import torch
+
+    return on_gpu if torch.cuda.is_available() else on_cpu
+
+
+def cuda_mixed_precision() -> str:
+    """bf16-mixed on a GPU that supports bf16 (Ampere and newer), else 16-mixed: `${cuda_mixed_precision:}`."""
+    import torch
+
+    supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16-mixed" if supported or not torch.cuda.is_available() else "16-mixed"
+
+
 if not OmegaConf.has_resolver("optuna_direction"):
     OmegaConf.register_new_resolver("optuna_direction", optuna_direction)
 if not OmegaConf.has_resolver("data_digest"):
     OmegaConf.register_new_resolver("data_digest", data_digest)
+if not OmegaConf.has_resolver("if_cuda"):
+    OmegaConf.register_new_resolver("if_cuda", if_cuda)
+if not OmegaConf.has_resolver("cuda_mixed_precision"):
+    OmegaConf.register_new_resolver("cuda_mixed_precision", cuda_mixed_precision)

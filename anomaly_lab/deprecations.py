@@ -15,13 +15,11 @@ log = logging.getLogger(__name__)
 # (group, old option) -> its replacement
 DEPRECATED_OPTIONS: dict[tuple[str, str], str] = {
     ("scheduler", "exponential"): "scheduler=step_lr",
-    ("dataset", "bottles"): "dataset=mvtec",
     ("masking", "riad"): "masking=multiscale_grid_stitched",
 }
 # why the old name misled, shown in the warning
 REASONS: dict[tuple[str, str], str] = {
     ("scheduler", "exponential"): "it is a StepLR, not torch's ExponentialLR",
-    ("dataset", "bottles"): "it reads any MVTec AD category, not only bottles",
     ("masking", "riad"): (
         "it is a training mode, the loss on the stitched inpainting of a disjoint mask set; "
         "RIAD's loss and anomaly map are scoring=riad"

