@@ -10,6 +10,7 @@ machine's load.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ import torch
 from PIL import Image
 
 from anomaly_lab.config_checks import check_train_config
-from anomaly_lab.errors import ConfigError, RunFolderError
+from anomaly_lab.errors import ConfigError, RunFolderError, storage_error, storage_message
 from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_model
 from anomaly_lab.run_folder import prepare_run_folder
 from anomaly_lab.train import build_module, run
@@ -40,7 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 # 21 training images in batches of 4: 5 steps per epoch, so "batch 2 of epoch 2" is mid-epoch
 SYNTHETIC = ["dataset.n_train=24", "dataset.n_test_good=3", "dataset.n_test_per_defect=2"]
 RUN = [
-    "trainer=cpu",
     "model.image_size=32",
     "dataset.batch_size=4",
     "trainer.max_epochs=3",
@@ -459,6 +459,20 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoints(cache: Path, t
     assert after == before
     assert sorted(path.name for path in checkpoints.iterdir()) == sorted(before)  # no temporary file left
     assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
+
+
+def test_a_refused_write_is_found_through_the_errors_that_wrap_it() -> None:
+    """torch.save reports a full disk as a RuntimeError raised while handling the OSError: the CLI still finds it."""
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/run/metrics.json")
+    try:
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 12574656") from None
+    except RuntimeError as wrapped:
+        assert wrapped.__cause__ is None and storage_error(wrapped) is full
+    assert storage_message(full) == "/data/run/metrics.json: no space left on device"
+    assert storage_error(PermissionError(errno.EACCES, "Permission denied", "/data")) is None  # not the disk's state
 
 
 def can_mount_a_tmpfs() -> bool:
