@@ -340,7 +340,7 @@ def faint_content(image: np.ndarray) -> str | None:
         return f"near-constant (every pixel about {float(luminance.mean()):.0f}/255)"
     level = float(np.percentile(luminance, 99))
     if level < NEAR_BLACK_LEVEL:
-        return f"near-black (99% of its pixels below {level:.1f}/255)"
+        return f"near-black (99% of its pixels at or below {level:.0f}/255)"
     return None
 
 
