@@ -18,12 +18,3 @@ def test_thesis_scale_pages_give_about_2550_tiles() -> None:
     )
     tiles = pages.n_normal * grid.rows * grid.cols
     assert pages.n_normal == 6 and abs(tiles - 2550) <= 50, tiles
-    # the thesis's setting otherwise (notes_highlighter's), with the threshold chosen on validation
-    assert cfg.model.image_size == 64 and cfg.trainer.max_epochs == 5 and cfg.scoring.reduce == "mean"
-    assert cfg.masking._target_ == "anomaly_lab.masking.NoMasking"
-    assert cfg.threshold._target_ == "anomaly_lab.thresholds.F1Threshold"
-
-
-def test_default_notes_stay_small() -> None:
-    pages = compose_config(["experiment=notes_highlighter"]).dataset.write_pages
-    assert (pages.height, pages.width) == (512, 384)  # what the tests and the quick recipe use
