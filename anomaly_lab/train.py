@@ -303,7 +303,7 @@ def run(cfg: DictConfig) -> float:
             if name.startswith("test/"):
                 log.info("%s = %.4f", name, metrics[name])
         if smoke_batches:
-            log.warning(smoke_run_note(smoke_batches, trainer.global_step, held if cfg.test else None, scored))
+            log.info(smoke_run_note(smoke_batches, trainer.global_step, held if cfg.test else None, scored))
         elif cfg.test and pruned_epoch is None and "test/image_auroc" not in metrics:
             log.warning(missing_auroc_note(held, scored, cfg))
         if stopped_by is not None and stopped_by != "pruning" and planned is not None:

@@ -46,7 +46,7 @@ def test_default_trainer_is_the_cpu_without_a_gpu() -> None:
 
     trainer, cpu = resolved([]), resolved(["trainer=cpu"])
     assert trainer["accelerator"] == "cpu" and trainer["precision"] == "32-true" and trainer["deterministic"]
-    assert {key: value for key, value in trainer.items() if key != "benchmark"} == cpu
+    assert trainer == cpu
 
 
 @pytest.mark.gpu
@@ -59,7 +59,8 @@ def test_default_trainer_on_a_gpu() -> None:
 
 @pytest.mark.slow
 def test_headline_command_runs_with_no_warning(tiny_bottles_root: Path, tmp_path: Path) -> None:
-    """The README's command as a user types it (at the unet512's own 512 px), checked with fast_dev_run."""
+    """The README's command as a user types it, checked with fast_dev_run (at 128 px and a quarter of the width:
+    512 px takes minutes on a busy CPU; the full-size command is the same code)."""
     command = [
         sys.executable,
         "-m",
@@ -67,6 +68,8 @@ def test_headline_command_runs_with_no_warning(tiny_bottles_root: Path, tmp_path
         *HEADLINE,
         f"dataset.root={tiny_bottles_root}",
         "trainer.fast_dev_run=true",
+        "model.image_size=128",
+        "model.net.base_channels=16",
         f"hydra.run.dir={tmp_path / 'run'}",
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
@@ -75,4 +78,4 @@ def test_headline_command_runs_with_no_warning(tiny_bottles_root: Path, tmp_path
     output = result.stdout + result.stderr
     assert "deprecated" not in output
     warnings = [line for line in output.splitlines() if "WARNING" in line or "Warning:" in line]
-    assert warnings == []
+    assert warnings == [], output[-3000:]
