@@ -76,14 +76,15 @@ class RunOptionError(UserError, ValueError):
 CALL_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
 OPTION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a config group's option: a file name, no path
 SHOWN_CHARS = 80
+MAX_OPTIONS_BYTES = 256 * 1024  # a run's overrides.yaml is a few hundred bytes
 
 
 def why_not_plain(option: str, parser: OverridesParser) -> str | None:
     """Why a recorded command-line option is not plain data (None: it is): see the module docstring."""
     try:
         override = parser.parse_override(option)
-    except HydraException as error:
-        return f"not a command-line option ({str(error).splitlines()[0]})"
+    except (HydraException, ValueError, RecursionError) as error:  # a 5000-digit int, a list nested 3000 deep
+        return f"not a command-line option ({(str(error).splitlines() or [type(error).__name__])[0]})"
     if override.is_sweep_override():
         return "a sweep, not one run's option"
     if override.package is not None:
@@ -126,7 +127,14 @@ def call_or_interpolation(value: Any) -> str | None:
 
 def read_run_options(path: Path) -> list[str]:
     """Every option of a run's .hydra/overrides.yaml, each checked to be plain data: a RunOptionError naming the
-    file and the line otherwise. The file is read as YAML text (no tags, nothing built), a list of strings."""
+    file and the line otherwise. The file is read as YAML text (no tags, nothing built), a list of strings, and
+    only up to MAX_OPTIONS_BYTES (each option is parsed by Hydra's grammar: an 11 MB file took 270 s)."""
+    size = path.stat().st_size
+    if size > MAX_OPTIONS_BYTES:
+        raise RunOptionError(
+            f"{path}: {size} bytes, more than a run's command-line options ({MAX_OPTIONS_BYTES} bytes at most); "
+            f"refusing the run folder"
+        )
     try:
         document = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
@@ -176,10 +184,10 @@ def run_working_directory(folder: Path) -> Iterator[None]:
     """The folder the run was started in (.hydra/hydra.yaml, hydra.runtime.cwd, read as plain YAML, nothing
     resolved), as the current directory: relative data paths resolve as they did."""
     path, recorded = folder / ".hydra" / "hydra.yaml", None
-    if path.is_file():
+    if path.is_file() and path.stat().st_size <= 4 * MAX_OPTIONS_BYTES:  # a run's hydra.yaml: a few KB
         try:
             recorded = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("runtime", {}).get("cwd")
-        except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
+        except (yaml.YAMLError, UnicodeDecodeError, AttributeError, RecursionError):
             recorded = None
     if not isinstance(recorded, str) or "${" in recorded or not Path(recorded).is_dir():
         log.warning("%s: the folder the run started in is not known or gone; relative paths resolve here", folder)

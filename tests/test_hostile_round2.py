@@ -1,0 +1,75 @@
+"""A hostile but honest user's second look at issue 29's fixes: inputs the first fixes did not foresee.
+
+Each test causes the fault as a user or an attacker would: a crafted file in a run folder, the real tool's process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anomaly_lab.tools.rescoring import MAX_OPTIONS_BYTES, RunOptionError, read_run_options
+from tests.conftest import TINY, TINY_SYNTHETIC, compose_config
+
+
+@pytest.mark.parametrize(
+    ("option", "reason"),
+    [
+        ("x=" + "9" * 5000, "Exceeds the limit"),  # Python's int() refuses 4300+ digits: a ValueError, not Hydra's
+        ("x=" + "[" * 3000 + "]" * 3000, "RecursionError|recursion"),  # the parser's recursion
+    ],
+)
+def test_an_option_the_parser_cannot_read_is_one_run_option_error(tmp_path: Path, option: str, reason: str) -> None:
+    """An option that crashes Hydra's override parser outside its own errors is refused like any other, naming the
+    file and the line (it was a 48-line ValueError traceback, exit 1)."""
+    path = tmp_path / "overrides.yaml"
+    path.write_text(yaml.safe_dump(["model.image_size=32", option]))
+    with pytest.raises(RunOptionError, match=rf"^{path}:2: .*not a command-line option \(.*({reason})"):
+        read_run_options(path)
+
+
+def test_a_huge_overrides_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """An overrides.yaml far larger than any run's options (11 MB of one valid line repeated took 270 s and
+    880 MB before) is refused from its size, naming the file."""
+    path = tmp_path / "overrides.yaml"
+    line = "- model.image_size=32\n"
+    path.write_text(line * (MAX_OPTIONS_BYTES // len(line) + 1))
+    with pytest.raises(RunOptionError, match=rf"^{path}: \d+ bytes, more than a run's command-line options"):
+        read_run_options(path)
+    path.write_text(line * 50)  # a long but real list still reads
+    assert read_run_options(path) == ["model.image_size=32"] * 50
+
+
+@pytest.mark.slow
+def test_operating_point_on_a_run_folder_with_an_unparsable_option_is_one_line(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The tool's real process on a sent run folder whose overrides.yaml holds a 5000-digit number: one line naming
+    the file and the line, exit 2."""
+    from anomaly_lab.train import run
+
+    out = tmp_path_factory.mktemp("sent_run")
+    options = [*TINY, *TINY_SYNTHETIC, f"paths.cache_dir={tmp_path_factory.getbasetemp() / 'cache'}", "threshold=f1"]
+    run(compose_config([*options, f"paths.output_dir={out}"]))
+    (out / ".hydra").mkdir()
+    overrides = out / ".hydra" / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump([*options, "x=" + "9" * 5000]))
+    folder = tmp_path / "sent"
+    shutil.copytree(out, folder)
+    overrides = folder / ".hydra" / "overrides.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly_lab.tools.operating_point", str(folder), "--rules", "f1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert f"{overrides}:{len(options) + 1}: " in lines[0] and "refusing the run folder" in lines[0]
