@@ -339,3 +339,13 @@ def test_a_study_of_other_data_is_refused_naming_both_unless_allowed() -> None:
     older.tell(trial, 1.0)
     with pytest.raises(ConfigError, match="other data"):
         check_same_data(older, screw, "memory", allow_other_data=False)
+
+    # a study whose trials record no data (an older release's): unknown data, joined only when the user says so
+    unrecorded = optuna.create_study(study_name="unrecorded")
+    unrecorded.tell(unrecorded.ask(), 1.0)
+    with pytest.raises(ConfigError) as refused:
+        check_same_data(unrecorded, screw, "memory", allow_other_data=False)
+    assert "holds 1 trials that record no data (a study made by an older anomaly_lab)" in str(refused.value)
+    assert "root='/data/mvtec_screw'" in str(refused.value)
+    assert check_same_data(unrecorded, screw, "memory", allow_other_data=True) is None
+    assert unrecorded.user_attrs["data"] == screw

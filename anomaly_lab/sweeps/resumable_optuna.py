@@ -172,14 +172,23 @@ def check_same_data(
     study: optuna.Study, identity: dict[str, Any], storage: str, allow_other_data: bool
 ) -> dict[str, Any] | None:
     """Refuse to add trials on this data (`identity`) to a study whose trials are of other data (study user attr
-    `data`, else its trials' user attr `data`), unless allow_other_data; a study that records no data yet gets
-    this one's. Returns the study's other data where it is allowed, else None."""
+    `data`, else its trials' user attr `data`), unless allow_other_data; so is a study whose trials record no data
+    (made by an older release). A study that records no data yet gets this one's. Returns the study's other data
+    where it is allowed, else None."""
     recorded = study.user_attrs.get("data")
     if recorded is None:
         recorded = next(
             (t.user_attrs["data"] for t in study.get_trials(deepcopy=False) if "data" in t.user_attrs), None
         )
     if recorded is None:
+        trials = len(study.get_trials(deepcopy=False))
+        if trials and not allow_other_data:  # made before studies recorded their data: of which data is unknown
+            raise ConfigError(
+                f"hydra.sweeper.study_name={study.study_name!r} in {storage} holds {trials} trials that record no "
+                f"data (a study made by an older anomaly_lab), so they may be of other data than this sweep's "
+                f"({describe_data(identity, identity)}): choose another hydra.sweeper.study_name, or set "
+                f"hydra.sweeper.allow_other_data=true if that study is of this data (it then records it)"
+            )
         study.set_user_attr("data", identity)
         return None
     if recorded == identity:
