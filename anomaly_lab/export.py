@@ -149,10 +149,10 @@ def weight_mismatch(graph: Any, model: InpaintingModel) -> str | None:
         if name not in initializers:
             return f"it lacks the weight {name}"
     for name, tensor in initializers.items():
+        if tensor.data_location == TensorProto.EXTERNAL:  # any initializer: the exporter writes none (a file read)
+            return f"it keeps {name} in an external file"
         if name not in expected:
             continue  # a constant of the trace (shapes, Gaussian windows): the probe covers it
-        if tensor.data_location == TensorProto.EXTERNAL:
-            return f"it keeps {name} in an external file"
         ours, theirs = numpy_helper.to_array(tensor), expected[name].numpy()
         if ours.shape != theirs.shape or ours.dtype != theirs.dtype or not np.array_equal(ours, theirs):
             return f"its {name} {tuple(ours.shape)} {ours.dtype} differs from the checkpoint's"

@@ -461,6 +461,7 @@ def onnx_session(settings: Settings, model: InpaintingModel) -> tuple[Any, str]:
     """
     onnxruntime = onnxruntime_module()
     options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: a graph's own warnings (e.g. 100 unused initializers) are not ours
     if settings.threads is not None:
         options.intra_op_num_threads = settings.threads
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if settings.device.type == "cuda" else []

@@ -5,14 +5,21 @@ Each test causes the fault as a user or an attacker would: a crafted file in a r
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import onnx
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
+from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.tools.rescoring import MAX_OPTIONS_BYTES, RunOptionError, read_run_options
 from tests.conftest import TINY, TINY_SYNTHETIC, compose_config
 
@@ -73,3 +80,63 @@ def test_operating_point_on_a_run_folder_with_an_unparsable_option_is_one_line(
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(lines) == 1, result.stderr[-2000:]
     assert f"{overrides}:{len(options) + 1}: " in lines[0] and "refusing the run folder" in lines[0]
+
+
+def rename_and_halve(graph: Any) -> None:
+    """An attacker's edit that keeps every initializer of the model's names bit for bit: the nodes read halved
+    copies under new names, the originals stay, unused (onnxruntime warns once per unused initializer)."""
+    for tensor in list(graph.graph.initializer):
+        if tensor.name.startswith("net."):
+            halved = onnx.numpy_helper.to_array(tensor) / 2
+            graph.graph.initializer.append(onnx.numpy_helper.from_array(halved, f"{tensor.name}_copy"))
+    for node in graph.graph.node:
+        node.input[:] = [f"{name}_copy" if name.startswith("net.") else name for name in node.input]
+
+
+def add_external_constant(graph: Any) -> None:
+    """An initializer of no parameter's name whose data is to be read from another file (here /etc/passwd)."""
+    tensor = onnx.TensorProto(name="stolen", data_type=onnx.TensorProto.UINT8, dims=[16])
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", "/etc/passwd"), ("offset", "0"), ("length", "16")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    graph.graph.initializer.append(tensor)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (rename_and_halve, r"its (anomaly_map|score) on random images is [0-9.e-]+ off the model's"),
+        (add_external_constant, r"it keeps stolen in an external file"),
+    ],
+)
+def test_a_graph_tampered_around_the_weight_check_is_refused_in_one_line(
+    tiny_run: Path, tmp_path: Path, tamper: Callable[[Any], None], reason: str
+) -> None:
+    """predict backend=onnxruntime, the real process, on a graph beside the checkpoint whose metadata and
+    parameter-named initializers are all kept: one line (no onnxruntime warnings before it), exit 2, nothing
+    written. Before: the renamed copies were refused after 100 lines of onnxruntime warnings, and an external
+    initializer of another name was not looked at (exit 0)."""
+    from anomaly_lab.export import run as export_run
+
+    checkpoint = tmp_path / "run" / "model.ckpt"
+    checkpoint.parent.mkdir()
+    shutil.copy(tiny_run / "checkpoints" / "best.ckpt", checkpoint)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        export_run(compose(config_name="export", overrides=[f"ckpt_path={checkpoint}", "check=false"]))
+    graph_path = checkpoint.with_suffix(".onnx")
+    graph = onnx.load(str(graph_path))
+    tamper(graph)
+    onnx.save(graph, str(graph_path))
+    images = tiny_run.parent / "cache"
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "anomaly_lab.predict", f"ckpt_path={checkpoint}", f"input={images}"]
+    command += [f"output={tmp_path / 'out'}", "backend=onnxruntime", "device=cpu", "progress=false"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"GraphMismatchError: onnx {graph_path} is not {checkpoint}'s model")
+    assert re.search(reason, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()
