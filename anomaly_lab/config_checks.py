@@ -249,6 +249,9 @@ def check_dataset(cfg: DictConfig) -> None:
         if value is not None and not Path(str(value)).is_dir():
             what = "is a file, not a folder" if Path(str(value)).is_file() else "not found"
             hint = DATASET_FOLDER_HINTS.get(key, "")
+            category = OmegaConf.select(cfg, "dataset.category")
+            if isinstance(category, str) and category != "bottle":  # the example names the category asked for
+                hint = hint.replace("mvtec_bottle", f"mvtec_{category}")
             raise ConfigError(f"{key}={value}: {what}{hint}")
     for key in ("dataset.n_train", "dataset.n_test_good", "dataset.n_test_per_defect"):
         check_optional(cfg, key, positive_int)

@@ -93,6 +93,12 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
                     scheduler = instantiate(cfg.scheduler)
                     scheduler(optimizer=trial)
             with config_group("trainer"):
+                accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+                if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # Lightning: "no gpu backend"
+                    raise ConfigError(
+                        f"trainer.accelerator={accelerator}: torch sees no CUDA GPU on this machine; use trainer=cpu, "
+                        f"or trainer=auto (the default: the GPU when there is one, else the CPU)"
+                    )
                 instantiate(cfg.trainer, default_root_dir=None, logger=False, callbacks=[], enable_checkpointing=False)
     finally:
         quiet.level = level

@@ -16,6 +16,7 @@ from typing import Any
 
 import onnx
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
@@ -140,3 +141,91 @@ def test_a_graph_tampered_around_the_weight_check_is_refused_in_one_line(
     assert lines[0].startswith(f"GraphMismatchError: onnx {graph_path} is not {checkpoint}'s model")
     assert re.search(reason, lines[0]), lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def small_bottles(folder: Path, count: int) -> list[Path]:
+    """`count` MVTec bottle training images at 64 px, written into folder."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted((DATA / "train" / "good").glob("*.png"))[:count]
+    for source in sources:
+        Image.open(source).resize((64, 64)).save(folder / source.name)
+    return [folder / source.name for source in sources]
+
+
+def train_process(tmp_path: Path, options: list[str]) -> subprocess.CompletedProcess[str]:
+    """`python -m anomaly_lab.train` as a user runs it, one tiny epoch on the CPU."""
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    command = [sys.executable, "-m", "anomaly_lab.train", *TINY, *options, f"hydra.run.dir={tmp_path / 'run'}"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+DATA = Path("/work/shared/data/mvtec_bottle")
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="needs the MVTec bottle data")
+
+
+@pytest.mark.slow
+@needs_data
+def test_one_file_under_two_names_in_the_normal_folder_is_refused(tmp_path: Path) -> None:
+    """A hard link of a normal image under a second name in dataset.normal_dir: the split put one name in training
+    and the other in the test set (the test scored a training image, silently, exit 0). Now one line, exit 2."""
+    normal = small_bottles(tmp_path / "normal", 12)
+    anomalous = small_bottles(tmp_path / "anomalous", 2)
+    for index in range(6):
+        os.link(normal[index], normal[0].parent / f"copy{index}.png")
+    result = train_process(
+        tmp_path,
+        [
+            "dataset=folder",
+            f"dataset.normal_dir={normal[0].parent}",
+            f"dataset.abnormal_dir={anomalous[0].parent}",
+            "dataset.test_fraction=0.5",
+        ],
+    )
+    lines = [line for line in result.stderr.strip().splitlines() if line != "Seed set to 0"]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert f"dataset.normal_dir={normal[0].parent}: {normal[0].name} and copy0.png are one file" in lines[0]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_training_image_linked_into_the_mvtec_test_folder_is_refused(tmp_path: Path) -> None:
+    """dataset=mvtec whose test/good holds a hard link of a train/good image: the test scored an image the model
+    trained on (exit 0, nothing said). Now one line naming both paths, exit 2."""
+    root = tmp_path / "bottle"
+    train = small_bottles(root / "train" / "good", 10)
+    small_bottles(root / "test" / "good", 2)
+    os.link(train[3], root / "test" / "good" / "linked.png")
+    result = train_process(tmp_path, ["dataset=mvtec", f"dataset.root={root}"])
+    lines = [line for line in result.stderr.strip().splitlines() if line != "Seed set to 0"]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert f"{train[3]} and {root / 'test' / 'good' / 'linked.png'} are one file" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of trainer=gpu on a machine without a GPU")
+def test_trainer_gpu_without_a_gpu_is_one_clear_line(tmp_path: Path) -> None:
+    """trainer=gpu where torch sees no GPU said Lightning's "Error in call to target ... MisconfigurationException
+    ('No supported gpu backend found!') full_key: trainer"; now what is wrong and what to use, and no run folder."""
+    result = train_process(tmp_path, ["dataset=synthetic_bottles", *TINY_SYNTHETIC, "trainer=gpu"])
+    lines = [line for line in result.stderr.strip().splitlines() if line != "Seed set to 0"]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines == [
+        "ConfigError: trainer.accelerator=gpu: torch sees no CUDA GPU on this machine; use trainer=cpu, or "
+        "trainer=auto (the default: the GPU when there is one, else the CPU) [HYDRA_FULL_ERROR=1 shows the traceback]"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_category_root_names_that_categorys_folder(tmp_path: Path) -> None:
+    """dataset=bottles dataset.category=screw without a root: the example path is the screw's, not the bottle's."""
+    from anomaly_lab.config_checks import check_train_config
+    from anomaly_lab.errors import ConfigError
+
+    cfg = compose_config(["dataset=bottles", "dataset.category=screw", f"dataset.root={tmp_path / 'mvtec_screw'}"])
+    with pytest.raises(ConfigError, match=r"not found; .*e\.g\. dataset\.root=\.\./shared/data/mvtec_screw,"):
+        check_train_config(cfg)

@@ -79,7 +79,29 @@ def scan_mvtec(root: Path, category: str = "bottle") -> tuple[list[Sample], list
             if mask_dir.is_dir() and not mask.is_file():
                 raise BadImageError(f"{path}: anomalous image has no mask (expected {mask})")
             test.append(Sample(str(path), 1, defect, str(mask) if mask_dir.is_dir() else None))
+    twice = linked_twice([Path(sample.path) for sample in [*train, *test]])
+    if twice is not None:
+        raise BadImageError(
+            f"{twice[0]} and {twice[1]} are one file (linked, symbolically or hard): the test would score an image "
+            f"the model trained on, or count it twice; keep one of them"
+        )
     return train, test
+
+
+def linked_twice(paths: list[Path]) -> tuple[Path, Path] | None:
+    """The first two of paths that are one file (hard or symbolic links: same device and inode), or None. A path
+    that reaches nothing is left to the decoder to name."""
+    seen: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        try:
+            status = path.stat()
+        except OSError:
+            continue
+        identity = (status.st_dev, status.st_ino)
+        if identity in seen:
+            return seen[identity], path
+        seen[identity] = path
+    return None
 
 
 def normal_shares(total: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int, int]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from anomaly_lab.data.datamodules import (
     SplitDataModule,
+    linked_twice,
     normal_shares,
     split_validation,
     too_few_normal,
@@ -90,6 +91,16 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return status.st_dev, status.st_ino
+
+
+def check_one_name_per_file(folder: Path, key: str) -> None:
+    """A ConfigError when two of the folder's images are one file (hard or symbolic links, by device and inode)."""
+    twice = linked_twice(list_images(folder))
+    if twice is not None:
+        raise ConfigError(
+            f"{key}={folder}: {twice[0].name} and {twice[1].name} are one file (linked, symbolically or hard): "
+            f"the split could train on it and test it; keep one name"
+        )
 
 
 def hold_out(
@@ -211,7 +222,11 @@ class FolderDataModule(SplitDataModule):
 
     def check_separate_folders(self) -> None:
         """Refuse normal and anomalous folders that hold the same images (one folder, or files linked into both:
-        symbolic or hard links, told by device and inode): those images would count as normal and as anomalous."""
+        symbolic or hard links, told by device and inode): those images would count as normal and as anomalous.
+        One file under two names in one folder is refused too: the split could train on it and test it."""
+        for key, folder in (("normal_dir", self.normal_dir), ("abnormal_dir", self.abnormal_dir)):
+            if folder is not None and folder.is_dir():
+                check_one_name_per_file(folder, f"dataset.{key}")
         if self.abnormal_dir is None:
             return
         keys = f"dataset.normal_dir={self.normal_dir} and dataset.abnormal_dir={self.abnormal_dir}"
