@@ -139,9 +139,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             refused = storage_error(error)
             if refused is None:
                 raise
+            # resume=true continues from last.ckpt: before the first one is saved there is nothing to continue
+            then = (
+                "continue the run with resume=true"
+                if (Path(path).parent / "last.ckpt").is_file()
+                else "run the command again with overwrite=true (no last.ckpt to resume from yet)"
+            )
             raise StorageError(
                 f"{storage_message(refused, path)}: the checkpoint was not saved and the one there before, if any, "
-                f"is kept; free space, then continue the run with resume=true"
+                f"is kept; free space, then {then}"
             ) from error
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:

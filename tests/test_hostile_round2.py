@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -229,3 +230,40 @@ def test_a_missing_category_root_names_that_categorys_folder(tmp_path: Path) -> 
     cfg = compose_config(["dataset=bottles", "dataset.category=screw", f"dataset.root={tmp_path / 'mvtec_screw'}"])
     with pytest.raises(ConfigError, match=r"not found; .*e\.g\. dataset\.root=\.\./shared/data/mvtec_screw,"):
         check_train_config(cfg)
+
+
+def can_mount_a_tmpfs() -> bool:
+    """Whether a process may mount a tmpfs in a mount namespace of its own (unshare -rm)."""
+    try:
+        probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], check=False)
+    except FileNotFoundError:  # no unshare (util-linux)
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not can_mount_a_tmpfs(), reason="no mount namespaces here (unshare -rm) for a small disk")
+def test_a_disk_full_before_the_first_checkpoint_advises_what_works(tmp_path: Path) -> None:
+    """A real 400 KB tmpfs holds a new run: its first checkpoint meets the full disk. The line said "free space,
+    then continue the run with resume=true", but there is no last.ckpt (resume=true: "no checkpoint") and a plain
+    rerun is refused (the folder holds a run). It now says overwrite=true, which, once the disk has room, works."""
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    options = [*TINY, "dataset=synthetic_bottles", *TINY_SYNTHETIC, f"paths.cache_dir={tmp_path / 'cache'}"]
+    command = [sys.executable, "-m", "anomaly_lab.train", *options, f"hydra.run.dir={disk / 'run'}"]
+    script = f"""
+        mount -t tmpfs -o size=400k tmpfs {disk} || exit 97
+        {shlex.join(command)} > {out}/first.out 2> {out}/first.err; echo $? > {out}/first.exit
+        mount -o remount,size=200m {disk} || exit 98
+        {shlex.join([*command, "overwrite=true"])} > {out}/second.out 2>&1; echo $? > {out}/second.exit
+    """
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    setup = subprocess.run(["unshare", "-rm", "bash", "-c", script], env=env, timeout=900, check=False)
+    assert setup.returncode == 0, setup.returncode
+    stderr = (out / "first.err").read_text()
+    assert (out / "first.exit").read_text().strip() == "2", stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"StorageError: {disk / 'run' / 'checkpoints'}/") and "no space left on device" in last
+    assert "then run the command again with overwrite=true (no last.ckpt to resume from yet)" in last, last
+    assert (out / "second.exit").read_text().strip() == "0", (out / "second.out").read_text()[-3000:]
