@@ -155,11 +155,11 @@ def small_bottles(folder: Path, count: int) -> list[Path]:
     return [folder / source.name for source in sources]
 
 
-def train_process(tmp_path: Path, options: list[str]) -> subprocess.CompletedProcess[str]:
+def train_process(tmp_path: Path, options: list[str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
     """`python -m anomaly_lab.train` as a user runs it, one tiny epoch on the CPU."""
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     command = [sys.executable, "-m", "anomaly_lab.train", *TINY, *options, f"hydra.run.dir={tmp_path / 'run'}"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 DATA = Path("/work/shared/data/mvtec_bottle")
@@ -267,3 +267,28 @@ def test_a_disk_full_before_the_first_checkpoint_advises_what_works(tmp_path: Pa
     assert last.startswith(f"StorageError: {disk / 'run' / 'checkpoints'}/") and "no space left on device" in last
     assert "then run the command again with overwrite=true (no last.ckpt to resume from yet)" in last, last
     assert (out / "second.exit").read_text().strip() == "0", (out / "second.out").read_text()[-3000:]
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_fifo_named_like_an_image_is_one_line_not_a_hang(tmp_path: Path) -> None:
+    """A FIFO called zz.png among the normal images (a folder someone sent, or a pipe left by a tool): training
+    waited in PIL's open for a writer forever. Now one line naming it, exit 2."""
+    normal = small_bottles(tmp_path / "normal", 8)
+    anomalous = small_bottles(tmp_path / "anomalous", 2)
+    os.mkfifo(normal[0].parent / "zz.png")
+    options = [
+        "dataset=folder",
+        f"dataset.normal_dir={normal[0].parent}",
+        f"dataset.abnormal_dir={anomalous[0].parent}",
+    ]
+    try:
+        result = train_process(tmp_path, options, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("training hung on the FIFO")
+    lines = [line for line in result.stderr.strip().splitlines() if line != "Seed set to 0"]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines == [
+        f"BadImageError: {normal[0].parent / 'zz.png'}: not a regular file (a FIFO, device or folder); remove it "
+        f"from the images [HYDRA_FULL_ERROR=1 shows the traceback]"
+    ], result.stderr[-3000:]

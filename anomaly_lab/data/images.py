@@ -68,6 +68,13 @@ def _own_pixel_limit() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = pil_limit
 
 
+def _check_regular_file(path: Path) -> None:
+    """A BadImageError for a path that exists but is no regular file: PIL's open of a FIFO named x.png waits for
+    a writer forever (a run hung), a device is read without end; a missing file is left to open to name."""
+    if path.exists() and not path.is_file():
+        raise BadImageError(f"{path}: not a regular file (a FIFO, device or folder); remove it from the images")
+
+
 def _check_pixels(path: Path, image: Image.Image, max_pixels: int | None) -> None:
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
@@ -138,6 +145,7 @@ def _decode(
     reduce_for.decode_factors says (None: at its own size), then resized to size x size (None: kept), and the
     file's own (width, height). Mode L (masks) is resized nearest. An image of more than max_pixels is refused from
     its header."""
+    _check_regular_file(path)
     try:
         with _own_pixel_limit(), Image.open(path) as opened:
             _check_pixels(path, opened, max_pixels)
@@ -188,6 +196,8 @@ def read_mask(
 ) -> np.ndarray:
     """Decode a ground-truth mask (nonzero = defect) to bool (H,W); its size must match the image's. With
     reduce_for, a large mask is taken (nearest) at its image's reduced size."""
+    _check_regular_file(path)
+    _check_regular_file(image_path)
     try:
         with _own_pixel_limit(), Image.open(path) as mask, Image.open(image_path) as image:
             if mask.size != image.size:
