@@ -67,6 +67,17 @@ def config_group(name: str) -> Iterator[None]:
         raise ConfigError(f"{name}: {one_line(error)}") from error
 
 
+def build_scoring(cfg: DictConfig) -> tuple[torch.nn.Module, ThresholdRule | None]:
+    """The training loss (scoring.loss) and the threshold rule (threshold, if any), each error naming its group."""
+    with config_group("scoring"):
+        loss = instantiate(cfg.scoring.loss)
+    threshold_rule = None
+    if cfg.get("threshold"):
+        with config_group("threshold"):
+            threshold_rule = instantiate(cfg.threshold)
+    return loss, threshold_rule
+
+
 def build_module(cfg: DictConfig) -> InpaintingModule:
     """The trained model (one instantiate of `model`) in its LightningModule, every part built and checked before
     any data is read: a ConfigError names the group of a value only the class itself refuses."""
@@ -78,12 +89,7 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
             with config_group("model"):
                 model: InpaintingModel = instantiate(cfg.model)
                 spec = model_spec(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
-            with config_group("scoring"):
-                loss = instantiate(cfg.scoring.loss)
-            threshold_rule = None
-            if cfg.get("threshold"):
-                with config_group("threshold"):
-                    threshold_rule = instantiate(cfg.threshold)
+            loss, threshold_rule = build_scoring(cfg)
             with config_group("optimizer"):
                 optimizer = instantiate(cfg.optimizer)
                 trial = optimizer(params=model.parameters())  # a refused setting (weight decay, betas, ...) fails here

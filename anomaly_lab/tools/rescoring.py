@@ -47,7 +47,7 @@ from anomaly_lab.inference import CheckpointError, build_from_spec, model_spec, 
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.results import StageResults
 from anomaly_lab.thresholds import AutoThreshold
-from anomaly_lab.train import config_group
+from anomaly_lab.train import build_scoring, config_group
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +300,7 @@ def rescored_module(folder: Path, cfg: DictConfig, options: Sequence[str], check
             load_rescored_weights(skeleton, weights, path)
         model = build_from_spec(node, f"{path}: model")
     load_rescored_weights(model, weights, path)
-    with config_group("scoring"):
-        loss = instantiate(cfg.scoring.loss)
-    threshold_rule = None
-    if cfg.get("threshold"):
-        with config_group("threshold"):
-            threshold_rule = instantiate(cfg.threshold)
+    loss, threshold_rule = build_scoring(cfg)
     return InpaintingModule(
         model=model,
         loss=loss,
