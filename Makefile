@@ -14,7 +14,7 @@ ARGS ?=
 # Idle OpenMP threads yield instead of spinning: on a small shared CPU spinning threads thrash (torch 5-40x slower).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install train train-gpu sweep sweep-report test test-slow lint tb clean bench-loader benchmark overhead predict export
+.PHONY: help install train train-gpu sweep sweep-report test test-all test-slow lint tb clean bench-loader benchmark overhead predict export
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,16 +52,22 @@ export: $(VENV)/.installed ## export a checkpoint's net and scoring to ONNX besi
 	$(if $(CKPT),,$(error CKPT=path/to/best.ckpt is required))
 	$(PY) -m anomaly_lab.export ckpt_path=$(CKPT) format=onnx $(ARGS)
 
-test: $(VENV)/.installed ## run the default test suite (fast; no real data needed)
+# Two tiers. `make test`: the unit tests, one short training per config group, the learning test and one
+# kill-and-resume (3 minutes on 2 idle cores). `make test-all`: that, then every test marked slow (every option
+# and experiment, fault subprocesses, sweeps, PostgreSQL, submitit, real data when ../shared/data has it).
+# `make test test-all` runs each tier once (make builds a target once), as .ci/run does.
+test: $(VENV)/.installed ## the fast tier: unit tests and one short run per config group (3 min on 2 cores)
 	$(PY) -m pytest -q $(ARGS)
 
-# The postgres and slurm extras, for test-slow: tests/test_postgres.py starts a PostgreSQL server from the pgserver
+# The postgres and slurm extras, for test-all: tests/test_postgres.py starts a PostgreSQL server from the pgserver
 # wheel, tests/test_submitit.py sweeps through hydra-submitit-launcher. Where they cannot be installed those skip.
 $(VENV)/.installed-extras: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev,onnx,postgres,slurm]' $(TORCH_INDEX_ARG) && touch $@ || echo "postgres/slurm extras not installed: their tests skip"
 
-test-slow: $(VENV)/.installed $(VENV)/.installed-extras ## run the slow and real-data tests too (with the postgres, slurm extras)
-	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+test-all: test $(VENV)/.installed-extras ## the whole suite: `make test`, then the slow tier (with the postgres, slurm extras)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-slow: test-all ## the old name of test-all
 
 lint: $(VENV)/.installed ## ruff and mypy
 	$(PY) -m ruff check anomaly_lab hydra_plugins tests

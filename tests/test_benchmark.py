@@ -29,6 +29,7 @@ def compose_benchmark(overrides: list[str]):  # type: ignore[no-untyped-def]
         return compose(config_name="benchmark", overrides=overrides)
 
 
+@pytest.mark.slow
 def test_benchmark_writes_a_row_of_numbers_and_marks_a_failed_run(tiny_bottles_root: Path, tmp_path: Path) -> None:
     report = tmp_path / "docs" / "benchmarks.md"
     cfg = compose_benchmark(

@@ -296,6 +296,7 @@ def test_synthetic_anomaly_images_draw_nothing_without_synthetic_anomalies_or_im
     assert not rank1.logger.experiment.images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["synthetic", "real"])
 def test_run_logs_synthetic_validation_anomalies_to_tensorboard_once(compose_tiny: ComposeFn, source: str) -> None:
     cfg = compose_tiny([f"validation_anomalies={source}", "test=false", "trainer.max_epochs=2"])

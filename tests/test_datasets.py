@@ -355,6 +355,7 @@ def test_skipping_every_file_is_still_an_error(tiny_pages_root: Path, tmp_path: 
 # ------------------------------------------------------------------------------------------------------- runs
 
 
+@pytest.mark.slow
 def test_synthetic_notes_run_reports_per_tile_auroc(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["dataset=synthetic_notes", "trainer.max_epochs=1"])
     run(cfg)
@@ -367,6 +368,7 @@ def test_synthetic_notes_run_reports_per_tile_auroc(compose_tiny: ComposeFn) -> 
         assert 0.0 <= metrics[f"test/{name}"] == metrics[f"test/{name}_model_res"] <= 1.0
 
 
+@pytest.mark.slow
 def test_loader_benchmark_measures_both(compose_tiny: ComposeFn) -> None:
     result = benchmark(compose_tiny(["dataset=synthetic_sharks"]), steps=2, loader_epochs=1)
     assert result["loader_per_s"] > 0 and result["training_per_s"] > 0

@@ -69,15 +69,19 @@ def test_scoring_riad_is_not_the_deprecated_masking_riad() -> None:
 
 @pytest.mark.parametrize(
     "overrides",
-    [[]]
-    + [[f"experiment={p.stem}"] for p in sorted((CONF / "experiment").glob("*.yaml"))]
-    + [[f"hparams_search={p.stem}"] for p in sorted((CONF / "hparams_search").glob("*.yaml"))],
+    [[]]  # the defaults in `make test`, each experiment and search in `make test-all`
+    + [
+        pytest.param([f"{group}={p.stem}"], marks=pytest.mark.slow)
+        for group in ("experiment", "hparams_search")
+        for p in sorted((CONF / group).glob("*.yaml"))
+    ],
     ids=lambda overrides: overrides[0] if overrides else "defaults",
 )
 def test_defaults_experiments_and_searches_use_no_old_name(overrides: list[str]) -> None:
     assert warn_deprecated_options(compose_train(overrides, hydra=True).hydra.runtime.choices) == []
 
 
+@pytest.mark.slow
 def test_a_moved_dataset_key_names_its_new_place(tmp_path: Path) -> None:
     """dataset.grayscale (and the other preprocessing keys) moved: the one-line error says where to."""
     result = subprocess.run(

@@ -27,6 +27,11 @@ DATASET = {
 }
 
 
+def slow_but(kept: str) -> list[object]:
+    """EXPERIMENTS with every one but `kept` in the slow tier: `make test` runs kept, `make test-all` all."""
+    return [pytest.param(name, marks=() if name == kept else pytest.mark.slow) for name in EXPERIMENTS]
+
+
 def test_every_experiment_is_global_says_what_it_is_and_has_a_dataset_to_run_on() -> None:
     """A new experiment file gets the one-step run below; without `# @package _global_` its keys land under
     experiment.* and change nothing."""
@@ -35,7 +40,7 @@ def test_every_experiment_is_global_says_what_it_is_and_has_a_dataset_to_run_on(
         assert (CONF / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_\n# "), name
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", slow_but("notes_highlighter"))  # the thesis's first
 def test_experiment_runs_one_step(
     name: str, compose_tiny: ComposeFn, tiny_bottles_root: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -114,7 +119,7 @@ def test_every_dataset_has_one_preprocessing_node(name: str) -> None:
     assert not set(PREPROCESSING_KEYS[1:]) & set(dataset)  # no flat image_size, grayscale, tiled, ... keys
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", slow_but("sharks"))  # its threshold value once broke threshold=auto
 @pytest.mark.parametrize("group", ["threshold", "masking", "scoring", "model"])
 def test_a_group_chosen_on_the_command_line_replaces_the_experiments_choice(name: str, group: str) -> None:
     """`experiment=X threshold=auto` gets the auto rule as its own file writes it: no key the experiment set for

@@ -37,6 +37,7 @@ def export_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="export", overrides=overrides)
 
 
+@pytest.mark.slow
 def test_onnx_scores_match_torch(tiny_run: Path, tmp_path: Path) -> None:
     checkpoint = tiny_run / "checkpoints" / "best.ckpt"
     output = tmp_path / "model.onnx"
@@ -84,6 +85,7 @@ def test_export_refuses_to_overwrite_and_unknown_formats(tiny_run: Path, tmp_pat
         run(export_config([f"ckpt_path={checkpoint}", "format=tflite"]))
 
 
+@pytest.mark.slow
 def test_the_export_records_the_checkpoints_digest(tiny_run: Path, tmp_path: Path) -> None:
     from anomaly_lab.export import DIGEST_KEY, file_sha256
 
@@ -104,6 +106,7 @@ def scores_of(output: Path) -> dict[str, float]:
         return {row["path"]: float(row["score"]) for row in csv.DictReader(file)}
 
 
+@pytest.mark.slow
 def test_predict_with_onnxruntime_scores_as_torch_and_refuses_stale_graphs(tiny_run: Path, tmp_path: Path) -> None:
     from anomaly_lab.errors import UserError
 

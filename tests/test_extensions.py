@@ -75,6 +75,7 @@ def read_metrics(cfg_output_dir: str) -> dict[str, float]:
 # (a) a dataset layout
 
 
+@pytest.mark.slow
 def test_csv_list_dataset_trains_one_epoch(compose_tiny: ComposeFn, bottles_csv: Path) -> None:
     cfg = compose_tiny(["dataset=csv_list", f"dataset.csv={bottles_csv}", *SMALL_NET])
     assert math.isfinite(run(cfg))
@@ -142,6 +143,7 @@ def test_csv_list_missing_file_and_tiling_are_config_errors(tmp_path: Path) -> N
 # (b) a backbone and (c) a pixel score: trained, then rebuilt from the checkpoint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["model=conv_autoencoder", "scoring=l1"])
 def test_new_option_trains_and_its_checkpoint_scores(option: str, compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny([option, *SMALL_NET])

@@ -163,6 +163,7 @@ def with_spec(good: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return checkpoint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["predict", "predict with no input", "export"])
 def test_a_crafted_checkpoint_runs_nothing_in_predict_and_export(tiny_run: Path, tmp_path: Path, tool: str) -> None:
     marker = tmp_path / "pwned"
@@ -286,6 +287,7 @@ def test_a_spec_with_impossible_values_is_a_checkpoint_error(
         load_model(path)
 
 
+@pytest.mark.slow
 def test_a_crafted_large_image_size_is_refused_or_loaded_without_taking_its_memory(
     tiny_run: Path, tmp_path: Path
 ) -> None:
@@ -404,6 +406,7 @@ def test_resuming_into_a_different_model_is_refused_before_anything_is_written(
     assert not (tmp_path / "resumed").exists()
 
 
+@pytest.mark.slow
 def test_resuming_with_a_speed_only_option_changed_goes_on(
     compose_tiny: ComposeFn, tiny_run: Path, tmp_path: Path
 ) -> None:
@@ -422,7 +425,10 @@ def test_resuming_with_a_speed_only_option_changed_goes_on(
 # ------------------------------------------------------------------------------- 2. kill, Ctrl-C, full disk
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+# kill -9 is `make test`'s one kill-and-resume; Ctrl-C is the slow tier's
+@pytest.mark.parametrize(
+    "sig", [pytest.param(signal.SIGKILL, id="kill-9"), pytest.param(signal.SIGINT, id="ctrl-c", marks=pytest.mark.slow)]
+)
 def test_a_run_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_run(
     sig: signal.Signals, uninterrupted: Path, cache: Path, tmp_path: Path
 ) -> None:
@@ -439,6 +445,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_run(
     assert scores == (uninterrupted / "scores.csv").read_text()
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoints(cache: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert train(["trainer.max_epochs=1", "test=false"], run_dir, cache).returncode == 0
@@ -541,6 +548,7 @@ def test_a_run_on_a_disk_that_fills_up_stops_with_one_line_and_keeps_its_checkpo
 # ------------------------------------------------------------------------------- 3. last epoch validated
 
 
+@pytest.mark.slow
 def test_one_epoch_with_sparse_validation_still_reports_every_metric(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=5"])
     objective = run(cfg)
@@ -553,6 +561,7 @@ def test_one_epoch_with_sparse_validation_still_reports_every_metric(compose_tin
 # ------------------------------------------------------------------------------- 4. a reused run folder
 
 
+@pytest.mark.slow
 def test_a_reused_run_folder_is_refused_and_resuming_keeps_the_record(cache: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     assert train(["trainer.max_epochs=1"], run_dir, cache).returncode == 0
@@ -577,6 +586,7 @@ def test_a_reused_run_folder_is_refused_and_resuming_keeps_the_record(cache: Pat
     assert not (run_dir / ".hydra" / "previous").exists()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_training_leaves_its_folder_to_the_corrected_command(cache: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # threshold=f1 needs anomalous validation images; the split holds none: refused before training
@@ -615,6 +625,7 @@ def test_a_crafted_value_in_the_resumed_spec_is_a_checkpoint_error(
     assert not (tmp_path / "resumed").exists()
 
 
+@pytest.mark.slow
 def test_resuming_a_run_with_other_preprocessing_is_one_line_and_leaves_the_run_as_it_was(
     cache: Path, tmp_path: Path
 ) -> None:
@@ -657,6 +668,7 @@ def test_a_folder_that_only_looks_like_a_stopped_run_is_refused_untouched(odd: s
 # ------------------------------------------------------------------------------- 6. a dead model says so
 
 
+@pytest.mark.slow
 def test_a_collapsed_run_says_so_in_the_log_and_metrics(cache: Path, tmp_path: Path) -> None:
     result = train(["optimizer.lr=1e6"], tmp_path / "dead", cache)
     assert result.returncode == 0
@@ -670,6 +682,7 @@ def test_a_collapsed_run_says_so_in_the_log_and_metrics(cache: Path, tmp_path: P
     assert again["collapsed"] is True and again["collapse_reasons"] == metrics["collapse_reasons"]
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_one_line(cache: Path, tmp_path: Path) -> None:
     diverging = ["optimizer.lr=1e30", "scheduler=none", "model.net.output_activation=none"]  # as test_train's NaN
     result = train([*diverging, "trainer.check_val_every_n_epoch=5"], tmp_path / "run", cache)
@@ -760,6 +773,7 @@ def test_impossible_settings_name_the_key_before_anything_runs(
     assert not Path(cfg.paths.output_dir).exists()
 
 
+@pytest.mark.slow
 def test_a_user_error_is_one_line_and_no_run_folder(cache: Path, tmp_path: Path) -> None:
     result = train(["model.image_size=abc"], tmp_path / "run", cache)
     assert result.returncode == 2

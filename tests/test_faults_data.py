@@ -218,6 +218,7 @@ def test_predict_scoring_nothing_is_an_error_and_leaves_nothing(
     assert run(predict_config(predict_args(checkpoint, inputs, out)))["images"] == 1  # a retry needs no overwrite
 
 
+@pytest.mark.slow
 def test_predict_cli_given_a_checkpoint_as_input_fails(checkpoint: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "anomaly_lab.predict", *predict_args(checkpoint, checkpoint, Path("out"))]

@@ -58,6 +58,7 @@ def table_cells(table: str) -> dict[int, dict[str, str]]:
     }
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_fails_at_the_start_of_the_rerun_and_the_study_reaches_n_trials(
     sweep_args: list[str],  # noqa: F811 (the fixture imported above)
     tmp_path: Path,

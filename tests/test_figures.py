@@ -67,6 +67,7 @@ def test_tile_figure_marks_exactly_the_tiles_at_or_above_threshold() -> None:
         tile_classification_figure(page, np.zeros(4), 0.1)
 
 
+@pytest.mark.slow
 def test_run_writes_scores_csv_and_tensorboard_figures(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["trainer.max_epochs=1"])
     run(cfg)
@@ -94,6 +95,7 @@ def test_run_writes_scores_csv_and_tensorboard_figures(compose_tiny: ComposeFn) 
     assert strip.width == 5 * 32 and strip.height > header and (strip.height - header) % 32 == 0
 
 
+@pytest.mark.slow
 def test_tiled_run_draws_its_test_pages(compose_tiny: ComposeFn) -> None:
     # conftest's tiny notes pages: 96x96 in 32px tiles, 3x3 each; 4 marked pages, 1 held out for validation
     cfg = compose_tiny(

@@ -101,6 +101,7 @@ def synthetic_masks_are_exact(val: DecodedImages, defects: set[str]) -> int:
 # 1. the issue's folder command ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_issues_folder_command_trains_and_tests_on_good_images_only(
     normal_dir: Path, cache: Path, tmp_path: Path
 ) -> None:
@@ -191,6 +192,7 @@ def test_synthetic_validation_anomalies_are_seeded(compose_tiny: ComposeFn, norm
     assert not np.array_equal(images[0], images[2])
 
 
+@pytest.mark.slow
 def test_each_kind_of_validation_anomaly_is_also_measured_on_its_own(
     compose_tiny: ComposeFn, tiny_bottles_root: Path
 ) -> None:
@@ -255,6 +257,7 @@ def test_auto_threshold_is_f1_on_real_anomalies_else_the_99th_percentile() -> No
     assert AutoThreshold(percentile=90)(scores[:40], labels[:40]) == pytest.approx(np.percentile(scores[:40], 90))
 
 
+@pytest.mark.slow
 def test_auto_threshold_on_synthetic_anomalies_is_the_99th_percentile_of_normal_scores(
     compose_tiny: ComposeFn, normal_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -292,6 +295,7 @@ def mvtec_train_only(tiny_bottles_root: Path, tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_mvtec_layout_with_train_good_only_trains_on_synthetic_anomalies(
     compose_tiny: ComposeFn, mvtec_train_only: Path
 ) -> None:
@@ -304,6 +308,7 @@ def test_mvtec_layout_with_train_good_only_trains_on_synthetic_anomalies(
     assert not any(key.startswith("test/") for key in metrics)
 
 
+@pytest.mark.slow
 def test_mvtec_layout_with_train_good_only_and_test_names_the_way_out(
     mvtec_train_only: Path, cache: Path, tmp_path: Path
 ) -> None:
@@ -317,6 +322,7 @@ def test_mvtec_layout_with_train_good_only_and_test_names_the_way_out(
 # 5. a good-images-only sweep ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_good_images_only_sweep_runs_end_to_end(normal_dir: Path, cache: Path, tmp_path: Path) -> None:
     args = [
         "hparams_search=bottles_thesis",
@@ -350,6 +356,7 @@ def small_folder(normal_dir: Path, tmp_path: Path, n_images: int) -> Path:
     return small
 
 
+@pytest.mark.slow
 def test_a_folder_of_one_good_image_is_one_line_naming_the_key(normal_dir: Path, cache: Path, tmp_path: Path) -> None:
     small = small_folder(normal_dir, tmp_path, 1)
     line = user_error_line(train_cli(folder_only_good(small), cache, tmp_path / "run"))
@@ -398,6 +405,7 @@ def test_a_folder_too_small_to_split_names_the_key(
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_with_test_false_no_normal_image_is_held_out_for_testing(
     compose_tiny: ComposeFn, normal_dir: Path, tmp_path: Path
 ) -> None:
@@ -536,6 +544,7 @@ def test_objective_agreement_reads_a_studys_trained_trials(tmp_path: Path) -> No
     assert row["trials"] == 3 and row["spearman"] == pytest.approx(1.0) and row["picked_test_auroc"] == 0.7
 
 
+@pytest.mark.slow
 def test_rescoring_a_run_on_its_own_validation_gives_its_logged_objective(
     tiny_bottles_root: Path, cache: Path, tmp_path: Path
 ) -> None:

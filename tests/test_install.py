@@ -1,7 +1,8 @@
 """A non-editable install works from any directory: configs and the sweeper plugin ship in the package (issue 14).
 
-The fast test builds a wheel offline and checks its contents. The slow test installs the package (not editable)
-into a fresh virtual environment and runs train, predict and an Optuna `--multirun` from an unrelated folder.
+Both are in the slow tier (`make test-all`). One builds a wheel offline and checks its contents. The other installs
+the package (not editable) into a fresh virtual environment and runs train, predict and an Optuna `--multirun` from
+an unrelated folder.
 
 Everything is offline. The build runs on a copy of the source tree (git's tracked and untracked, not ignored,
 files), so no build/ or *.egg-info lands in the repository. The fresh venv has no pip and no packages of its
@@ -118,6 +119,7 @@ def source_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _copy_source(tmp_path_factory.mktemp("src") / "anomaly_lab_src")
 
 
+@pytest.mark.slow
 def test_wheel_ships_configs_and_sweeper(source_copy: Path, tmp_path: Path) -> None:
     """Every YAML of anomaly_lab/conf, every module and the hydra_plugins sweeper are in the wheel; tests are not."""
     wheels = tmp_path / "wheels"

@@ -86,6 +86,7 @@ def test_partial_ground_truth_marks_only_the_defects_without_masks(tiny_bottles_
     assert without_masks_note([s for s in scored if s.mask_known]) is None
 
 
+@pytest.mark.slow
 def test_mvtec_without_ground_truth_gives_image_metrics_and_one_line(
     compose_tiny: ComposeFn, screw_like: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -104,6 +105,7 @@ def test_mvtec_without_ground_truth_gives_image_metrics_and_one_line(
     ]
 
 
+@pytest.mark.slow
 def test_folder_without_masks_and_synthetic_validation_anomalies(
     compose_tiny: ComposeFn, screw_like: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

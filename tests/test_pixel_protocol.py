@@ -138,6 +138,7 @@ def test_test_batches_carry_the_files_masks_and_all_covers_the_test_folder(bottl
         module.test_dataloader()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("monitor", ["null", "val/wasserstein"])
 def test_a_run_logs_both_resolutions_and_a_whole_test_set_pass_when_it_selects_nothing(
     monitor: str, compose_tiny: ComposeFn, bottles_64: Path
@@ -179,6 +180,7 @@ def test_a_run_logs_both_resolutions_and_a_whole_test_set_pass_when_it_selects_n
     assert metrics["test/all/image_auroc"] == pytest.approx(exact_auroc(score[label == 0], score[label == 1]), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_band_crop_is_measured_against_the_files_whole_masks_and_exports(
     compose_tiny: ComposeFn, bottles_64: Path, tmp_path: Path
 ) -> None:

@@ -243,6 +243,7 @@ def tiled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_tiled_model_scores_every_tile_and_draws_the_page(tiled_run: Path, tmp_path: Path) -> None:
     checkpoint = tiled_run / "checkpoints" / "last.ckpt"
     spec = torch.load(checkpoint, weights_only=True)[SPEC_KEY]
@@ -261,6 +262,7 @@ def test_tiled_model_scores_every_tile_and_draws_the_page(tiled_run: Path, tmp_p
         assert heatmap.size == (70, 100)
 
 
+@pytest.mark.slow
 def test_cli_writes_only_its_output_folder(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "anomaly_lab.predict", f"ckpt_path={checkpoint}", f"input={test_images}"]
@@ -309,6 +311,7 @@ def assert_same_outputs(one: Path, other: Path, tolerance: float = 1e-5) -> None
     assert summary["skipped"] == other_summary["skipped"]
 
 
+@pytest.mark.slow
 def test_batches_across_files_score_as_one_at_a_time(checkpoint: Path, test_images: Path, tmp_path: Path) -> None:
     inputs = mixed_inputs(test_images, tmp_path / "in")
     args = [f"ckpt_path={checkpoint}", f"input={inputs}", "device=cpu"]
@@ -395,6 +398,7 @@ def test_the_stream_batches_tiles_across_pages(tmp_path: Path) -> None:
         np.testing.assert_allclose(scored.tile_scores, expected, rtol=0, atol=1e-4)  # each tile's own result
 
 
+@pytest.mark.slow
 def test_a_tiled_model_scores_pages_in_batches_as_one_at_a_time(tiled_run: Path, tmp_path: Path) -> None:
     checkpoint = tiled_run / "checkpoints" / "last.ckpt"
     pages = tmp_path / "pages"
@@ -432,6 +436,7 @@ def test_backend_settings_are_checked_before_any_file(tmp_path: Path, setting: s
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bench_predict_prints_one_markdown_row(
     checkpoint: Path, test_images: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -40,6 +40,7 @@ def checkpointed_and_tested(args: list[str]) -> list[str]:
     return [a for a in args if a not in dropped]
 
 
+@pytest.mark.slow
 def test_pruned_trials_stop_early_count_as_finished_not_failed_and_resume_runs_only_missing_ones(
     sweep_args: list[str],  # noqa: F811 (the fixture imported above)
     tmp_path: Path,
@@ -91,6 +92,7 @@ def test_pruned_trials_stop_early_count_as_finished_not_failed_and_resume_runs_o
         assert f"trial {trial.number} pruned after epoch 1 by ThresholdPruner" in out
 
 
+@pytest.mark.slow
 def test_a_redrawn_pruned_point_is_pruned_again_without_training(
     sweep_args: list[str],  # noqa: F811
     tmp_path: Path,
@@ -114,6 +116,7 @@ def test_a_redrawn_pruned_point_is_pruned_again_without_training(
     assert len(trials) > len(trained)  # some were redrawn
 
 
+@pytest.mark.slow
 def test_a_trials_last_epoch_is_never_pruned(
     sweep_args: list[str],  # noqa: F811
     tmp_path: Path,
@@ -144,6 +147,7 @@ class HoldUntil(L.Callback):
             time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_study_prune_their_own_trials(
     sweep_args: list[str],  # noqa: F811
     tmp_path: Path,
@@ -194,6 +198,7 @@ def test_two_workers_on_one_study_prune_their_own_trials(
     assert {t.user_attrs["owner"]["pid"] for t in trials} == {worker_a.pid, os.getpid()}
 
 
+@pytest.mark.slow
 def test_a_pruner_outside_the_allow_list_is_refused_in_one_line(
     sweep_args: list[str],  # noqa: F811
     tmp_path: Path,

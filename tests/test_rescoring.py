@@ -100,6 +100,7 @@ def run_with_options(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_operating_point_reproduces_the_runs_own_threshold_and_test(run_with_options: Path) -> None:
     from anomaly_lab.tools.operating_point import main
 
@@ -111,6 +112,7 @@ def test_operating_point_reproduces_the_runs_own_threshold_and_test(run_with_opt
     assert rows["f1_midpoint"]["threshold"] <= rows["f1"]["threshold"]
 
 
+@pytest.mark.slow
 def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_options: Path, tmp_path: Path) -> None:
     from anomaly_lab.inference import load_model
     from anomaly_lab.tools.passes_table import main
@@ -134,6 +136,7 @@ def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_o
         main([str(run_with_options), "--grids", "4", "--input", str(inputs), "--save", str(saved)])
 
 
+@pytest.mark.slow
 def test_blur_table_reproduces_the_runs_own_blur_and_chooses_on_validation(
     run_with_options: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -166,6 +169,7 @@ def test_blur_table_reproduces_the_runs_own_blur_and_chooses_on_validation(
         main([str(run_with_options), "--sigmas", "4", "--options", "scoring.anomaly_map.blur_sigma=2"])
 
 
+@pytest.mark.slow
 def test_rescoring_scores_the_checkpoints_model_with_what_its_options_change(
     run_with_options: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -197,6 +201,7 @@ def test_rescoring_scores_the_checkpoints_model_with_what_its_options_change(
         blurred.module.configure_optimizers()
 
 
+@pytest.mark.slow
 def test_operating_point_checks_rules_first_and_reports_a_rule_validation_cannot_serve(run_with_options: Path) -> None:
     from anomaly_lab.errors import ConfigError as RuleError
     from anomaly_lab.tools.operating_point import main
@@ -210,6 +215,7 @@ def test_operating_point_checks_rules_first_and_reports_a_rule_validation_cannot
     assert math.isfinite(rows["f1"]["test F1"])
 
 
+@pytest.mark.slow
 def test_rescoring_a_model_the_options_no_longer_build_is_one_line(run_with_options: Path) -> None:
     from anomaly_lab.errors import UserError
     from anomaly_lab.tools.operating_point import main
@@ -218,6 +224,7 @@ def test_rescoring_a_model_the_options_no_longer_build_is_one_line(run_with_opti
         main([str(run_with_options), "--rules", "f1", "--options", "model.net.base_channels=4"])
 
 
+@pytest.mark.slow
 def test_passes_table_refuses_a_grid_size_training_would_refuse(run_with_options: Path, tmp_path: Path) -> None:
     from anomaly_lab.tools.passes_table import main
 
@@ -227,6 +234,7 @@ def test_passes_table_refuses_a_grid_size_training_would_refuse(run_with_options
     assert not (tmp_path / "s").exists()  # nothing made for a refused command
 
 
+@pytest.mark.slow
 def test_relative_data_paths_resolve_where_the_run_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run started in one folder with a relative cache (its generated data) is rescored from another folder:
     the tools read the run's data, and write nothing where they are started."""

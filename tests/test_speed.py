@@ -16,6 +16,7 @@ from anomaly_lab.train import build_module, run
 from tests.conftest import ComposeFn
 
 
+@pytest.mark.slow
 def test_channels_last_runs_and_converts_net_and_inputs(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["model.channels_last=true", "trainer.fast_dev_run=true"])
     module = build_module(cfg)
@@ -51,6 +52,7 @@ def test_gpu_speed_options_run(compose_tiny: ComposeFn) -> None:
     assert isinstance(run(cfg), float)
 
 
+@pytest.mark.slow
 def test_overhead_measures_both_loops(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["model=unet64", "masking=multiscale_grid", "masking.grid_sizes=[2,4]"])
     result = measure(cfg, steps=2, warmup=1, repeats=1)
@@ -60,6 +62,7 @@ def test_overhead_measures_both_loops(compose_tiny: ComposeFn) -> None:
     assert "ratio" in text and "2 steps after 1 warm-up" in text
 
 
+@pytest.mark.slow
 def test_overhead_loops_do_the_same_work(compose_tiny: ComposeFn) -> None:
     """Same initial weights, batches and masks: both loops end with the same parameters."""
     cfg = compose_tiny(["model=unet64", "masking=multiscale_grid", "masking.grid_sizes=[2,4]"])

@@ -77,6 +77,7 @@ def states(study: optuna.Study) -> list[TrialState]:
     return [trial.state for trial in study.get_trials()]
 
 
+@pytest.mark.slow
 def test_three_trials_persist_a_rerun_adds_none_and_the_report_shows_them(
     sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -135,6 +136,7 @@ def kill_sweep_during_job(args: list[str], tmp_path: Path, job: int) -> int:
     return process.pid
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_n_trials(
     sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,6 +155,7 @@ def test_killed_sweep_resumes_to_n_trials(
     assert TrialState.RUNNING not in {t.state for t in after.values()}
 
 
+@pytest.mark.slow
 def test_a_redrawn_point_is_not_trained_again_and_a_finished_space_ends_the_sweep(
     sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,6 +176,7 @@ def test_a_redrawn_point_is_not_trained_again_and_a_finished_space_ends_the_swee
 NAN = ["model.net.output_activation=none", "trainer.max_epochs=2", "scheduler=none"]
 
 
+@pytest.mark.slow
 def test_nan_trial_is_failed_and_the_next_runs(
     sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,6 +197,7 @@ def test_nan_trial_is_failed_and_the_next_runs(
     assert states(load(tmp_path)) == [TrialState.FAIL, TrialState.COMPLETE]  # the sweep went on
 
 
+@pytest.mark.slow
 def test_too_many_failures_stop_the_sweep(
     sweep_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,6 +207,7 @@ def test_too_many_failures_stop_the_sweep(
     assert states(load(tmp_path)) == [TrialState.FAIL] * 2  # 2 > 0.25 * 4 failures: stop
 
 
+@pytest.mark.slow
 def test_validation_and_test_anomalies_are_disjoint(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["hparams_search=bottles_thesis", "dataset.n_test_per_defect=4"])
     datamodule = instantiate(cfg.dataset)
@@ -220,6 +226,7 @@ def study_name(overrides: list[str]) -> str:
     return str(cfg.hydra.sweeper.study_name)
 
 
+@pytest.mark.slow
 def test_the_study_name_identifies_the_data_wherever_the_path_is_given_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -99,6 +99,7 @@ def test_metrics_at_threshold_by_hand() -> None:
     assert metrics_at_threshold(scores, labels, 10.0)["recall"] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["percentile"])
 def test_validation_threshold_is_saved_and_used_at_test(option: str, compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny([f"threshold={option}", "trainer.max_epochs=1"])

@@ -50,7 +50,26 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+# `make test` trains one option of each group, not its default (every other run trains that; callbacks has only its
+# default); `make test-all` every option
+ONE_PER_GROUP = {
+    ("dataset", "synthetic_sharks"),
+    ("augmentation", "rotate"),
+    ("model", "unet64"),
+    ("masking", "none"),
+    ("scoring", "riad_wide_map"),
+    ("threshold", "f1_midpoint"),
+    ("optimizer", "sgd"),
+    ("scheduler", "none"),
+    ("trainer", "ddp"),
+    ("logger", "csv"),
+}
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [pytest.param(g, o, id=f"{g}={o}", marks=() if (g, o) in ONE_PER_GROUP else pytest.mark.slow) for g, o in OPTIONS],
+)
 def test_every_option_runs_one_step(group: str, option: str, compose_tiny: ComposeFn, tiny_data_dir: Path) -> None:
     """Every option of every group trains one step; datasets read tiny data where they look by default."""
     overrides = [f"{group}={option}", "trainer.fast_dev_run=true", f"paths.data_dir={tiny_data_dir}"]
@@ -75,6 +94,7 @@ def test_every_option_runs_one_step(group: str, option: str, compose_tiny: Compo
     assert "train/loss" in metrics
 
 
+@pytest.mark.slow
 def test_short_run_reports_finite_test_metrics(compose_tiny: ComposeFn) -> None:
     cfg = compose_tiny(["trainer.max_epochs=2", "masking=multiscale_grid", "masking.grid_sizes=[2,4]"])
     objective = run(cfg)
@@ -86,6 +106,7 @@ def test_short_run_reports_finite_test_metrics(compose_tiny: ComposeFn) -> None:
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_resume_continues_the_step_count(compose_tiny: ComposeFn, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     run(compose_tiny(["trainer.max_epochs=1", "test=false"], output_dir=out))
@@ -96,6 +117,7 @@ def test_resume_continues_the_step_count(compose_tiny: ComposeFn, tmp_path: Path
     assert torch.load(last, weights_only=False)["global_step"] == 3 * steps_one_epoch
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_last_epoch_and_the_last_epoch_is_validated(
     compose_tiny: ComposeFn, tmp_path: Path
 ) -> None:
@@ -116,6 +138,7 @@ def test_resume_without_checkpoint_is_a_clear_error(compose_tiny: ComposeFn) -> 
         run(compose_tiny(["resume=true"]))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics(compose_tiny: ComposeFn, tmp_path: Path) -> None:
     results = []
     for name in ("a", "b"):
@@ -127,6 +150,7 @@ def test_same_seed_gives_the_same_metrics(compose_tiny: ComposeFn, tmp_path: Pat
     assert metrics_a["train/loss"] == metrics_b["train/loss"]
 
 
+@pytest.mark.slow
 def test_how_often_validation_runs_does_not_change_training(compose_tiny: ComposeFn, tmp_path: Path) -> None:
     """Validation masks images at random too; it must not draw from training's stream (masks, batch order)."""
     weights = []

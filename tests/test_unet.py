@@ -11,7 +11,8 @@ from tests.conftest import compose_config
 MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("model", MODELS)
+# unet512 at its 512 px is the slow tier's (seconds on a CPU)
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m == "unet512" else m for m in MODELS])
 def test_output_shape_equals_input_shape(model: str) -> None:
     cfg = compose_config([f"model={model}"])
     net = instantiate(cfg.model.net).eval()
