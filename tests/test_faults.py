@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 # 21 training images in batches of 4: 5 steps per epoch, so "batch 2 of epoch 2" is mid-epoch
 SYNTHETIC = ["dataset.n_train=24", "dataset.n_test_good=3", "dataset.n_test_per_defect=2"]
 RUN = [
+    "trainer=cpu",
     "model.image_size=32",
     "dataset.batch_size=4",
     "trainer.max_epochs=3",
