@@ -253,3 +253,16 @@ def only_study(storage: str) -> Any:
         return None
     (name,) = names
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def sweep_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m anomaly_lab.train --multirun <args>` as a user runs it (no HYDRA_FULL_ERROR), its output kept."""
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args],
+        cwd=REPO,
+        env={**environment, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )

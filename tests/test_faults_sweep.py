@@ -10,7 +10,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from anomaly_lab.sweeps.resumable_optuna import (
 )
 from anomaly_lab.tools import sweep_report
 from tests.conftest import FAST_SWEEP, TINY
+from tests.sweep_workers import sweep_process
 from tests.test_sweep import (  # noqa: F401 (fixtures)
     HANG_GUARD_S,
     REPO,
@@ -207,19 +207,6 @@ def test_a_launcher_that_raises_fails_the_rounds_trials_and_the_sweep_goes_on() 
 
 
 PASSWORD = "s3cret-Pw-not-shown"
-
-
-def sweep_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m anomaly_lab.train --multirun <args>` as a user runs it (no HYDRA_FULL_ERROR), its output kept."""
-    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run(
-        [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args],
-        cwd=REPO,
-        env={**environment, "OMP_NUM_THREADS": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
 
 
 def one_line_refusal(process: subprocess.CompletedProcess[str]) -> str:

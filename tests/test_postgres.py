@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
 import shutil
 import socket
@@ -34,6 +33,7 @@ from tests.sweep_workers import (
     start_postgres,
     start_worker,
     sweep_args,
+    sweep_process,
     wait_for_markers,
 )
 
@@ -292,15 +292,7 @@ PASSWORD = "pg-Secret-4e1d"  # the test server trusts its socket's clients: it t
 
 def run_sweep(args: list[str], env: dict[str, str] | None = None) -> str:
     """`python -m anomaly_lab.train --multirun <args>` as a user runs it; its console output (exit 0 asserted)."""
-    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    process = subprocess.run(
-        [sys.executable, "-m", "anomaly_lab.train", "--multirun", *args],
-        cwd=REPO,
-        env={**environment, "OMP_NUM_THREADS": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
+    process = sweep_process(args, env)
     output = process.stdout + process.stderr
     assert process.returncode == 0, output
     return output
