@@ -75,17 +75,15 @@ def test_normal_sigma_is_mean_plus_k_std_of_the_normal_scores() -> None:
         NormalSigmaThreshold()(torch.tensor([1.0, 5.0]), torch.tensor([0, 1]))
 
 
-@pytest.fixture(scope="module")
-def run_with_options(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny run (two grid sizes, F1 threshold) and the .hydra/overrides.yaml the command line would leave."""
+def train_run_folder(out: Path, cache: Path, extra: tuple[str, ...] | list[str] = ()) -> Path:
+    """Train a tiny run (two grid sizes, F1 threshold) into `out` and write the .hydra/ files a command-line run
+    leaves (overrides.yaml, hydra.yaml's working directory)."""
     from anomaly_lab.train import run
 
-    out = tmp_path_factory.mktemp("rescored_run")
-    cache = tmp_path_factory.getbasetemp() / "cache"
     options = [
         *TINY,
         *TINY_SYNTHETIC,
-        "trainer.max_epochs=2",
+        *extra,
         f"paths.cache_dir={cache}",
         "scoring=riad",
         "masking=multiscale_grid",
@@ -98,6 +96,13 @@ def run_with_options(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*options, f"paths.output_dir={out}"]))
     (out / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(Path.cwd())}}}))
     return out
+
+
+@pytest.fixture(scope="module")
+def run_with_options(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run of two epochs and the .hydra/overrides.yaml the command line would leave."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    return train_run_folder(tmp_path_factory.mktemp("rescored_run"), cache, ["trainer.max_epochs=2"])
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ import yaml
 
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.tools.rescoring import RunOptionError, read_run_options
-from tests.conftest import TINY, TINY_SYNTHETIC, compose_config
+from tests.conftest import TINY, TINY_SYNTHETIC
+from tests.test_rescoring import train_run_folder
 
 PLAIN_OPTIONS = [
     "model.image_size=32",
@@ -108,25 +109,7 @@ def test_a_run_folders_options_are_read_as_plain_data(tmp_path: Path, lines: lis
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run folder (two grid sizes, F1 threshold) and the .hydra/ files a command-line run leaves."""
-    from anomaly_lab.train import run
-
-    out = tmp_path_factory.mktemp("sent_run")
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    options = [
-        *TINY,
-        *TINY_SYNTHETIC,
-        f"paths.cache_dir={cache}",
-        "scoring=riad",
-        "masking=multiscale_grid",
-        "masking.grid_sizes=[2,4]",
-        "masking.ratio=0.5",
-        "threshold=f1",
-    ]
-    run(compose_config([*options, f"paths.output_dir={out}"]))
-    (out / ".hydra").mkdir()
-    (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*options, f"paths.output_dir={out}"]))
-    (out / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(Path.cwd())}}}))
-    return out
+    return train_run_folder(tmp_path_factory.mktemp("sent_run"), tmp_path_factory.getbasetemp() / "cache")
 
 
 TOOLS: dict[str, Callable[[Path, Path], list[str]]] = {
