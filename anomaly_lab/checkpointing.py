@@ -125,6 +125,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def rewrite_model(path: Path, state_dict: dict[str, torch.Tensor], spec: dict[str, Any]) -> None:
+    """Replace a checkpoint's weights and spec (atomically, as every save): the scoring chosen after training
+    (scoring=auto) goes into the file that test, predict and export read."""
+    checkpoint = load_weights_only(path)
+    checkpoint["state_dict"] = {key: value.detach().cpu() for key, value in state_dict.items()}
+    checkpoint[SPEC_KEY] = spec
+    atomic_torch_save(checkpoint, path)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer and reader, with atomic saves and weights-only loads."""
 

@@ -93,7 +93,7 @@ def collapse_reasons(metrics: dict[str, float], epoch_losses: list[float]) -> li
             f"the training loss did not go down (epoch 1: {epoch_losses[0]:.4g}, "
             f"epoch {len(epoch_losses)}: {epoch_losses[-1]:.4g})"
         )
-    auroc = metrics.get("val/image_auroc")
+    auroc = metrics.get("val/chosen/image_auroc", metrics.get("val/image_auroc"))  # scoring=auto: the chosen score's
     if auroc is not None and auroc <= 0.5:
         reasons.append(f"validation image AUROC {auroc:.3f} is at or below chance (0.5)")
     return reasons

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,13 +68,24 @@ class AnomalyMap(nn.Module):
     """Weighted sum of pixel maps by name (l2=, ssim=, msgms=, ... any registered map), then a Gaussian blur
     (blur_sigma 0 = none).
 
-    score_blur_sigma: the blur of the map the image score pools (None: the anomaly map itself). Locating a
-    defect and deciding whether an image has one want different blurs: a wide one fills a large defect's
-    interior, which only an edge error marks; a narrow one keeps a small defect's peak (docs/benchmarks.md,
-    "Blur of the anomaly map and of the image score").
+    The image score pools a map of its own, since locating a defect and deciding whether an image has one want
+    different maps (docs/benchmarks.md, "Blur of the anomaly map and of the image score"):
+    - score_blur_sigma: its blur (None: the anomaly map's). A wide blur fills a large defect's interior, which only
+      an edge error marks; a narrow one keeps a small defect's peak.
+    - score_map: one registered pixel map it pools instead of the weighted sum (None: the anomaly map's weights).
+    - score_normalise: the score map as z-scores against normal validation images, per pixel (buffers
+      normal_mean, normal_std (1,1,H,W), set by set_normal_statistics): a pixel that errs on every normal image
+      (an edge, a glint) stops deciding the max. scoring=auto (anomaly_lab.scoring_choice) sets these on validation.
     """
 
-    def __init__(self, blur_sigma: float = 0.0, score_blur_sigma: float | None = None, **weights: float) -> None:
+    def __init__(
+        self,
+        blur_sigma: float = 0.0,
+        score_blur_sigma: float | None = None,
+        score_map: str | None = None,
+        score_normalise: bool = False,
+        **weights: float,
+    ) -> None:
         super().__init__()
         self.weights = map_weights(weights)
         for name, sigma in (("blur_sigma", blur_sigma), ("score_blur_sigma", score_blur_sigma)):
@@ -81,8 +93,31 @@ class AnomalyMap(nn.Module):
                 continue  # the anomaly map's blur
             if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
                 raise ValueError(f"{name}={as_typed(sigma)}: expected a number >= 0 (0: no blur)")
+        if score_map is not None:
+            map_weights({score_map: 1.0})  # a registered map, or ValueError naming the registered ones
+        if not isinstance(score_normalise, bool):
+            raise ValueError(f"score_normalise={as_typed(score_normalise)}: expected true or false")
         self.blur_sigma = float(blur_sigma)
         self.score_blur_sigma = None if score_blur_sigma is None else float(score_blur_sigma)
+        self.score_map = score_map
+        self.score_normalise = score_normalise
+        # saved only where used, so the checkpoints of models that do not normalise keep their keys
+        self.normal_mean: torch.Tensor
+        self.normal_std: torch.Tensor
+        self.register_buffer("normal_mean", torch.zeros(0), persistent=score_normalise)
+        self.register_buffer("normal_std", torch.zeros(0), persistent=score_normalise)
+
+    def set_normal_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The per-pixel mean and std (1,1,H,W) of the score map on normal images; std must be > 0."""
+        if mean.shape != std.shape or mean.ndim != 4 or mean.shape[:2] != (1, 1) or not bool((std > 0).all()):
+            raise ValueError(f"normal statistics must be two (1,1,H,W) tensors, std > 0; got {tuple(mean.shape)}")
+        self.normal_mean, self.normal_std = mean.clone(), std.clone()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in ("normal_mean", "normal_std"):  # their shape is the input's, known only from the weights
+            if self.score_normalise and isinstance(saved := state_dict.get(prefix + name), torch.Tensor):
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def unblurred(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.stack([w * PIXEL_MAPS[name](recon, target) for name, w in self.weights.items()]).sum(dim=0)
@@ -90,15 +125,37 @@ class AnomalyMap(nn.Module):
     def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(self.unblurred(recon, target), self.blur_sigma)  # (B,1,H,W)
 
-    def blurred(self, unblurred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The anomaly map and the map the image score pools, from an unblurred one.  # (B,1,H,W) each"""
+    def maps(self, recons: Sequence[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The anomaly map and the map the image score pools, from the inpaintings of one target.  # (B,1,H,W) each
+
+        Each is the mean over the inpaintings, then blurred (the blur is linear: blurring the mean = the mean of
+        the blurs).
+        """
+        unblurred = torch.stack([self.unblurred(recon, target) for recon in recons]).mean(dim=0)  # (B,1,H,W)
         anomaly_map = gaussian_blur(unblurred, self.blur_sigma)
-        if self.score_blur_sigma is None or self.score_blur_sigma == self.blur_sigma:
-            return anomaly_map, anomaly_map
-        return anomaly_map, gaussian_blur(unblurred, self.score_blur_sigma)
+        score_sigma = self.blur_sigma if self.score_blur_sigma is None else self.score_blur_sigma
+        if self.score_map is not None:
+            pixel_map = PIXEL_MAPS[self.score_map]
+            score_unblurred = torch.stack([pixel_map(recon, target) for recon in recons]).mean(dim=0)
+            score_map = gaussian_blur(score_unblurred, score_sigma)
+        elif score_sigma == self.blur_sigma:
+            score_map = anomaly_map
+        else:
+            score_map = gaussian_blur(unblurred, score_sigma)
+        if self.score_normalise:
+            if self.normal_mean.ndim != 4 or self.normal_mean.shape[-2:] != score_map.shape[-2:]:
+                raise ValueError(
+                    f"score_normalise: normal statistics of {tuple(self.normal_mean.shape)} for maps of "
+                    f"{tuple(score_map.shape)} (set_normal_statistics was not called for this input size)"
+                )
+            score_map = (score_map - self.normal_mean) / self.normal_std
+        return anomaly_map, score_map
 
     def extra_repr(self) -> str:
-        return f"weights={self.weights}, blur_sigma={self.blur_sigma}, score_blur_sigma={self.score_blur_sigma}"
+        return (
+            f"weights={self.weights}, blur_sigma={self.blur_sigma}, score_blur_sigma={self.score_blur_sigma}, "
+            f"score_map={self.score_map}, score_normalise={self.score_normalise}"
+        )
 
 
 class ReconstructionLoss(nn.Module):
@@ -166,6 +223,5 @@ def full_coverage_scores(
     """Anomaly maps (B,1,H,W) averaged over the full-coverage inpaintings of each grid size, and image
     scores (B,). The one scoring rule of the trained model (anomaly_lab.model.InpaintingModel)."""
     recons = inpaint_full_coverage(net, images, masking, mask_sets)
-    unblurred = torch.stack([anomaly_map.unblurred(recon, images) for recon in recons]).mean(dim=0)  # (B,1,H,W)
-    maps, score_maps = anomaly_map.blurred(unblurred)  # the blur is linear: blurring the mean = the mean of blurs
+    maps, score_maps = anomaly_map.maps(recons, images)  # (B,1,H,W) each
     return maps, image_score(score_maps, reduce, topk_fraction)

@@ -25,7 +25,13 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_lab.checkpointing import AtomicCheckpointIO, RandomState, check_same_model, resume_checkpoint
+from anomaly_lab.checkpointing import (
+    AtomicCheckpointIO,
+    RandomState,
+    check_same_model,
+    resume_checkpoint,
+    rewrite_model,
+)
 from anomaly_lab.cli import USER_ERRORS, one_line, run_cli, user_errors_exit
 from anomaly_lab.config_checks import check_train_config, interpolation_source, needs_validation_anomalies
 from anomaly_lab.configs import CONFIG_DIR
@@ -38,9 +44,11 @@ from anomaly_lab.health import (
     smoke_run_batches,
     stopped_early_by,
 )
-from anomaly_lab.inference import model_spec
+from anomaly_lab.inference import load_weights_only, model_spec
 from anomaly_lab.lightning_model import InpaintingModule
+from anomaly_lab.metrics import wasserstein_separation
 from anomaly_lab.model import InpaintingModel
+from anomaly_lab.scoring_choice import ScoringSearch, apply_choice, validation_maps
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, FixedThreshold, ThresholdRule
 
 log = logging.getLogger(__name__)
@@ -224,12 +232,78 @@ def stopped_early_note(cause: str, cfg: DictConfig, trained: int, planned: int, 
     )
 
 
+def choose_scoring(
+    trainer: L.Trainer,
+    module: InpaintingModule,
+    datamodule: L.LightningDataModule,
+    search: ScoringSearch,
+    output_dir: Path,
+) -> dict[str, Any]:
+    """scoring=auto: the scoring of the checkpoint test will read (best.ckpt), chosen on validation and written
+    into that file with a threshold on the chosen scores; returns the val/chosen/* metrics. Reads no test image."""
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    if best is None or module.spec is None:
+        return {}
+    path = Path(best)
+    module.load_state_dict(load_weights_only(path)["state_dict"])
+    maps, labels, masks, known = validation_maps(module.model, datamodule.val_dataloader(), search.maps)
+    choice = search.choose(maps, labels, masks, known, module.model.image_size)
+    module.spec["model"].update(apply_choice(module.model, choice))
+    scores = choice.val_scores.double()  # (N,)
+    if module.threshold_rule is not None:
+        module.model.threshold.fill_(module.threshold_rule(scores, labels))
+    normal, anomalous = scores[labels == 0].numpy(), scores[labels == 1].numpy()
+    metrics: dict[str, Any] = {
+        "val/chosen/image_auroc": choice.image_table[0]["image_auroc"],
+        "val/chosen/wasserstein_normalised": choice.image_table[0]["wasserstein_normalised"],
+        "val/chosen/wasserstein": wasserstein_separation(
+            normal, anomalous, normalise=module.normalise_wasserstein, signed=True
+        ),
+        "val/chosen/threshold": float(module.model.threshold),
+        "scoring_chosen": choice.summary(),
+    }
+    if choice.pixel_table:
+        metrics["val/chosen/pixel_auroc_model_res"] = choice.pixel_table[0]["pixel_auroc"]
+    if trainer.is_global_zero:
+        rewrite_model(path, module.state_dict(), module.spec)
+        table = {
+            "chosen": choice.anomaly_map_node()
+            | {"reduce": choice.score_rule.reduce, "topk_fraction": choice.score_rule.topk_fraction},
+            "image_score": choice.image_table,
+            "anomaly_map": choice.pixel_table,
+            "validation_images": {"normal": len(normal), "anomalous": len(anomalous)},
+        }
+        (output_dir / "scoring_choice.json").write_text(json.dumps(table, indent=2))
+        log.info(
+            "scoring=auto, chosen on validation (%d normal, %d anomalous): %s",
+            len(normal),
+            len(anomalous),
+            choice.summary(),
+        )
+        for row in choice.image_table[:5]:
+            log.info("  %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        add_text = getattr(getattr(trainer.logger, "experiment", None), "add_text", None)  # TensorBoard's
+        if callable(add_text):
+            header = "| " + " | ".join(choice.image_table[0]) + " |\n|" + "---|" * len(choice.image_table[0]) + "\n"
+            rows = "".join(
+                "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |\n"
+                for row in choice.image_table[:20]
+            )
+            add_text("scoring_choice", f"{choice.summary()}\n\n{header}{rows}", trainer.global_step)
+    trainer.strategy.barrier()
+    return metrics
+
+
 def run(cfg: DictConfig) -> float:
     """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
     check_train_config(cfg)
     set_by = interpolation_source(cfg)  # before build_module resolves cfg
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
+    search: ScoringSearch | None = None
+    if OmegaConf.select(cfg, "scoring.choose"):
+        with config_group("scoring.choose"):
+            search = instantiate(cfg.scoring.choose)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
     if ckpt_path is not None and module.spec is not None:
@@ -281,6 +355,8 @@ def run(cfg: DictConfig) -> float:
     pruned_epoch = None if pruning is None else pruning.pruned_epoch
     if pruned_epoch is not None:  # the sweep drops the trial: no test
         metrics["pruned_at_epoch"] = pruned_epoch
+    elif search is not None:  # scoring=auto: chosen on validation before the test reads its first image
+        metrics.update(choose_scoring(trainer, module, datamodule, search, output_dir))
     if cfg.test and pruned_epoch is None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None  # none under fast_dev_run
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
@@ -298,7 +374,7 @@ def run(cfg: DictConfig) -> float:
         metrics = {**json.loads(metrics_path.read_text()), **metrics}
     # a recipe is its epochs: how many ran of those planned, and what stopped training before them
     planned = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-    stopped_by = "pruning" if pruned_epoch is not None else stopped_early_by(trainer)
+    stopped_by = pruning.stopped_by if pruning is not None and pruned_epoch is not None else stopped_early_by(trainer)
     metrics.update(epochs_trained=trainer.current_epoch, epochs_planned=planned, stopped_early_by=stopped_by)
     smoke_batches = smoke_run_batches(trainer)  # trainer.fast_dev_run: one step and a batch per stage prove nothing
     reasons = [] if smoke_batches else collapse_reasons(metrics, health.epoch_losses)
@@ -318,7 +394,7 @@ def run(cfg: DictConfig) -> float:
             log.info(smoke_run_note(smoke_batches, trainer.global_step, held if cfg.test else None, scored))
         elif cfg.test and pruned_epoch is None and "test/image_auroc" not in metrics:
             log.warning(missing_auroc_note(held, scored, cfg))
-        if stopped_by is not None and stopped_by != "pruning" and planned is not None:
+        if stopped_by not in (None, "pruning", "deadline") and planned is not None:
             cut_short = health.last_epoch_cut_short
             log.warning(stopped_early_note(stopped_by, cfg, trainer.current_epoch, planned, cut_short))
         if reasons:
@@ -329,6 +405,8 @@ def run(cfg: DictConfig) -> float:
     if pruning is not None:
         pruning.raise_if_pruned()  # optuna.TrialPruned: the sweeper records the trial as PRUNED
     name = cfg.objective.metric
+    if f"val/chosen/{name.removeprefix('val/')}" in metrics:  # scoring=auto: the chosen scoring's objective
+        name = f"val/chosen/{name.removeprefix('val/')}"
     if name not in metrics:
         raise KeyError(f"objective.metric={name!r} was not logged (logged: {sorted(metrics)})")
     value = metrics[name]

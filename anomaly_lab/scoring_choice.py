@@ -1,0 +1,283 @@
+"""Scoring chosen on validation at the end of training (scoring=auto), without retraining.
+
+Which map, blur and pooling tell anomalies apart best differs by category: on a category nobody had tuned, the
+bottle recipe's maps located the defects (test pixel AUROC 0.95) while its image score, the max of a blurred
+MSGMS map, did not (0.62). Measuring a candidate needs only the trained net's inpaintings of the validation
+images, computed once; every candidate is then arithmetic on those cached maps. Only validation is read here
+(real anomalies where the data has some, synthetic ones otherwise): train.run tests once, after the choice.
+
+Two choices, each on its own measure:
+- the image score: pixel map, its blur, per-pixel normalisation against normal images, reduction (max, mean,
+  top-k mean with its k), by validation image AUROC, ties by the normalised Wasserstein separation;
+- the anomaly map (what predict draws): pixel map and blur, by validation pixel AUROC where the anomalous
+  validation images have masks (synthetic ones always do); without masks, the image score's map and blur.
+Normal images are scored against statistics that leave themselves out (leave-one-out), so normalisation is not
+flattered by the images its statistics came from.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from anomaly_lab.masking import inpaint_full_coverage
+from anomaly_lab.metrics import image_auroc, wasserstein_separation
+from anomaly_lab.model import InpaintingModel
+from anomaly_lab.registry import PIXEL_MAPS
+from anomaly_lab.scoring import REDUCTIONS, AnomalyMap, gaussian_blur, image_score, map_weights
+
+STD_FLOOR = 0.1  # a pixel's std is at least this share of the mean std: a pixel constant on normals cannot explode
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """How the image score is made from the cached pixel maps."""
+
+    score_map: str
+    score_blur_sigma: float
+    normalise: bool
+    reduce: str
+    topk_fraction: float
+
+
+@dataclass(frozen=True)
+class MapRule:
+    """Which anomaly map predict draws."""
+
+    map: str
+    blur_sigma: float
+
+
+@dataclass
+class ScoringChoice:
+    map_rule: MapRule
+    score_rule: ScoreRule
+    image_table: list[dict[str, Any]]  # every image-score candidate, best first
+    pixel_table: list[dict[str, Any]]  # every anomaly-map candidate, best first; empty without masks
+    val_scores: torch.Tensor  # (N,) validation scores of the chosen rule (normal ones leave-one-out)
+    normal_mean: torch.Tensor | None  # (1,1,H,W) statistics of the chosen score map, when it normalises
+    normal_std: torch.Tensor | None
+
+    def anomaly_map(self) -> AnomalyMap:
+        """The chosen scoring as the model's AnomalyMap (normal statistics set)."""
+        built = AnomalyMap(**self.anomaly_map_node())
+        if self.normal_mean is not None and self.normal_std is not None:
+            built.set_normal_statistics(self.normal_mean, self.normal_std)
+        return built
+
+    def anomaly_map_node(self) -> dict[str, Any]:
+        """The keyword arguments of the chosen AnomalyMap: plain values, the checkpoint spec's node."""
+        score = self.score_rule
+        same_map = score.score_map == self.map_rule.map
+        return {
+            self.map_rule.map: 1.0,
+            "blur_sigma": self.map_rule.blur_sigma,
+            "score_blur_sigma": score.score_blur_sigma,
+            "score_map": None if same_map else score.score_map,
+            "score_normalise": score.normalise,
+        }
+
+    def summary(self) -> str:
+        score, best = self.score_rule, self.image_table[0]
+        pooling = f"top {score.topk_fraction:g} mean" if score.reduce == "topk" else score.reduce
+        line = (
+            f"image score: {pooling} of the {score.score_map} map blurred sigma {score.score_blur_sigma:g}"
+            f"{', normalised per pixel' if score.normalise else ''} (val image AUROC {best['image_auroc']:.4f}, "
+            f"wasserstein_normalised {best['wasserstein_normalised']:.3f}); anomaly map: {self.map_rule.map} "
+            f"blurred sigma {self.map_rule.blur_sigma:g}"
+        )
+        if self.pixel_table:
+            line += f" (val pixel AUROC {self.pixel_table[0]['pixel_auroc']:.4f})"
+        else:
+            line += " (the image score's: no validation masks)"
+        return line
+
+
+class ScoringSearch:
+    """The candidates scoring=auto measures on validation (`scoring.choose.*`).
+
+    Sigmas are in pixels at `sigma_reference_size` px and scale with the model's image_size, so one list serves
+    every size a search tries.
+    """
+
+    def __init__(
+        self,
+        maps: Sequence[str] = ("l2", "l1", "ssim", "msgms"),
+        blur_sigmas: Sequence[float] = (0.0, 2.0, 4.0, 8.0, 12.0),
+        score_blur_sigmas: Sequence[float] = (0.0, 2.0, 4.0, 8.0),
+        reductions: Sequence[str] = ("max", "topk", "mean"),
+        topk_fractions: Sequence[float] = (0.001, 0.01, 0.05),
+        normalise: Sequence[bool] = (False, True),
+        sigma_reference_size: int = 128,
+        max_pixels: int = 2_000_000,
+        seed: int = 0,
+    ) -> None:
+        self.maps = list(map_weights({name: 1.0 for name in maps}))
+        for key, values in (("blur_sigmas", blur_sigmas), ("score_blur_sigmas", score_blur_sigmas)):
+            if not values or any(isinstance(v, bool) or not math.isfinite(float(v)) or v < 0 for v in values):
+                raise ValueError(f"scoring.choose.{key}={list(values)}: expected numbers >= 0")
+        unknown = sorted(set(reductions) - set(REDUCTIONS))
+        if not reductions or unknown:
+            raise ValueError(f"scoring.choose.reductions={list(reductions)}: each one of {', '.join(REDUCTIONS)}")
+        if "topk" in reductions and (not topk_fractions or any(not 0 < k <= 1 for k in topk_fractions)):
+            raise ValueError(f"scoring.choose.topk_fractions={list(topk_fractions)}: expected numbers in (0, 1]")
+        if not normalise or any(not isinstance(n, bool) for n in normalise):
+            raise ValueError(f"scoring.choose.normalise={list(normalise)}: expected a list of true/false")
+        if sigma_reference_size < 1 or max_pixels < 1:
+            raise ValueError("scoring.choose.sigma_reference_size and max_pixels must be positive")
+        self.blur_sigmas = [float(s) for s in blur_sigmas]
+        self.score_blur_sigmas = [float(s) for s in score_blur_sigmas]
+        self.reductions = list(reductions)
+        self.topk_fractions = [float(k) for k in topk_fractions]
+        self.normalise = list(normalise)
+        self.sigma_reference_size = sigma_reference_size
+        self.max_pixels = max_pixels
+        self.seed = seed
+
+    def pooling_rules(self) -> list[tuple[str, float]]:
+        """(reduce, topk_fraction) pairs; topk_fraction is unused (0.01) for max and mean."""
+        rules: list[tuple[str, float]] = []
+        for reduce in self.reductions:
+            rules += [(reduce, k) for k in self.topk_fractions] if reduce == "topk" else [(reduce, 0.01)]
+        return rules
+
+    def choose(
+        self,
+        pixel_maps: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        masks: torch.Tensor,
+        mask_known: torch.Tensor,
+        image_size: int,
+    ) -> ScoringChoice:
+        """The best scoring on validation.
+
+        pixel_maps: each candidate map's unblurred validation maps, name -> (N,1,H,W), averaged over the
+        full-coverage inpaintings; labels (N,) 1 = anomalous; masks (N,1,H,W) bool; mask_known (N,) bool (False:
+        an anomalous image whose true mask is unknown).
+        """
+        labels = labels.long()
+        if not bool((labels == 0).any()) or not bool((labels == 1).any()):
+            raise ValueError("scoring=auto needs normal and anomalous validation images")
+        missing = sorted(set(self.maps) - set(pixel_maps))
+        if missing:
+            raise ValueError(f"no validation maps for {', '.join(missing)}")
+        scale = image_size / self.sigma_reference_size
+        normal = labels == 0
+        image_rows: list[tuple[ScoreRule, float, float, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        # leave-one-out statistics need at least 3 normal images; without them only the plain maps are tried
+        normalise_options = [n for n in self.normalise if not n or int(normal.sum()) >= 3] or [False]
+        for name, sigma in itertools.product(self.maps, self.score_blur_sigmas):
+            blurred = gaussian_blur(pixel_maps[name].float(), sigma * scale)  # (N,1,H,W)
+            for normalise in normalise_options:
+                scored, mean, std = normalised(blurred, normal) if normalise else (blurred, None, None)
+                for reduce, k in self.pooling_rules():
+                    scores = image_score(scored, reduce, k).double()  # (N,)
+                    auroc = image_auroc(scores, labels)
+                    separation = wasserstein_separation(
+                        scores[normal].numpy(), scores[~normal].numpy(), normalise=True, signed=True
+                    )
+                    rule = ScoreRule(name, sigma * scale, normalise, reduce, k)
+                    image_rows.append((rule, auroc, separation, scores, mean, std))
+        # best first; ties keep the order of the lists (plainer rules first), as Python's sort is stable
+        image_rows.sort(key=lambda row: (-round(row[1], 9), -row[2]))
+        rule, _, _, val_scores, mean, std = image_rows[0]
+        image_table = [
+            {**asdict(r), "image_auroc": auroc, "wasserstein_normalised": sep} for r, auroc, sep, *_ in image_rows
+        ]
+        pixel_table = self.pixel_candidates(pixel_maps, labels, masks, mask_known, scale)
+        if pixel_table:
+            map_rule = MapRule(pixel_table[0]["map"], pixel_table[0]["blur_sigma"])
+        else:
+            map_rule = MapRule(rule.score_map, rule.score_blur_sigma)
+        return ScoringChoice(map_rule, rule, image_table, pixel_table, val_scores, mean, std)
+
+    def pixel_candidates(
+        self,
+        pixel_maps: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        masks: torch.Tensor,
+        mask_known: torch.Tensor,
+        scale: float,
+    ) -> list[dict[str, Any]]:
+        """Each (map, blur) by validation pixel AUROC, best first: normal images and anomalous ones with known
+        masks, at most max_pixels pixels drawn at random (seeded); [] when no anomalous image has a mask."""
+        keep = (labels == 0) | ((labels == 1) & mask_known.bool())  # (N,)
+        truth = masks[keep].bool().flatten()  # (P,)
+        if not bool(truth.any()) or bool(truth.all()):
+            return []
+        generator = torch.Generator().manual_seed(self.seed)
+        picked = torch.randperm(truth.numel(), generator=generator)[: self.max_pixels]  # (p,)
+        rows: list[dict[str, Any]] = []
+        for name, sigma in itertools.product(self.maps, self.blur_sigmas):
+            values = gaussian_blur(pixel_maps[name][keep].float(), sigma * scale).flatten()  # (P,)
+            rows.append(
+                {"map": name, "blur_sigma": sigma * scale, "pixel_auroc": image_auroc(values[picked], truth[picked])}
+            )
+        rows.sort(key=lambda row: -round(row["pixel_auroc"], 9))
+        return rows
+
+
+def normalised(maps: torch.Tensor, normal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pixel z-scores of maps (N,1,H,W) against the normal ones, each normal map against the others
+    (leave-one-out); and the statistics of all normal maps, mean and floored std (1,1,H,W), for the model."""
+    normal_maps = maps[normal].double()  # (n,1,H,W)
+    count = len(normal_maps)
+    total, squares = normal_maps.sum(dim=0, keepdim=True), (normal_maps**2).sum(dim=0, keepdim=True)  # (1,1,H,W)
+    mean = total / count
+    std = (squares / count - mean**2).clamp_min(0).sqrt()
+    floor = max(STD_FLOOR * float(std.mean()), 1e-12)
+    std = std.clamp_min(floor)
+    out = (maps.double() - mean) / std  # (N,1,H,W): anomalous ones against every normal map
+    loo_mean = (total - normal_maps) / (count - 1)  # (n,1,H,W)
+    loo_std = ((squares - normal_maps**2) / (count - 1) - loo_mean**2).clamp_min(0).sqrt().clamp_min(floor)
+    out[normal] = (normal_maps - loo_mean) / loo_std
+    return out.float(), mean.float(), std.float()
+
+
+@torch.no_grad()
+def validation_maps(
+    model: InpaintingModel, batches: Iterable[dict[str, Any]], names: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each named pixel map of the model's full-coverage inpaintings of the batches (one pass of the net), on the
+    CPU: maps name -> (N,1,H,W) unblurred, labels (N,), masks (N,1,H,W) bool, mask_known (N,) bool."""
+    was_training = model.training
+    model.eval()
+    device = model.coverage_masks.device
+    maps: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    labels, masks, known = [], [], []
+    try:
+        mask_sets = model.coverage_masks.split(model.set_sizes)
+        for batch in batches:
+            images = batch["image"].to(device).contiguous(memory_format=model.memory_format)  # (B,3,H,W)
+            recons = inpaint_full_coverage(model.net, images, model.masking, mask_sets)
+            for name in names:
+                pixel_map = PIXEL_MAPS[name]
+                maps[name].append(torch.stack([pixel_map(r, images) for r in recons]).mean(dim=0).cpu())
+            labels.append(batch["label"].cpu())
+            masks.append(batch["mask"].cpu() > 0.5)
+            known.append(torch.as_tensor(batch["mask_known"]).cpu())
+    finally:
+        model.train(was_training)
+    return (
+        {name: torch.cat(parts) for name, parts in maps.items()},
+        torch.cat(labels),
+        torch.cat(masks),
+        torch.cat(known).bool(),
+    )
+
+
+def apply_choice(model: InpaintingModel, choice: ScoringChoice) -> dict[str, Any]:
+    """Set the chosen scoring on the model; return the model spec's changed entries (plain values)."""
+    model.anomaly_map = choice.anomaly_map().to(model.coverage_masks.device)
+    model.reduce = choice.score_rule.reduce
+    model.topk_fraction = choice.score_rule.topk_fraction
+    return {
+        "anomaly_map": {"_target_": f"{AnomalyMap.__module__}.{AnomalyMap.__qualname__}", **choice.anomaly_map_node()},
+        "reduce": choice.score_rule.reduce,
+        "topk_fraction": choice.score_rule.topk_fraction,
+    }
