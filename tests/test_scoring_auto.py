@@ -1,0 +1,175 @@
+"""scoring=auto: the scoring chosen on validation only, stored in the checkpoint that test, predict and export read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image, ImageFilter
+
+from anomaly_lab.data.images import read_image
+from anomaly_lab.errors import ConfigError
+from anomaly_lab.inference import load_model, read_checkpoint
+from anomaly_lab.scoring import AnomalyMap
+from anomaly_lab.scoring_choice import ScoringSearch, normalised, validation_maps
+from anomaly_lab.train import run
+
+SMALL_SEARCH = [
+    "scoring=auto",
+    "scoring.choose.maps=[l2,msgms]",
+    "scoring.choose.blur_sigmas=[0,4]",
+    "scoring.choose.score_blur_sigmas=[0,4]",
+    "scoring.choose.reductions=[max,mean]",
+]
+
+
+def labelled_maps(normal: torch.Tensor, anomalous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([normal, anomalous]), torch.tensor([0] * len(normal) + [1] * len(anomalous))
+
+
+def test_choice_takes_the_map_and_pooling_that_separate() -> None:
+    """l2 holds a bright spot on each anomalous image, ssim only noise: the max of l2 wins."""
+    gen = torch.Generator().manual_seed(0)
+    l2_normal, l2_anomalous = (
+        torch.rand(8, 1, 16, 16, generator=gen) * 0.1,
+        torch.rand(8, 1, 16, 16, generator=gen) * 0.1,
+    )
+    l2_anomalous[:, :, 5, 5] = 1.0
+    l2, labels = labelled_maps(l2_normal, l2_anomalous)
+    ssim = torch.rand(16, 1, 16, 16, generator=gen)
+    masks = torch.zeros(16, 1, 16, 16, dtype=torch.bool)
+    masks[8:, :, 5, 5] = True
+    search = ScoringSearch(maps=["l2", "ssim"], score_blur_sigmas=[0], normalise=[False])
+    choice = search.choose({"l2": l2, "ssim": ssim}, labels, masks, torch.ones(16, dtype=torch.bool), 16)
+    assert (choice.score_rule.score_map, choice.score_rule.reduce) == ("l2", "max")
+    assert choice.image_table[0]["image_auroc"] == 1.0
+    assert choice.map_rule.map == "l2" and choice.pixel_table[0]["pixel_auroc"] > 0.99
+    assert len(choice.image_table) == 2 * 1 * 1 * 5  # maps x blurs x normalisation x poolings (max, 3 top-k, mean)
+
+
+def test_normalisation_wins_where_one_pixel_errs_on_every_normal_image() -> None:
+    """A pixel that errs on every image (an edge, a glint) decides the plain max; z-scores against normal images
+    take it out, and each normal image is scored against statistics that leave it out."""
+    gen = torch.Generator().manual_seed(1)
+    maps = torch.rand(20, 1, 12, 12, generator=gen) * 0.1
+    maps[:, 0, 0, 0] = 5.0 + torch.rand(20, generator=gen)  # the hot pixel, on every image
+    maps[10:, :, 6, 6] += 0.5  # the defect: well below the hot pixel
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    search = ScoringSearch(maps=["l2"], score_blur_sigmas=[0], reductions=["max"])
+    choice = search.choose({"l2": maps}, labels, torch.zeros_like(maps, dtype=torch.bool), labels == 0, 12)
+    assert choice.score_rule.normalise and choice.image_table[0]["image_auroc"] == 1.0
+    plain = [row for row in choice.image_table if not row["normalise"]]
+    assert plain[0]["image_auroc"] < 0.9
+    scored, _, std = normalised(maps, labels == 0)
+    others = maps[1:10]  # normal image 0 against the other normal images only
+    expected = (maps[0] - others.mean(dim=0)) / others.std(dim=0, unbiased=False).clamp_min(0.1 * float(std.mean()))
+    assert torch.allclose(scored[0], expected, atol=1e-4)
+
+
+def test_normalising_map_round_trips_through_its_state_dict() -> None:
+    built = AnomalyMap(blur_sigma=1.0, score_map="l1", score_normalise=True, l2=1.0)
+    built.set_normal_statistics(torch.full((1, 1, 8, 8), 0.5), torch.full((1, 1, 8, 8), 2.0))
+    fresh = AnomalyMap(blur_sigma=1.0, score_map="l1", score_normalise=True, l2=1.0)
+    fresh.load_state_dict(built.state_dict())
+    recon, target = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    assert all(torch.equal(a, b) for a, b in zip(built.maps([recon], target), fresh.maps([recon], target), strict=True))
+    assert AnomalyMap(l2=1.0).state_dict() == {}  # a map that does not normalise keeps old checkpoints' keys
+
+
+def test_a_bad_candidate_list_is_one_config_error(compose_tiny) -> None:
+    cfg = compose_tiny(["scoring=auto", "scoring.choose.reductions=[median]"])
+    with pytest.raises(ConfigError, match=r"scoring\.choose.*reductions"):
+        run(cfg)
+
+
+def folder(normal: Path, abnormal: Path) -> list[str]:
+    return [
+        "dataset=folder",
+        f"dataset.normal_dir={normal}",
+        f"dataset.abnormal_dir={abnormal}",
+        "dataset.mask_dir=null",
+    ]
+
+
+def write_images(folder: Path, images: list[Path], blur: float = 0.0) -> Path:
+    folder.mkdir(parents=True)
+    for index, path in enumerate(images):
+        image = Image.open(path)
+        if blur:
+            image = image.filter(ImageFilter.GaussianBlur(blur))
+        image.save(folder / f"{index:03d}.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_the_choice_reads_validation_only(compose_tiny, tmp_path: Path) -> None:
+    """Two runs on the same normal images, with synthetic validation anomalies, and two test sets of opposite
+    character: real defects, and blurred normal images labelled anomalous (which score lower than normal ones:
+    labels that flip what the test would choose). The choice and the checkpoint are the same in both runs, while
+    the choice each test set would make differs: a choice that read the test set would differ too."""
+    from anomaly_lab.data.synthetic import write_synthetic_bottles
+
+    root = write_synthetic_bottles(
+        tmp_path / "bottles", size=32, n_train=40, n_test_good=0, n_test_per_defect=4, seed=3
+    )
+    normal = write_images(tmp_path / "normal", sorted((root / "train" / "good").glob("*.png")))
+    defects = write_images(tmp_path / "defects", sorted(root.glob("test/*/*.png")))
+    smooth = write_images(tmp_path / "smooth", sorted((root / "train" / "good").glob("*.png"))[:12], blur=1.5)
+    runs = {}
+    for name, abnormal in (("defects", defects), ("smooth", smooth)):
+        overrides = [
+            *folder(normal, abnormal),
+            "validation_anomalies=synthetic",
+            "trainer.max_epochs=2",
+            *SMALL_SEARCH,
+        ]
+        out = tmp_path / name
+        run(compose_tiny(overrides, output_dir=out))
+        runs[name] = out
+    chosen = {name: json.loads((out / "scoring_choice.json").read_text())["chosen"] for name, out in runs.items()}
+    assert chosen["defects"] == chosen["smooth"]
+    weights = {name: read_checkpoint(out / "checkpoints" / "best.ckpt")[1] for name, out in runs.items()}
+    assert weights["defects"].keys() == weights["smooth"].keys()
+    assert all(torch.equal(weights["defects"][key], weights["smooth"][key]) for key in weights["defects"])
+
+    # what each test set would choose, with the same model and candidates
+    search = ScoringSearch(
+        maps=["l2", "msgms"], blur_sigmas=[0, 4], score_blur_sigmas=[0, 4], reductions=["max", "mean"]
+    )
+    would_choose = {}
+    for (name, out), abnormal in zip(runs.items(), (defects, smooth), strict=True):
+        cfg = compose_tiny([*folder(normal, abnormal), "validation_anomalies=synthetic"])
+        model = load_model(out / "checkpoints" / "best.ckpt")
+        datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
+        datamodule.setup("test")
+        maps, labels, masks, known = validation_maps(model, datamodule.test_dataloader(), search.maps)
+        rule = search.choose(maps, labels, masks, known, model.image_size).score_rule
+        would_choose[name] = (rule.score_map, rule.score_blur_sigma, rule.normalise, rule.reduce, rule.topk_fraction)
+    assert would_choose["defects"] != would_choose["smooth"]
+
+
+@pytest.mark.slow
+def test_predict_and_export_use_the_stored_choice(compose_tiny, tmp_path: Path) -> None:
+    """The checkpoint's model scores the test images as the test did (scores.csv), its spec names the choice."""
+    out = tmp_path / "run"
+    run(compose_tiny([*SMALL_SEARCH, "scoring.choose.normalise=[true]", "dataset.n_train=40"], output_dir=out))
+    spec, _ = read_checkpoint(out / "checkpoints" / "best.ckpt")
+    chosen = json.loads((out / "scoring_choice.json").read_text())["chosen"]
+    assert spec["model"]["anomaly_map"]["score_normalise"] is True
+    assert spec["model"]["reduce"] == chosen["reduce"]
+    model = load_model(out / "checkpoints" / "best.ckpt")
+    rows = [line.split(",") for line in (out / "scores.csv").read_text().splitlines()[1:]]
+    for path, _, _, score, _ in rows[:4]:
+        image, _ = model.preprocessing.prepare(read_image(Path(path), None))  # (H,W,3) uint8
+        with torch.no_grad():
+            _, scores = model(model.preprocessing.to_tensor(image[None]))
+        assert float(scores[0]) == pytest.approx(float(score), rel=1e-4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "val/chosen/image_auroc" in metrics and metrics["scoring_chosen"]
+    assert np.isfinite(metrics["val/chosen/threshold"])
+    shutil.rmtree(out)
