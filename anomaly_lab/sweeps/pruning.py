@@ -9,6 +9,13 @@ there; after each validation it calls `trial.report(objective, step=epochs train
 so, stops the training at the end of that epoch. run() then writes metrics.json as for any run (no test: the
 trial is not kept) and raises optuna.TrialPruned, which the sweeper records as PRUNED.
 
+A sweep with a wall-clock budget (hydra.sweeper.budget_minutes) also gives each job `sweep_trial.deadline` (unix
+time, the budget's end). After each training epoch the job predicts the next one from the longest epoch so far
+(validation included) and, when the next epoch is the last, the test after it (the longest validation scaled by
+the test split's size over the validation split's); where that would end past the deadline, the training stops
+there and the trial is PRUNED like one the pruner stopped (metrics.json: stopped_early_by=deadline). So a pruned
+trial ends inside the budget, and counts as finished, not failed.
+
 The pruner's settings travel as the trial's user attribute `pruner` (`_target_` and keyword arguments), so a
 trial is judged by the pruner its own sweep was configured with. Data never chooses code: a `_target_` outside
 PRUNERS is refused before anything is imported or built, in the sweeper and again in the job.
@@ -19,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,13 +103,26 @@ def hydra_quoted(value: str) -> str:
     return "'" + escaped.replace("${", "\\${") + "'"
 
 
-def sweep_trial_overrides(storage: str, study: str, number: int) -> list[str]:
-    """The overrides that tell a trial's job where its trial is (train.run builds a TrialPruning from them)."""
-    return [
+def sweep_trial_overrides(storage: str, study: str, number: int, deadline: float | None = None) -> list[str]:
+    """The overrides that tell a trial's job where its trial is (train.run builds a TrialPruning from them), and
+    the unix time by which its training must have ended (None: no deadline)."""
+    overrides = [
         f"+sweep_trial.storage={hydra_quoted(storage)}",
         f"+sweep_trial.study={hydra_quoted(study)}",
         f"+sweep_trial.number={number}",
     ]
+    if deadline is not None:
+        overrides.append(f"+sweep_trial.deadline={deadline:.3f}")
+    return overrides
+
+
+def predicted_end(
+    now: float, epoch_seconds: float, next_is_last: bool, validation_seconds: float, test_per_validation: float
+) -> float:
+    """When the next epoch (as long as the longest so far) ends; after the last one, the test too (the longest
+    validation times the test split's size over the validation split's)."""
+    tail = validation_seconds * test_per_validation if next_is_last else 0.0
+    return now + epoch_seconds + tail
 
 
 def load_trial(rdb: RDBStorage, study_name: str, number: int) -> Trial:
@@ -122,9 +143,15 @@ class TrialPruning(L.Callback):
     when the study's pruner prunes the trial, the training stops after this epoch and `pruned_epoch` is set.
     Only process 0 talks to the storage; its decision is broadcast to the others."""
 
-    def __init__(self, storage: str, study: str, number: int, metric: str) -> None:
+    def __init__(self, storage: str, study: str, number: int, metric: str, deadline: float | None = None) -> None:
         self.where = (storage, study, number)
         self.metric = metric
+        self.deadline = deadline  # unix time: no epoch starts that would end (with the test after it) past it
+        self.stopped_by = "pruning"  # or "deadline": what stopped a pruned trial
+        self._epoch_started: float | None = None
+        self._validation_started: float | None = None
+        self._longest_epoch = 0.0
+        self._longest_validation = 0.0
         self.trial: Trial | None = None
         self.storage: RDBStorage | None = None
         self.pruned_epoch: int | None = None
@@ -134,7 +161,14 @@ class TrialPruning(L.Callback):
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any], metric: str) -> TrialPruning:
-        return cls(str(node["storage"]), str(node["study"]), int(node["number"]), metric)
+        deadline = node.get("deadline")
+        return cls(
+            str(node["storage"]),
+            str(node["study"]),
+            int(node["number"]),
+            metric,
+            None if deadline is None else float(deadline),
+        )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero or self.trial is not None:
@@ -147,6 +181,7 @@ class TrialPruning(L.Callback):
         state = self.storage.get_trial(trial._trial_id).state
         if state != TrialState.RUNNING:  # e.g. a trial's folder trained again by hand with its overrides
             log.warning("trial %d of study %r is %s: this run reports nothing to it", number, study, state.name)
+            self.deadline = None  # the sweep's deadline is its own trial's, not this run's
             return
         self.trial = trial
 
@@ -154,9 +189,45 @@ class TrialPruning(L.Callback):
         if self.storage is not None:  # an in-process sweep trains many trials: leave no connection open
             self.storage.engine.dispose()
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_started = time.monotonic()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validation_started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop before an epoch that would end past the deadline (validation ran inside this epoch already)."""
+        if self.deadline is None or self._epoch_started is None or self.pruned_epoch is not None:
+            return
+        self._longest_epoch = max(self._longest_epoch, time.monotonic() - self._epoch_started)
+        trained, last = trainer.current_epoch + 1, trainer.max_epochs
+        if last is None or last < 0 or trained >= last or trainer.should_stop:
+            return  # the last epoch has trained (or something else stops it): nothing would start
+        next_is_last = trained + 1 >= last
+        ratio = test_per_validation(trainer)
+        end = predicted_end(time.time(), self._longest_epoch, next_is_last, self._longest_validation, ratio)
+        stop = end > self.deadline
+        if trainer.world_size > 1:
+            stop = bool(trainer.strategy.broadcast(stop, src=0))
+        if stop:
+            self.pruned_epoch, self.stopped_by = trained, "deadline"
+            tensor = trainer.callback_metrics.get(self.metric)
+            self.pruned_value = None if tensor is None else float(tensor)
+            trainer.should_stop = True
+            log.info(
+                "trial %d stopped after epoch %d of %d: the next would end %.0f s past the sweep's deadline "
+                "(its budget, hydra.sweeper.budget_minutes)",
+                self.where[2],
+                trained,
+                last,
+                end - self.deadline,
+            )
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        if self._validation_started is not None:
+            self._longest_validation = max(self._longest_validation, time.monotonic() - self._validation_started)
         step = trainer.current_epoch + 1
         prune, value = False, None
         if self.trial is not None:
@@ -193,4 +264,14 @@ class TrialPruning(L.Callback):
     def raise_if_pruned(self) -> None:
         """optuna.TrialPruned when the trial was pruned (after the run wrote its metrics)."""
         if self.pruned_epoch is not None:
-            raise optuna.TrialPruned(f"pruned after epoch {self.pruned_epoch}: {self.metric} = {self.pruned_value}")
+            why = "stopped by the sweep's deadline" if self.stopped_by == "deadline" else "pruned"
+            raise optuna.TrialPruned(f"{why} after epoch {self.pruned_epoch}: {self.metric} = {self.pruned_value}")
+
+
+def test_per_validation(trainer: L.Trainer) -> float:
+    """The test split's size over the validation split's (1.0 where the datamodule has no splits)."""
+    splits = getattr(getattr(trainer, "datamodule", None), "splits", None) or {}
+    validated, tested = len(splits["val"].samples) if "val" in splits else 0, 0
+    if "test" in splits:
+        tested = len(splits["test"].samples)
+    return tested / validated if validated and tested else 1.0

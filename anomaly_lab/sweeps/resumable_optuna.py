@@ -45,10 +45,21 @@ only the loop:
   after each validation (step = epochs trained) and stops where the pruner says; the job then raises
   TrialPruned and the trial is told PRUNED (value: its last report). A pruned trial is a result, not a fault:
   it counts toward n_trials (FINISHED = COMPLETE or PRUNED) and never toward max_failure_rate.
+- A wall-clock budget (hydra.sweeper.budget_minutes, null: none; it needs a storage): the sweep ends when it is
+  spent. A trial to be trained is started only where its estimated run fits in what is left: the estimate is the
+  largest, over this study's trained trials (user attrs `seconds`, `cost`, `epochs_trained`), of that trial's
+  seconds scaled to the new trial's epochs, pixels and net width (trial_seconds: up linearly, or with the width
+  squared; down less than linearly, for the fixed part of a run), times BUDGET_SAFETY. One that does not fit is told
+  FAIL with user attr `not_started` (never trained; it counts toward no failure rate), and the sweep ends after
+  MAX_NOT_STARTED of them. Each started trial gets the budget's end as `sweep_trial.deadline`: its training stops
+  before an epoch that would end past it and the trial is PRUNED (anomaly_lab.sweeps.pruning), so trials the
+  estimate let through stay inside the budget too. The first trial has nothing to estimate from: the deadline
+  alone bounds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -90,6 +101,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
 CREATE_ATTEMPTS = 5  # workers started together on an empty database race to create optuna's tables
 SETTLE_S = 10.0  # at most this long a round waits for a lower-numbered trial elsewhere to get its parameters
+BUDGET_SAFETY = 1.25  # a trial starts only where this times its estimated seconds fit in the budget left
+MAX_NOT_STARTED = 3  # a budgeted sweep ends after this many drawn trials did not fit in what was left
 
 
 class StudyStorageError(UserError):
@@ -355,6 +368,22 @@ def fail_trials_of_dead_workers(study: optuna.Study, storage: RDBStorage, grace_
         fail_trial(study, trial, reason)
 
 
+def run_outcome(output_dir: Path) -> dict[str, Any]:
+    """The epochs a run trained and what stopped it early, from its metrics.json (user attrs `epochs_trained`,
+    `stopped_by`; none where the run wrote no metrics)."""
+    path = output_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    outcome: dict[str, Any] = {}
+    if isinstance(metrics.get("epochs_trained"), int):
+        outcome["epochs_trained"] = metrics["epochs_trained"]
+    if isinstance(metrics.get("stopped_early_by"), str):
+        outcome["stopped_by"] = metrics["stopped_early_by"]
+    return outcome
+
+
 def collapse_reasons(output_dir: Path) -> str | None:
     """The reasons a run's metrics.json gives for a collapsed model; None when it did not collapse."""
     path = output_dir / "metrics.json"
@@ -455,6 +484,46 @@ def sync_reports(trial: Trial, backend: RDBStorage) -> None:
         trial.report(value, step)  # also written to the storage again: the same row, the same value
 
 
+def trial_cost(config: Any) -> dict[str, int] | None:
+    """What a trial's run costs, from its job's config: epochs planned, input pixels (image_size x crop_height) and
+    net width (model.net.base_channels); None where the config has no planned epochs or image size."""
+    epochs, size = OmegaConf.select(config, "trainer.max_epochs"), OmegaConf.select(config, "model.image_size")
+    if not isinstance(epochs, int) or epochs < 1 or not isinstance(size, int):
+        return None
+    height = OmegaConf.select(config, "dataset.preprocessing.crop_height") or size
+    width = OmegaConf.select(config, "model.net.base_channels")
+    return {"epochs": epochs, "pixels": size * int(height), "width": int(width) if isinstance(width, int) else 1}
+
+
+def scaled(ratio: float, up: float, down: float) -> float:
+    """ratio ** up for a larger trial, ratio ** down for a smaller one (down < 1: a run's fixed part)."""
+    return ratio ** (up if ratio > 1 else down)
+
+
+def trial_seconds(cost: Mapping[str, int], trained: Sequence[tuple[Mapping[str, int], int, float]]) -> float | None:
+    """The estimated seconds of a run of `cost` (trial_cost) from trained trials (their cost, epochs trained and
+    seconds): the largest of each one's seconds scaled to it, times BUDGET_SAFETY. Epochs and pixels scale up
+    linearly and down by the power 0.75, the net width up squared and down by the power 0.5 (its convolutions are
+    quadratic in it, a run's fixed part is not); None without trained trials."""
+    estimates = [
+        seconds
+        * scaled(cost["epochs"] / max(epochs, 1), 1.0, 0.75)
+        * scaled(cost["pixels"] / other["pixels"], 1.0, 0.75)
+        * scaled(cost["width"] / other["width"], 2.0, 0.5)
+        for other, epochs, seconds in trained
+    ]
+    return BUDGET_SAFETY * max(estimates) if estimates else None
+
+
+def trained_costs(study: optuna.Study) -> list[tuple[dict[str, int], int, float]]:
+    """(cost, epochs trained, seconds) of the study's trials that trained (COMPLETE or PRUNED, not a twin's)."""
+    return [
+        (t.user_attrs["cost"], int(t.user_attrs["epochs_trained"]), float(t.user_attrs["seconds"]))
+        for t in study.get_trials(deepcopy=False, states=FINISHED)
+        if {"cost", "epochs_trained", "seconds"} <= set(t.user_attrs) and "duplicate_of" not in t.user_attrs
+    ]
+
+
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
     def __init__(
         self,
@@ -463,6 +532,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         grace_period: int | None,
         pruner: Any = None,
         allow_other_data: bool = False,
+        budget_minutes: float | None = None,
         **kwargs: Any,
     ) -> None:
         mask_secrets_in_logs()  # the storage URL's password, in every line this process logs
@@ -470,6 +540,9 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.allow_other_data = allow_other_data
+        self.budget_minutes = budget_minutes
+        self.budget_end: float | None = None  # unix time, set when the sweep starts
+        self.not_started = 0
         # the pruner's config, built (allow-list first) when the sweep starts: a refusal is one line, not a
         # Hydra instantiation error
         self.pruner_config: Any = (
@@ -513,6 +586,16 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 "hydra.sweeper.pruner needs hydra.sweeper.storage (null here): each trial reports its validations "
                 "to the study there"
             )
+        if self.budget_minutes is not None:
+            budget = self.budget_minutes
+            if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget < math.inf:
+                raise ConfigError(f"hydra.sweeper.budget_minutes={as_typed(budget)}: must be a positive number or null")
+            if self.storage is None:
+                raise ConfigError(
+                    "hydra.sweeper.budget_minutes needs hydra.sweeper.storage (null here): each trial's run finds "
+                    "its deadline and reports there, and the estimates read the study's trained trials"
+                )
+            self.budget_end = time.time() + 60.0 * float(budget)
         storage = self._storage()
         study, created = open_study(storage, self.study_name, directions[0], self.sampler, pruner)
         where = mask_secrets(str(self.storage)) if self.storage is not None else "memory"
@@ -537,6 +620,13 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         space_size = finite_space_size(distributions)
         key = point_key(distributions, {name: value for name, value in fixed_params.items() if name in swept})
         while launched < self.n_trials:
+            if self.budget_end is not None and (time.time() >= self.budget_end or self.not_started >= MAX_NOT_STARTED):
+                log.info(
+                    "budget of %s min spent (%d drawn trials did not fit in what was left): the sweep ends",
+                    self.budget_minutes,
+                    self.not_started,
+                )
+                break
             if isinstance(storage, RDBStorage):
                 fail_trials_of_dead_workers(study, storage, grace_period)
             counts = self._counts(study)
@@ -554,7 +644,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                         for trial in asked:
                             trial.set_user_attr("pruner", pruning)
                     asked_overrides = [
-                        (*o, *sweep_trial_overrides(str(self.storage), study.study_name, t.number))
+                        (*o, *sweep_trial_overrides(str(self.storage), study.study_name, t.number, self.budget_end))
                         for t, o in zip(asked, asked_overrides, strict=True)
                     ]
                 launched += len(asked)
@@ -597,7 +687,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 waiting.append((trial, overrides, train[point][0]._trial_id))
             else:
                 train[point] = (trial, overrides)
-        errors = self._launch(study, storage, list(train.values()))
+        errors = self._launch(study, storage, self._within_budget(study, list(train.values())))
         retrain: list[tuple[Trial, Sequence[str]]] = []
         for trial, overrides, twin_id in waiting:
             while (twin := storage.get_trial(twin_id)).state == TrialState.RUNNING:  # another worker's run
@@ -616,6 +706,32 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 retrain.append((trial, overrides))
         return errors + (self._run(study, storage, key, retrain, grace_period) if retrain else [])
 
+    def _within_budget(
+        self, study: optuna.Study, batch: list[tuple[Trial, Sequence[str]]]
+    ) -> list[tuple[Trial, Sequence[str]]]:
+        """The batch's trials whose estimated run fits in the budget left (all without a budget); the others are
+        told FAIL, not started (user attr `not_started`). Each started trial records its cost (user attr `cost`)."""
+        if self.budget_end is None:
+            return batch
+        assert self.hydra_context is not None and self.config is not None
+        trained, fits = trained_costs(study), []
+        for trial, overrides in batch:
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            cost = trial_cost(config)
+            estimate = None if cost is None else trial_seconds(cost, trained)
+            left = self.budget_end - time.time()
+            if left > 0 and (estimate is None or estimate <= left):
+                if cost is not None:
+                    trial.set_user_attr("cost", cost)
+                fits.append((trial, overrides))
+                continue
+            reason = f"{estimate or 0:.0f} s estimated, {max(left, 0):.0f} s left of the budget"
+            log.info("trial %d not started (hydra.sweeper.budget_minutes): %s", trial.number, reason)
+            trial.set_user_attr("not_started", reason)
+            study.tell(trial, state=TrialState.FAIL)
+            self.not_started += 1
+        return fits
+
     def _launch(
         self, study: optuna.Study, storage: BaseStorage, batch: list[tuple[Trial, Sequence[str]]]
     ) -> list[BaseException]:
@@ -625,6 +741,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         if not batch:
             return []
         jobs = [overrides for _, overrides in batch]
+        started = time.monotonic()
         try:
             returns = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
         except Exception as error:  # e.g. hydra-submitit-launcher's, when one job of the array died
@@ -633,6 +750,10 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             )
             returns = [failed_job(error, overrides) for overrides in jobs]
         self.job_idx += len(returns)
+        seconds = time.monotonic() - started  # the batch's: each trial's run took at most this long
+        for trial, _ in batch:
+            with contextlib.suppress(RuntimeError):  # finished by another worker meanwhile: _tell says so
+                trial.set_user_attr("seconds", round(seconds, 3))
         backend = storage if isinstance(storage, RDBStorage) else None
         errors = [self._tell(study, trial, job, backend) for (trial, _), job in zip(batch, returns, strict=True)]
         return [error for error in errors if error is not None]
@@ -680,6 +801,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         output_dir = None if job.hydra_cfg is None else Path(str(job.hydra_cfg.hydra.runtime.output_dir))
         if output_dir is not None:
             trial.set_user_attr("output_dir", str(output_dir))
+            for key, value in run_outcome(output_dir).items():
+                trial.set_user_attr(key, value)
         if backend is not None:
             sync_reports(trial, backend)
         # the exception itself: JobReturn.return_value would re-raise it and print "Error executing job"

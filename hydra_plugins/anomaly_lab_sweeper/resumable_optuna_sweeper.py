@@ -3,7 +3,7 @@
 `hydra/sweeper=resumable_optuna` takes every option of hydra-optuna-sweeper's `optuna` plus the
 heartbeat settings and a pruner (`hydra/sweeper/pruner=none|median|percentile|successive_halving|hyperband|
 threshold`, or the presets in anomaly_lab/conf/hydra/sweeper/pruner/; options as `hydra.sweeper.pruner.<key>=...`)
-and allow_other_data (join a study of other data); the loop itself is
+allow_other_data (join a study of other data) and budget_minutes (a wall-clock budget); the loop itself is
 anomaly_lab.sweeps.resumable_optuna.ResumableOptunaSweeperImpl.
 """
 
@@ -97,6 +97,9 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
     # a study records the data its trials train on (configs.data_identity); a sweep of other data is refused unless
     # this is true (the data moved: the study's finished points count as this data's)
     allow_other_data: bool = False
+    # minutes of wall clock for this sweep (null: none): a trial whose estimated run does not fit in what is left is
+    # not started, and each started one stops (PRUNED) before an epoch that would end past the budget
+    budget_minutes: Optional[float] = None  # noqa: UP045
 
 
 store = ConfigStore.instance()

@@ -1,0 +1,695 @@
+"""A recipe for a new category from its folder and a budget: `make tune DATA=<folder> MINUTES=60`, i.e.
+`python -m anomaly_lab.tune data=<folder> minutes=60 [defects=<folder>] [name=<recipe>] [overwrite=true] [k=v ...]`.
+
+Why: quality was made by hand, one category at a time. This runs the project's own loop instead: an Optuna search
+(hparams_search=auto_cpu, ASHA pruning) scored by the separation of normal and anomalous validation images, inside
+a wall-clock budget (hydra.sweeper.budget_minutes), then writes the best trial as an experiment YAML
+(recipes/experiment/<name>.yaml, found by `experiment=<name>`: hydra_plugins/anomaly_lab_sweeper/recipes_searchpath
+.py), its trials table beside it, and trains and tests that recipe once in a normal run folder.
+
+The protocol: nothing is chosen on the test set. The search sees validation only (synthetic anomalies made from
+held-out normal images, or a share of the user's defects where `defects=` is given); the test split is read once,
+by the final training, after every choice.
+
+How the data is read (one line each is printed):
+- an MVTec AD category root (it has train/good/): dataset=mvtec, every real anomaly tested (synthetic validation
+  anomalies), the test is MVTec's own test split;
+- a plain folder of good images: dataset=folder, a seeded share of them held out for the test (test_fraction);
+  the test's anomalies are `defects=` where given (then validation takes a share of them: the real objective), else,
+  where the folder is <root>/train/good and <root>/test/ holds one defect folder, that folder (never seen by the
+  search; its masks from <root>/ground_truth/<defect>/ where present). FolderDataModule takes one abnormal_dir: with
+  several defect folders the data is read as the MVTec root instead (its test/good then are the test's normals).
+  Held-out train/good normals rather than test/good: on the shared screw copy test/good is darker than train/good,
+  so brightness alone would separate it (screw_cpu.yaml says more).
+
+Bad input is one line naming the key and exit 2, before anything trains: no images, too few to hold out validation
+and test images, a category without normal images, a budget too small for one trial (the documented rate below,
+not a probe: no training before the refusal), a search value the model cannot take (one config per value of each
+parameter, and every size x band x grid, run through the train command's own checks), a recipe name taken.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
+from omegaconf import DictConfig, OmegaConf
+
+from anomaly_lab.cli import USER_ERRORS, exit_for_user_error
+from anomaly_lab.configs import CONFIG_DIR, data_digest, data_identity
+from anomaly_lab.data.datamodules import normal_shares
+from anomaly_lab.data.images import IMAGE_SUFFIXES
+from anomaly_lab.errors import ConfigError, UserError, as_typed
+
+log = logging.getLogger(__name__)
+
+SEARCH = "auto_cpu"  # conf/hparams_search/auto_cpu.yaml
+# Seconds per training image per megapixel of model input per epoch on 2 idle CPU cores, by net width
+# (model.net.base_channels), validation every 10 epochs included: screw_cpu (width 8: 70 epochs of 230 images at
+# 256x96 in 14.8 min) and bottles_cpu (width 16: 40 epochs of 189 images at 128x128 in 8.4 min), docs/benchmarks.md.
+RATE_S = {8: 2.3, 16: 4.1}
+SEARCH_VALIDATION = 1.15  # the search validates every 5 epochs (ASHA's rungs), those recipes every 10
+FINAL_TRAINING_S = 14 * 60  # the final training's bound: 15 min on 2 cores, less its test and start
+LENGTHS = {"short": 0.3, "medium": 0.6, "long": 1.0}  # tune.length: shares of the longest that fits
+EPOCH_STEP, MAX_EPOCHS = 5, 100
+START_S, DECODE_S = 10.0, 0.05  # a trial's start, and decoding per image file (1024 px PNG): the budget check
+SWEEP_START_S = 15.0  # the search process's own start (imports, composing), before its budget's clock runs
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.2  # the loader's val_fraction; the normals a plain folder holds out to test
+MIN_VALIDATION, MIN_TRAINING = 3, 8  # normal images validation and training need at least
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+OWN_KEYS = ("data", "minutes", "defects", "name", "overwrite")
+
+
+def recipes_root() -> Path:
+    """<project root>/recipes (PROJECT_ROOT or the working directory), the folder Hydra's search path gets."""
+    return Path(os.environ.get("PROJECT_ROOT", ".")).resolve() / "recipes"
+
+
+@dataclass
+class DataPlan:
+    """The dataset options chosen for a data folder, what they mean (one line each) and the normal images."""
+
+    overrides: list[str]
+    lines: list[str]
+    normal_images: int  # in the pool that is split into train / validation (/ test)
+    holds_out_test: bool  # a share of the normals is held out for the test (dataset.test_fraction)
+    image_files: int = 0  # every image file a run decodes (normals and anomalies)
+    kind: str = "folder"
+
+
+def count_images(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def defect_folders(test: Path) -> list[Path]:
+    """The defect folders of an MVTec-layout test/ folder: every subfolder but good that holds images."""
+    if not test.is_dir():
+        return []
+    return [d for d in sorted(test.iterdir()) if d.is_dir() and d.name != "good" and count_images(d)]
+
+
+def mvtec_plan(root: Path, key: str = "data") -> DataPlan:
+    normal = count_images(root / "train" / "good")
+    if normal == 0:
+        raise UserError(
+            f"{key}={root}: train/good holds no normal image ({'/'.join(IMAGE_SUFFIXES)}): a category "
+            "needs good images to train on"
+        )
+    defects = defect_folders(root / "test")
+    good = count_images(root / "test" / "good") if (root / "test" / "good").is_dir() else 0
+    anomalous = sum(count_images(d) for d in defects)
+    masks = [d.name for d in defects if (root / "ground_truth" / d.name).is_dir()]
+    lines = [
+        f"data: an MVTec AD category root (train/good: {normal} images) -> dataset=mvtec dataset.root={root}",
+        "validation: synthetic anomalies from held-out normal images (validation_anomalies=synthetic): every real "
+        "anomaly is tested, none is seen by the search",
+        f"test: MVTec's own test split: test/good ({good}) and {anomalous} anomalies in "
+        f"{', '.join(d.name for d in defects) or 'no defect folder'}"
+        + (f"; masks for {', '.join(masks)} (pixel AUROC)" if masks else "; no masks (image AUROC only)"),
+    ]
+    overrides = ["dataset=mvtec", f"dataset.root={root}", "validation_anomalies=synthetic"]
+    return DataPlan(overrides, lines, normal, False, normal + good + anomalous, "mvtec")
+
+
+def folder_plan(data: Path, defects: Path | None) -> DataPlan:
+    normal = count_images(data)
+    if normal == 0:
+        raise UserError(
+            f"data={data}: no images ({'/'.join(IMAGE_SUFFIXES)}) in it: give a folder of good images, or an MVTec "
+            "AD category root (with train/good/)"
+        )
+    overrides = ["dataset=folder", f"dataset.normal_dir={data}", f"dataset.test_fraction={TEST_FRACTION}"]
+    lines = [
+        f"data: a folder of {normal} good images -> dataset=folder dataset.normal_dir={data}, "
+        f"{TEST_FRACTION:.0%} held out for the test (dataset.test_fraction={TEST_FRACTION})"
+    ]
+    anomalous, mask_dir = 0, None
+    if defects is not None:
+        if not defects.is_dir():
+            raise UserError(f"defects={defects}: not a folder")
+        anomalous = count_images(defects)
+        if anomalous < 2:
+            raise UserError(
+                f"defects={defects}: {anomalous} images; validation takes a share of the defects and the test the "
+                "rest, so give at least 2 (or leave defects out: synthetic validation anomalies)"
+            )
+        overrides += [f"dataset.abnormal_dir={defects}", "validation_anomalies=auto"]
+        lines += [
+            f"validation: a share of the {anomalous} defects in {defects} (validation_anomalies=auto, "
+            "dataset.val_anomalous): the real objective",
+            f"test: the held-out good images and the other defects of {defects}; no masks (image AUROC only)",
+        ]
+    else:
+        root = data.parent.parent
+        found = defect_folders(root / "test") if data.name == "good" and data.parent.name == "train" else []
+        if len(found) > 1:
+            plan = mvtec_plan(root)
+            plan.lines.insert(
+                0,
+                f"data: {data} is train/good of {root}, whose test/ holds {len(found)} defect folders "
+                f"({', '.join(d.name for d in found)}): read as the MVTec root (one folder dataset takes one "
+                "abnormal_dir)",
+            )
+            return plan
+        if found:
+            (defect,) = found
+            anomalous = count_images(defect)
+            masks = root / "ground_truth" / defect.name
+            mask_dir = masks if masks.is_dir() else None
+            overrides += [f"dataset.abnormal_dir={defect}", f"dataset.mask_dir={mask_dir or 'null'}"]
+            overrides.append("validation_anomalies=synthetic")
+            lines += [
+                "validation: synthetic anomalies from held-out good images (validation_anomalies=synthetic)",
+                f"test: the held-out good images and the {anomalous} defects of {defect} (never seen by the search)"
+                + (f", masks in {mask_dir}" if mask_dir else "; no masks (image AUROC only)"),
+            ]
+        else:
+            overrides += ["dataset.abnormal_dir=null", "validation_anomalies=synthetic"]
+            lines += [
+                "validation: synthetic anomalies from held-out good images (validation_anomalies=synthetic)",
+                "test: the held-out good images only (no defects: give defects=<folder> for an AUROC)",
+            ]
+    return DataPlan(overrides, lines, normal, True, normal + anomalous)
+
+
+def plan_data(data: Path, defects: Path | None) -> DataPlan:
+    """The dataset options for `data` (and `defects`), checked to leave validation and training images."""
+    if not data.is_dir():
+        raise UserError(f"data={data}: {'a file, not a folder' if data.exists() else 'folder not found'}")
+    if (data / "train" / "good").is_dir():
+        if defects is not None:
+            raise UserError(
+                f"defects={defects}: {data} is an MVTec AD root, whose defects are its test/ folders: leave defects out"
+            )
+        plan = mvtec_plan(data)
+    else:
+        plan = folder_plan(data, defects)
+    check_enough_normal(plan, data)
+    return plan
+
+
+def normal_split(total: int, holds_out_test: bool) -> tuple[int, int, int]:
+    return normal_shares(total, VAL_FRACTION, TEST_FRACTION if holds_out_test else 0.0)
+
+
+def check_enough_normal(plan: DataPlan, data: Path) -> None:
+    tested, validated, trained = normal_split(plan.normal_images, plan.holds_out_test)
+    if validated >= MIN_VALIDATION and trained >= MIN_TRAINING and (tested >= 1 or not plan.holds_out_test):
+        return
+    needed = next(
+        n
+        for n in range(1, 100_000)
+        if (s := normal_split(n, plan.holds_out_test))[1] >= MIN_VALIDATION and s[2] >= MIN_TRAINING
+    )
+    shares = f"{tested} to test, " if plan.holds_out_test else ""
+    raise UserError(
+        f"data={data}: {plan.normal_images} normal images are too few to hold out validation"
+        f"{' and test' if plan.holds_out_test else ''} images ({shares}{validated} to validate, {trained} to train; "
+        f"the search needs at least {MIN_VALIDATION} to validate and {MIN_TRAINING} to train): give at least "
+        f"{needed} good images"
+    )
+
+
+def seconds_per_epoch(training_images: int, pixels: int, width: int) -> float:
+    """One epoch of the search's training (validation every 5 epochs included) at the documented rate."""
+    rate = RATE_S.get(width, RATE_S[16] * (width / 16) ** 2 if width > 16 else RATE_S[8])
+    return rate * training_images * pixels / 1e6 * SEARCH_VALIDATION
+
+
+def epochs_table(tune: Mapping[str, Any], training_images: int) -> dict[str, Any]:
+    """tune.epochs for this data: by size, band and width, the longest training that fits FINAL_TRAINING_S (a
+    multiple of EPOCH_STEP, at most MAX_EPOCHS) and LENGTHS shares of it."""
+    table: dict[str, Any] = {}
+    for size_name, size in tune["sizes"].items():
+        for band, height in tune["bands"][size_name].items():
+            for width_name, width in tune["widths"].items():
+                epoch = seconds_per_epoch(training_images, size * (height or size), width)
+                longest = min(MAX_EPOCHS, max(EPOCH_STEP, int(FINAL_TRAINING_S / epoch) // EPOCH_STEP * EPOCH_STEP))
+                lengths = {
+                    name: max(EPOCH_STEP, round(longest * share / EPOCH_STEP) * EPOCH_STEP)
+                    for name, share in LENGTHS.items()
+                }
+                table.setdefault(size_name, {}).setdefault(band, {})[width_name] = lengths
+    return table
+
+
+def hydra_value(value: Any) -> str:
+    """A plain value (dict, list, number, string, None) as a Hydra override value."""
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{key}:{hydra_value(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(item) for item in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def plain_dict(node: Any) -> dict[str, Any]:
+    """A config node as a plain dict with string keys (resolved)."""
+    container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict)
+    return {str(key): value for key, value in container.items()}
+
+
+def compose_train(overrides: Sequence[str]) -> DictConfig:
+    """The train config (with its hydra node) for these overrides, as the command line would compose it."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def search_values(params: Mapping[str, str]) -> dict[str, list[Any]]:
+    """Each search parameter's values to check: every choice; an interval's two ends."""
+    parser = OverridesParser.create()
+    values: dict[str, list[Any]] = {}
+    for key, spec in params.items():
+        sweep = parser.parse_override(f"{key}={spec}").value()
+        if isinstance(sweep, ChoiceSweep):
+            values[key] = list(sweep.list)
+        elif isinstance(sweep, IntervalSweep):
+            values[key] = [sweep.start, sweep.end]
+        else:
+            values[key] = [sweep]
+    return values
+
+
+def check_points(base: Sequence[str], params: Mapping[str, str]) -> int:
+    """Compose one config per value of each search parameter, and one per size x band x grid, and run the train
+    command's checks and builds on each: a value the model cannot take is a ConfigError naming the parameter and
+    value. Returns the number of configs checked."""
+    from anomaly_lab.config_checks import check_train_config
+    from anomaly_lab.train import build_module
+
+    values = search_values(params)
+    joint = [key for key in ("tune.size", "tune.band", "tune.grid") if key in values]
+    points: list[dict[str, Any]] = [
+        dict(zip(joint, combo, strict=True)) for combo in product(*(values[k] for k in joint))
+    ]
+    points += [{key: value} for key, options in values.items() if key not in joint for value in options]
+    for point in points:
+        overrides = [*base, *(f"{key}={hydra_value(value)}" for key, value in point.items())]
+        where = " ".join(f"{key}={hydra_value(value)}" for key, value in point.items())
+        try:
+            cfg = compose_train(overrides)
+            check_train_config(cfg)
+            build_module(cfg)
+        except (*USER_ERRORS, ValueError, TypeError, KeyError) as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(f"hydra.sweeper.params: the search point {where} cannot train: {message}") from error
+    return len(points)
+
+
+def check_epochs(table: Mapping[str, Any]) -> None:
+    for size, bands in table.items():
+        for band, widths in bands.items():
+            for width, lengths in widths.items():
+                for length, epochs in lengths.items():
+                    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+                        key = f"tune.epochs.{size}.{band}.{width}.{length}"
+                        raise ConfigError(f"{key}={as_typed(epochs)}: must be a positive integer")
+
+
+@dataclass
+class Point:
+    """A point of the search and its estimated seconds of training (the documented rate)."""
+
+    params: dict[str, Any]
+    seconds: float
+    label: str = ""
+
+
+def point_seconds(
+    tune: Mapping[str, Any], table: Mapping[str, Any], params: Mapping[str, Any], plan: DataPlan
+) -> float:
+    """A trial's seconds at the documented rate: its start, decoding every image file, its epochs."""
+    size_name, band, width_name = params["tune.size"], params["tune.band"], params["tune.width"]
+    size = tune["sizes"][size_name]
+    pixels = size * (tune["bands"][size_name][band] or size)
+    epochs = table[size_name][band][width_name][params["tune.length"]]
+    training = normal_split(plan.normal_images, plan.holds_out_test)[2]
+    return (
+        START_S + DECODE_S * plan.image_files + epochs * seconds_per_epoch(training, pixels, tune["widths"][width_name])
+    )
+
+
+def first_points(tune: Mapping[str, Any], table: Mapping[str, Any], plan: DataPlan) -> tuple[Point, Point]:
+    """bottles_cpu's point (the yaml's defaults) and the cheapest point with its estimated seconds."""
+    default = {f"tune.{key}": tune[key] for key in ("size", "band", "width", "grid", "length")}
+    default.update({"optimizer.lr": 1e-3, "dataset.preprocessing.orient": "none", "augmentation": "none"})
+    cheapest: Point | None = None
+    for size, band, width in product(tune["sizes"], tune["bands"][default["tune.size"]], tune["widths"]):
+        params = {**default, "tune.size": size, "tune.band": band, "tune.width": width, "tune.length": "short"}
+        seconds = point_seconds(tune, table, params, plan)
+        if cheapest is None or seconds < cheapest.seconds:
+            cheapest = Point(
+                params, seconds, f"{size}, band {band}, {width} net, {table[size][band][width]['short']} epochs"
+            )
+    assert cheapest is not None
+    return Point(default, point_seconds(tune, table, default, plan), "bottles_cpu's point"), cheapest
+
+
+@dataclass
+class Args:
+    data: Path
+    minutes: float
+    defects: Path | None = None
+    name: str = ""
+    overwrite: bool = False
+    extras: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: Sequence[str]) -> Args:
+    """key=value arguments: data, minutes, defects, name, overwrite; any other key=value is a Hydra override for
+    the search and the recipe (e.g. dataset.preprocessing.grayscale=true)."""
+    own: dict[str, str] = {}
+    extras: list[str] = []
+    for argument in argv:
+        key, equals, value = argument.partition("=")
+        if not equals:
+            raise UserError(f"{argument!r}: arguments are key=value (data=<folder> minutes=<budget> ...)")
+        if key in OWN_KEYS:
+            own[key] = value
+        else:
+            extras.append(argument)
+    for key in ("data", "minutes"):
+        if not own.get(key):
+            raise UserError(f"{key}=...: required (python -m anomaly_lab.tune data=<folder> minutes=60)")
+    try:
+        minutes = float(own["minutes"])
+    except ValueError:
+        minutes = math.nan
+    if not 0 < minutes < math.inf:
+        raise UserError(f"minutes={own['minutes']}: must be a positive number of minutes (MINUTES=60)")
+    data = Path(own["data"]).expanduser().resolve()
+    defects = Path(own["defects"]).expanduser().resolve() if own.get("defects") else None
+    name = (
+        own.get("name")
+        or f"tune_{re.sub(r'[^A-Za-z0-9_-]', '_', data.parent.parent.name if data.name == 'good' else data.name)}"
+    )
+    if not NAME.fullmatch(name):
+        raise UserError(f"name={name}: a recipe name is letters, digits, '_' and '-' (it names the experiment)")
+    if (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").is_file():
+        raise UserError(
+            f"name={name}: a shipped experiment has that name (experiment={name} would find it): choose another"
+        )
+    overwrite = own.get("overwrite", "false").lower()
+    if overwrite not in ("true", "false"):
+        raise UserError(f"overwrite={own['overwrite']}: true or false")
+    return Args(data, minutes, defects, name, overwrite == "true", extras)
+
+
+def recipe_path(name: str) -> Path:
+    return recipes_root() / "experiment" / f"{name}.yaml"
+
+
+# What a recipe sets beyond its group choices: the search's keys and the dataset's options (from the plan)
+RECIPE_KEYS = (
+    "seed",
+    "model.image_size",
+    "model.net.base_channels",
+    "dataset.preprocessing.crop_height",
+    "dataset.preprocessing.orient",
+    "masking.grid_sizes",
+    "scoring.anomaly_map.blur_sigma",
+    "scoring.anomaly_map.score_blur_sigma",
+    "optimizer.lr",
+    "trainer.max_epochs",
+    "trainer.check_val_every_n_epoch",
+    "callbacks.model_checkpoint.monitor",
+)
+RECIPE_GROUPS = ("dataset", "model", "masking", "scoring", "trainer", "augmentation", "validation_anomalies")
+# What must be equal between the best trial's config and the written recipe's (the recipe trains that model)
+COMPARED = (
+    "seed",
+    "model",
+    "dataset",
+    "masking",
+    "scoring",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "threshold",
+    "objective",
+    "callbacks.model_checkpoint",
+)
+
+
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The config keys (not groups, hydra.* or tune.*) that overrides set, in order."""
+    keys = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if override.is_delete() or key.startswith(("hydra.", "tune.")) or key in RECIPE_GROUPS:
+            continue
+        keys.append(key.lstrip("+"))
+    return keys
+
+
+def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
+
+
+def recipe_yaml(cfg: DictConfig, keys: Sequence[str], header: str) -> str:
+    """The experiment YAML of a composed config: its group choices and the plain (resolved) values of `keys`."""
+    choices = cfg.hydra.runtime.choices
+    defaults = [{f"override /{group}": choices[group]} for group in RECIPE_GROUPS if choices.get(group)]
+    values: dict[str, Any] = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    body = OmegaConf.to_yaml(OmegaConf.create({"defaults": [*defaults, "_self_"], **nested(values)}))
+    return f"# @package _global_\n{header}{body}"
+
+
+def resolved(cfg: DictConfig, keys: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+def differences(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted({*a, *b}, key=str):
+            yield from differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+    elif a != b:
+        yield f"{prefix}: {as_typed(a)} != {as_typed(b)}"
+
+
+def write_trials(study: Any, path: Path) -> None:
+    """The trials table (csv): number, state, objective, seconds, epochs trained, what stopped it, params. No test
+    metric: the search chose on validation only."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    params = sorted({name for trial in trials for name in trial.params})
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["number", "state", "value", "seconds", "epochs_trained", "stopped_by", "note", *params])
+        for trial in trials:
+            attrs = trial.user_attrs
+            state = trial.state.name
+            note = attrs.get("not_started") or attrs.get("error") or attrs.get("failed_because") or ""
+            if "duplicate_of" in attrs:
+                note = f"same point as trial {attrs['duplicate_of']}"
+            seconds = attrs.get("seconds")
+            if seconds is None and trial.duration is not None and trial.state != TrialState.FAIL:
+                seconds = round(trial.duration.total_seconds(), 1)
+            writer.writerow(
+                [
+                    trial.number,
+                    state,
+                    "" if trial.value is None else f"{trial.value:.6g}",
+                    seconds or "",
+                    attrs.get("epochs_trained", ""),
+                    attrs.get("stopped_by", ""),
+                    note,
+                    *(trial.params.get(name, "") for name in params),
+                ]
+            )
+
+
+def run_command(command: Sequence[str]) -> tuple[int, float]:
+    """Run a command in the foreground (its output on this console); its exit status and minutes."""
+    started = time.monotonic()
+    status = subprocess.run(list(command), check=False).returncode
+    return status, (time.monotonic() - started) / 60
+
+
+def tune(args: Args) -> dict[str, Any]:
+    """The whole command; returns what it printed last (for tests): recipe path, run folder, metrics, minutes."""
+    started = time.monotonic()
+    recipe = recipe_path(args.name)
+    if recipe.exists() and not args.overwrite:
+        raise UserError(f"name={args.name}: {recipe} exists already: choose another name, or overwrite=true")
+    plan = plan_data(args.data, args.defects)
+    for line in plan.lines:
+        print(f"tune: {line}", flush=True)
+    base = [f"hparams_search={SEARCH}", *plan.overrides]
+    scratch = f"paths.output_dir={recipes_root().parent / 'outputs' / 'tune_checks'}"
+    cfg = compose_train([*base, *args.extras, scratch])
+    tune_node = plain_dict(cfg.tune)
+    training = normal_split(plan.normal_images, plan.holds_out_test)[2]
+    table = epochs_table(tune_node, training)
+    base.append(f"tune.epochs={hydra_value(table)}")
+    base += args.extras  # the user's overrides win over the table
+    cfg = compose_train([*base, scratch])
+    tune_node = plain_dict(cfg.tune)
+    check_epochs(tune_node["epochs"])
+    default, cheapest = first_points(tune_node, tune_node["epochs"], plan)
+    budget_s = args.minutes * 60
+    if cheapest.seconds > budget_s:
+        raise UserError(
+            f"minutes={args.minutes:g}: too small for one trial: the cheapest point of the search ({cheapest.label}) "
+            f"needs about {cheapest.seconds / 60:.1f} min on {training} training images at the documented rate "
+            f"(anomaly_lab/tune.py, RATE_S: 2 idle CPU cores); give minutes={math.ceil(cheapest.seconds / 60)} or more"
+        )
+    params = {key: str(spec) for key, spec in plain_dict(cfg.hydra.sweeper.params).items()}
+    checked = check_points([*base, scratch], params)
+    print(f"tune: the search space: {checked} points checked by the train command's checks", flush=True)
+    print(
+        f"tune: the final training is bounded to about {FINAL_TRAINING_S / 60:.0f} min on 2 idle cores "
+        f"({training} training images; tune.epochs)",
+        flush=True,
+    )
+
+    import optuna
+
+    storage = str(cfg.hydra.sweeper.storage)
+    study_name = f"{SEARCH}-{cfg.hydra.runtime.choices.dataset}-{data_digest(cfg.dataset, os.getcwd())}"
+    first = default if default.seconds <= budget_s / 2 else cheapest
+    enqueue_first(storage, study_name, str(cfg.hydra.sweeper.direction), data_identity(cfg.dataset, os.getcwd()), first)
+    left_s = budget_s - (time.monotonic() - started) - SWEEP_START_S
+    if left_s < cheapest.seconds:
+        raise UserError(
+            f"minutes={args.minutes:g}: too small for one trial once the checks ran: {max(left_s, 0) / 60:.1f} min "
+            f"left for the search, and its cheapest point ({cheapest.label}) needs about {cheapest.seconds / 60:.1f}"
+        )
+    left = left_s / 60
+    print(f"tune: searching for {left:.1f} min (study {study_name!r} in {storage})", flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "anomaly_lab.train",
+        "--multirun",
+        *base,
+        f"hydra.sweeper.study_name={study_name}",
+        f"hydra.sweeper.budget_minutes={left:.3f}",
+    ]
+    status, search_minutes = run_command(command)
+    if status != 0:
+        raise SearchFailed(f"the search ({' '.join(command[1:4])} ...) exited with {status}: its output is above")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise UserError(
+            f"minutes={args.minutes:g}: no trial completed within the budget ({len(study.trials)} trials in study "
+            f"{study_name!r}); give more minutes (a rerun resumes the study)"
+        )
+    best = study.best_trial
+    point = [f"{key}={hydra_value(value)}" for key, value in best.params.items()]
+    print(f"tune: best trial {best.number}: {best.value:.4g} ({', '.join(point)})", flush=True)
+
+    best_cfg = compose_train([*base, *point, scratch])
+    keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *args.extras]) if k not in RECIPE_KEYS)]
+    header = (
+        f"# Written by `python -m anomaly_lab.tune data={args.data} minutes={args.minutes:g}"
+        f"{f' defects={args.defects}' if args.defects else ''} name={args.name}` on {datetime.now():%Y-%m-%d %H:%M}:\n"
+        f"# trial {best.number} of study {study_name} ({storage}), objective {cfg.objective.metric} = "
+        f"{best.value:.4g} on validation; its params: {', '.join(point)}. Trials: {args.name}.trials.csv beside it.\n"
+        f"#   python -m anomaly_lab.train experiment={args.name}\n"
+    )
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    recipe.write_text(recipe_yaml(best_cfg, keys, header))
+    write_trials(study, recipe.with_suffix(".trials.csv"))
+    recipe_cfg = compose_train([f"experiment={args.name}", scratch])
+    mismatch = list(differences(resolved(best_cfg, COMPARED), resolved(recipe_cfg, COMPARED)))
+    if mismatch:
+        raise RuntimeError(
+            f"the written recipe {recipe} is not trial {best.number}'s config: {'; '.join(mismatch[:5])}"
+        )
+    print(f"tune: wrote {recipe} and {recipe.with_suffix('.trials.csv').name}", flush=True)
+
+    run_dir = Path("outputs") / "runs" / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{args.name}"
+    command = [sys.executable, "-m", "anomaly_lab.train", f"experiment={args.name}", f"hydra.run.dir={run_dir}"]
+    status, training_minutes = run_command(command)
+    if status != 0:
+        raise SearchFailed(f"the final training (experiment={args.name}) exited with {status}: its output is above")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    report = {
+        "recipe": str(recipe),
+        "run_dir": str(run_dir),
+        "image_auroc": metrics.get("test/image_auroc"),
+        "pixel_auroc": metrics.get("test/pixel_auroc"),
+        "search_minutes": search_minutes,
+        "training_minutes": training_minutes,
+    }
+    auroc = "none (no anomalous test image)" if report["image_auroc"] is None else f"{report['image_auroc']:.4f}"
+    pixel = "" if report["pixel_auroc"] is None else f", pixel AUROC {report['pixel_auroc']:.4f}"
+    print(
+        f"tune: {args.name}: test image AUROC {auroc}{pixel}; search {search_minutes:.1f} min, final training "
+        f"{training_minutes:.1f} min; run folder {run_dir}",
+        flush=True,
+    )
+    return report
+
+
+class SearchFailed(RuntimeError):
+    """A subprocess (the search or the final training) failed; its own output said why."""
+
+
+def enqueue_first(storage: str, name: str, direction: str, data: dict[str, Any], first: Point) -> None:
+    """A new study's first trial: bottles_cpu's point where it fits half the budget, else the cheapest (so the
+    search has a complete trial to estimate from and to fall back on). An existing study is resumed as it is."""
+    import optuna
+
+    from anomaly_lab.sweeps.resumable_optuna import open_study, rdb_storage
+
+    study, _ = open_study(rdb_storage(storage, None), name, direction, optuna.samplers.RandomSampler(), None)
+    if study.get_trials(deepcopy=False):
+        return
+    study.set_user_attr("data", data)
+    study.enqueue_trial(first.params)
+    print(f"tune: first trial: {first.label} (about {first.seconds / 60:.1f} min at the documented rate)", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        tune(parse_args(sys.argv[1:] if argv is None else argv))
+    except SearchFailed as error:
+        print(f"tune: {error}", file=sys.stderr)
+        sys.exit(1)
+    except USER_ERRORS as error:
+        exit_for_user_error(error)
+
+
+if __name__ == "__main__":
+    main()
