@@ -1,0 +1,372 @@
+"""make tune (anomaly_lab.tune) and the sweep budget behind it (issue 30, items 3 and 6).
+
+Fast: how a folder is read, the epochs that bound the final training, the budget's estimate and gate on fake trials,
+and each refusal of bad input (one line naming the key, exit 2, nothing trained). Slow, on tiny generated data in
+real processes: a trial still training at the budget's end is stopped there and PRUNED (not FAILED), trials that
+cannot fit are not started, and the whole command whose written recipe, trained again, gives the same model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+from PIL import Image
+
+from anomaly_lab import tune
+from anomaly_lab.sweeps.resumable_optuna import BUDGET_SAFETY, ResumableOptunaSweeperImpl, trial_seconds
+from tests.conftest import FAST_SWEEP, TINY, TINY_SYNTHETIC
+
+REPO = Path(__file__).resolve().parents[1]
+HANG_GUARD_S = 900  # only stops a hung process: no assertion depends on how long a run takes
+
+
+def write_images(folder: Path, count: int, start: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    for i in range(start, start + count):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def plan_keys(plan: tune.DataPlan) -> dict[str, str]:
+    return dict(override.split("=", 1) for override in plan.overrides)
+
+
+# how a folder is read
+
+
+def test_an_mvtec_root_is_read_as_mvtec_with_every_real_anomaly_tested(tmp_path: Path) -> None:
+    write_images(tmp_path / "train" / "good", 40)
+    write_images(tmp_path / "test" / "good", 3)
+    write_images(tmp_path / "test" / "crack", 2)
+    plan = tune.plan_data(tmp_path, None)
+    assert plan_keys(plan) == {
+        "dataset": "mvtec",
+        "dataset.root": str(tmp_path),
+        "validation_anomalies": "synthetic",
+    }
+    assert not plan.holds_out_test and plan.normal_images == 40
+
+
+def test_train_good_with_one_defect_folder_holds_out_normals_and_tests_that_folder(tmp_path: Path) -> None:
+    good = write_images(tmp_path / "train" / "good", 40)
+    write_images(tmp_path / "test" / "good", 3)  # darker on the shared screw copy: not the test's normals
+    defect = write_images(tmp_path / "test" / "anomaly", 4)
+    plan = tune.plan_data(good, None)
+    keys = plan_keys(plan)
+    assert keys["dataset"] == "folder" and keys["dataset.normal_dir"] == str(good)
+    assert keys["dataset.abnormal_dir"] == str(defect) and keys["dataset.mask_dir"] == "null"
+    assert keys["validation_anomalies"] == "synthetic"  # the search never sees the test's defects
+    assert float(keys["dataset.test_fraction"]) == tune.TEST_FRACTION and plan.holds_out_test
+
+
+def test_train_good_with_several_defect_folders_is_read_as_the_mvtec_root(tmp_path: Path) -> None:
+    good = write_images(tmp_path / "train" / "good", 40)
+    write_images(tmp_path / "test" / "crack", 2)
+    write_images(tmp_path / "test" / "scratch", 2)
+    plan = tune.plan_data(good, None)
+    assert plan_keys(plan)["dataset"] == "mvtec" and plan_keys(plan)["dataset.root"] == str(tmp_path)
+    assert "one folder dataset takes one abnormal_dir" in plan.lines[0]
+
+
+def test_a_plain_folder_with_defects_validates_on_a_share_of_them(tmp_path: Path) -> None:
+    good, defects = write_images(tmp_path / "good", 40), write_images(tmp_path / "bad", 6)
+    keys = plan_keys(tune.plan_data(good, defects))
+    assert keys["dataset.abnormal_dir"] == str(defects) and keys["validation_anomalies"] == "auto"
+    keys = plan_keys(tune.plan_data(good, None))  # no defects anywhere: a test of normals only
+    assert keys["dataset.abnormal_dir"] == "null" and keys["validation_anomalies"] == "synthetic"
+
+
+def test_the_final_training_is_bounded_to_its_minutes_and_the_shipped_table_is_the_rule_for_200_images() -> None:
+    cfg = tune.compose_train([f"hparams_search={tune.SEARCH}", "paths.output_dir=unused"])
+    node = tune.plain_dict(cfg.tune)
+    assert node["epochs"] == tune.epochs_table(node, 200)
+    for images in (20, 230, 2000):
+        table = tune.epochs_table(node, images)
+        for size, bands in table.items():
+            for band, widths in bands.items():
+                for width, lengths in widths.items():
+                    pixels = node["sizes"][size] * (node["bands"][size][band] or node["sizes"][size])
+                    epoch = tune.seconds_per_epoch(images, pixels, node["widths"][width])
+                    assert lengths["short"] <= lengths["medium"] <= lengths["long"] <= tune.MAX_EPOCHS
+                    assert all(epochs % tune.EPOCH_STEP == 0 for epochs in lengths.values())
+                    # the longest fits, unless one step of epochs does not (then it is that one step)
+                    assert lengths["long"] * epoch <= tune.FINAL_TRAINING_S or lengths["long"] == tune.EPOCH_STEP
+
+
+# the budget's estimate and gate, on fake trials
+
+
+def test_the_estimate_scales_a_trained_trial_up_linearly_and_a_wider_net_squared() -> None:
+    trained = [({"epochs": 10, "pixels": 128 * 128, "width": 8}, 10, 100.0)]
+    assert trial_seconds({"epochs": 10, "pixels": 128 * 128, "width": 8}, []) is None
+    same = trial_seconds({"epochs": 10, "pixels": 128 * 128, "width": 8}, trained)
+    assert same == pytest.approx(100 * BUDGET_SAFETY)
+    assert trial_seconds({"epochs": 20, "pixels": 256 * 128, "width": 16}, trained) == pytest.approx(
+        100 * 2 * 2 * 4 * BUDGET_SAFETY
+    )
+    # smaller trials: less than linearly smaller (a run's fixed part), so never below the linear share
+    smaller = trial_seconds({"epochs": 5, "pixels": 64 * 64, "width": 8}, trained)
+    assert smaller is not None and smaller > 100 * 0.5 * 0.25 * BUDGET_SAFETY
+    # a pruned trial (5 of its 40 epochs trained) counts by the epochs it trained
+    pruned = [({"epochs": 40, "pixels": 128 * 128, "width": 8}, 5, 50.0)]
+    assert trial_seconds({"epochs": 40, "pixels": 128 * 128, "width": 8}, pruned) == pytest.approx(
+        50 * 8 * BUDGET_SAFETY
+    )
+
+
+def test_a_trial_that_cannot_fit_in_the_budget_left_is_not_started_and_one_that_fits_is() -> None:
+    study = optuna.create_study(direction="maximize")
+    done = study.ask()
+    done.set_user_attr("cost", {"epochs": 10, "pixels": 1024, "width": 1})
+    done.set_user_attr("epochs_trained", 10)
+    done.set_user_attr("seconds", 10.0)
+    study.tell(done, 0.5)
+    long, short = study.ask(), study.ask()
+    epochs = {"long": 100, "short": 5}  # the job configs the sweep would compose for each trial
+
+    def load_sweep_config(config: Any, overrides: list[str]) -> Any:
+        return OmegaConf.create({"trainer": {"max_epochs": epochs[overrides[0]]}, "model": {"image_size": 32}})
+
+    sweeper = SimpleNamespace(
+        budget_end=time.time() + 60.0,  # 60 s left: 100 epochs need 125 s, 5 epochs 7.4 s (the safety included)
+        config=OmegaConf.create({}),
+        hydra_context=SimpleNamespace(config_loader=SimpleNamespace(load_sweep_config=load_sweep_config)),
+        not_started=0,
+    )
+    started = ResumableOptunaSweeperImpl._within_budget(sweeper, study, [(long, ["long"]), (short, ["short"])])  # type: ignore[arg-type]
+    assert [trial.number for trial, _ in started] == [short.number]
+    assert sweeper.not_started == 1
+    refused = study.trials[long.number]
+    assert refused.state == TrialState.FAIL and "s left of the budget" in refused.user_attrs["not_started"]
+    assert study.trials[short.number].user_attrs["cost"] == {"epochs": 5, "pixels": 1024, "width": 1}
+
+
+# item 6: bad input, one line naming the key, exit 2, nothing trained
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project root (recipes/ and outputs/ land there); the command runs in it."""
+    root = tmp_path / "project"
+    root.mkdir()
+    monkeypatch.setenv("PROJECT_ROOT", str(root))
+    monkeypatch.chdir(root)
+    return root
+
+
+def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(argv)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def nothing_trained(project: Path) -> bool:
+    return not (project / "outputs" / "sweeps").exists() and not (project / "outputs" / "runs").exists()
+
+
+def test_a_folder_without_images_is_refused_naming_data(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = refusal([f"data={empty}", "minutes=60"], capsys)
+    assert f"data={empty}: no images" in line and nothing_trained(project)
+
+
+def test_a_category_without_normal_images_is_refused_naming_data(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "category" / "train" / "good").mkdir(parents=True)
+    write_images(tmp_path / "category" / "test" / "crack", 3)
+    line = refusal([f"data={tmp_path / 'category'}", "minutes=60"], capsys)
+    assert "data=" in line and "train/good holds no normal image" in line and nothing_trained(project)
+
+
+def test_a_folder_too_small_to_hold_out_validation_and_test_images_is_refused(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_images(tmp_path / "good", 12)
+    line = refusal([f"data={good}", "minutes=60"], capsys)
+    assert f"data={good}: 12 normal images are too few to hold out validation and test images" in line
+    assert "give at least" in line and nothing_trained(project)
+
+
+def test_a_budget_too_small_for_one_trial_is_refused_naming_minutes(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_images(tmp_path / "good", 40)
+    line = refusal([f"data={good}", "minutes=0.05"], capsys)
+    assert line.startswith("UserError: minutes=0.05: too small for one trial") and nothing_trained(project)
+    assert "minutes=soon: must be a positive number" in refusal([f"data={good}", "minutes=soon"], capsys)
+
+
+def test_a_search_value_the_model_cannot_take_is_refused_naming_it(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_images(tmp_path / "good", 40)
+    line = refusal([f"data={good}", "minutes=60", "tune.bands.s128.half=40"], capsys)  # 40 rows: not a multiple of 16
+    assert "the search point tune.size=s128 tune.band=half" in line
+    assert "dataset.preprocessing.crop_height=40: must be a multiple of" in line and nothing_trained(project)
+
+
+def test_a_recipe_name_in_use_is_refused_unless_overwrite(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_images(tmp_path / "good", 40)
+    recipe = project / "recipes" / "experiment" / "mine.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text("# @package _global_\nseed: 1\n")
+    line = refusal([f"data={good}", "minutes=60", "name=mine"], capsys)
+    assert "name=mine" in line and "overwrite=true" in line
+    assert "a shipped experiment" in refusal([f"data={good}", "minutes=60", "name=bottles_cpu"], capsys)
+    assert recipe.read_text() == "# @package _global_\nseed: 1\n" and nothing_trained(project)
+
+
+# real processes on tiny data
+
+
+def tiny_env(root: Path) -> dict[str, str]:
+    """One thread (seeded CPU training is bit-for-bit repeatable at a fixed thread count), this project root."""
+    return {**os.environ, "PROJECT_ROOT": str(root), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def run(command: list[str], root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=root, env=tiny_env(root), capture_output=True, text=True, timeout=HANG_GUARD_S, check=False
+    )
+
+
+@pytest.mark.slow
+def test_a_trial_running_at_the_budgets_end_is_pruned_there_and_trials_that_cannot_fit_are_not_started(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    args = [
+        sys.executable,
+        "-m",
+        "anomaly_lab.train",
+        "--multirun",
+        "hparams_search=bottles_thesis",
+        *TINY,
+        *TINY_SYNTHETIC,
+        *FAST_SWEEP,
+        f"paths.root_dir={tmp_path}",
+        f"paths.cache_dir={cache}",
+        "trainer.max_epochs=100000",  # far more than the budget: only its deadline stops the trial
+        "hydra.sweeper.n_trials=1",
+    ]
+    started = time.time()
+    done = run([*args, "hydra.sweeper.budget_minutes=0.3"], tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    storage = f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db"
+    (name,) = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    (trial,) = optuna.load_study(study_name=name, storage=storage).trials
+    assert trial.state == TrialState.PRUNED  # a result (finished), not a failure
+    assert trial.user_attrs["stopped_by"] == "deadline" and "error" not in trial.user_attrs
+    run_dir = Path(trial.user_attrs["output_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stopped_early_by"] == "deadline" and 1 <= metrics["epochs_trained"] < 100000
+    assert not any(key.startswith("test/") for key in metrics)  # a pruned trial is not tested
+    overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    (deadline,) = [float(o.split("=", 1)[1]) for o in overrides if o.startswith("+sweep_trial.deadline=")]
+    assert started < deadline <= started + 0.3 * 60 + 30  # the budget's end (after the process started)
+    # stopped before an epoch predicted to end past the deadline: it ended before it, give or take one epoch
+    seconds_per_epoch = trial.user_attrs["seconds"] / metrics["epochs_trained"]
+    assert (
+        trial.datetime_complete is not None
+        and trial.datetime_complete.timestamp() <= deadline + 2 * seconds_per_epoch + 10
+    )
+
+    # the same study with 3 more trials and a budget none of them fits (100000 epochs each): none is started
+    again = run([*args, "hydra.sweeper.n_trials=4", "hydra.sweeper.budget_minutes=0.5"], tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    refused = [t for t in trials[1:] if "duplicate_of" not in t.user_attrs]  # not a redrawn point of trial 0's
+    assert refused and len(trials) <= 4
+    for trial in refused:
+        assert trial.state == TrialState.FAIL and "s left of the budget" in trial.user_attrs["not_started"]
+        assert "output_dir" not in trial.user_attrs  # never launched
+    assert "budget of 0.5 min spent" in again.stdout + again.stderr
+
+
+def state_dict(run_dir: Path) -> dict[str, torch.Tensor]:
+    (checkpoint,) = (run_dir / "checkpoints").glob("best.ckpt")
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_make_tune_on_tiny_data_writes_a_recipe_that_trains_the_same_model_again(tmp_path: Path) -> None:
+    from anomaly_lab.data.synthetic import write_synthetic_bottles
+
+    data = write_synthetic_bottles(tmp_path / "bottles", size=32, n_train=40, n_test_good=4, n_test_per_defect=2)
+    root = tmp_path / "project"
+    root.mkdir()
+    lengths = {"short": 1, "medium": 2, "long": 2}
+    tiny_space = [  # 32 px, 1-2 epochs, a net 4 channels wide: every size, band and width of the space at that scale
+        "tune.sizes={s128:32,s256:32}",
+        "tune.bands={s128:{full:null,half:16,third:16},s256:{full:null,half:16,third:16}}",
+        "tune.grids={s128:{coarse:[2],medium:[2,4],fine:[4]},s256:{coarse:[2],medium:[2,4],fine:[4]}}",
+        "tune.blurs={s128:{map:2.0,score:1.0},s256:{map:2.0,score:1.0}}",
+        "tune.widths={narrow:4,wide:4}",
+        "tune.epochs="
+        + tune.hydra_value(
+            {
+                s: {b: {w: lengths for w in ("narrow", "wide")} for b in ("full", "half", "third")}
+                for s in ("s128", "s256")
+            }
+        ),
+        "dataset.batch_size=4",
+        "dataset.eval_batch_size=8",
+        "trainer.enable_progress_bar=false",
+    ]
+    command = [sys.executable, "-m", "anomaly_lab.tune", f"data={data}", "minutes=2", "name=tiny", *tiny_space]
+    done = run(command, root)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("tune: ")]
+    assert lines[0].startswith("tune: data: an MVTec AD category root (train/good: 40 images) -> dataset=mvtec")
+
+    recipe = root / "recipes" / "experiment" / "tiny.yaml"
+    written = OmegaConf.load(recipe)
+    assert {"override /scoring": "auto"} in written.defaults and written.dataset.root == str(data)
+    with (recipe.with_suffix(".trials.csv")).open() as handle:
+        trials = list(csv.DictReader(handle))
+    assert trials and all("test" not in column for column in trials[0])  # chosen on validation only
+    assert {row["state"] for row in trials} <= {"COMPLETE", "PRUNED", "FAIL"}
+    assert all(row["note"].endswith("left of the budget") for row in trials if row["state"] == "FAIL")
+
+    # the budget: the search ended within the command's minutes (the checks before it took their share), give or
+    # take the last trial's epochs
+    search_minutes = float(lines[-1].split("search ")[1].split(" min")[0])
+    longest_trial = max(float(row["seconds"]) for row in trials if row["seconds"])
+    assert search_minutes * 60 <= 2 * 60 + longest_trial
+
+    # the recipe, trained again, is the tune's model: the same weights and the same test scores
+    final = root / lines[-1].split("run folder ")[1]
+    again = run(
+        [sys.executable, "-m", "anomaly_lab.train", "experiment=tiny", "hydra.run.dir=outputs/runs/again"], root
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
+    first, second = state_dict(final), state_dict(root / "outputs" / "runs" / "again")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert (final / "scores.csv").read_text() == (root / "outputs" / "runs" / "again" / "scores.csv").read_text()
+    reported = json.loads((final / "metrics.json").read_text())["test/image_auroc"]
+    assert f"test image AUROC {reported:.4f}" in lines[-1]
