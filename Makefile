@@ -14,7 +14,7 @@ ARGS ?=
 # Idle OpenMP threads yield instead of spinning: on a small shared CPU spinning threads thrash (torch 5-40x slower).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install train train-gpu sweep sweep-report test test-all test-slow lint tb clean bench-loader benchmark overhead predict export
+.PHONY: help install train train-gpu sweep sweep-report tune test test-all test-slow lint tb clean bench-loader benchmark overhead predict export
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,13 @@ sweep: $(VENV)/.installed ## resumable Optuna sweep (SEARCH=bottles_thesis, WORK
 		$(PY) -m anomaly_lab.train --multirun hparams_search=$(SEARCH) $(SWEEP_ARGS) $(ARGS) & pids="$$pids $$!"; \
 		[ $$i -lt $(WORKERS) ] && sleep 5; \
 	done; status=0; for pid in $$pids; do wait $$pid || status=1; done; exit $$status
+
+# A recipe for a new category from its folder alone (anomaly_lab/tune.py): reads the layout, searches
+# (hparams_search=auto_cpu) inside MINUTES of wall clock, writes recipes/experiment/$(NAME).yaml and its trials table,
+# trains and tests it once. DEFECTS: a folder of defects (validation takes a share); NAME: the recipe's name.
+tune: $(VENV)/.installed ## budgeted recipe search, then train+test it (DATA=folder MINUTES=60 [DEFECTS=...] [NAME=...])
+	$(if $(filter command line environment,$(origin DATA)),,$(error DATA=<folder of good images or an MVTec root> is required))$(if $(MINUTES),,$(error MINUTES=<search budget> is required))
+	$(PY) -m anomaly_lab.tune 'data=$(DATA)' minutes=$(MINUTES) $(if $(DEFECTS),'defects=$(DEFECTS)') $(if $(NAME),name=$(NAME)) $(ARGS)
 
 sweep-report: $(VENV)/.installed ## a stored study's trials table, best params and test metrics, plots (STUDY=name)
 	$(PY) -m anomaly_lab.tools.sweep_report $(if $(STUDY),--study $(STUDY)) $(ARGS)
