@@ -39,6 +39,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -584,14 +585,14 @@ def tune(args: Args) -> dict[str, Any]:
 
     storage = str(cfg.hydra.sweeper.storage)
     study_name = f"{SEARCH}-{cfg.hydra.runtime.choices.dataset}-{data_digest(cfg.dataset, os.getcwd())}"
-    first = default if default.seconds <= budget_s / 2 else cheapest
-    enqueue_first(storage, study_name, str(cfg.hydra.sweeper.direction), data_identity(cfg.dataset, os.getcwd()), first)
     left_s = budget_s - (time.monotonic() - started) - SWEEP_START_S
     if left_s < cheapest.seconds:
         raise UserError(
-            f"minutes={args.minutes:g}: too small for one trial once the checks ran: {max(left_s, 0) / 60:.1f} min "
-            f"left for the search, and its cheapest point ({cheapest.label}) needs about {cheapest.seconds / 60:.1f}"
+            f"minutes={args.minutes:g}: too small for one trial once the checks ran: {max(left_s, 0):.0f} s "
+            f"left for the search, and its cheapest point ({cheapest.label}) needs about {cheapest.seconds:.0f} s"
         )
+    first = default if default.seconds <= left_s / 2 else cheapest
+    enqueue_first(storage, study_name, str(cfg.hydra.sweeper.direction), data_identity(cfg.dataset, os.getcwd()), first)
     left = left_s / 60
     print(f"tune: searching for {left:.1f} min (study {study_name!r} in {storage})", flush=True)
     command = [
@@ -666,16 +667,25 @@ class SearchFailed(RuntimeError):
 
 
 def enqueue_first(storage: str, name: str, direction: str, data: dict[str, Any], first: Point) -> None:
-    """A new study's first trial: bottles_cpu's point where it fits half the budget, else the cheapest (so the
-    search has a complete trial to estimate from and to fall back on). An existing study is resumed as it is."""
+    """The first trial of a study without a complete (or waiting) one: bottles_cpu's point where it fits half the
+    budget, else the cheapest, so the search has a complete trial to estimate from and to fall back on. A study of
+    other data is left to the sweep (which refuses it)."""
     import optuna
 
     from anomaly_lab.sweeps.resumable_optuna import open_study, rdb_storage
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # enqueue_trial: optuna 2.10's
     study, _ = open_study(rdb_storage(storage, None), name, direction, optuna.samplers.RandomSampler(), None)
-    if study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING) for t in trials):
         return
-    study.set_user_attr("data", data)
+    if "data" not in study.user_attrs:
+        if trials:  # made before studies recorded their data: the sweep refuses it
+            return
+        study.set_user_attr("data", data)
+    elif study.user_attrs["data"] != data:
+        return
     study.enqueue_trial(first.params)
     print(f"tune: first trial: {first.label} (about {first.seconds / 60:.1f} min at the documented rate)", flush=True)
 

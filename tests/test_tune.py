@@ -156,6 +156,22 @@ def test_a_trial_that_cannot_fit_in_the_budget_left_is_not_started_and_one_that_
     assert study.trials[short.number].user_attrs["cost"] == {"epochs": 5, "pixels": 1024, "width": 1}
 
 
+def test_the_first_trial_is_enqueued_until_the_study_has_a_complete_one(tmp_path: Path) -> None:
+    storage, data = f"sqlite:///{tmp_path}/optuna.db", {"root": "/data/a"}
+    first = tune.Point({"tune.size": "s128", "optimizer.lr": 1e-3}, 60.0, "bottles_cpu's point")
+    tune.enqueue_first(storage, "s", "maximize", data, first)
+    tune.enqueue_first(storage, "s", "maximize", data, first)  # one waits already: not twice
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.WAITING] and study.user_attrs["data"] == data
+    trial = study.ask()  # the enqueued point, pruned (e.g. by a budget too short for it)
+    assert trial.suggest_categorical("tune.size", ["s128", "s256"]) == "s128"
+    study.tell(trial, state=TrialState.PRUNED)
+    tune.enqueue_first(storage, "s", "maximize", data, first)  # no complete trial yet: it is enqueued again
+    tune.enqueue_first(storage, "s", "maximize", {"root": "/data/b"}, first)  # other data: left to the sweep
+    states = [t.state for t in optuna.load_study(study_name="s", storage=storage).trials]
+    assert states == [TrialState.PRUNED, TrialState.WAITING]
+
+
 # item 6: bad input, one line naming the key, exit 2, nothing trained
 
 
