@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from anomaly_lab.checkpointing import (
     AtomicCheckpointIO,
@@ -48,7 +49,7 @@ from anomaly_lab.inference import load_weights_only, model_spec
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.metrics import wasserstein_separation
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.scoring_choice import ScoringSearch, apply_choice, validation_maps
+from anomaly_lab.scoring_choice import ScoringChoice, ScoringSearch, apply_choice, validation_maps
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, FixedThreshold, ThresholdRule
 
 log = logging.getLogger(__name__)
@@ -246,8 +247,17 @@ def choose_scoring(
         return {}
     path = Path(best)
     module.load_state_dict(load_weights_only(path)["state_dict"])
-    maps, labels, masks, known = validation_maps(module.model, datamodule.val_dataloader(), search.maps)
-    choice = search.choose(maps, labels, masks, known, module.model.image_size)
+    loader = datamodule.val_dataloader()
+    if trainer.world_size > 1:  # DDP: each process validates a shard; process 0 chooses on the whole split
+        loader = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
+    chosen: tuple[ScoringChoice, torch.Tensor] | None = None
+    if trainer.is_global_zero:
+        maps, labels, masks, known = validation_maps(module.model, loader, search.maps)
+        chosen = search.choose(maps, labels, masks, known, module.model.image_size), labels
+    chosen = trainer.strategy.broadcast(chosen, src=0)  # the same choice in every process
+    if chosen is None:
+        raise RuntimeError("scoring=auto: process 0 sent no choice")
+    choice, labels = chosen
     module.spec["model"].update(apply_choice(module.model, choice))
     scores = choice.val_scores.double()  # (N,)
     if module.threshold_rule is not None:

@@ -73,3 +73,15 @@ def test_two_ddp_processes_report_the_metrics_of_one(tmp_path: Path) -> None:
     ddp = train(tmp_path / "ddp", tmp_path / "cache", DDP)
     for name in METRICS:
         assert ddp[name] == pytest.approx(single[name], abs=TOLERANCE), name
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_choose_the_scoring_of_one(tmp_path: Path) -> None:
+    """scoring=auto under DDP: process 0 chooses on the whole validation split (each process validates a shard) and
+    every process tests with that choice: the same choice, threshold and test metrics as one process."""
+    auto = ["scoring=auto", "scoring.choose.maps=[l2,msgms]", "scoring.choose.score_blur_sigmas=[0,2]"]
+    single = train(tmp_path / "single", tmp_path / "cache", auto)
+    ddp = train(tmp_path / "ddp", tmp_path / "cache", [*DDP, *auto])
+    assert ddp["scoring_chosen"] == single["scoring_chosen"]
+    for name in ("val/chosen/image_auroc", "val/chosen/threshold", "test/image_auroc", "test/pixel_auroc"):
+        assert ddp[name] == pytest.approx(single[name], abs=TOLERANCE), name
