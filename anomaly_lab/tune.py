@@ -1,5 +1,6 @@
 """A recipe for a new category from its folder and a budget: `make tune DATA=<folder> MINUTES=60`, i.e.
-`python -m anomaly_lab.tune data=<folder> minutes=60 [defects=<folder>] [name=<recipe>] [overwrite=true] [k=v ...]`.
+`python -m anomaly_lab.tune data=<folder> minutes=60 [defects=<folder>] [masks=<folder>] [tiled=true] [name=<recipe>]
+[overwrite=true] [k=v ...]`.
 
 Why: quality was made by hand, one category at a time. This runs the project's own loop instead: an Optuna search
 (hparams_search=auto_cpu, ASHA pruning) scored by the separation of normal and anomalous validation images, inside
@@ -21,6 +22,12 @@ How the data is read (one line each is printed):
   several defect folders the data is read as the MVTec root instead (its test/good then are the test's normals).
   Held-out train/good normals rather than test/good: on the shared screw copy test/good is darker than train/good,
   so brightness alone would separate it (screw_cpu.yaml says more).
+- tiled=true: a folder of pages cut into model.image_size tiles (64 px; hparams_search=auto_tiles_cpu, the thesis's
+  notes and sharks domains): dataset=folder with preprocessing.tiled=true, split as those recipes' pages (PAGES:
+  conf/dataset_base/pages.yaml): with defects= (marked pages; masks= their masks), one marked page validates whole
+  and the other marked pages are the test, their unmarked tiles its normals, so the tuned recipe tests the tiles
+  notes_highlighter and sharks test; without, a share of the normal tiles is held out for a test of normals. The
+  budget counts tiles as images (RATE_S per tile; TILES_VALIDATION for validation's larger share).
 
 Bad input is one line naming the key and exit 2, before anything trains: no images, too few to hold out validation
 and test images, a category without normal images, a budget too small for one trial (the documented rate below,
@@ -61,11 +68,17 @@ from anomaly_lab.errors import ConfigError, UserError, as_typed
 log = logging.getLogger(__name__)
 
 SEARCH = "auto_cpu"  # conf/hparams_search/auto_cpu.yaml
+TILES_SEARCH = "auto_tiles_cpu"  # conf/hparams_search/auto_tiles_cpu.yaml: tiled=true
 # Seconds per training image per megapixel of model input per epoch on 2 idle CPU cores, by net width
 # (model.net.base_channels), validation every 10 epochs included: screw_cpu (width 8: 70 epochs of 230 images at
 # 256x96 in 14.8 min) and bottles_cpu (width 16: 40 epochs of 189 images at 128x128 in 8.4 min), docs/benchmarks.md.
+# Tiles are images of 64x64 here (a rate per tile): width 32 by the rule below gives 0.067 s per tile and epoch;
+# notes_thesis_scale measured 0.054 (18.6 tiles/s, unet64, validation every epoch, on 2 cores shared with 2 jobs).
 RATE_S = {8: 2.3, 16: 4.1}
 SEARCH_VALIDATION = 1.15  # the search validates every 5 epochs (ASHA's rungs), those recipes every 10
+# Tiles: validation is large against training (a fifth of the normal tiles and a whole marked page) and a masked
+# net inpaints it in several passes (tiles_multiscale_grid: 4 sizes x 4), so an epoch is bounded at half again
+TILES_VALIDATION = 1.5
 FINAL_TRAINING_S = 14 * 60  # the final training's bound: 15 min on 2 cores, less its test and start
 LENGTHS = {"short": 0.3, "medium": 0.6, "long": 1.0}  # tune.length: shares of the longest that fits
 EPOCH_STEP, MAX_EPOCHS = 5, 100
@@ -74,7 +87,18 @@ SWEEP_START_S = 15.0  # the search process's own start (imports, composing), bef
 VAL_FRACTION, TEST_FRACTION = 0.1, 0.2  # the loader's val_fraction; the normals a plain folder holds out to test
 MIN_VALIDATION, MIN_TRAINING = 3, 8  # normal images validation and training need at least
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-OWN_KEYS = ("data", "minutes", "defects", "name", "overwrite")
+OWN_KEYS = ("data", "minutes", "defects", "masks", "tiled", "name", "overwrite")
+# Pages cut into tiles, split as the thesis recipes' pages (conf/dataset_base/pages.yaml): a tile is marked when
+# more than 2% of it is; validation takes a fifth of the normal tiles and one marked page whole, the test the other
+# marked pages (their unmarked tiles are the test's normals), so a tuned recipe tests the tiles notes_highlighter
+# and sharks test on the same pages
+PAGES = {
+    "min_anomalous_fraction": 0.02,
+    "val_fraction": 0.2,
+    "val_anomalous": 1,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+}
 
 
 def recipes_root() -> Path:
@@ -92,6 +116,9 @@ class DataPlan:
     holds_out_test: bool  # a share of the normals is held out for the test (dataset.test_fraction)
     image_files: int = 0  # every image file a run decodes (normals and anomalies)
     kind: str = "folder"
+    val_fraction: float = VAL_FRACTION  # the share of the pool that validates (dataset.val_fraction)
+    unit: str = "image"  # what a sample is: an image, or a tile of a page
+    test_fraction: float = TEST_FRACTION  # the share of the pool held out to test, where holds_out_test
 
 
 def count_images(folder: Path) -> int:
@@ -128,7 +155,7 @@ def mvtec_plan(root: Path, key: str = "data") -> DataPlan:
     return DataPlan(overrides, lines, normal, False, normal + good + anomalous, "mvtec")
 
 
-def folder_plan(data: Path, defects: Path | None) -> DataPlan:
+def folder_plan(data: Path, defects: Path | None, masks: Path | None = None) -> DataPlan:
     normal = count_images(data)
     if normal == 0:
         raise UserError(
@@ -150,11 +177,15 @@ def folder_plan(data: Path, defects: Path | None) -> DataPlan:
                 f"defects={defects}: {anomalous} images; validation takes a share of the defects and the test the "
                 "rest, so give at least 2 (or leave defects out: synthetic validation anomalies)"
             )
-        overrides += [f"dataset.abnormal_dir={defects}", "validation_anomalies=auto"]
+        if masks is not None and not masks.is_dir():
+            raise UserError(f"masks={masks}: not a folder")
+        overrides += [f"dataset.abnormal_dir={defects}", f"dataset.mask_dir={masks or 'null'}"]
+        overrides.append("validation_anomalies=auto")
         lines += [
             f"validation: a share of the {anomalous} defects in {defects} (validation_anomalies=auto, "
             "dataset.val_anomalous): the real objective",
-            f"test: the held-out good images and the other defects of {defects}; no masks (image AUROC only)",
+            f"test: the held-out good images and the other defects of {defects}"
+            + (f", masks in {masks}" if masks else "; no masks (image AUROC only)"),
         ]
     else:
         root = data.parent.parent
@@ -189,10 +220,122 @@ def folder_plan(data: Path, defects: Path | None) -> DataPlan:
     return DataPlan(overrides, lines, normal, True, normal + anomalous)
 
 
-def plan_data(data: Path, defects: Path | None) -> DataPlan:
-    """The dataset options for `data` (and `defects`), checked to leave validation and training images."""
+@dataclass(frozen=True)
+class Tiling:
+    """How pages are cut (dataset.preprocessing): tile size, stride (None: the size), border, page width."""
+
+    size: int = 64
+    stride: int | None = None
+    border: str = "drop"
+    page_width: int | None = None
+
+
+def count_tiles(folder: Path, tiling: Tiling, key: str) -> tuple[int, int]:
+    """(pages, tiles) of a folder of pages, from the image headers (nothing decoded); a page smaller than a tile is
+    a UserError naming the key and file."""
+    from PIL import Image
+
+    from anomaly_lab.data.images import list_images
+    from anomaly_lab.data.tiles import TileGrid, TileSizeError
+
+    pages = tiles = 0
+    for path in list_images(folder):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except OSError as error:
+            raise UserError(f"{key}={folder}: {path.name} cannot be read as an image: {error}") from error
+        if tiling.page_width is not None:
+            width, height = tiling.page_width, max(1, round(height * tiling.page_width / width))
+        try:
+            grid = TileGrid.of_page(height, width, tiling.size, tiling.stride, tiling.border)
+        except TileSizeError as error:
+            raise UserError(f"{key}={folder}: {path.name}: {error} (model.image_size is the tile)") from error
+        pages, tiles = pages + 1, tiles + grid.rows * grid.cols
+    return pages, tiles
+
+
+def tiles_plan(data: Path, defects: Path | None, masks: Path | None, tiling: Tiling) -> DataPlan:
+    """dataset=folder with preprocessing.tiled=true, split as the thesis recipes' pages (PAGES): with defects, one
+    marked page validates (the real objective) and the others are the test, their unmarked tiles its normals; without,
+    a share of the normal tiles is held out for a test of normals, validation's anomalies synthetic."""
+    pages, tiles = count_tiles(data, tiling, "data")
+    if tiles == 0:
+        raise UserError(
+            f"data={data}: no pages ({'/'.join(IMAGE_SUFFIXES)}) in it: give a folder of good pages to cut into "
+            f"{tiling.size} px tiles"
+        )
+    pages_block = [f"dataset.{key}={value}" for key, value in PAGES.items()]
+    overrides = ["dataset=folder", f"dataset.normal_dir={data}", "dataset.preprocessing.tiled=true", *pages_block]
+    cut = f"{tiling.size}x{tiling.size} tiles (dataset.preprocessing.tiled=true)"
+    lines = [f"data: a folder of {pages} good pages, {tiles} {cut} -> dataset=folder dataset.normal_dir={data}"]
+    if defects is None:
+        overrides += [
+            f"dataset.test_fraction={TEST_FRACTION}",
+            "dataset.abnormal_dir=null",
+            "dataset.mask_dir=null",
+            "validation_anomalies=synthetic",
+        ]
+        lines += [
+            f"validation: {PAGES['val_fraction']:.0%} of the normal tiles and synthetic anomalies made from them "
+            "(validation_anomalies=synthetic)",
+            f"test: {TEST_FRACTION:.0%} of the normal tiles held out (dataset.test_fraction={TEST_FRACTION}); no "
+            "defects: a test of normals only (give defects=<folder of marked pages> for a per-tile AUROC)",
+        ]
+        return DataPlan(overrides, lines, tiles, True, pages, "tiles", PAGES["val_fraction"], "tile")
+    if not defects.is_dir():
+        raise UserError(f"defects={defects}: not a folder")
+    marked, marked_tiles = count_tiles(defects, tiling, "defects")
+    if marked < 2:
+        raise UserError(
+            f"defects={defects}: {marked} pages; one marked page validates and the others are the test, so give at "
+            "least 2 (or leave defects out: synthetic validation anomalies)"
+        )
+    if masks is not None and not masks.is_dir():
+        raise UserError(f"masks={masks}: not a folder")
+    overrides += [
+        "dataset.test_fraction=0.0",
+        f"dataset.abnormal_dir={defects}",
+        f"dataset.mask_dir={masks or 'null'}",
+        "validation_anomalies=auto",
+    ]
+    marking = (
+        f"a tile is marked where more than {PAGES['min_anomalous_fraction']:.0%} of it is masked in {masks}"
+        if masks
+        else "no masks: every tile of a marked page counts as marked (give masks=<folder> for a per-tile label)"
+    )
+    lines += [
+        f"validation: {PAGES['val_fraction']:.0%} of the normal tiles and {PAGES['val_anomalous']} of the {marked} "
+        f"marked pages in {defects}, whole (validation_anomalies=auto: the real objective); {marking}",
+        f"test: the tiles of the other {marked - PAGES['val_anomalous']} marked pages ({marked_tiles} tiles in all "
+        "marked pages; the unmarked ones are the test's normals, dataset.test_fraction=0.0, as the notes_highlighter "
+        "and sharks recipes test)" + ("; pixel AUROC from the masks" if masks else "; no masks (per-tile AUROC only)"),
+    ]
+    return DataPlan(
+        overrides, lines, tiles, False, pages + marked, "tiles", PAGES["val_fraction"], "tile", test_fraction=0.0
+    )
+
+
+def plan_data(
+    data: Path,
+    defects: Path | None,
+    masks: Path | None = None,
+    tiling: Tiling | None = None,
+) -> DataPlan:
+    """The dataset options for `data` (and `defects`, their `masks`), checked to leave validation and training
+    images; with a tiling, pages cut into tiles."""
     if not data.is_dir():
         raise UserError(f"data={data}: {'a file, not a folder' if data.exists() else 'folder not found'}")
+    if masks is not None and defects is None:
+        raise UserError(f"masks={masks}: the masks are the defects' (defects=<folder>): give defects too")
+    if tiling is not None:
+        if (data / "train" / "good").is_dir():
+            raise UserError(
+                f"tiled=true: {data} is an MVTec AD root of whole images; give a folder of pages (data=<pages>/normal)"
+            )
+        plan = tiles_plan(data, defects, masks, tiling)
+        check_enough_normal(plan, data)
+        return plan
     if (data / "train" / "good").is_dir():
         if defects is not None:
             raise UserError(
@@ -200,47 +343,59 @@ def plan_data(data: Path, defects: Path | None) -> DataPlan:
             )
         plan = mvtec_plan(data)
     else:
-        plan = folder_plan(data, defects)
+        plan = folder_plan(data, defects, masks)
     check_enough_normal(plan, data)
     return plan
 
 
-def normal_split(total: int, holds_out_test: bool) -> tuple[int, int, int]:
-    return normal_shares(total, VAL_FRACTION, TEST_FRACTION if holds_out_test else 0.0)
+def normal_split(
+    total: int, holds_out_test: bool, val_fraction: float = VAL_FRACTION, test_fraction: float = TEST_FRACTION
+) -> tuple[int, int, int]:
+    """(tested, validated, trained) of `total` normal images (or tiles)."""
+    return normal_shares(total, val_fraction, test_fraction if holds_out_test else 0.0)
+
+
+def plan_split(plan: DataPlan, total: int | None = None) -> tuple[int, int, int]:
+    """normal_split with the plan's fractions (of its pool, or of `total`)."""
+    return normal_split(
+        plan.normal_images if total is None else total, plan.holds_out_test, plan.val_fraction, plan.test_fraction
+    )
 
 
 def check_enough_normal(plan: DataPlan, data: Path) -> None:
-    tested, validated, trained = normal_split(plan.normal_images, plan.holds_out_test)
+    tested, validated, trained = plan_split(plan)
     if validated >= MIN_VALIDATION and trained >= MIN_TRAINING and (tested >= 1 or not plan.holds_out_test):
         return
     needed = next(
-        n
-        for n in range(1, 100_000)
-        if (s := normal_split(n, plan.holds_out_test))[1] >= MIN_VALIDATION and s[2] >= MIN_TRAINING
+        n for n in range(1, 100_000) if (s := plan_split(plan, n))[1] >= MIN_VALIDATION and s[2] >= MIN_TRAINING
     )
     shares = f"{tested} to test, " if plan.holds_out_test else ""
+    unit = plan.unit
     raise UserError(
-        f"data={data}: {plan.normal_images} normal images are too few to hold out validation"
-        f"{' and test' if plan.holds_out_test else ''} images ({shares}{validated} to validate, {trained} to train; "
+        f"data={data}: {plan.normal_images} normal {unit}s are too few to hold out validation"
+        f"{' and test' if plan.holds_out_test else ''} {unit}s ({shares}{validated} to validate, {trained} to train; "
         f"the search needs at least {MIN_VALIDATION} to validate and {MIN_TRAINING} to train): give at least "
-        f"{needed} good images"
+        f"{needed} good {unit}s" + (" (more pages)" if unit == "tile" else "")
     )
 
 
-def seconds_per_epoch(training_images: int, pixels: int, width: int) -> float:
-    """One epoch of the search's training (validation every 5 epochs included) at the documented rate."""
+def seconds_per_epoch(training_images: int, pixels: int, width: int, validation: float = SEARCH_VALIDATION) -> float:
+    """One epoch of the search's training (validation every 5 epochs included: `validation`, its share on top) at the
+    documented rate; an image is a tile where pages are tiled."""
     rate = RATE_S.get(width, RATE_S[16] * (width / 16) ** 2 if width > 16 else RATE_S[8])
-    return rate * training_images * pixels / 1e6 * SEARCH_VALIDATION
+    return rate * training_images * pixels / 1e6 * validation
 
 
-def epochs_table(tune: Mapping[str, Any], training_images: int) -> dict[str, Any]:
+def epochs_table(
+    tune: Mapping[str, Any], training_images: int, validation: float = SEARCH_VALIDATION
+) -> dict[str, Any]:
     """tune.epochs for this data: by size, band and width, the longest training that fits FINAL_TRAINING_S (a
     multiple of EPOCH_STEP, at most MAX_EPOCHS) and LENGTHS shares of it."""
     table: dict[str, Any] = {}
     for size_name, size in tune["sizes"].items():
         for band, height in tune["bands"][size_name].items():
             for width_name, width in tune["widths"].items():
-                epoch = seconds_per_epoch(training_images, size * (height or size), width)
+                epoch = seconds_per_epoch(training_images, size * (height or size), width, validation)
                 longest = min(MAX_EPOCHS, max(EPOCH_STEP, int(FINAL_TRAINING_S / epoch) // EPOCH_STEP * EPOCH_STEP))
                 lengths = {
                     name: max(EPOCH_STEP, round(longest * share / EPOCH_STEP) * EPOCH_STEP)
@@ -341,31 +496,65 @@ class Point:
 def point_seconds(
     tune: Mapping[str, Any], table: Mapping[str, Any], params: Mapping[str, Any], plan: DataPlan
 ) -> float:
-    """A trial's seconds at the documented rate: its start, decoding every image file, its epochs."""
-    size_name, band, width_name = params["tune.size"], params["tune.band"], params["tune.width"]
+    """A trial's seconds at the documented rate: its start, decoding every image file, its epochs. A name the search
+    does not draw (e.g. tune.size for tiles) is the yaml's own."""
+    drawn = (params.get(f"tune.{key}", tune[key]) for key in ("size", "band", "width", "length"))
+    size_name, band, width_name, length = drawn
     size = tune["sizes"][size_name]
     pixels = size * (tune["bands"][size_name][band] or size)
-    epochs = table[size_name][band][width_name][params["tune.length"]]
-    training = normal_split(plan.normal_images, plan.holds_out_test)[2]
-    return (
-        START_S + DECODE_S * plan.image_files + epochs * seconds_per_epoch(training, pixels, tune["widths"][width_name])
-    )
+    epochs = table[size_name][band][width_name][length]
+    training = plan_split(plan)[2]
+    epoch = seconds_per_epoch(training, pixels, tune["widths"][width_name], validation_share(plan))
+    return START_S + DECODE_S * plan.image_files + epochs * epoch
 
 
-def first_points(tune: Mapping[str, Any], table: Mapping[str, Any], plan: DataPlan) -> tuple[Point, Point]:
-    """bottles_cpu's point (the yaml's defaults) and the cheapest point with its estimated seconds."""
-    default = {f"tune.{key}": tune[key] for key in ("size", "band", "width", "grid", "length")}
-    default.update({"optimizer.lr": 1e-3, "dataset.preprocessing.orient": "none", "augmentation": "none"})
+def validation_share(plan: DataPlan) -> float:
+    return TILES_VALIDATION if plan.kind == "tiles" else SEARCH_VALIDATION
+
+
+# The first trial of each search: the yaml's tune.* defaults and these values (the point a hand recipe trains)
+FIRST_POINTS: dict[str, tuple[dict[str, Any], str]] = {
+    SEARCH: (
+        {"optimizer.lr": 1e-3, "dataset.preprocessing.orient": "none", "augmentation": "none"},
+        "bottles_cpu's point",
+    ),
+    TILES_SEARCH: (
+        {"masking": "none", "optimizer.lr": 1e-3, "augmentation": "none"},
+        "the notes_highlighter and sharks recipes' point (unet64, no masking, L2 loss, lr 1e-3)",
+    ),
+}
+
+
+def first_points(
+    tune: Mapping[str, Any],
+    table: Mapping[str, Any],
+    plan: DataPlan,
+    params: Sequence[str] | None = None,
+    search: str = SEARCH,
+) -> tuple[Point, Point]:
+    """The search's first point (FIRST_POINTS: the yaml's tune.* defaults and a hand recipe's values) and the
+    cheapest point with its estimated seconds; each names the search's `params` only (default: auto_cpu's)."""
+    fixed, label = FIRST_POINTS[search]
+    keys = list(params) if params is not None else [f"tune.{k}" for k in ("size", "band", "width", "grid", "length")]
+    keys += [key for key in fixed if params is None]
+    default = {  # a parameter added on the command line is drawn by the sampler
+        key: tune[key[len("tune.") :]] if key.startswith("tune.") else fixed[key]
+        for key in keys
+        if key.startswith("tune.") or key in fixed
+    }
     cheapest: Point | None = None
-    for size, band, width in product(tune["sizes"], tune["bands"][default["tune.size"]], tune["widths"]):
-        params = {**default, "tune.size": size, "tune.band": band, "tune.width": width, "tune.length": "short"}
-        seconds = point_seconds(tune, table, params, plan)
-        if cheapest is None or seconds < cheapest.seconds:
-            cheapest = Point(
-                params, seconds, f"{size}, band {band}, {width} net, {table[size][band][width]['short']} epochs"
-            )
+    sizes = tune["sizes"] if "tune.size" in default else [tune["size"]]
+    for size, width in product(sizes, tune["widths"] if "tune.width" in default else [tune["width"]]):
+        bands = tune["bands"][size] if "tune.band" in default else [tune["band"]]
+        for band in bands:
+            drawn = {"tune.size": size, "tune.band": band, "tune.width": width, "tune.length": "short"}
+            point = {**default, **{key: value for key, value in drawn.items() if key in default}}
+            seconds = point_seconds(tune, table, point, plan)
+            if cheapest is None or seconds < cheapest.seconds:
+                epochs = table[size][band][width]["short"]
+                cheapest = Point(point, seconds, f"{size}, band {band}, {width} net, {epochs} epochs")
     assert cheapest is not None
-    return Point(default, point_seconds(tune, table, default, plan), "bottles_cpu's point"), cheapest
+    return Point(default, point_seconds(tune, table, default, plan), label), cheapest
 
 
 @dataclass
@@ -376,11 +565,13 @@ class Args:
     name: str = ""
     overwrite: bool = False
     extras: list[str] = field(default_factory=list)
+    masks: Path | None = None
+    tiled: bool = False
 
 
 def parse_args(argv: Sequence[str]) -> Args:
-    """key=value arguments: data, minutes, defects, name, overwrite; any other key=value is a Hydra override for
-    the search and the recipe (e.g. dataset.preprocessing.grayscale=true)."""
+    """key=value arguments: data, minutes, defects, masks, tiled, name, overwrite; any other key=value is a Hydra
+    override for the search and the recipe (e.g. dataset.preprocessing.grayscale=true)."""
     own: dict[str, str] = {}
     extras: list[str] = []
     for argument in argv:
@@ -402,20 +593,23 @@ def parse_args(argv: Sequence[str]) -> Args:
         raise UserError(f"minutes={own['minutes']}: must be a positive number of minutes (MINUTES=60)")
     data = Path(own["data"]).expanduser().resolve()
     defects = Path(own["defects"]).expanduser().resolve() if own.get("defects") else None
-    name = (
-        own.get("name")
-        or f"tune_{re.sub(r'[^A-Za-z0-9_-]', '_', data.parent.parent.name if data.name == 'good' else data.name)}"
-    )
+    masks = Path(own["masks"]).expanduser().resolve() if own.get("masks") else None
+    named = {"good": data.parent.parent.name, "normal": data.parent.name}.get(data.name, data.name)  # train/good
+    name = own.get("name") or f"tune_{re.sub(r'[^A-Za-z0-9_-]', '_', named)}"
     if not NAME.fullmatch(name):
         raise UserError(f"name={name}: a recipe name is letters, digits, '_' and '-' (it names the experiment)")
     if (Path(CONFIG_DIR) / "experiment" / f"{name}.yaml").is_file():
         raise UserError(
             f"name={name}: a shipped experiment has that name (experiment={name} would find it): choose another"
         )
-    overwrite = own.get("overwrite", "false").lower()
-    if overwrite not in ("true", "false"):
-        raise UserError(f"overwrite={own['overwrite']}: true or false")
-    return Args(data, minutes, defects, name, overwrite == "true", extras)
+    flags = {}
+    for key in ("overwrite", "tiled"):
+        flags[key] = own.get(key, "false").lower()
+        if flags[key] not in ("true", "false"):
+            raise UserError(f"{key}={own[key]}: true or false")
+    return Args(
+        data, minutes, defects, name, flags["overwrite"] == "true", extras, masks, tiled=flags["tiled"] == "true"
+    )
 
 
 def recipe_path(name: str) -> Path:
@@ -430,6 +624,8 @@ RECIPE_KEYS = (
     "dataset.preprocessing.crop_height",
     "dataset.preprocessing.orient",
     "masking.grid_sizes",
+    "scoring.loss.ssim",
+    "scoring.loss.msgms",
     "scoring.anomaly_map.blur_sigma",
     "scoring.anomaly_map.score_blur_sigma",
     "optimizer.lr",
@@ -481,8 +677,11 @@ def recipe_yaml(cfg: DictConfig, keys: Sequence[str], header: str) -> str:
     choices = cfg.hydra.runtime.choices
     defaults = [{f"override /{group}": choices[group]} for group in RECIPE_GROUPS if choices.get(group)]
     values: dict[str, Any] = {}
+    absent = object()
     for key in keys:
-        value = OmegaConf.select(cfg, key)
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is absent:  # not a key of the chosen group (masking.grid_sizes of masking=none)
+            continue
         values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     body = OmegaConf.to_yaml(OmegaConf.create({"defaults": [*defaults, "_self_"], **nested(values)}))
     return f"# @package _global_\n{header}{body}"
@@ -550,41 +749,47 @@ def tune(args: Args) -> dict[str, Any]:
     recipe = recipe_path(args.name)
     if recipe.exists() and not args.overwrite:
         raise UserError(f"name={args.name}: {recipe} exists already: choose another name, or overwrite=true")
-    plan = plan_data(args.data, args.defects)
+    search = TILES_SEARCH if args.tiled else SEARCH
+    scratch = f"paths.output_dir={recipes_root().parent / 'outputs' / 'tune_checks'}"
+    tiling = None
+    if args.tiled:  # the tile (model.image_size) and how pages are cut, as the search and the user's overrides set
+        cut = compose_train([f"hparams_search={search}", "dataset=folder", *args.extras, scratch])
+        pre = cut.dataset.preprocessing
+        tiling = Tiling(int(cut.model.image_size), pre.stride, str(pre.border), pre.page_width)
+    plan = plan_data(args.data, args.defects, args.masks, tiling)
     for line in plan.lines:
         print(f"tune: {line}", flush=True)
-    base = [f"hparams_search={SEARCH}", *plan.overrides]
-    scratch = f"paths.output_dir={recipes_root().parent / 'outputs' / 'tune_checks'}"
+    base = [f"hparams_search={search}", *plan.overrides]
     cfg = compose_train([*base, *args.extras, scratch])
     tune_node = plain_dict(cfg.tune)
-    training = normal_split(plan.normal_images, plan.holds_out_test)[2]
-    table = epochs_table(tune_node, training)
+    training = plan_split(plan)[2]
+    table = epochs_table(tune_node, training, validation_share(plan))
     base.append(f"tune.epochs={hydra_value(table)}")
     base += args.extras  # the user's overrides win over the table
     cfg = compose_train([*base, scratch])
     tune_node = plain_dict(cfg.tune)
     check_epochs(tune_node["epochs"])
-    default, cheapest = first_points(tune_node, tune_node["epochs"], plan)
+    params = {key: str(spec) for key, spec in plain_dict(cfg.hydra.sweeper.params).items()}
+    default, cheapest = first_points(tune_node, tune_node["epochs"], plan, list(params), search)
     budget_s = args.minutes * 60
     if cheapest.seconds > budget_s:
         raise UserError(
             f"minutes={args.minutes:g}: too small for one trial: the cheapest point of the search ({cheapest.label}) "
-            f"needs about {cheapest.seconds / 60:.1f} min on {training} training images at the documented rate "
+            f"needs about {cheapest.seconds / 60:.1f} min on {training} training {plan.unit}s at the documented rate "
             f"(anomaly_lab/tune.py, RATE_S: 2 idle CPU cores); give minutes={math.ceil(cheapest.seconds / 60)} or more"
         )
-    params = {key: str(spec) for key, spec in plain_dict(cfg.hydra.sweeper.params).items()}
     checked = check_points([*base, scratch], params)
     print(f"tune: the search space: {checked} points checked by the train command's checks", flush=True)
     print(
         f"tune: the final training is bounded to about {FINAL_TRAINING_S / 60:.0f} min on 2 idle cores "
-        f"({training} training images; tune.epochs)",
+        f"({training} training {plan.unit}s; tune.epochs)",
         flush=True,
     )
 
     import optuna
 
     storage = str(cfg.hydra.sweeper.storage)
-    study_name = f"{SEARCH}-{cfg.hydra.runtime.choices.dataset}-{data_digest(cfg.dataset, os.getcwd())}"
+    study_name = f"{search}-{cfg.hydra.runtime.choices.dataset}-{data_digest(cfg.dataset, os.getcwd())}"
     left_s = budget_s - (time.monotonic() - started) - SWEEP_START_S
     if left_s < cheapest.seconds:
         raise UserError(
@@ -622,7 +827,8 @@ def tune(args: Args) -> dict[str, Any]:
     keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *args.extras]) if k not in RECIPE_KEYS)]
     header = (
         f"# Written by `python -m anomaly_lab.tune data={args.data} minutes={args.minutes:g}"
-        f"{f' defects={args.defects}' if args.defects else ''} name={args.name}` on {datetime.now():%Y-%m-%d %H:%M}:\n"
+        f"{f' defects={args.defects}' if args.defects else ''}{f' masks={args.masks}' if args.masks else ''}"
+        f"{' tiled=true' if args.tiled else ''} name={args.name}` on {datetime.now():%Y-%m-%d %H:%M}:\n"
         f"# trial {best.number} of study {study_name} ({storage}), objective {cfg.objective.metric} = "
         f"{best.value:.4g} on validation; its params: {', '.join(point)}. Trials: {args.name}.trials.csv beside it.\n"
         f"#   python -m anomaly_lab.train experiment={args.name}\n"
