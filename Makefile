@@ -90,9 +90,10 @@ sweep: $(VENV)/.installed ## resumable Optuna sweep (SEARCH=bottles_thesis, WORK
 # A recipe for a new category from its folder alone (anomaly_lab/tune.py): reads the layout, searches
 # (hparams_search=auto_cpu) inside MINUTES of wall clock, writes recipes/experiment/$(NAME).yaml and its trials table,
 # trains and tests it once. DEFECTS: a folder of defects (validation takes a share); NAME: the recipe's name.
-tune: $(VENV)/.installed ## budgeted recipe search, then train+test it (DATA=folder MINUTES=60 [DEFECTS=...] [NAME=...])
+# TILED=true: pages cut into 64 px tiles (hparams_search=auto_tiles_cpu; DEFECTS marked pages, MASKS their masks).
+tune: $(VENV)/.installed ## budgeted recipe search, then train+test it (DATA=folder MINUTES=60 [DEFECTS=...] [NAME=...] [TILED=true MASKS=...])
 	$(if $(filter command line environment,$(origin DATA)),,$(error DATA=<folder of good images or an MVTec root> is required))$(if $(MINUTES),,$(error MINUTES=<search budget> is required))
-	$(PY) -m anomaly_lab.tune 'data=$(DATA)' minutes=$(MINUTES) $(if $(DEFECTS),'defects=$(DEFECTS)') $(if $(NAME),name=$(NAME)) $(ARGS)
+	$(PY) -m anomaly_lab.tune 'data=$(DATA)' minutes=$(MINUTES) $(if $(DEFECTS),'defects=$(DEFECTS)') $(if $(MASKS),'masks=$(MASKS)') $(if $(TILED),tiled=$(TILED)) $(if $(NAME),name=$(NAME)) $(ARGS)
 
 sweep-report: $(VENV)/.installed ## a stored study's trials table, best params and test metrics, plots (STUDY=name)
 	$(PY) -m anomaly_lab.tools.sweep_report $(if $(STUDY),--study $(STUDY)) $(ARGS)
