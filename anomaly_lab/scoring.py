@@ -109,15 +109,34 @@ class AnomalyMap(nn.Module):
 
     def set_normal_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """The per-pixel mean and std (1,1,H,W) of the score map on normal images; std must be > 0."""
-        if mean.shape != std.shape or mean.ndim != 4 or mean.shape[:2] != (1, 1) or not bool((std > 0).all()):
-            raise ValueError(f"normal statistics must be two (1,1,H,W) tensors, std > 0; got {tuple(mean.shape)}")
+        problem = statistics_problem(mean, std)
+        if problem is not None:
+            raise ValueError(problem)
         self.normal_mean, self.normal_std = mean.clone(), std.clone()
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        for name in ("normal_mean", "normal_std"):  # their shape is the input's, known only from the weights
-            if self.score_normalise and isinstance(saved := state_dict.get(prefix + name), torch.Tensor):
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        mean, std = state_dict.get(prefix + "normal_mean"), state_dict.get(prefix + "normal_std")
+        if self.score_normalise and isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
+            # a file's statistics are checked as set_normal_statistics checks: a zero std or a NaN would score inf/NaN
+            problem = None if "meta" in (mean.device.type, std.device.type) else statistics_problem(mean, std)
+            if problem is not None:
+                error_msgs.append(f"{prefix}normal_mean, {prefix}normal_std: {problem}")
+                return
+            # their shape is the input's, known only from the weights
+            self.normal_mean = torch.empty_like(mean, device=self.normal_mean.device)
+            self.normal_std = torch.empty_like(std, device=self.normal_std.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def unblurred(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.stack([w * PIXEL_MAPS[name](recon, target) for name, w in self.weights.items()]).sum(dim=0)
@@ -156,6 +175,17 @@ class AnomalyMap(nn.Module):
             f"weights={self.weights}, blur_sigma={self.blur_sigma}, score_blur_sigma={self.score_blur_sigma}, "
             f"score_map={self.score_map}, score_normalise={self.score_normalise}"
         )
+
+
+def statistics_problem(mean: torch.Tensor, std: torch.Tensor) -> str | None:
+    """Why mean and std (1,1,H,W) cannot normalise a score map (None: they can): shapes, dtype, finite, std > 0."""
+    if mean.shape != std.shape or mean.ndim != 4 or mean.shape[:2] != (1, 1):
+        return f"normal statistics must be two (1,1,H,W) tensors; got {tuple(mean.shape)} and {tuple(std.shape)}"
+    if not (mean.is_floating_point() and std.is_floating_point()):
+        return f"normal statistics must be floating point; got {mean.dtype} and {std.dtype}"
+    if not bool(mean.isfinite().all()) or not bool(std.isfinite().all()) or not bool((std > 0).all()):
+        return "normal statistics must be finite, with std > 0 everywhere"
+    return None
 
 
 class ReconstructionLoss(nn.Module):

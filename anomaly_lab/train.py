@@ -246,7 +246,9 @@ def choose_scoring(
     if best is None or module.spec is None:
         return {}
     path = Path(best)
-    module.load_state_dict(load_weights_only(path)["state_dict"])
+    # resume=true of a finished run: best.ckpt may hold a previous choice's normal statistics, chosen again below
+    weights = load_weights_only(path)["state_dict"]
+    module.load_state_dict({k: v for k, v in weights.items() if not k.startswith("model.anomaly_map.normal_")})
     loader = datamodule.val_dataloader()
     if trainer.world_size > 1:  # DDP: each process validates a shard; process 0 chooses on the whole split
         loader = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
