@@ -594,6 +594,9 @@ def parse_args(argv: Sequence[str]) -> Args:
     data = Path(own["data"]).expanduser().resolve()
     defects = Path(own["defects"]).expanduser().resolve() if own.get("defects") else None
     masks = Path(own["masks"]).expanduser().resolve() if own.get("masks") else None
+    for key, path in (("data", data), ("defects", defects), ("masks", masks)):
+        if path is not None:
+            check_override_path(key, path)
     named = {"good": data.parent.parent.name, "normal": data.parent.name}.get(data.name, data.name)  # train/good
     name = own.get("name") or f"tune_{re.sub(r'[^A-Za-z0-9_-]', '_', named)}"
     if not NAME.fullmatch(name):
@@ -610,6 +613,23 @@ def parse_args(argv: Sequence[str]) -> Args:
     return Args(
         data, minutes, defects, name, flags["overwrite"] == "true", extras, masks, tiled=flags["tiled"] == "true"
     )
+
+
+def check_override_path(key: str, path: Path) -> None:
+    """A folder the search and the recipe name in Hydra overrides (dataset.normal_dir=<path>): a path that is not read
+    back as itself (a comma makes a sweep, `=` or brackets do not parse, `${...}` is an interpolation) is a UserError
+    naming the key, before anything runs."""
+    text = str(path)
+    try:
+        override = OverridesParser.create().parse_override(f"key={text}")
+        same = not override.is_sweep_override() and override.value() == text
+    except Exception:  # the grammar's errors name neither the key nor the path
+        same = False
+    if not same or "${" in text:
+        raise UserError(
+            f"{key}={text}: this path cannot be a Hydra override value (a comma, '=', brackets, braces, quotes or "
+            "'${' in it): rename the folder, or copy its images into one without them"
+        )
 
 
 def recipe_path(name: str) -> Path:
