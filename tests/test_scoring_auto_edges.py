@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from anomaly_lab.inference import CheckpointError, load_model
 from anomaly_lab.scoring import AnomalyMap
 from anomaly_lab.train import run
+from tests.conftest import TINY, TINY_SYNTHETIC, compose_config
 
 SEARCH = [
     "scoring=auto",
@@ -72,3 +74,22 @@ def test_resume_of_a_finished_scoring_auto_run_chooses_again(compose_tiny, tmp_p
     run(compose_tiny([*SEARCH, "resume=true"], output_dir=out))
     assert json.loads((out / "scoring_choice.json").read_text())["chosen"] == first
     load_model(out / "checkpoints" / "best.ckpt")
+
+
+@pytest.mark.slow
+def test_rescoring_a_scoring_auto_run_does_not_call_its_choice_a_config_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run's options compose riad_wide_map's scoring, its checkpoint the one chosen: that is the choice, not
+    config files that changed since."""
+    from anomaly_lab.tools.rescoring import rescore
+
+    out = tmp_path / "run"
+    options = [*TINY, *TINY_SYNTHETIC, *SEARCH, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={out}"]
+    run(compose_config(options))
+    (out / ".hydra").mkdir()  # what a command-line run leaves: rescoring reads its options
+    (out / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(options))
+    (out / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"cwd": str(Path.cwd())}}}))
+    with caplog.at_level("WARNING"):
+        rescore(out)
+    assert "compose another model" not in caplog.text

@@ -278,6 +278,9 @@ def rescored_module(folder: Path, cfg: DictConfig, options: Sequence[str], check
         base = plain_model(compose_run(folder, []) if options else cfg)
         new = plain_model(cfg)
     changed = model_differences(trained, base)
+    if OmegaConf.select(cfg, "scoring.choose"):  # scoring=auto: the checkpoint holds the scoring chosen on validation
+        chosen = ("model.reduce", "model.topk_fraction")
+        changed = [key for key in changed if not key.startswith("model.anomaly_map.") and key not in chosen]
     if changed:
         log.warning(
             "%s: the run's options now compose another model than it trained (%s); the config files changed since, "
