@@ -386,3 +386,17 @@ def test_make_tune_on_tiny_data_writes_a_recipe_that_trains_the_same_model_again
     assert (final / "scores.csv").read_text() == (root / "outputs" / "runs" / "again" / "scores.csv").read_text()
     reported = json.loads((final / "metrics.json").read_text())["test/image_auroc"]
     assert f"test image AUROC {reported:.4f}" in lines[-1]
+
+
+def test_the_estimate_scales_only_the_training_share_of_a_run_with_the_epochs() -> None:
+    """The screw search's trial 1 (5 epochs, 420 s, of which 120 s training: start, decoding, the choice and the
+    test at 256 px took the rest) must not make a 25-epoch trial of an eighth of its pixels look like 35 min."""
+    trained = [({"epochs": 5, "pixels": 256 * 256, "width": 8}, 5, 420.0, 120.0)]
+    same_run_more_epochs = trial_seconds({"epochs": 25, "pixels": 256 * 256, "width": 8}, trained)
+    assert same_run_more_epochs == pytest.approx((300 + 24 * 25) * BUDGET_SAFETY)
+    smaller = trial_seconds({"epochs": 25, "pixels": 128 * 64, "width": 16}, trained)
+    assert smaller is not None and smaller < 20 * 60
+    # no training seconds recorded: the whole run scales with the epochs, as before
+    assert trial_seconds({"epochs": 25, "pixels": 256 * 256, "width": 8}, [trained[0][:3]]) == pytest.approx(
+        420 * 5 * BUDGET_SAFETY
+    )

@@ -47,14 +47,14 @@ only the loop:
   it counts toward n_trials (FINISHED = COMPLETE or PRUNED) and never toward max_failure_rate.
 - A wall-clock budget (hydra.sweeper.budget_minutes, null: none; it needs a storage): the sweep ends when it is
   spent. A trial to be trained is started only where its estimated run fits in what is left: the estimate is the
-  largest, over this study's trained trials (user attrs `seconds`, `cost`, `epochs_trained`), of that trial's
-  seconds scaled to the new trial's epochs, pixels and net width (trial_seconds: up linearly, or with the width
-  squared; down less than linearly, for the fixed part of a run), times BUDGET_SAFETY. One that does not fit is told
-  FAIL with user attr `not_started` (never trained; it counts toward no failure rate), and the sweep ends after
-  MAX_NOT_STARTED of them. Each started trial gets the budget's end as `sweep_trial.deadline`: its training stops
-  before an epoch that would end past it and the trial is PRUNED (anomaly_lab.sweeps.pruning), so trials the
-  estimate let through stay inside the budget too. The first trial has nothing to estimate from: the deadline
-  alone bounds it.
+  largest, over this study's trained trials (user attrs `seconds`, `cost`, `epochs_trained`, `train_seconds`), of
+  that trial's seconds scaled to the new trial's epochs (its training's share only), pixels and net width
+  (trial_seconds: up linearly, or with the width squared; down less than linearly), times BUDGET_SAFETY. One that
+  does not fit is told FAIL with user attr `not_started` (never trained; it counts toward no failure rate), and the
+  sweep ends after MAX_NOT_STARTED of them. Each started trial gets the budget's end as `sweep_trial.deadline`: its
+  training stops before an epoch that would end past it and the trial is PRUNED (anomaly_lab.sweeps.pruning), so
+  trials the estimate let through stay inside the budget too. The first trial has nothing to estimate from: the
+  deadline alone bounds it.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ log = logging.getLogger(__name__)
 CREATE_ATTEMPTS = 5  # workers started together on an empty database race to create optuna's tables
 SETTLE_S = 10.0  # at most this long a round waits for a lower-numbered trial elsewhere to get its parameters
 BUDGET_SAFETY = 1.25  # a trial starts only where this times its estimated seconds fit in the budget left
-MAX_NOT_STARTED = 3  # a budgeted sweep ends after this many drawn trials did not fit in what was left
+MAX_NOT_STARTED = 10  # a budgeted sweep ends after this many drawn trials did not fit in what was left
 
 
 class StudyStorageError(UserError):
@@ -369,8 +369,8 @@ def fail_trials_of_dead_workers(study: optuna.Study, storage: RDBStorage, grace_
 
 
 def run_outcome(output_dir: Path) -> dict[str, Any]:
-    """The epochs a run trained and what stopped it early, from its metrics.json (user attrs `epochs_trained`,
-    `stopped_by`; none where the run wrote no metrics)."""
+    """The epochs a run trained, what stopped it early and how long its training took, from its metrics.json (user
+    attrs `epochs_trained`, `stopped_by`, `train_seconds`; none where the run wrote no metrics)."""
     path = output_dir / "metrics.json"
     try:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
@@ -381,6 +381,8 @@ def run_outcome(output_dir: Path) -> dict[str, Any]:
         outcome["epochs_trained"] = metrics["epochs_trained"]
     if isinstance(metrics.get("stopped_early_by"), str):
         outcome["stopped_by"] = metrics["stopped_early_by"]
+    if isinstance(metrics.get("train/seconds"), int | float):  # fit's wall time: the budget's per-epoch estimate
+        outcome["train_seconds"] = round(float(metrics["train/seconds"]), 3)
     return outcome
 
 
@@ -500,25 +502,45 @@ def scaled(ratio: float, up: float, down: float) -> float:
     return ratio ** (up if ratio > 1 else down)
 
 
-def trial_seconds(cost: Mapping[str, int], trained: Sequence[tuple[Mapping[str, int], int, float]]) -> float | None:
-    """The estimated seconds of a run of `cost` (trial_cost) from trained trials (their cost, epochs trained and
-    seconds): the largest of each one's seconds scaled to it, times BUDGET_SAFETY. Epochs and pixels scale up
-    linearly and down by the power 0.75, the net width up squared and down by the power 0.5 (its convolutions are
-    quadratic in it, a run's fixed part is not); None without trained trials."""
-    estimates = [
-        seconds
-        * scaled(cost["epochs"] / max(epochs, 1), 1.0, 0.75)
-        * scaled(cost["pixels"] / other["pixels"], 1.0, 0.75)
-        * scaled(cost["width"] / other["width"], 2.0, 0.5)
-        for other, epochs, seconds in trained
-    ]
+TrainedRun = tuple[Mapping[str, int], int, float] | tuple[Mapping[str, int], int, float, float | None]
+
+
+def trial_seconds(cost: Mapping[str, int], trained: Sequence[TrainedRun]) -> float | None:
+    """The estimated seconds of a run of `cost` (trial_cost) from trained trials (their cost, epochs trained, seconds
+    and, where recorded, the seconds of training itself): the largest of each one's seconds scaled to it, times
+    BUDGET_SAFETY; None without trained trials.
+
+    A run is a fixed part (start, decoding, the full-coverage scoring of validation's choice and of the test) and its
+    epochs: where the training's own seconds are known (metrics.json train/seconds), the epochs' share scales with
+    the epochs linearly and the fixed part does not (a 5-epoch trial whose test took half its time says little about
+    an epoch). Pixels scale up linearly and down by the power 0.75, the net width up squared and down by the power
+    0.5 (its convolutions are quadratic in it, a run's fixed part is not). Without the training's seconds the whole
+    run scales with the epochs (up linearly, down by the power 0.75).
+    """
+    estimates = []
+    for other, epochs, seconds, *rest in trained:
+        size = scaled(cost["pixels"] / other["pixels"], 1.0, 0.75) * scaled(cost["width"] / other["width"], 2.0, 0.5)
+        training = rest[0] if rest and rest[0] is not None and 0 < rest[0] <= seconds else None
+        if training is None:
+            estimates.append(seconds * scaled(cost["epochs"] / max(epochs, 1), 1.0, 0.75) * size)
+        else:
+            per_epoch = training / max(epochs, 1)
+            estimates.append(((seconds - training) + per_epoch * cost["epochs"]) * size)
     return BUDGET_SAFETY * max(estimates) if estimates else None
 
 
-def trained_costs(study: optuna.Study) -> list[tuple[dict[str, int], int, float]]:
-    """(cost, epochs trained, seconds) of the study's trials that trained (COMPLETE or PRUNED, not a twin's)."""
+def trained_costs(study: optuna.Study) -> list[TrainedRun]:
+    """(cost, epochs trained, seconds, training seconds or None) of the study's trials that trained (COMPLETE or
+    PRUNED, not a twin's)."""
     return [
-        (t.user_attrs["cost"], int(t.user_attrs["epochs_trained"]), float(t.user_attrs["seconds"]))
+        (
+            t.user_attrs["cost"],
+            int(t.user_attrs["epochs_trained"]),
+            float(t.user_attrs["seconds"]),
+            float(t.user_attrs["train_seconds"])
+            if isinstance(t.user_attrs.get("train_seconds"), int | float)
+            else None,
+        )
         for t in study.get_trials(deepcopy=False, states=FINISHED)
         if {"cost", "epochs_trained", "seconds"} <= set(t.user_attrs) and "duplicate_of" not in t.user_attrs
     ]
