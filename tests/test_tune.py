@@ -27,7 +27,12 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from anomaly_lab import tune
-from anomaly_lab.sweeps.resumable_optuna import BUDGET_SAFETY, ResumableOptunaSweeperImpl, trial_seconds
+from anomaly_lab.sweeps.resumable_optuna import (
+    BUDGET_SAFETY,
+    MAX_NOT_STARTED,
+    ResumableOptunaSweeperImpl,
+    trial_seconds,
+)
 from tests.conftest import FAST_SWEEP, TINY, TINY_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,12 +316,13 @@ def test_a_trial_running_at_the_budgets_end_is_pruned_there_and_trials_that_cann
         and trial.datetime_complete.timestamp() <= deadline + 2 * seconds_per_epoch + 10
     )
 
-    # the same study with 3 more trials and a budget none of them fits (100000 epochs each): none is started
-    again = run([*args, "hydra.sweeper.n_trials=4", "hydra.sweeper.budget_minutes=0.5"], tmp_path)
+    # the same study with more trials and a budget none of them fits (100000 epochs each): none is started, and the
+    # sweep ends after MAX_NOT_STARTED refused draws
+    again = run([*args, f"hydra.sweeper.n_trials={MAX_NOT_STARTED + 2}", "hydra.sweeper.budget_minutes=0.5"], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     trials = optuna.load_study(study_name=name, storage=storage).trials
     refused = [t for t in trials[1:] if "duplicate_of" not in t.user_attrs]  # not a redrawn point of trial 0's
-    assert refused and len(trials) <= 4
+    assert refused and len(trials) <= MAX_NOT_STARTED + 2
     for trial in refused:
         assert trial.state == TrialState.FAIL and "s left of the budget" in trial.user_attrs["not_started"]
         assert "output_dir" not in trial.user_attrs  # never launched
