@@ -150,13 +150,11 @@ class AnomalyMap(nn.Module):
         Each is the mean over the inpaintings, then blurred (the blur is linear: blurring the mean = the mean of
         the blurs).
         """
-        unblurred = torch.stack([self.unblurred(recon, target) for recon in recons]).mean(dim=0)  # (B,1,H,W)
+        unblurred = mean_pixel_map(self.unblurred, recons, target)  # (B,1,H,W)
         anomaly_map = gaussian_blur(unblurred, self.blur_sigma)
         score_sigma = self.blur_sigma if self.score_blur_sigma is None else self.score_blur_sigma
         if self.score_map is not None:
-            pixel_map = PIXEL_MAPS[self.score_map]
-            score_unblurred = torch.stack([pixel_map(recon, target) for recon in recons]).mean(dim=0)
-            score_map = gaussian_blur(score_unblurred, score_sigma)
+            score_map = gaussian_blur(mean_pixel_map(PIXEL_MAPS[self.score_map], recons, target), score_sigma)
         elif score_sigma == self.blur_sigma:
             score_map = anomaly_map
         else:
@@ -175,6 +173,15 @@ class AnomalyMap(nn.Module):
             f"weights={self.weights}, blur_sigma={self.blur_sigma}, score_blur_sigma={self.score_blur_sigma}, "
             f"score_map={self.score_map}, score_normalise={self.score_normalise}"
         )
+
+
+def mean_pixel_map(
+    pixel_map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    recons: Sequence[torch.Tensor],
+    target: torch.Tensor,
+) -> torch.Tensor:
+    """A pixel map of each inpainting of target, averaged over the inpaintings.  # (B,1,H,W)"""
+    return torch.stack([pixel_map(recon, target) for recon in recons]).mean(dim=0)
 
 
 def statistics_problem(mean: torch.Tensor, std: torch.Tensor) -> str | None:

@@ -29,7 +29,14 @@ from anomaly_lab.masking import inpaint_full_coverage
 from anomaly_lab.metrics import image_auroc, wasserstein_separation
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.registry import PIXEL_MAPS
-from anomaly_lab.scoring import REDUCTIONS, AnomalyMap, gaussian_blur, image_score, map_weights
+from anomaly_lab.scoring import (
+    REDUCTIONS,
+    AnomalyMap,
+    gaussian_blur,
+    image_score,
+    map_weights,
+    mean_pixel_map,
+)
 
 STD_FLOOR = 0.1  # a pixel's std is at least this share of the mean std: a pixel constant on normals cannot explode
 
@@ -256,8 +263,7 @@ def validation_maps(
             images = batch["image"].to(device).contiguous(memory_format=model.memory_format)  # (B,3,H,W)
             recons = inpaint_full_coverage(model.net, images, model.masking, mask_sets)
             for name in names:
-                pixel_map = PIXEL_MAPS[name]
-                maps[name].append(torch.stack([pixel_map(r, images) for r in recons]).mean(dim=0).cpu())
+                maps[name].append(mean_pixel_map(PIXEL_MAPS[name], recons, images).cpu())
             labels.append(batch["label"].cpu())
             masks.append(batch["mask"].cpu() > 0.5)
             known.append(torch.as_tensor(batch["mask_known"]).cpu())
