@@ -29,7 +29,7 @@ from anomaly_lab.results import (
     scored_samples,
     without_masks_note,
 )
-from anomaly_lab.thresholds import ThresholdRule, metrics_at_threshold
+from anomaly_lab.thresholds import PixelThreshold, ThresholdRule, metrics_at_threshold
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class InpaintingModule(L.LightningModule):
         normalise_wasserstein: bool = False,
         threshold_rule: ThresholdRule | None = None,
         spec: dict[str, Any] | None = None,
+        pixel_threshold_rule: PixelThreshold | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -73,6 +74,7 @@ class InpaintingModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.normalise_wasserstein = normalise_wasserstein
         self.threshold_rule = threshold_rule
+        self.pixel_threshold_rule = pixel_threshold_rule
         # test pixel metrics: the map resized (bilinear) to each ground-truth mask's own resolution (the published
         # protocol, test/pixel_auroc, test/aupro) and at the model's resolution against the prepared masks (*_model_res)
         self.pixel_metrics = PixelMetrics()
@@ -197,8 +199,21 @@ class InpaintingModule(L.LightningModule):
         if "val/image_auroc" in metrics and results is not None and without_masks_note(results.samples) is None:
             pixel = self.val_pixel_metrics_model_res.compute()
             metrics.update({f"val/{name}_model_res": float(value) for name, value in pixel.items()})
+        if self.pixel_threshold_rule is not None and results is not None:
+            metrics["val/pixel_threshold"] = self.fit_pixel_threshold(without_masks_note(results.samples) is None)
         self.val_pixel_metrics_model_res.reset()
         self.log_dict(metrics, sync_dist=True)  # the same on every process (gathered)
+
+    def fit_pixel_threshold(self, masks_known: bool) -> float:
+        """The pixel threshold (self.pixel_threshold_rule) from this validation's pixel histograms (the whole split
+        under DDP), into the model; without known masks, from the normal pixels alone."""
+        assert self.pixel_threshold_rule is not None
+        metric = self.val_pixel_metrics_model_res
+        with metric.sync_context():
+            anomalous = metric.anomalous_hist if masks_known else torch.zeros_like(metric.anomalous_hist)
+            value, _ = self.pixel_threshold_rule(metric.normal_hist, anomalous, float(metric.upper))
+        self.model.pixel_threshold.fill_(value)
+        return value
 
     def on_test_epoch_end(self) -> None:
         prefix = self.test_prefix

@@ -1,7 +1,7 @@
 """The trained model: one torch object that is trained, scored, saved, predicted with and exported.
 
 InpaintingModel holds the backbone net, the masking, the anomaly map, the image-score reduction and the
-preprocessing, plus the image-score threshold chosen on validation. It is built from config by one
+preprocessing, plus the image-score and pixel thresholds chosen on validation. It is built from config by one
 `instantiate(cfg.model)`; the LightningModule (anomaly_lab.lightning_model) wraps it for training, and
 anomaly_lab.inference rebuilds it from a checkpoint for predict and export. Any nn.Module that maps
 (B,3,H,W) to (B,3,H,W) is a backbone: the size check is a test forward pass.
@@ -10,6 +10,7 @@ anomaly_lab.inference rebuilds it from a checkpoint for predict and export. Any 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,6 +139,25 @@ class InpaintingModel(nn.Module):
         # Image-score threshold chosen on validation (NaN: none); a buffer, so checkpoints carry it.
         self.threshold: torch.Tensor
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        # Anomaly-map value from which predict marks a pixel, chosen on validation (thresholds.PixelThreshold;
+        # NaN: none, as in checkpoints written before it existed).
+        self.pixel_threshold: torch.Tensor
+        self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        state_dict.setdefault(prefix + "pixel_threshold", torch.tensor(float("nan")))  # an older checkpoint
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @property
     def image_size(self) -> int:

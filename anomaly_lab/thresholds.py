@@ -16,7 +16,7 @@ import torch
 from torchmetrics.functional.classification import binary_f1_score, binary_precision, binary_recall
 
 from anomaly_lab.errors import ConfigError, as_typed
-from anomaly_lab.metrics import f1_max
+from anomaly_lab.metrics import PixelMetrics, f1_max
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,51 @@ class AutoThreshold:
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
         has_anomalies = bool((torch.as_tensor(labels) == 1).any())
         return self.f1(scores, labels) if self.real_anomalies and has_anomalies else self.percentile(scores, labels)
+
+
+class PixelThreshold:
+    """The anomaly-map value from which predict marks a pixel, chosen on validation. The image threshold is a
+    poor one: the image score pools another blur (or map) than the drawn map, so the map of an image called
+    anomalous rarely reaches it and its mask stays empty.
+
+    Where anomalous validation images have masks (real, or the synthetic anomalies' own), the value of best pixel
+    F1 over every validation pixel; else the `percentile` of the normal validation pixels. Computed from the
+    pixel histograms of `metrics.PixelMetrics` (exact at its bin edges), so it streams over any validation size.
+    """
+
+    def __init__(self, percentile: float = 99.9) -> None:
+        if isinstance(percentile, bool) or not isinstance(percentile, int | float) or not 0 < percentile < 100:
+            raise ValueError(f"percentile={as_typed(percentile)}: expected a number in (0, 100), e.g. 99.9")
+        self.percentile = float(percentile)
+
+    def __call__(self, normal_hist: torch.Tensor, anomalous_hist: torch.Tensor, upper: float) -> tuple[float, str]:
+        """(threshold, how it was chosen) from the histograms (num_bins,) of normal and anomalous pixels on
+        [0, upper]; bin k's lower edge is the k-th candidate. anomalous_hist all zero: no masks to fit on."""
+        normal, anomalous = normal_hist.double(), anomalous_hist.double()  # (K,), (K,)
+        edges = torch.arange(len(normal), dtype=torch.float64) * upper / len(normal)  # (K,) lower bin edges
+        if float(normal.sum()) == 0:
+            raise ValueError("pixel threshold: no normal validation pixel")
+        if float(anomalous.sum()) > 0:
+            tp = anomalous.flip(0).cumsum(0).flip(0)  # (K,) anomalous pixels >= edge
+            fp = normal.flip(0).cumsum(0).flip(0)  # (K,)
+            fn = anomalous.sum() - tp
+            f1 = 2 * tp / (2 * tp + fp + fn)  # (K,)
+            best = int(torch.argmax(f1))  # the lowest edge of best F1
+            return float(edges[best]), f"best validation pixel F1 {float(f1[best]):.3f}"
+        below = normal.cumsum(0) / normal.sum()  # (K,) share of normal pixels in bins <= k
+        k = int(torch.searchsorted(below, torch.tensor([self.percentile / 100.0], dtype=torch.float64))[0])
+        k = min(k + 1, len(normal) - 1)  # the upper edge of the bin that holds the percentile
+        return float(edges[k]), f"{self.percentile:g}th percentile of the normal validation pixels (no masks)"
+
+    def fit(
+        self, maps: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, mask_known: torch.Tensor
+    ) -> tuple[float, str]:
+        """The threshold of validation maps (N,1,H,W), labels (N,), masks (N,1,H,W) bool and mask_known (N,) bool;
+        anomalous images whose mask is unknown are left out."""
+        keep = (labels == 0) | mask_known.bool()  # (N,)
+        metric = PixelMetrics()
+        metric.update(maps[keep], masks[keep].bool())
+        return self(metric.normal_hist, metric.anomalous_hist, float(metric.upper))
 
 
 def metrics_at_threshold(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:

@@ -49,6 +49,7 @@ from anomaly_lab.inference import load_weights_only, model_spec
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.metrics import wasserstein_separation
 from anomaly_lab.model import InpaintingModel
+from anomaly_lab.scoring import gaussian_blur
 from anomaly_lab.scoring_choice import ScoringChoice, ScoringSearch, apply_choice, validation_maps
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, FixedThreshold, ThresholdRule
 
@@ -99,6 +100,10 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
                 model: InpaintingModel = instantiate(cfg.model)
                 spec = model_spec(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
             loss, threshold_rule = build_scoring(cfg)
+            pixel_threshold_rule = None
+            if cfg.get("pixel_threshold_rule"):
+                with config_group("pixel_threshold_rule"):
+                    pixel_threshold_rule = instantiate(cfg.pixel_threshold_rule)
             with config_group("optimizer"):
                 optimizer = instantiate(cfg.optimizer)
                 trial = optimizer(params=model.parameters())  # a refused setting (weight decay, betas, ...) fails here
@@ -125,6 +130,7 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
         normalise_wasserstein=cfg.objective.normalise,
         threshold_rule=threshold_rule,
         spec=spec,
+        pixel_threshold_rule=pixel_threshold_rule,
     )
 
 
@@ -252,18 +258,25 @@ def choose_scoring(
     loader = datamodule.val_dataloader()
     if trainer.world_size > 1:  # DDP: each process validates a shard; process 0 chooses on the whole split
         loader = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
-    chosen: tuple[ScoringChoice, torch.Tensor] | None = None
+    chosen: tuple[ScoringChoice, torch.Tensor, tuple[float, str] | None] | None = None
     if trainer.is_global_zero:
         maps, labels, masks, known = validation_maps(module.model, loader, search.maps)
-        chosen = search.choose(maps, labels, masks, known, module.model.image_size), labels
+        choice = search.choose(maps, labels, masks, known, module.model.image_size)
+        pixel = None
+        if module.pixel_threshold_rule is not None:  # on the chosen anomaly map, as predict draws it
+            chosen_map = gaussian_blur(maps[choice.map_rule.map].float(), choice.map_rule.blur_sigma)  # (N,1,H,W)
+            pixel = module.pixel_threshold_rule.fit(chosen_map, labels, masks, known)
+        chosen = choice, labels, pixel
     chosen = trainer.strategy.broadcast(chosen, src=0)  # the same choice in every process
     if chosen is None:
         raise RuntimeError("scoring=auto: process 0 sent no choice")
-    choice, labels = chosen
+    choice, labels, pixel = chosen
     module.spec["model"].update(apply_choice(module.model, choice))
     scores = choice.val_scores.double()  # (N,)
     if module.threshold_rule is not None:
         module.model.threshold.fill_(module.threshold_rule(scores, labels))
+    if pixel is not None:
+        module.model.pixel_threshold.fill_(pixel[0])
     normal, anomalous = scores[labels == 0].numpy(), scores[labels == 1].numpy()
     metrics: dict[str, Any] = {
         "val/chosen/image_auroc": choice.image_table[0]["image_auroc"],
@@ -272,6 +285,7 @@ def choose_scoring(
             normal, anomalous, normalise=module.normalise_wasserstein, signed=True
         ),
         "val/chosen/threshold": float(module.model.threshold),
+        **({"val/chosen/pixel_threshold": pixel[0]} if pixel is not None else {}),
         "scoring_chosen": choice.summary(),
     }
     if choice.pixel_table:
@@ -284,6 +298,7 @@ def choose_scoring(
             "image_score": choice.image_table,
             "anomaly_map": choice.pixel_table,
             "validation_images": {"normal": len(normal), "anomalous": len(anomalous)},
+            **({"pixel_threshold": {"value": pixel[0], "chosen_by": pixel[1]}} if pixel is not None else {}),
         }
         (output_dir / "scoring_choice.json").write_text(json.dumps(table, indent=2))
         log.info(
