@@ -76,6 +76,7 @@ from anomaly_lab.predict_outputs import (
     write_tables,
 )
 from anomaly_lab.preprocessing import Preprocessing, resize_map
+from anomaly_lab.report_page import write_report
 from anomaly_lab.scoring import full_coverage_scores
 
 log = logging.getLogger(__name__)
@@ -617,6 +618,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 seconds=round(time.perf_counter() - started, 3),
             )
             (staging / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_report(staging, rows, summary, root)  # report.html and its thumbnails/
             publish(staging, settings.output, settings.overwrite)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
