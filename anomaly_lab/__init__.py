@@ -1,5 +1,22 @@
-"""Masked U-Net autoencoders for unsupervised visual anomaly detection."""
+"""Masked U-Net autoencoders for unsupervised visual anomaly detection.
+
+from anomaly_lab import load_model
+model = load_model("outputs/runs/<run>/checkpoints/best.ckpt")
+result = model.predict("image.png")  # .score .anomalous .anomaly_map .mask (anomaly_lab/api.py)
+"""
+
+from typing import Any
 
 from anomaly_lab.quiet import quiet as _quiet
 
 _quiet()  # every entry point and the tests import this package first: see anomaly_lab/quiet.py
+
+__all__ = ["load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_model":  # imported on first use: `import anomaly_lab` stays light for the CLIs
+        from anomaly_lab.inference import load_model
+
+        return load_model
+    raise AttributeError(f"module 'anomaly_lab' has no attribute {name!r}")

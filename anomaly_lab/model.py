@@ -178,6 +178,20 @@ class InpaintingModel(nn.Module):
             self.net, images, self.masking, self.anomaly_map, self.reduce, self.topk_fraction, mask_sets
         )
 
+    def predict(
+        self,
+        inputs: Any,
+        score_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        mask_peak_share: float | None = 0.9,
+        batch_size: int = 16,
+    ) -> Any:
+        """Score image files, PIL images or (H,W,3) uint8 arrays (one, or a list) as `anomaly_lab.predict` does:
+        a Prediction each (score, anomalous, anomaly_map and mask at the input's size); see anomaly_lab/api.py."""
+        from anomaly_lab.api import predict_images  # the CLI's pipeline (decoding, preprocessing, maps on the file)
+
+        return predict_images(self, inputs, score_threshold, pixel_threshold, mask_peak_share, batch_size)
+
     def training_reconstruction(self, images: torch.Tensor) -> torch.Tensor:
         """The inpainting the training loss sees (random masks, or the stitched disjoint set).  # (B,3,H,W)"""
         return inpaint_for_training(self.net, images.contiguous(memory_format=self.memory_format), self.masking)

@@ -236,6 +236,11 @@ def prepare_file(path: Path, preprocessing: Preprocessing, max_pixels: int | Non
             image.shape[0],
             preprocessing.image_size,
         )
+    return prepare_image(image, path, preprocessing)
+
+
+def prepare_image(image: np.ndarray, path: Path, preprocessing: Preprocessing) -> Prepared:
+    """A decoded image (H,W,3) uint8 prepared as in training (path names it in messages). BadImageError if unusable."""
     turned, pose = preprocessing.turn_with_pose(image, str(path))  # orient; outputs go back on the file as it is
     prepared, _ = preprocessing.fit(turned)  # (S,S,3), or a page (h,w,3) to tile
     faint = faint_content(prepared)  # as training's check (data.images.warn_faint_files) sees it
@@ -369,6 +374,8 @@ class Settings:
     onnx: Path | None = None  # backend=onnxruntime: the graph to run; None: <ckpt stem>.onnx beside the checkpoint
     threads: int | None = None  # intra-op threads; None: the library's default
     stack_passes: bool = False
+    mask_peak_share: float | None = None  # see conf/predict.yaml
+    panel: bool = False
 
 
 def number_setting(cfg: DictConfig, key: str, allowed: str, valid: Callable[[float], bool] = math.isfinite) -> float:
@@ -384,6 +391,13 @@ def optional_number_setting(
 ) -> float | None:
     """None for null, else `number_setting`."""
     return None if cfg[key] is None else number_setting(cfg, key, allowed, valid)
+
+
+def bool_setting(cfg: DictConfig, key: str) -> bool:
+    value = cfg[key]
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={as_typed(value)} is not valid: use true or false")
+    return value
 
 
 def positive_int(value: Any) -> bool:
@@ -423,7 +437,13 @@ def checked_settings(cfg: DictConfig) -> Settings:
         score_threshold=optional_number_setting(
             cfg, "score_threshold", "a number, or null for the checkpoint's threshold"
         ),
-        pixel_threshold=optional_number_setting(cfg, "pixel_threshold", "a number, or null for score_threshold"),
+        pixel_threshold=optional_number_setting(
+            cfg, "pixel_threshold", "a number, or null for the checkpoint's pixel threshold"
+        ),
+        mask_peak_share=optional_number_setting(
+            cfg, "mask_peak_share", "a number in (0, 1], or null for none", lambda value: 0 < value <= 1
+        ),
+        panel=bool_setting(cfg, "panel"),
         heatmap_max=optional_number_setting(
             cfg, "heatmap_max", "a positive number, or null for 2 x pixel_threshold", lambda value: 0 < value < math.inf
         ),
@@ -575,6 +595,23 @@ def score_files(
     return rows, tile_rows, skipped
 
 
+def pixel_threshold_of(settings: Settings, model: InpaintingModel, threshold: float) -> tuple[float, str]:
+    """The masks' anomaly-map threshold and where it came from: pixel_threshold=..., else the checkpoint's (chosen
+    on validation), else (a checkpoint from before pixel thresholds) the image-score threshold."""
+    if settings.pixel_threshold is not None:
+        return settings.pixel_threshold, "override"
+    chosen = float(model.pixel_threshold)
+    if math.isfinite(chosen):
+        return chosen, "checkpoint"
+    log.warning(
+        "%s holds no pixel threshold (trained before they were chosen on validation): masks use the image-score "
+        "threshold %.6g, which the map rarely reaches; pass pixel_threshold=... or retrain",
+        settings.ckpt_path,
+        threshold,
+    )
+    return threshold, "score_threshold"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Score cfg.input with cfg.ckpt_path's model into cfg.output; returns the summary (also summary.json)."""
     started = time.perf_counter()
@@ -589,11 +626,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{settings.ckpt_path}: the checkpoint holds no threshold (its training set none: no validation pass or "
             f"no threshold rule); pass score_threshold=<image score>"
         )
-    pixel_threshold = settings.pixel_threshold if settings.pixel_threshold is not None else threshold
+    pixel_threshold, pixel_threshold_from = pixel_threshold_of(settings, model, threshold)
     heatmap_max = settings.heatmap_max if settings.heatmap_max is not None else 2.0 * pixel_threshold
     if heatmap_max <= 0:
         raise ConfigError(f"heatmap_max (2 x pixel_threshold) is {heatmap_max}, not positive: set heatmap_max=...")
-    drawing = Drawing(threshold, pixel_threshold, heatmap_max, settings.heatmap_alpha)
+    drawing = Drawing(
+        threshold, pixel_threshold, heatmap_max, settings.heatmap_alpha, settings.mask_peak_share, settings.panel
+    )
     with torch_threads(settings.threads):
         scorer, onnx_source = make_scorer(settings, model)  # a stale exported graph is refused before any writing
         staging = prepare_output(settings.output, settings.overwrite)
@@ -607,6 +646,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 threshold=threshold,
                 threshold_from="override" if settings.score_threshold is not None else "checkpoint",
                 pixel_threshold=pixel_threshold,
+                pixel_threshold_from=pixel_threshold_from,
                 heatmap_max=heatmap_max,
                 image_size=model.image_size,
                 preprocessing=asdict(model.preprocessing),

@@ -29,9 +29,10 @@ HEADER = (
 
 def auto_search(seed: int) -> ScoringSearch:
     """The candidates of conf/scoring/auto.yaml."""
-    node = OmegaConf.load(Path(CONFIG_DIR) / "scoring" / "auto.yaml")["choose"]
+    node = OmegaConf.load(Path(CONFIG_DIR) / "scoring" / "auto.yaml").choose
     node.seed = seed
-    return instantiate(node)  # type: ignore[no-any-return]
+    search: ScoringSearch = instantiate(node)
+    return search
 
 
 def row(folder: Path) -> str:

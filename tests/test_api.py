@@ -1,0 +1,86 @@
+"""The Python API: `from anomaly_lab import load_model; model.predict(x)` gives predict's scores and masks."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from anomaly_lab import load_model
+from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.predict import run as predict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cli_rows(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
+    """predict's scores.csv for the tiny run's test folder."""
+    with (tiny_run / "scores.csv").open() as file:
+        test_dir = Path(next(csv.DictReader(file))["path"]).parent.parent
+    out = tmp_path_factory.mktemp("api") / "out"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="predict",
+            overrides=[
+                "progress=false",
+                f"ckpt_path={tiny_run / 'checkpoints' / 'best.ckpt'}",
+                f"input={test_dir}",
+                f"output={out}",
+            ],
+        )
+    predict(cfg)
+    with (out / "scores.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    for row in rows:
+        row["mask_pixels"] = str(int((np.asarray(Image.open(out / row["mask"])) > 0).sum()))
+    return rows
+
+
+def test_a_path_an_array_a_pil_image_and_a_list_score_as_the_cli(
+    tiny_run: Path, cli_rows: list[dict[str, str]]
+) -> None:
+    model = load_model(tiny_run / "checkpoints" / "best.ckpt")
+    paths = [row["path"] for row in cli_rows]
+    results = model.predict(paths)
+    assert len(results) == len(cli_rows)
+    for result, row in zip(results, cli_rows, strict=True):
+        assert result.score == pytest.approx(float(row["score"]), rel=1e-6, abs=1e-9)
+        assert result.anomalous == bool(int(row["prediction"]))
+        assert int(result.mask.sum()) == int(row["mask_pixels"])
+        assert result.anomaly_map.shape == result.mask.shape == Image.open(row["path"]).size[::-1]
+    first = cli_rows[0]
+    pil = Image.open(first["path"])
+    for item in (first["path"], Path(first["path"]), np.asarray(pil.convert("RGB")), pil):
+        assert model.predict(item).score == pytest.approx(float(first["score"]), rel=1e-6, abs=1e-9)
+
+
+def test_input_the_api_cannot_score_is_refused_in_one_line(tiny_run: Path) -> None:
+    model = load_model(tiny_run / "checkpoints" / "best.ckpt")
+    with pytest.raises(ValueError, match=r"\(H,W,3\) uint8"):
+        model.predict(np.zeros((8, 8), dtype=np.float32))
+    with pytest.raises(TypeError, match="cannot score a int"):
+        model.predict(3)
+
+
+def test_the_readme_example_runs(tiny_run: Path, cli_rows: list[dict[str, str]]) -> None:
+    """The README's Python example, with the tiny run's checkpoint and one of its test images for the paths."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**From Python.**") :]
+    example = re.search(r"```python\n(.*?)```", section, re.S)
+    assert example is not None
+    code = example.group(1)
+    assert "from anomaly_lab import load_model" in code and len(code.strip().splitlines()) <= 5
+    code = code.replace("outputs/runs/<run>/checkpoints/best.ckpt", str(tiny_run / "checkpoints" / "best.ckpt"))
+    code = code.replace("../shared/data/mvtec_bottle/test/broken_large/000.png", cli_rows[0]["path"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "README.md", "exec"), {})
+    assert printed.getvalue().startswith(f"score {float(cli_rows[0]['score']):.4f}, anomalous ")
