@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import overload
 
 import cv2
@@ -137,3 +138,58 @@ def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None, source: str = "a
         )
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     return cv2.warpAffine(anomaly_map, pose, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT)
+
+
+# A part whose principal axis is this many times its width (square root of the second moments' ratio) is long:
+# MVTec AD screw's good images 4.9 (median of 32), bottle's 1.0 (round).
+ELONGATED = 2.0
+
+
+@dataclass(frozen=True)
+class PartGeometry:
+    """What a few good images say of their part's shape (medians over the images; band: the 90th percentile)."""
+
+    elongation: float  # principal axis length over width, from the part's second moments
+    cover: float  # share of the image the part covers
+    band: float  # share of the image's rows the part spans once turned (orient=principal_axis)
+    images: int
+
+    @property
+    def elongated(self) -> bool:
+        """A long part: worth turning to one pose, and looking at the band of rows it spans once turned."""
+        return self.elongation >= ELONGATED and self.cover <= 0.5
+
+    def describe(self) -> str:
+        shape = f"{self.elongation:.1f} times as long as wide, covering {self.cover:.0%} of the image"
+        if not self.elongated:
+            return f"no long part (round, or filling the image): {shape} (medians of {self.images} images)"
+        return (
+            f"a long part: {shape}; turned to one pose it spans {self.band:.0%} of the rows (medians and 90th "
+            f"percentile of {self.images} images)"
+        )
+
+
+def part_geometry(images: list[np.ndarray]) -> PartGeometry | None:
+    """The PartGeometry of images (each (H,W,3) uint8, the part found as `part_mask` finds it); None: no part."""
+    found = []
+    for image in images:
+        part = part_mask(image)  # (H,W) bool
+        moments = cv2.moments(part.astype(np.uint8), binaryImage=True)
+        pose = principal_axis_pose(part)
+        if moments["m00"] < 2 or pose is None:
+            continue
+        spread = np.array([[moments["mu20"], moments["mu11"]], [moments["mu11"], moments["mu02"]]]) / moments["m00"]
+        low, high = np.linalg.eigvalsh(spread)
+        rows, columns = np.nonzero(part)
+        turned_rows = pose[1, :2] @ np.stack([columns, rows]) + pose[1, 2]  # (n,)
+        band = (np.percentile(turned_rows, 99.5) - np.percentile(turned_rows, 0.5)) / part.shape[0]
+        found.append((math.sqrt(high / max(low, 1e-9)), float(part.mean()), float(band)))
+    if not found:
+        return None
+    values = np.array(found)  # (n,3)
+    return PartGeometry(
+        float(np.median(values[:, 0])),
+        float(np.median(values[:, 1])),
+        float(np.percentile(values[:, 2], 90)),
+        len(found),
+    )

@@ -64,6 +64,7 @@ from anomaly_lab.configs import CONFIG_DIR, data_digest, data_identity
 from anomaly_lab.data.datamodules import normal_shares
 from anomaly_lab.data.images import IMAGE_SUFFIXES
 from anomaly_lab.errors import ConfigError, UserError, as_typed
+from anomaly_lab.orientation import PartGeometry, part_geometry
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class DataPlan:
     kind: str = "folder"
     val_fraction: float = VAL_FRACTION  # the share of the pool that validates (dataset.val_fraction)
     unit: str = "image"  # what a sample is: an image, or a tile of a page
+    normal_dir: Path | None = None  # the folder of good images (the part's shape is read from a few of them)
     test_fraction: float = TEST_FRACTION  # the share of the pool held out to test, where holds_out_test
 
 
@@ -152,7 +154,9 @@ def mvtec_plan(root: Path, key: str = "data") -> DataPlan:
         + (f"; masks for {', '.join(masks)} (pixel AUROC)" if masks else "; no masks (image AUROC only)"),
     ]
     overrides = ["dataset=mvtec", f"dataset.root={root}", "validation_anomalies=synthetic"]
-    return DataPlan(overrides, lines, normal, False, normal + good + anomalous, "mvtec")
+    return DataPlan(
+        overrides, lines, normal, False, normal + good + anomalous, "mvtec", normal_dir=root / "train" / "good"
+    )
 
 
 def folder_plan(data: Path, defects: Path | None, masks: Path | None = None) -> DataPlan:
@@ -217,7 +221,7 @@ def folder_plan(data: Path, defects: Path | None, masks: Path | None = None) -> 
                 "validation: synthetic anomalies from held-out good images (validation_anomalies=synthetic)",
                 "test: the held-out good images only (no defects: give defects=<folder> for an AUROC)",
             ]
-    return DataPlan(overrides, lines, normal, True, normal + anomalous)
+    return DataPlan(overrides, lines, normal, True, normal + anomalous, normal_dir=data)
 
 
 @dataclass(frozen=True)
@@ -557,6 +561,64 @@ def first_points(
     return Point(default, point_seconds(tune, table, default, plan), label), cheapest
 
 
+def sample_images(folder: Path, count: int = 32, size: int = 256) -> list[Any]:
+    """`count` images of folder, evenly spaced in name order, each decoded at most size px (H,W,3) uint8."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    picked = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))] if files else []
+    images = []
+    for path in picked:
+        try:
+            with Image.open(path) as file:
+                file.draft("RGB", (size, size))  # a JPEG decodes at reduced size
+                image = file.convert("RGB")
+                image.thumbnail((size, size))
+                images.append(np.asarray(image))
+        except OSError:  # an unreadable file: training names it; the shape is read from the others
+            continue
+    return images
+
+
+def long_part_point(
+    tune: Mapping[str, Any], table: Mapping[str, Any], plan: DataPlan, default: Point, geometry: PartGeometry
+) -> Point | None:
+    """For a long part (PartGeometry.elongated, from the good images alone): the default point turned to one pose
+    (orient=principal_axis) and, where a band of the search's table holds the rows the turned part spans (with a
+    quarter more as margin), that band at the larger size with the narrow net, which costs about what the default's
+    whole square does (screw_cpu's reasoning, docs/benchmarks.md "Screw"); None for any other part."""
+    keys = default.params
+    if not geometry.elongated or "dataset.preprocessing.orient" not in keys:
+        return None
+    point = {**keys, "dataset.preprocessing.orient": "principal_axis"}
+    label = "the default point turned to one pose (orient=principal_axis): a long part"
+    size = max(tune["sizes"], key=lambda name: tune["sizes"][name])
+    bands = [(rows, name) for name, rows in tune["bands"][size].items() if rows is not None]
+    fitting = sorted(b for b in bands if b[0] >= 1.25 * geometry.band * tune["sizes"][size])
+    if fitting and {"tune.size", "tune.band", "tune.width"} <= set(keys):
+        rows, band = fitting[0]
+        narrow = min(tune["widths"], key=lambda name: tune["widths"][name])
+        point.update({"tune.size": size, "tune.band": band, "tune.width": narrow})
+        label = (
+            f"a long part: turned to one pose (orient=principal_axis), the band of its {rows} rows at "
+            f"{tune['sizes'][size]} px (tune.band={band}), the {narrow} net"
+        )
+    return Point(point, point_seconds(tune, table, point, plan), label)
+
+
+def starting_points(candidates: Sequence[Point], cheapest: Point, left_s: float) -> list[Point]:
+    """The points enqueued first, in order: each candidate while together they fit 3/4 of the search's seconds
+    (the search keeps a quarter for its own draws); the cheapest point where none fits."""
+    chosen: list[Point] = []
+    total = 0.0
+    for point in candidates:
+        if total + point.seconds <= 0.75 * left_s:
+            chosen.append(point)
+            total += point.seconds
+    return chosen or [cheapest]
+
+
 @dataclass
 class Args:
     data: Path
@@ -816,8 +878,15 @@ def tune(args: Args) -> dict[str, Any]:
             f"minutes={args.minutes:g}: too small for one trial once the checks ran: {max(left_s, 0):.0f} s "
             f"left for the search, and its cheapest point ({cheapest.label}) needs about {cheapest.seconds:.0f} s"
         )
-    first = default if default.seconds <= left_s / 2 else cheapest
-    enqueue_first(storage, study_name, str(cfg.hydra.sweeper.direction), data_identity(cfg.dataset, os.getcwd()), first)
+    geometric = None
+    if search == SEARCH:
+        geometry = part_geometry(sample_images(plan.normal_dir)) if plan.normal_dir is not None else None
+        if geometry is not None:
+            print(f"tune: the part in {plan.normal_dir}: {geometry.describe()}", flush=True)
+            geometric = long_part_point(tune_node, tune_node["epochs"], plan, default, geometry)
+    firsts = starting_points([p for p in (geometric, default) if p is not None], cheapest, left_s)
+    identity = data_identity(cfg.dataset, os.getcwd())
+    enqueue_first(storage, study_name, str(cfg.hydra.sweeper.direction), identity, *firsts)
     left = left_s / 60
     print(f"tune: searching for {left:.1f} min (study {study_name!r} in {storage})", flush=True)
     command = [
@@ -892,10 +961,10 @@ class SearchFailed(RuntimeError):
     """A subprocess (the search or the final training) failed; its own output said why."""
 
 
-def enqueue_first(storage: str, name: str, direction: str, data: dict[str, Any], first: Point) -> None:
-    """The first trial of a study without a complete (or waiting) one: bottles_cpu's point where it fits half the
-    budget, else the cheapest, so the search has a complete trial to estimate from and to fall back on. A study of
-    other data is left to the sweep (which refuses it)."""
+def enqueue_first(storage: str, name: str, direction: str, data: dict[str, Any], *points: Point) -> None:
+    """The first trials of a study without a complete (or waiting) one, in order (tune.starting_points), so the
+    search has complete trials to estimate from and to fall back on. A study of other data is left to the sweep
+    (which refuses it)."""
     import optuna
 
     from anomaly_lab.sweeps.resumable_optuna import open_study, rdb_storage
@@ -912,8 +981,13 @@ def enqueue_first(storage: str, name: str, direction: str, data: dict[str, Any],
         study.set_user_attr("data", data)
     elif study.user_attrs["data"] != data:
         return
-    study.enqueue_trial(first.params)
-    print(f"tune: first trial: {first.label} (about {first.seconds / 60:.1f} min at the documented rate)", flush=True)
+    for number, point in enumerate(points):
+        study.enqueue_trial(point.params)
+        print(
+            f"tune: {'first' if number == 0 else 'then'} trial: {point.label} (about {point.seconds / 60:.1f} min at "
+            "the documented rate)",
+            flush=True,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
