@@ -41,12 +41,14 @@ predict: $(VENV)/.installed ## score images with a checkpoint: scores.csv, heatm
 	$(PY) -m anomaly_lab.predict ckpt_path=$(CKPT) 'input=$(INPUT)' $(if $(OUT),output=$(OUT)) $(ARGS)
 
 # predict's scoring without writing, warm-up then median of repeats; INPUT defaults to the bottle test images
-# ($(DATA)/test); ARGS: any predict setting (backend=onnxruntime batch_size=8 threads=2 stack_passes=true) and
-# repeats=3 warmup=1. Prints a markdown row: img/s with decoding and maps, forward img/s, settings, machine, load.
+# ($(DATA)/test); ARGS: any predict setting (batch_size=8 threads=2 stack_passes=true) and repeats=3 warmup=1.
+# Prints a markdown table, one row per backend (torch, onnxruntime, openvino, each where installed; their passes
+# take turns, so the ratios come from one window): img/s with decoding and maps, forward img/s, image AUROC where
+# the folders give the truth, settings, machine, load. ARGS=backend=onnxruntime: that backend's row alone.
 .PHONY: bench-predict
-bench-predict: $(VENV)/.installed ## predict throughput in img/s, one markdown row (CKPT=... [INPUT=bottle test] [ARGS=backend=onnxruntime])
+bench-predict: $(VENV)/.installed ## predict img/s of torch, onnxruntime and openvino in one table (CKPT=... [INPUT=bottle test] [ARGS=...])
 	$(if $(CKPT),,$(error CKPT=path/to/best.ckpt is required))
-	$(PY) -m anomaly_lab.tools.bench_predict ckpt_path=$(CKPT) 'input=$(or $(INPUT),$(DATA)/test)' $(ARGS)
+	$(PY) -m anomaly_lab.tools.bench_predict ckpt_path=$(CKPT) 'input=$(or $(INPUT),$(DATA)/test)' $(if $(findstring backend,$(ARGS)),,backends=all) $(ARGS)
 
 export: $(VENV)/.installed ## export a checkpoint's net and scoring to ONNX beside it, checked in onnxruntime (CKPT=...)
 	$(if $(CKPT),,$(error CKPT=path/to/best.ckpt is required))
@@ -59,12 +61,14 @@ export: $(VENV)/.installed ## export a checkpoint's net and scoring to ONNX besi
 test: $(VENV)/.installed ## the fast tier: unit tests and one short run per config group (3 min on 2 cores)
 	$(PY) -m pytest -q $(ARGS)
 
-# The postgres and slurm extras, for test-all: tests/test_postgres.py starts a PostgreSQL server from the pgserver
-# wheel, tests/test_submitit.py sweeps through hydra-submitit-launcher. Where they cannot be installed those skip.
+# The postgres, slurm and openvino extras, for test-all: tests/test_postgres.py starts a PostgreSQL server from the
+# pgserver wheel, tests/test_submitit.py sweeps through hydra-submitit-launcher, tests/test_openvino.py checks
+# OpenVINO's parity with torch. Where they cannot be installed those skip.
 $(VENV)/.installed-extras: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,onnx,openvino]' $(TORCH_INDEX_ARG) || echo "openvino extra not installed: its tests skip"
 	$(PY) -m pip install -q -e '.[dev,onnx,postgres,slurm]' $(TORCH_INDEX_ARG) && touch $@ || echo "postgres/slurm extras not installed: their tests skip"
 
-test-all: test $(VENV)/.installed-extras ## the whole suite: `make test`, then the slow tier (with the postgres, slurm extras)
+test-all: test $(VENV)/.installed-extras ## the whole suite: `make test`, then the slow tier (with the postgres, slurm, openvino extras)
 	$(PY) -m pytest -q -m slow $(ARGS)
 
 test-slow: test-all ## the old name of test-all

@@ -12,6 +12,8 @@ bit (weight_mismatch: a halved or foreign weight is refused), and the graph must
 random images drawn afresh at each load (probe_mismatch: an edited node is refused). Not covered: a graph crafted
 to act as the model on random images and otherwise on real ones (README.md, "Speed").
 
+format=openvino: this graph as an OpenVINO IR (.xml + .bin) under the same checks (anomaly_lab.openvino_backend).
+
 Exporter: torch's torch.export-based one (dynamo=True, which needs onnxscript, part of the `onnx` extra).
 The older TorchScript exporter (dynamo=False) cannot export the computed Gaussian windows of the MSGMS
 blur and SSIM maps ("convolution for kernel of unknown shape").
@@ -39,7 +41,8 @@ from anomaly_lab.inference import load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 
 log = logging.getLogger(__name__)
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino")  # openvino: the IR (.xml + .bin) of the ONNX graph, anomaly_lab.openvino_backend
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}  # output=null: beside the checkpoint with this suffix
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["anomaly_map", "score"]
 DIGEST_KEY = "checkpoint_sha256"  # metadata: the SHA-256 of the checkpoint file the graph was exported from
@@ -195,10 +198,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.format not in FORMATS:
         raise ValueError(f"format={cfg.format!r} is not supported; choose one of {', '.join(FORMATS)}")
     ckpt_path = Path(str(cfg.ckpt_path))
-    output = Path(str(cfg.output)) if cfg.output is not None else ckpt_path.with_suffix(f".{cfg.format}")
-    if output.exists() and not cfg.overwrite:
-        raise FileExistsError(f"output {output} exists; choose another output=... or pass overwrite=true")
+    output = Path(str(cfg.output)) if cfg.output is not None else ckpt_path.with_suffix(SUFFIXES[cfg.format])
+    written = [output, output.with_suffix(".bin")] if cfg.format == "openvino" else [output]
+    for path in written:
+        if path.exists() and not cfg.overwrite:
+            raise FileExistsError(f"output {path} exists; choose another output=... or pass overwrite=true")
     model = load_model(ckpt_path, "cpu")
+    if cfg.format == "openvino":
+        from anomaly_lab.openvino_backend import run_export  # it imports this module
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return run_export(model, output, ckpt_path, bool(cfg.check))
     spec, _ = read_checkpoint(ckpt_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     batch = export_onnx(model, output, spec, int(cfg.opset), bool(cfg.dynamic_batch), file_sha256(ckpt_path))

@@ -14,8 +14,9 @@ also closing once its decoded images hold max_image_pixels (memory stays bounded
 checkpoint's model (stack_passes=true: every masked pass of a batch in one net call); backend=onnxruntime runs
 its exported graph (anomaly_lab.export): `onnx=`, else <ckpt stem>.onnx beside the checkpoint, refused unless it
 records this checkpoint's SHA-256 and holds its weights and computes its outputs, else a fresh export to a
-temporary file. threads= sets the backend's intra-op threads. `python -m anomaly_lab.tools.bench_predict`
-measures the throughput.
+temporary file; backend=openvino runs the IR <ckpt stem>.xml beside the checkpoint under the same rule
+(anomaly_lab.openvino_backend). threads= sets the backend's intra-op threads.
+`python -m anomaly_lab.tools.bench_predict` measures the throughput.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from anomaly_lab.export import (
 )
 from anomaly_lab.inference import first_line, load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
+from anomaly_lab.openvino_backend import openvino_device, openvino_session
 from anomaly_lab.predict_outputs import (
     Drawing,
     Scored,
@@ -80,7 +82,8 @@ from anomaly_lab.report_page import write_report
 from anomaly_lab.scoring import full_coverage_scores
 
 log = logging.getLogger(__name__)
-BACKENDS = ("torch", "onnxruntime")
+GRAPH_KEYS = {"onnxruntime": "onnx", "openvino": "openvino"}  # summary.json's key for where the graph came from
+BACKENDS = ("torch", "onnxruntime", "openvino")  # openvino: anomaly_lab.openvino_backend (the openvino extra)
 
 
 def find_inputs(pattern: str) -> tuple[list[Path], Path]:
@@ -336,7 +339,10 @@ def onnxruntime_module() -> Any:
 
 
 def resolve_device(name: str, backend: str = "torch") -> torch.device:
-    """The device of device=name; for backend=onnxruntime, cuda only where onnxruntime has its CUDA provider."""
+    """The device of device=name; for backend=onnxruntime, cuda only where onnxruntime has its CUDA provider;
+    backend=openvino runs on the CPU."""
+    if backend == "openvino":
+        return openvino_device(name)
     if backend == "onnxruntime":
         has_cuda = "CUDAExecutionProvider" in onnxruntime_module().get_available_providers()
         if name == "auto":
@@ -423,7 +429,7 @@ def checked_settings(cfg: DictConfig) -> Settings:
         raise ConfigError(f"backend={as_typed(backend)} is not valid: use {' or '.join(BACKENDS)}")
     if backend != "torch" and cfg.stack_passes:
         raise ConfigError(
-            "stack_passes=true is not valid with backend=onnxruntime: the graph runs its passes as exported"
+            f"stack_passes=true is not valid with backend={backend}: the graph runs its passes as exported"
         )
     if backend != "onnxruntime" and cfg.onnx not in (None, ""):
         raise ConfigError(
@@ -543,7 +549,10 @@ def onnx_session(settings: Settings, model: InpaintingModel) -> tuple[Any, str]:
 
 
 def make_scorer(settings: Settings, model: InpaintingModel) -> tuple[Scorer, str | None]:
-    """The forward of settings.backend, and (onnxruntime) where its graph came from."""
+    """The forward of settings.backend, and (onnxruntime, openvino) where its graph came from."""
+    if settings.backend == "openvino":  # the IR in OpenVINO, behind onnxruntime's session calls
+        ir_session, source = openvino_session(Path(settings.ckpt_path), model, settings.threads)
+        return OnnxScorer(ir_session, model.preprocessing), source
     if settings.backend == "onnxruntime":
         session, source = onnx_session(settings, model)
         return OnnxScorer(session, model.preprocessing), source
@@ -652,7 +661,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 preprocessing=asdict(model.preprocessing),
                 device=str(settings.device),
                 backend=settings.backend,
-                **({"onnx": onnx_source} if onnx_source is not None else {}),
+                **({GRAPH_KEYS[settings.backend]: onnx_source} if onnx_source is not None else {}),
                 batch_size=settings.batch_size,
                 threads=settings.threads,
                 seconds=round(time.perf_counter() - started, 3),
