@@ -337,7 +337,7 @@ def run(cfg: DictConfig) -> float:
         check_same_model(ckpt_path, module.spec, set_by)
     data_settings: dict[str, Any] = {"preprocessing": module.model.preprocessing}
     test_fraction = OmegaConf.select(cfg, "dataset.test_fraction")
-    if not cfg.test and test_fraction:  # nothing will be tested: every normal image trains or validates
+    if not cfg.test and test_fraction and not cfg.get("hold_out_test", False):  # every normal trains or validates
         data_settings["test_fraction"] = 0.0
         log.info(
             "test=false: no normal image is held out for testing (dataset.test_fraction=%s not used)", test_fraction
