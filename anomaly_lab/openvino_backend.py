@@ -84,9 +84,9 @@ def export_openvino(
         export_onnx(model, graph, spec, checkpoint_sha256=checkpoint_sha256)
         metadata = {prop.key: prop.value for prop in onnx.load(str(graph), load_external_data=False).metadata_props}
         ir = ov.Core().read_model(str(graph))  # OpenVINO's ONNX frontend: weights kept under their names
-    for key, value in metadata.items():
-        ir.set_rt_info(value, [RT_SECTION, key])
-    ov.save_model(ir, str(path), compress_to_fp16=False)  # float32 as exported: the fp16 default would round
+        for key, value in metadata.items():
+            ir.set_rt_info(value, [RT_SECTION, key])
+        ov.save_model(ir, str(path), compress_to_fp16=False)  # float32 as exported: the fp16 default would round
     batch = ir.input(0).get_partial_shape()[0]
     return batch.get_length() if batch.is_static else "batch"
 
