@@ -902,15 +902,20 @@ def tune(args: Args) -> dict[str, Any]:
     if status != 0:
         raise SearchFailed(f"the search ({' '.join(command[1:4])} ...) exited with {status}: its output is above")
     study = optuna.load_study(study_name=study_name, storage=storage)
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    best, objective = best_trial(study)
+    if best is None:
         raise UserError(
             f"minutes={args.minutes:g}: no trial completed within the budget ({len(study.trials)} trials in study "
             f"{study_name!r}); give more minutes (a rerun resumes the study)"
         )
-    best = study.best_trial
     point = [f"{key}={hydra_value(value)}" for key, value in best.params.items()]
-    print(f"tune: best trial {best.number}: {best.value:.4g} ({', '.join(point)})", flush=True)
+    if best.state != optuna.trial.TrialState.COMPLETE:
+        print(
+            f"tune: no trial completed within the budget; trial {best.number} was stopped by its deadline after "
+            f"{max(best.intermediate_values)} epochs: its point is the recipe (its last validation: {objective:.4g})",
+            flush=True,
+        )
+    print(f"tune: best trial {best.number}: {objective:.4g} ({', '.join(point)})", flush=True)
 
     best_cfg = compose_train([*base, *point, scratch])
     keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *args.extras]) if k not in RECIPE_KEYS)]
@@ -919,7 +924,7 @@ def tune(args: Args) -> dict[str, Any]:
         f"{f' defects={args.defects}' if args.defects else ''}{f' masks={args.masks}' if args.masks else ''}"
         f"{' tiled=true' if args.tiled else ''} name={args.name}` on {datetime.now():%Y-%m-%d %H:%M}:\n"
         f"# trial {best.number} of study {study_name} ({storage}), objective {cfg.objective.metric} = "
-        f"{best.value:.4g} on validation; its params: {', '.join(point)}. Trials: {args.name}.trials.csv beside it.\n"
+        f"{objective:.4g} on validation; its params: {', '.join(point)}. Trials: {args.name}.trials.csv beside it.\n"
         f"#   python -m anomaly_lab.train experiment={args.name}\n"
     )
     recipe.parent.mkdir(parents=True, exist_ok=True)
@@ -955,6 +960,28 @@ def tune(args: Args) -> dict[str, Any]:
         flush=True,
     )
     return report
+
+
+def best_trial(study: Any) -> tuple[Any, float]:
+    """The best complete trial and its objective; where none completed, the trial its deadline stopped after the most
+    epochs and its last validation (the budget ran out on a machine slower than the documented rate: its point is
+    still the one measured furthest); (None, nan) where there is neither."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+        return study.best_trial, float(study.best_value)
+    stopped = [
+        t
+        for t in trials
+        if t.state == optuna.trial.TrialState.PRUNED
+        and t.user_attrs.get("stopped_by") == "deadline"
+        and t.intermediate_values
+    ]
+    if not stopped:
+        return None, math.nan
+    best = max(stopped, key=lambda t: max(t.intermediate_values))
+    return best, float(best.intermediate_values[max(best.intermediate_values)])
 
 
 class SearchFailed(RuntimeError):

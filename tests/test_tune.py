@@ -421,3 +421,24 @@ def test_one_short_trials_pessimistic_scaling_does_not_veto_the_search() -> None
     together = trial_seconds(point, [long_run, *short_runs])
     assert together == pytest.approx(sorted(each)[1])  # type: ignore[type-var]
     assert together is not None and together < max(e for e in each if e is not None)
+
+
+def test_a_search_whose_only_trial_its_deadline_stopped_still_gives_that_point(tmp_path: Path) -> None:
+    """On a machine slower than the documented rate the deadline may stop the first trial an epoch short: the
+    command then writes that trial's point (it trains its full epochs again) instead of failing; a trial the pruner
+    stopped (not the deadline) is no recipe, and a complete trial always wins."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", direction="maximize")
+    assert tune.best_trial(study)[0] is None
+    for epochs, stopped_by in ((54, "deadline"), (5, None), (20, "deadline")):
+        trial = study.ask({"x": optuna.distributions.CategoricalDistribution(["a", "b"])})
+        for epoch in range(5, epochs + 1, 5):
+            trial.report(0.1 * epoch, epoch)
+        if stopped_by:
+            trial.set_user_attr("stopped_by", stopped_by)
+        study.tell(trial, state=TrialState.PRUNED)
+    best, objective = tune.best_trial(study)
+    assert best is not None and best.number == 0 and objective == pytest.approx(5.0)  # its last report, epoch 50
+    done = study.ask({"x": optuna.distributions.CategoricalDistribution(["a", "b"])})
+    study.tell(done, 0.01)
+    best, objective = tune.best_trial(study)
+    assert best.number == done.number and objective == pytest.approx(0.01)
