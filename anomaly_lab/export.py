@@ -107,6 +107,7 @@ def export_onnx(
         "anomaly_lab_spec": json.dumps(spec),
         "preprocessing": json.dumps(asdict(model.preprocessing)),
         "threshold": repr(float(model.threshold)),
+        "pixel_threshold": repr(float(model.pixel_threshold)),
         "image_size": str(model.image_size),
         "input_shape": "x".join(map(str, model.input_shape)),  # H x W: image_size x image_size, or the crop_height band
         "input": "images (B,3,H,W) float32: prepared as `preprocessing` says (anomaly_lab.preprocessing)",
