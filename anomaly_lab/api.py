@@ -62,8 +62,7 @@ def predict_images(
     batch_size: int = 16,
 ) -> Prediction | list[Prediction]:
     """InpaintingModel.predict: one Prediction per input (a list for a list or tuple of inputs)."""
-    from anomaly_lab.data.images import read_file
-    from anomaly_lab.predict import Prepared, Skipped, TorchScorer, prepare_image, score_pending
+    from anomaly_lab.predict import Prepared, Skipped, TorchScorer, prepare_file, prepare_image, score_pending
     from anomaly_lab.predict_outputs import Drawing, image_mask
 
     single = not isinstance(inputs, Sequence) or isinstance(inputs, str)
@@ -82,8 +81,9 @@ def predict_images(
         for item in items:
             image, name = as_image(item)
             if image is None:
-                image, _ = read_file(name, model.preprocessing, None)
-            prepared.append(prepare_image(image, name, model.preprocessing))
+                prepared.append(prepare_file(name, model.preprocessing, None))
+            else:
+                prepared.append(prepare_image(image, name, model.preprocessing))
         results = []
         for result in score_pending(prepared, TorchScorer(model), batch_size, model.preprocessing):
             assert not isinstance(result, Skipped)  # prepare_image raised for anything it could not use

@@ -50,7 +50,6 @@ from anomaly_lab.data.images import (
     BadImageError,
     check_max_image_pixels,
     faint_content,
-    read_file,
 )
 from anomaly_lab.data.tiles import TileGrid, TileSizeError, cut_tiles, stitch_tiles
 from anomaly_lab.errors import ConfigError, UserError, as_typed
@@ -77,7 +76,7 @@ from anomaly_lab.predict_outputs import (
     write_image_outputs,
     write_tables,
 )
-from anomaly_lab.preprocessing import Preprocessing, resize_map
+from anomaly_lab.preprocessing import PreparedImage, Preprocessing, resize_map
 from anomaly_lab.report_page import write_report
 from anomaly_lab.scoring import full_coverage_scores
 
@@ -228,34 +227,39 @@ def prepare_file(path: Path, preprocessing: Preprocessing, max_pixels: int | Non
     A large file is decoded at reduced size as in training (Preprocessing.decode_factors); its outputs (map,
     heatmap, mask) are then at that size, which is logged.
     """
-    image, (width, height) = read_file(path, preprocessing, max_pixels)  # (H,W,3) uint8
-    if image.shape[:2] != (height, width):
+    prepared = preprocessing.load(path, max_pixels=max_pixels)
+    height, width = prepared.decoded.shape[:2]
+    if (width, height) != prepared.file_size:
         log.info(
             "%s: a %dx%d file, decoded at %dx%d (the model sees %d px): its heatmap and mask are that size",
             path,
+            *prepared.file_size,
             width,
             height,
-            image.shape[1],
-            image.shape[0],
             preprocessing.image_size,
         )
-    return prepare_image(image, path, preprocessing)
+    return units_of(prepared, path, preprocessing)
 
 
 def prepare_image(image: np.ndarray, path: Path, preprocessing: Preprocessing) -> Prepared:
     """A decoded image (H,W,3) uint8 prepared as in training (path names it in messages). BadImageError if unusable."""
-    turned, pose = preprocessing.turn_with_pose(image, str(path))  # orient; outputs go back on the file as it is
-    prepared, _ = preprocessing.fit(turned)  # (S,S,3), or a page (h,w,3) to tile
-    faint = faint_content(prepared)  # as training's check (data.images.warn_faint_files) sees it
+    return units_of(preprocessing.prepare(image, source=str(path)), path, preprocessing)
+
+
+def units_of(prepared: PreparedImage, path: Path, preprocessing: Preprocessing) -> Prepared:
+    """What predict scores of a prepared image: the model input, or the tiles of a page (a page smaller than a tile:
+    BadImageError). Outputs go back on the decoded image as it is (prepared.pose: orient's turn)."""
+    faint = faint_content(prepared.image)  # as training's check (data.images.warn_faint_files) sees it
     if faint is not None:  # scored all the same, but its score says nothing about defects
         log.warning("%s: %s image: its score says little; %s", path, faint, FAINT_ADVICE)
     if not preprocessing.tiled:
-        return Prepared(path, image, prepared[None], pose=pose)
+        return Prepared(path, prepared.decoded, prepared.image[None], pose=prepared.pose)
+    page = prepared.image  # (h,w,3)
     try:
-        grid = preprocessing.tile_grid(*prepared.shape[:2])
+        grid = preprocessing.tile_grid(*page.shape[:2])
     except TileSizeError as error:
         raise BadImageError(f"{path}: {error}") from error
-    return Prepared(path, image, cut_tiles(prepared, grid), grid, (prepared.shape[0], prepared.shape[1]))
+    return Prepared(path, prepared.decoded, cut_tiles(page, grid), grid, (page.shape[0], page.shape[1]))
 
 
 def scored_result(item: Prepared, maps: np.ndarray, scores: np.ndarray, preprocessing: Preprocessing) -> Scored:

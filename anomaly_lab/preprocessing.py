@@ -1,8 +1,9 @@
 """How a decoded file becomes model input: the one rule of training, validation, predict and export.
 
 A Preprocessing travels inside the trained model (and so inside every checkpoint), so a served model prepares
-images exactly as it was trained. Decoding (any mode and bit depth to 8-bit RGB) is data.images.read_image's;
-from its uint8 (H,W,3) on, everything is here:
+images exactly as it was trained. `Preprocessing.load(path, mask_path)` is the one call every datamodule and
+predict make (`prepare` the same for an image already decoded in memory); decoding (any mode and bit depth to
+8-bit RGB) is data.images'; from its uint8 (H,W,3) on, everything is here:
 - a file of more than REDUCE_ABOVE_PIXELS (4 megapixels) that the model sees much smaller is decoded at reduced size
   (`decode_factors`: integer factors, box averages, PIL's Image.reduce), still REDUCING_GAP times larger than
   what the steps below resize it to, so a 100-megapixel file takes the memory of its decoding only; what follows
@@ -22,16 +23,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import overload
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from anomaly_lab.data.images import MAX_IMAGE_PIXELS, read_file, read_mask
 from anomaly_lab.data.tiles import BORDERS, TileGrid
 from anomaly_lab.errors import as_typed
-from anomaly_lab.orientation import ORIENTS, apply_pose, find_pose, orient, turn_back
+from anomaly_lab.orientation import ORIENTS, apply_pose, find_pose, turn_back
 from anomaly_lab.registry import checkpoint_class
 
 
@@ -68,6 +70,20 @@ REDUCING_GAP = 3
 # model input side in pixels: larger is a typo or a crafted checkpoint (one pass at 4096 px takes gigabytes; larger
 # parts are tiled)
 MAX_IMAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image as the rule prepares it (Preprocessing.load, Preprocessing.prepare)."""
+
+    decoded: np.ndarray  # (H,W,3) uint8 as decoded (a large file at reduced size): outputs are drawn on it
+    image: np.ndarray  # (h,w,3) uint8: the model input (input_shape), or a tiled page to cut into tiles
+    mask: np.ndarray  # (h,w) bool: the mask at the size of image (all clear without a mask)
+    # (H,W) bool: the mask at the decoded size, in the pose the maps are put back from (the ground truth of the
+    # pixel metrics); None where `mask` is already that (tiled pages, whole images decoded at the model's size)
+    native_mask: np.ndarray | None
+    pose: np.ndarray | None  # (2,3): the map orient turned the decoded image by (None: not turned)
+    file_size: tuple[int, int]  # the file's own (width, height); the decoded size for an image given in memory
 
 
 @dataclass(frozen=True)
@@ -115,18 +131,41 @@ class Preprocessing:
         if not 0 < self.divide_by < math.inf:
             raise ValueError(f"divide_by={as_typed(self.divide_by)}: expected a positive number (255.0)")
 
-    def prepare(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """A decoded file (H,W,3) uint8 and its mask (H,W) bool (None: all normal) at model geometry and colour.
+    def load(
+        self, path: Path, mask_path: Path | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS
+    ) -> PreparedImage:
+        """A file and its mask file (nonzero = defect, its size checked against the image's; None: all clear)
+        decoded and prepared: a large file at the reduced size `decode_factors` allows, its mask nearest. An image
+        of more than max_pixels (None: any size) is refused from its header; BadImageError names the file."""
+        image, file_size = read_file(path, self, max_pixels)  # (H,W,3) uint8
+        mask = read_mask(mask_path, path, max_pixels, self) if mask_path is not None else None  # (H,W) bool
+        return self.prepare(image, mask, str(path), file_size)
 
-        Returns (H,W,3) and (H,W) for whole images (input_shape), or the page (h,w,3) and (h,w) to cut into tiles.
-        """
-        return self.fit(*self.turn(image, mask))
+    def prepare(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray | None = None,
+        source: str = "an image",
+        file_size: tuple[int, int] | None = None,
+    ) -> PreparedImage:
+        """An image decoded in memory (H,W,3) uint8 and its mask (H,W) bool (None: all clear) prepared as `load`
+        prepares a file: turned to the pose `orient` says at the decoded size (the mask alike, so ground truth is
+        in the pose the maps are; source names the image in the warning of a part turned beyond the edge), then
+        at model geometry and colour. file_size: the file's (width, height), if it was decoded smaller."""
+        height, width = image.shape[:2]
+        pose = find_pose(image, self.orient, source)
+        turned, turned_mask = apply_pose(image, mask, pose)
+        if turned_mask is None:
+            turned_mask = np.zeros((height, width), bool)
+        fitted, fitted_mask = self._fit(turned, turned_mask)
+        native = None if self.tiled or fitted_mask.shape == turned_mask.shape else turned_mask
+        return PreparedImage(image, fitted, fitted_mask, native, pose, file_size or (width, height))
 
     def decode_factors(self, width: int, height: int) -> tuple[int, int]:
         """Integer factors (x, y) by which a file of width x height is decoded smaller (box averages: PIL's
-        Image.reduce) before `turn` and `fit`: (1, 1), the file as it is, for one of at most REDUCE_ABOVE_PIXELS or
+        Image.reduce) before `prepare`: (1, 1), the file as it is, for one of at most REDUCE_ABOVE_PIXELS or
         tiled pages at their own resolution (page_width=null); else as large as keeps each side at least
-        REDUCING_GAP times what `fit` resizes it to (one factor for both sides where the aspect matters: tiled
+        REDUCING_GAP times what `prepare` resizes it to (one factor for both sides where the aspect matters: tiled
         pages scaled to page_width, and orient, which finds the pose on the image as decoded)."""
         if width * height <= REDUCE_ABOVE_PIXELS:
             return 1, 1
@@ -141,38 +180,20 @@ class Preprocessing:
             across = down = min(across, down)
         return across, down
 
-    @overload
-    def turn(self, image: np.ndarray, mask: np.ndarray, source: str = ...) -> tuple[np.ndarray, np.ndarray]: ...
-    @overload
-    def turn(self, image: np.ndarray, mask: None = None, source: str = ...) -> tuple[np.ndarray, None]: ...
-    def turn(
-        self, image: np.ndarray, mask: np.ndarray | None = None, source: str = "an image"
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """prepare's first step: image (H,W,3) and mask (H,W) or None in the pose `orient` says, at the file's size
-        (source: the file, for the warning of a part turned beyond the edge)."""
-        return orient(image, mask, self.orient, source)
-
-    def turn_with_pose(self, image: np.ndarray, source: str = "an image") -> tuple[np.ndarray, np.ndarray | None]:
-        """turn for predict: image (H,W,3) uint8 turned, and the (2,3) map that turned it (None: not turned), which
-        turn_back needs to put an anomaly map of the turned image back on the file."""
-        pose = find_pose(image, self.orient, source)
-        return apply_pose(image, None, pose)[0], pose
-
     def map_on_file(
         self, anomaly_map: np.ndarray, pose: np.ndarray | None, height: int, width: int, source: str = "an image"
     ) -> np.ndarray:
         """A whole image's anomaly map (H,W) (input_shape) on its file of height x width as it is: the rows
         crop_height left out put back (0: nothing scored there), resized, and turned back from the pose
-        turn_with_pose found (0 where the file's pixels were turned beyond the edge; a warning names source if
+        `prepare` found (0 where the file's pixels were turned beyond the edge; a warning names source if
         the map peaks beyond it).  # (height,width) float32"""
         square = self.uncrop(torch.from_numpy(np.asarray(anomaly_map, np.float32))).numpy()  # (S,S)
         return turn_back(resize_map(square, height, width), pose, source)
 
-    def fit(self, image: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """prepare's second step, on a turned image: model geometry and colour (the module docstring's rule)."""
+    def _fit(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """prepare's second step, on a turned image (H,W,3) and mask (H,W): model geometry and colour (the module
+        docstring's rule)."""
         height, width = image.shape[:2]
-        if mask is None:
-            mask = np.zeros((height, width), bool)
         if not self.tiled:
             image, mask = resize_page(image, mask, self.image_size, self.image_size)
             top = self.band_top

@@ -145,7 +145,7 @@ def make_thumbnails(entry: dict[str, Any], output: Path) -> tuple[dict[str, str 
             continue
         try:
             if kind == "image":
-                array = read_image(Path(source), None, "RGB", max_pixels=None)  # (H,W,3) uint8, as predict read it
+                array = read_image(Path(source), max_pixels=None)  # (H,W,3) uint8, as predict read it
                 picture = _thumbnail(Image.fromarray(array), Image.Resampling.BICUBIC)
                 size = picture.size
             else:

@@ -130,22 +130,22 @@ def test_a_large_file_is_decoded_reduced_and_prepared_as_the_whole_file_would_be
     image, size = read_file(tmp_path / "large.png", preprocessing, MAX_IMAGE_PIXELS)  # (200,200,3)
     assert size == (2400, 1800) and image.shape == (200, 200, 3)
     np.testing.assert_array_equal(image, np.asarray(picture.reduce((12, 9))))
-    whole = read_image(tmp_path / "large.png", None)  # (1800,2400,3)
-    reduced_input, whole_input = preprocessing.prepare(image)[0], preprocessing.prepare(whole)[0]  # (64,64,3) each
+    whole = read_image(tmp_path / "large.png")  # (1800,2400,3)
+    reduced_input, whole_input = preprocessing.prepare(image).image, preprocessing.prepare(whole).image  # (64,64,3)
     difference = np.abs(reduced_input.astype(np.float64) - whole_input)
     assert difference.mean() < 1.0 and difference.max() <= 8
     # its mask is taken at that size too, nearest (a mask stays 0 or 255)
     mask = Image.new("L", (2400, 1800))
     ImageDraw.Draw(mask).rectangle((1200, 900, 1500, 1100), fill=255)
     mask.save(tmp_path / "large_mask.png")
-    reduced_mask = read_mask(tmp_path / "large_mask.png", tmp_path / "large.png", None, reduce_for=preprocessing)
+    reduced_mask = read_mask(tmp_path / "large_mask.png", tmp_path / "large.png", reduce_for=preprocessing)
     assert reduced_mask.shape == (200, 200) and reduced_mask[100:122, 100:125].all() and reduced_mask.sum() < 30 * 26
     # a file of at most 4 MP is decoded whole, exactly as without reduce_for
     picture.crop((0, 0, 2048, 2048)).save(tmp_path / "at_the_line.png", compress_level=1)
     assert REDUCE_ABOVE_PIXELS == 2048 * 2048
     np.testing.assert_array_equal(
-        read_image(tmp_path / "at_the_line.png", None, reduce_for=preprocessing),
-        read_image(tmp_path / "at_the_line.png", None),
+        read_image(tmp_path / "at_the_line.png", reduce_for=preprocessing),
+        read_image(tmp_path / "at_the_line.png"),
     )
 
 
@@ -168,8 +168,8 @@ def test_large_files_of_other_modes_reduce_to_the_same_picture(tmp_path: Path, m
     preprocessing = Preprocessing(image_size=64)
     image, size = read_file(path, preprocessing, MAX_IMAGE_PIXELS)
     assert size == (2400, 1800) and image.shape == (200, 200, 3)
-    reduced_input = preprocessing.prepare(image)[0].astype(np.float64)  # (64,64,3)
-    whole_input = preprocessing.prepare(read_image(path, None))[0]  # (64,64,3)
+    reduced_input = preprocessing.prepare(image).image.astype(np.float64)  # (64,64,3)
+    whole_input = preprocessing.prepare(read_image(path)).image  # (64,64,3)
     assert np.abs(reduced_input - whole_input).mean() < 1.5
 
 
@@ -223,12 +223,12 @@ def test_faint_content_names_blank_and_nearly_black_images(tmp_path: Path) -> No
     frame[:, 32:] = 2000
     Image.fromarray(frame).save(tmp_path / "dark16.png")
     expected = "near-black (99% of its pixels at or below 8/255)"
-    assert faint_content(read_image(tmp_path / "dark16.png", None)) == expected
+    assert faint_content(read_image(tmp_path / "dark16.png")) == expected
     # 32-bit integers (taken as 16-bit) and floats in [0, 1] (cut to 0 or 1): nearly black too
     Image.fromarray(frame.astype(np.int32)).save(tmp_path / "dark32.tif")
-    assert faint_content(read_image(tmp_path / "dark32.tif", None)) == expected
+    assert faint_content(read_image(tmp_path / "dark32.tif")) == expected
     Image.fromarray(rng.random((64, 64), dtype=np.float32)).save(tmp_path / "float.tif")
-    assert str(faint_content(read_image(tmp_path / "float.tif", None))).startswith("near-constant (every pixel about")
+    assert str(faint_content(read_image(tmp_path / "float.tif"))).startswith("near-constant (every pixel about")
     # tiles of one page are judged together: a white margin tile is no blank page
     page = np.full((2, 32, 32, 3), 255, np.uint8)  # (N,H,W,3)
     page[1] = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -19,7 +19,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.data.images import read_image
 from anomaly_lab.export import run
 from anomaly_lab.inference import SPEC_KEY, load_model
 from anomaly_lab.predict import run as predict_run
@@ -47,7 +46,7 @@ def test_onnx_scores_match_torch(tiny_run: Path, tmp_path: Path) -> None:
 
     model = load_model(checkpoint)
     paths = sorted(Path(line.split(",")[0]) for line in (tiny_run / "scores.csv").read_text().splitlines()[1:])
-    images = np.stack([read_image(path, model.image_size) for path in paths[:3]])  # (3,S,S,3) uint8 test images
+    images = np.stack([model.preprocessing.load(path).image for path in paths[:3]])  # (3,S,S,3) uint8 test images
     batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # (3,3,S,S)
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     onnx_maps, onnx_scores = session.run(["anomaly_map", "score"], {"images": batch.numpy()})

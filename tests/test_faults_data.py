@@ -85,11 +85,11 @@ def test_16_bit_frames_of_one_sensor_scale_by_the_same_factor(tmp_path: Path) ->
         Image.fromarray(frame).save(tmp_path / name)
         with Image.open(tmp_path / name) as saved:
             assert saved.mode == "I;16"
-        eight_bit = read_image(tmp_path / name, None)  # (16,16,3) uint8
+        eight_bit = read_image(tmp_path / name)  # (16,16,3) uint8
         np.testing.assert_allclose(eight_bit[..., 0], frame * 255.0 / 65535.0, atol=0.5)
         assert (eight_bit == eight_bit[..., :1]).all()
-    dark_200 = read_image(tmp_path / "dark.png", None)[dark == 200]  # (1,3)
-    bright_200 = read_image(tmp_path / "bright.png", None)[bright == 200]  # (1,3)
+    dark_200 = read_image(tmp_path / "dark.png")[dark == 200]  # (1,3)
+    bright_200 = read_image(tmp_path / "bright.png")[bright == 200]  # (1,3)
     np.testing.assert_array_equal(dark_200, bright_200)  # one sensor value, one 8-bit value
 
 
@@ -102,7 +102,7 @@ def test_32_bit_images_are_taken_as_16_bit_and_clipped(tmp_path: Path) -> None:
         Image.fromarray(np.array(values, dtype=np.int32)).save(tmp_path / name)
         with Image.open(tmp_path / name) as saved:
             assert saved.mode == "I"
-        np.testing.assert_array_equal(read_image(tmp_path / name, None, mode="L"), expected)
+        np.testing.assert_array_equal(read_image(tmp_path / name, mode="L"), expected)
 
 
 # ------------------------------------------------------------------------------------------- very large images
@@ -113,15 +113,15 @@ def test_a_giant_image_is_named_from_its_header(tmp_path: Path, monkeypatch: pyt
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nor PIL's DecompressionBombWarning
         with pytest.raises(BadImageError, match=rf"giant\.png: {GIANT}"):
-            read_image(giant, 32)
+            read_image(giant)
     # our limit replaces PIL's own, which would refuse a 64x64 image (4096 pixels) above 2 x 1000 unnamed
     Image.new("RGB", (64, 64)).save(tmp_path / "small.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    assert read_image(tmp_path / "small.png", None, max_pixels=10_000).shape == (64, 64, 3)
+    assert read_image(tmp_path / "small.png", max_pixels=10_000).shape == (64, 64, 3)
     with pytest.raises(
         BadImageError, match=r"small\.png: 64x64 image \(4096 pixels\) is larger than max_image_pixels=100"
     ):
-        read_image(tmp_path / "small.png", None, max_pixels=100)
+        read_image(tmp_path / "small.png", max_pixels=100)
     assert Image.MAX_IMAGE_PIXELS == 1000  # PIL's setting is left as it was
 
 

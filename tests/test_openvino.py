@@ -21,7 +21,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.data.images import read_image
 from anomaly_lab.errors import UserError
 from anomaly_lab.export import DIGEST_KEY, GraphMismatchError, file_sha256
 from anomaly_lab.export import run as export_run
@@ -118,7 +117,7 @@ def test_predict_with_openvino_gives_torchs_maps_and_scores(
     assert source == str(checkpoint.with_suffix(".xml"))
     assert session.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     files = sorted(map(Path, expected))[:3]
-    batch = torch.from_numpy(np.stack([read_image(path, model.image_size) for path in files]))
+    batch = torch.from_numpy(np.stack([model.preprocessing.load(path).image for path in files]))
     batch = batch.permute(0, 3, 1, 2).float() / 255.0  # (3,3,S,S)
     ov_maps, ov_scores = session.run(["anomaly_map", "score"], {"images": batch.numpy()})
     with torch.no_grad():

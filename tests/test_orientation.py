@@ -158,10 +158,10 @@ def far_from(part: np.ndarray, distance: int = 4) -> np.ndarray:
 
 def test_crop_height_keeps_the_centre_band_and_maps_go_back_into_it() -> None:
     rows = np.repeat(np.arange(100, dtype=np.uint8)[:, None, None] * 2, 60, axis=1).repeat(3, axis=2)  # (100,60,3)
-    whole = Preprocessing(image_size=64).prepare(rows)[0]  # (64,64,3)
+    whole = Preprocessing(image_size=64).prepare(rows).image  # (64,64,3)
     band = Preprocessing(image_size=64, crop_height=16)
     assert band.input_shape == (16, 64) and band.band_top == 24
-    assert np.array_equal(band.prepare(rows)[0], whole[24:40])  # the centre 16 rows of the resized image
+    assert np.array_equal(band.prepare(rows).image, whole[24:40])  # the centre 16 rows of the resized image
     square = band.uncrop(torch.ones(2, 1, 16, 64))  # (2,1,64,64)
     assert square.shape == (2, 1, 64, 64) and square[:, :, 24:40].all() and square.sum() == 2 * 16 * 64
     on_file = band.map_on_file(np.ones((16, 64), np.float32), None, 100, 60)  # the file's rows 37.5 to 62.5

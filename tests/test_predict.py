@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.data.images import BadImageError, read_image
+from anomaly_lab.data.images import BadImageError
 from anomaly_lab.inference import FORMAT_VERSION, SPEC_KEY, CheckpointError, load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.predict import run
@@ -127,7 +127,7 @@ def test_other_sizes_are_resized_by_the_training_rule(checkpoint: Path, test_ima
     Image.open(source).resize((48, 40), Image.Resampling.BILINEAR).save(big)
     summary = run(predict_config([f"ckpt_path={checkpoint}", f"input={big}", f"output={tmp_path / 'out'}"]))
     model = load_model(checkpoint)
-    image = torch.from_numpy(np.array(read_image(big, 32))).permute(2, 0, 1).float()[None] / 255.0  # as the datamodules
+    image = model.preprocessing.to_tensor(model.preprocessing.load(big).image[None])  # (1,3,S,S) as the datamodules
     with torch.no_grad():
         _, expected = model(image)
     assert summary["score_max"] == pytest.approx(float(expected[0]), abs=1e-6)
@@ -374,7 +374,7 @@ def test_the_stream_keeps_order_skips_bad_files_and_bounds_batches(tmp_path: Pat
     for result in results:
         if not isinstance(result, Skipped):
             scored, image = result
-            prepared, _ = preprocessing.prepare(image)
+            prepared = preprocessing.prepare(image).image
             assert scored.score == pytest.approx(prepared.mean(), abs=1e-4)  # its own unit's result
             assert scored.anomaly_map.shape == image.shape[:2]
 

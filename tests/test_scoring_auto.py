@@ -12,7 +12,6 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image, ImageFilter
 
-from anomaly_lab.data.images import read_image
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.inference import load_model, read_checkpoint
 from anomaly_lab.scoring import AnomalyMap
@@ -165,7 +164,7 @@ def test_predict_and_export_use_the_stored_choice(compose_tiny, tmp_path: Path) 
     model = load_model(out / "checkpoints" / "best.ckpt")
     rows = [line.split(",") for line in (out / "scores.csv").read_text().splitlines()[1:]]
     for path, _, _, score, _ in rows[:4]:
-        image, _ = model.preprocessing.prepare(read_image(Path(path), None))  # (H,W,3) uint8
+        image = model.preprocessing.load(Path(path)).image  # (S,S,3) uint8, as the datamodule prepared it
         with torch.no_grad():
             _, scores = model(model.preprocessing.to_tensor(image[None]))
         assert float(scores[0]) == pytest.approx(float(score), rel=1e-4)

@@ -1,8 +1,9 @@
 """Image files in, uint8 arrays out: decoding with errors that name the file, and an in-memory dataset.
 
-Images are decoded and resized once and kept as uint8, so epochs after the first cost no I/O. A whole image
-resized to the model's size also keeps its ground-truth mask at the file's own resolution (`NativeMask`, one bit
-per pixel, nothing for an all-clear mask), which the test's pixel metrics are measured against.
+Images are decoded and prepared once (Preprocessing.load) and kept as uint8, so epochs after the first cost no
+I/O. A whole image resized to the model's size also keeps its ground-truth mask at the file's own resolution
+(`NativeMask`, one bit per pixel, nothing for an all-clear mask), which the test's pixel metrics are measured
+against.
 
 A file of more than 4 megapixels that the model sees much smaller is decoded at reduced size
 (Preprocessing.decode_factors: Image.reduce's box averages, a JPEG by libjpeg's own scaling, its mask nearest), so
@@ -18,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
 from anomaly_lab.errors import ConfigError, as_typed
-from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
+
+if TYPE_CHECKING:  # preprocessing decodes through this module
+    from anomaly_lab.preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # The default of `max_image_pixels`: 100 megapixels, 300 MB as 8-bit RGB (14000x14000 is twice that).
@@ -139,12 +142,11 @@ def _reduced(image: Image.Image, original: tuple[int, int], factors: tuple[int, 
 
 
 def _decode(
-    path: Path, mode: str, max_pixels: int | None, reduce_for: Preprocessing | None, size: int | None = None
+    path: Path, mode: str, max_pixels: int | None, reduce_for: Preprocessing | None
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """The file decoded to 8 bits in mode (uint8 (H,W,3) for RGB, (H,W) for L), reduced as
-    reduce_for.decode_factors says (None: at its own size), then resized to size x size (None: kept), and the
-    file's own (width, height). Mode L (masks) is resized nearest. An image of more than max_pixels is refused from
-    its header."""
+    reduce_for.decode_factors says (None: at its own size; mode L, masks, nearest), and the file's own (width,
+    height). An image of more than max_pixels is refused from its header."""
     _check_regular_file(path)
     try:
         with _own_pixel_limit(), Image.open(path) as opened:
@@ -158,27 +160,20 @@ def _decode(
             if factors != (1, 1):
                 image = _reduced(image, original, factors, mode)
             image = _in_mode(image, mode)
-            if size is not None and image.size != (size, size):
-                resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BILINEAR
-                image = image.resize((size, size), resample)
             return np.asarray(image), original  # a copy: the file's image is closed on leaving
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise BadImageError(f"{path}: corrupt or unreadable image ({error})") from error
 
 
 def read_image(
-    path: Path,
-    size: int | None,
-    mode: str = "RGB",
-    max_pixels: int | None = MAX_IMAGE_PIXELS,
-    reduce_for: Preprocessing | None = None,
+    path: Path, mode: str = "RGB", max_pixels: int | None = MAX_IMAGE_PIXELS, reduce_for: Preprocessing | None = None
 ) -> np.ndarray:
-    """Decode one image to uint8 (H,W,3) for RGB or (H,W) for L, resized to size x size (None: kept).
+    """Decode one image to uint8 (H,W,3) for RGB or (H,W) for L, at its own size (model input: Preprocessing.load).
 
     An image of more than max_pixels (None: any size) is refused from its header, before it is decoded. With
     reduce_for, a large file is decoded at the reduced size that preprocessing's `decode_factors` allows.
     """
-    return _decode(path, mode, max_pixels, reduce_for, size)[0]
+    return _decode(path, mode, max_pixels, reduce_for)[0]
 
 
 def read_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -188,11 +183,7 @@ def read_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) 
 
 
 def read_mask(
-    path: Path,
-    image_path: Path,
-    size: int | None,
-    max_pixels: int | None = MAX_IMAGE_PIXELS,
-    reduce_for: Preprocessing | None = None,
+    path: Path, image_path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS, reduce_for: Preprocessing | None = None
 ) -> np.ndarray:
     """Decode a ground-truth mask (nonzero = defect) to bool (H,W); its size must match the image's. With
     reduce_for, a large mask is taken (nearest) at its image's reduced size."""
@@ -207,7 +198,7 @@ def read_mask(
                 )
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise BadImageError(f"{path}: corrupt or unreadable mask ({error})") from error
-    return read_image(path, size, mode="L", max_pixels=max_pixels, reduce_for=reduce_for) > 0
+    return read_image(path, "L", max_pixels, reduce_for) > 0
 
 
 @dataclass(frozen=True)
@@ -234,12 +225,6 @@ class NativeMask:
             return np.zeros((self.height, self.width), dtype=bool)
         bits = np.unpackbits(np.frombuffer(self.bits, dtype=np.uint8), count=self.height * self.width)
         return bits.reshape(self.height, self.width).astype(bool)
-
-
-def native_mask(mask: np.ndarray, prepared: np.ndarray) -> NativeMask | None:
-    """The file's mask (H,W) bool kept for testing when preprocessing changed its size, else None (the prepared
-    mask is already the ground truth at the file's resolution)."""
-    return None if mask.shape == prepared.shape else NativeMask.of(mask)
 
 
 @dataclass
@@ -285,28 +270,20 @@ class DecodedImages:
         masks: list[np.ndarray] = []  # (H,W) bool each
         for sample in samples:
             try:
-                # (H,W,3) uint8, a large file at reduced size (preprocessing.decode_factors), its mask alike
-                image = read_image(Path(sample.path), None, max_pixels=max_pixels, reduce_for=preprocessing)
                 mask_path = Path(sample.mask_path) if sample.mask_path else None
-                full = (  # (H,W) bool
-                    read_mask(mask_path, Path(sample.path), None, max_pixels, preprocessing) if mask_path else None
-                )
-                height, width = image.shape[:2]
-                # the file's mask too, in the pose the maps will be in
-                image, full = preprocessing.turn(image, full, sample.path)
-                image, mask = preprocessing.fit(image, full)
+                prepared = preprocessing.load(Path(sample.path), mask_path, max_pixels)
+                mask = prepared.mask  # (h,w) bool
                 if not sample.mask_known:  # no mask file: anomalous everywhere
                     mask = np.ones_like(mask)
-                elif not preprocessing.tiled and mask.shape != (height, width):  # resized: keep the file's mask
-                    native = NativeMask.of(full) if full is not None else NativeMask(height, width)
-                    sample = replace(sample, native_mask=native)
+                elif prepared.native_mask is not None:  # resized: keep the file's mask for testing
+                    sample = replace(sample, native_mask=NativeMask.of(prepared.native_mask))
             except BadImageError as error:
                 if skipped is None:
                     raise
                 skipped.append(str(error))
                 continue
             kept.append(sample)
-            images.append(image)
+            images.append(prepared.image)
             masks.append(mask)
         if not kept:
             raise BadImageError(f"no usable image of {len(samples)}; skipped as bad:\n" + "\n".join(skipped or []))
