@@ -10,7 +10,7 @@ That digest is a string in the file: anyone who can edit the graph can keep it. 
 against the checkpoint it already trusts: every weight of the model must be in the graph under its own name, bit for
 bit (weight_mismatch: a halved or foreign weight is refused), and the graph must give the model's maps and scores on
 random images drawn afresh at each load (probe_mismatch: an edited node is refused). Not covered: a graph crafted
-to act as the model on random images and otherwise on real ones (README.md, "Speed").
+to act as the model on random images and otherwise on real ones (docs/predict.md, "Which graph runs").
 
 format=openvino: this graph as an OpenVINO IR (.xml + .bin) under the same checks (anomaly_lab.openvino_backend).
 

@@ -587,7 +587,7 @@ def long_part_point(
     """For a long part (PartGeometry.elongated, from the good images alone): the default point turned to one pose
     (orient=principal_axis) and, where a band of the search's table holds the rows the turned part spans (with a
     quarter more as margin), that band at the larger size with the narrow net, which costs about what the default's
-    whole square does (screw_cpu's reasoning, docs/benchmarks.md "Screw"); None for any other part."""
+    whole square does (screw_cpu's reasoning, docs/lab/2026-11-30-screw.md); None for any other part."""
     keys = default.params
     if not geometry.elongated or "dataset.preprocessing.orient" not in keys:
         return None
