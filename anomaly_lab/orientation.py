@@ -106,17 +106,6 @@ def apply_pose(
     return turned, turned_mask.astype(bool)
 
 
-@overload
-def orient(image: np.ndarray, mask: np.ndarray, how: str, source: str = ...) -> tuple[np.ndarray, np.ndarray]: ...
-@overload
-def orient(image: np.ndarray, mask: None, how: str, source: str = ...) -> tuple[np.ndarray, None]: ...
-def orient(
-    image: np.ndarray, mask: np.ndarray | None, how: str, source: str = "an image"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """image (H,W,3) uint8 and its mask (H,W) bool or None, both turned as `how` says (ORIENTS); sizes kept."""
-    return apply_pose(image, mask, find_pose(image, how, source))
-
-
 def turn_back(anomaly_map: np.ndarray, pose: np.ndarray | None, source: str = "an image") -> np.ndarray:
     """An anomaly map (H,W) float32 of a turned image, put back on the file as it is (same size): where the file's
     pixels were turned beyond the edge, nothing was scored, and the map is 0 there.

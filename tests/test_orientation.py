@@ -13,7 +13,7 @@ from PIL import Image
 
 from anomaly_lab.data.folders import FolderDataModule
 from anomaly_lab.data.images import NATIVE_MASK_KEY
-from anomaly_lab.orientation import orient
+from anomaly_lab.orientation import apply_pose, find_pose
 from anomaly_lab.predict import prepare_file, score_stream
 from anomaly_lab.preprocessing import Preprocessing
 
@@ -42,6 +42,13 @@ def moved(image: np.ndarray, degrees: float, shift: tuple[float, float], mirror:
 def differs(a: np.ndarray, b: np.ndarray) -> float:
     """Share of pixels whose grey levels differ by more than a third of the part's contrast."""
     return float((np.abs(a.astype(int) - b.astype(int)).max(axis=-1) > 50).mean())
+
+
+def orient(
+    image: np.ndarray, mask: np.ndarray | None, how: str, source: str = "an image"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """image (H,W,3) and mask (H,W) or None turned as Preprocessing.prepare turns them; sizes kept."""
+    return apply_pose(image, mask, find_pose(image, how, source))
 
 
 ANGLES_AND_SHIFTS = [(0, (0, 0)), (37, (5, -8)), (90, (-6, 3)), (180, (0, 0)), (-131, (7, 7))]
@@ -215,3 +222,25 @@ def test_a_map_peaking_in_the_ground_turned_in_from_beyond_the_file_is_named(
         warned = [r.getMessage() for r in caplog.records if "beyond the file's edge" in r.getMessage()]
         assert bool(warned) == named, warned
         assert all(message.startswith(str(tmp_path / "0.png")) for message in warned)
+
+
+def test_load_prepares_a_file_as_prepare_an_array_and_keeps_the_mask_at_the_decoded_size(tmp_path: Path) -> None:
+    """The one call of the datamodules and predict: a file and the same image in memory give one model input, and
+    the mask stays at the decoded size, in the pose, where the model's input has another size."""
+    image = moved(nail(), 40, (4, -3))
+    defect = np.zeros((SIZE, SIZE), bool)
+    defect[40:50, 30:60] = True
+    Image.fromarray(image).save(tmp_path / "part.png")
+    Image.fromarray(defect.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    preprocessing = Preprocessing(image_size=32, orient="principal_axis")
+    loaded = preprocessing.load(tmp_path / "part.png", tmp_path / "mask.png")
+    in_memory = preprocessing.prepare(image, defect)
+    assert loaded.image.shape == (32, 32, 3) and np.array_equal(loaded.image, in_memory.image)
+    assert np.array_equal(loaded.decoded, image) and loaded.file_size == (SIZE, SIZE)
+    assert np.array_equal(loaded.pose, find_pose(image, "principal_axis"))
+    assert np.array_equal(loaded.native_mask, orient(image, defect, "principal_axis")[1])  # (96,96) turned
+    assert loaded.mask.shape == (32, 32) and loaded.mask.any()
+    # at the model's size already, and tiled pages: the mask is the native one
+    assert Preprocessing(image_size=SIZE).load(tmp_path / "part.png", tmp_path / "mask.png").native_mask is None
+    tiled = Preprocessing(image_size=32, tiled=True).load(tmp_path / "part.png", tmp_path / "mask.png")
+    assert tiled.native_mask is None and np.array_equal(tiled.mask, defect)
