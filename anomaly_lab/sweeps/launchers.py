@@ -21,6 +21,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf
 
+from anomaly_lab.sweeps import private_api
+
 if TYPE_CHECKING:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
@@ -29,7 +31,9 @@ log = logging.getLogger(__name__)
 
 def failed_job(error: BaseException, overrides: Sequence[str]) -> JobReturn:
     """The JobReturn of a job that ended with `error` (as Hydra's run_job returns a job that raised)."""
-    return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=error)
+    job = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+    job.return_value = error
+    return job
 
 
 def launch_each(
@@ -41,7 +45,7 @@ def launch_each(
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     assert launcher.config is not None and job_overrides
-    executor_name = launcher._EXECUTOR
+    executor_name = private_api.executor_name(launcher)
     init_keys = {"max_num_timeout"}
     executor = submitit.AutoExecutor(
         cluster=executor_name,
