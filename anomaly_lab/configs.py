@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_lab.errors import ConfigError
+
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # shipped in the package (package-data)
 
 OPTUNA_DIRECTIONS = {"max": "maximize", "min": "minimize"}
@@ -24,33 +26,37 @@ def optuna_direction(mode: str) -> str:
     return OPTUNA_DIRECTIONS[mode]
 
 
-# What says which images a dataset node reads, for the sweep's study name (`${data_digest:...}`). Paths: `root`,
-# `csv` and every `*_dir`, `*_path` or `*_file` key but `cache_dir` (generated data is cached there; what is
-# generated is fixed by the generator keys, whatever the folder). Loader, split and preprocessing keys are not
-# data: changing them must not start a new study. Changing this rule renames every existing study.
-DATA_PATH_KEYS = ("root", "csv")
-DATA_PATH_SUFFIXES = ("_dir", "_path", "_file")
-NOT_DATA_PATH_KEYS = ("cache_dir",)
-DATA_GENERATOR_KEYS = ("n_train", "n_test_good", "n_test_per_defect", "data_seed", "write_pages")
+# The sweep's study name digests the data a dataset node reads (`${data_digest:...}`), as its datamodule class
+# declares it: `data_paths` (absolute, so `../x` and its absolute path are one study; a missing path, null, stays
+# None) and `data_settings` (a generator's settings), class attributes of each layout (data.datamodules.
+# LayoutDataModule). Loader, split and preprocessing keys are no data: changing them must not start a new study.
+# Changing what a class declares renames its existing studies.
 DATA_DIGEST_CHARS = 8
 
 
-def is_data_path_key(key: str) -> bool:
-    return key not in NOT_DATA_PATH_KEYS and (key in DATA_PATH_KEYS or key.endswith(DATA_PATH_SUFFIXES))
-
-
 def data_identity(dataset: DictConfig, cwd: str | None = None) -> dict[str, Any]:
-    """The keys of a dataset node that say which images it reads: its paths, absolute (a relative path is
-    relative to `cwd`, the directory the command ran in; symbolic links resolved), and the settings of a
-    generator. A missing path (null) stays None."""
+    """The keys of a dataset node that say which images it reads, as its `_target_` class declares them, with
+    their values (a relative path relative to `cwd`, the directory the command ran in; symbolic links resolved).
+    A ConfigError when the class declares none: two data sets would share one study."""
+    from hydra.utils import get_class
+
+    target = dataset.get("_target_")
+    datamodule = get_class(str(target)) if target is not None else None
+    paths = tuple(getattr(datamodule, "data_paths", ()))
+    settings = tuple(getattr(datamodule, "data_settings", ()))
+    if not paths and not settings:
+        raise ConfigError(
+            f"dataset._target_={target}: declares no data identity (class attributes data_paths and data_settings, "
+            f"see anomaly_lab.data.datamodules.LayoutDataModule), so the sweep cannot name its study by the data"
+        )
     base = Path(cwd) if cwd is not None else Path.cwd()
     identity: dict[str, Any] = {}
-    for key in dataset:
-        name = str(key)
-        if is_data_path_key(name):
+    for name in paths:
+        if name in dataset:
             value = dataset[name]
             identity[name] = None if value is None else os.fspath((base / str(value)).resolve())
-        elif name in DATA_GENERATOR_KEYS:
+    for name in settings:
+        if name in dataset:
             value = dataset[name]
             identity[name] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
     return identity

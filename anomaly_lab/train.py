@@ -161,7 +161,7 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
             f"use synthetic ones (validation_anomalies=synthetic), or set objective.metric=val/loss"
         )
     if cfg.test and not counts["test"]:
-        hold_out = "dataset.test_fraction" if hasattr(datamodule, "test_fraction") else "a test/good folder"
+        hold_out = "dataset.test_fraction" if "test_fraction" in cfg.dataset else "a test/good folder"
         raise SplitError(
             f"the test split is empty; hold out normal images ({hold_out}), lower dataset.val_anomalous, "
             f"or set test=false"

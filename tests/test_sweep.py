@@ -265,9 +265,12 @@ def test_the_study_name_identifies_the_data_wherever_the_path_is_given_from(
 def test_the_data_digest_is_stable() -> None:
     """A new digest for the same data would leave every stored study behind: the rule must not drift."""
     # a folder that is nowhere, so no symbolic link on the machine running the test changes the path
-    dataset = OmegaConf.create({"root": "/no_such_dir/mvtec/bottle", "batch_size": 8, "cache_dir": "/tmp/x"})
+    mvtec = "anomaly_lab.data.datamodules.MVTecDataModule"
+    dataset = OmegaConf.create(
+        {"_target_": mvtec, "root": "/no_such_dir/mvtec/bottle", "batch_size": 8, "cache_dir": "/tmp/x"}
+    )
     assert data_digest(dataset, "/elsewhere") == "7b1b03bc"
-    assert data_digest(OmegaConf.create({"root": "bottle"}), "/no_such_dir/mvtec") == "7b1b03bc"
+    assert data_digest(OmegaConf.create({"_target_": mvtec, "root": "bottle"}), "/no_such_dir/mvtec") == "7b1b03bc"
 
 
 SECRET_URL = "postgresql://optuna:pa%40ss:w0rd@db.example:5432/studies?sslmode=require"

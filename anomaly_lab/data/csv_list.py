@@ -11,15 +11,11 @@ seeded `val_anomalous` share (of each defect) for validation and the rest for te
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from anomaly_lab.data.datamodules import SplitDataModule, split_validation, validation_set
-from anomaly_lab.data.folders import hold_out
-from anomaly_lab.data.images import MAX_IMAGE_PIXELS, BadImageError, DecodedImages, Sample, check_max_image_pixels
+from anomaly_lab.data.datamodules import LayoutDataModule
+from anomaly_lab.data.images import BadImageError, Sample
 from anomaly_lab.errors import ConfigError
 
 COLUMNS = "path,label[,mask,defect]"
@@ -64,54 +60,21 @@ def read_csv_list(csv_path: Path) -> list[Sample]:
     return samples
 
 
-class CsvListDataModule(SplitDataModule):
-    """The images a CSV file lists (see the module docstring), each one sample resized to image_size.
+class CsvListDataModule(LayoutDataModule):
+    """The images a CSV file lists (see the module docstring), each one sample resized to image_size. An error of
+    the list itself (a column, a label, a missing file) stops even with skip_bad_files."""
 
-    skip_bad_files=true leaves out images that cannot be decoded (corrupt, larger than max_image_pixels, a mask of
-    another size) with one warning listing them; an error of the list itself (a column, a label, a missing file)
-    still stops.
-    """
+    data_paths = ("csv",)
 
-    def __init__(
-        self,
-        csv: str,
-        test_fraction: float = 0.2,
-        skip_bad_files: bool = False,
-        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
-        **loader_args: Any,
-    ) -> None:
-        super().__init__(**loader_args)
+    def __init__(self, csv: str, **layout_args: Any) -> None:
+        super().__init__(**layout_args)
         if self.preprocessing.tiled:
             raise ConfigError("dataset.preprocessing.tiled=true: dataset=csv_list reads whole images; use false")
         self.csv_path = Path(csv)
-        self.test_fraction = test_fraction
-        self.skip_bad_files = skip_bad_files
-        self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
 
-    def build_splits(self) -> dict[str, DecodedImages]:
+    def list_files(self) -> tuple[list[Sample], list[Sample]]:
         samples = read_csv_list(self.csv_path)
         normal_rows = [s for s in samples if s.label == 0]
-        anomalous_rows = [s for s in samples if s.label == 1]
         if not normal_rows:
             raise BadImageError(f"{self.csv_path}: no normal row (label 0) to train on")
-        bad: list[str] | None = [] if self.skip_bad_files else None
-        normal = DecodedImages.decode(normal_rows, self.preprocessing, self.max_image_pixels, bad)
-        held_out = (
-            DecodedImages.decode(anomalous_rows, self.preprocessing, self.max_image_pixels, bad)
-            if anomalous_rows
-            else normal.subset([])
-        )
-        if bad:
-            warnings.warn(f"skip_bad_files: skipped {len(bad)} bad files:\n" + "\n".join(bad), stacklevel=2)
-        without_mask = np.array([s.mask_path is None for s in held_out.samples], dtype=bool)
-        held_out.masks[without_mask] = True  # no mask: anomalous everywhere
-        rng = np.random.default_rng(self.split_seed)
-        kept, test_normal = hold_out(len(normal.samples), self.test_fraction, rng, self.val_fraction)
-        train_ids, val_ids, val_anomalous_ids, test_ids = split_validation(
-            [normal.samples[i] for i in kept], held_out.samples, self.val_fraction, self.val_anomalous, self.split_seed
-        )
-        return {
-            "train": normal.subset([kept[i] for i in train_ids]),
-            "val": validation_set(normal.subset([kept[i] for i in val_ids]), held_out.subset(val_anomalous_ids)),
-            "test": DecodedImages.concat([normal.subset(test_normal), held_out.subset(test_ids)]),
-        }
+        return normal_rows, [s for s in samples if s.label == 1]

@@ -1,7 +1,9 @@
-"""LightningDataModules: MVTec-AD-layout folders (real bottles) and generated synthetic bottles.
+"""LightningDataModules: the split workflow every dataset layout shares, MVTec-AD-layout folders (real bottles)
+and generated synthetic bottles.
 
-SplitDataModule holds what every datamodule shares (loaders, rotated copies); page folders and
-tiles are in folders.py.
+SplitDataModule holds what every datamodule shares (loaders, rotated copies); LayoutDataModule decodes and splits
+the files a layout lists, so a new layout is one class that says which files it reads (plus its YAML option);
+plain folders of pages are in folders.py, CSV lists in csv_list.py.
 
 Splits: train = normal images of train/good minus a seeded validation share; validation = those
 normal images plus a seeded, per-defect share of the anomalous test images (the sweep objective
@@ -16,11 +18,13 @@ pixel metrics at the ground truth's resolution.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -41,10 +45,13 @@ from anomaly_lab.data.images import (
     warn_faint_files,
 )
 from anomaly_lab.data.synthetic import write_synthetic_bottles
+from anomaly_lab.data.tiles import TileSizeError, cut_tiles, tile_labels
 from anomaly_lab.data.validation_anomalies import ValidationAnomalies
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
+
+log = logging.getLogger(__name__)
 
 TEST_SPLITS = ("test", "all")
 
@@ -141,6 +148,19 @@ def too_few_normal(count: int, val_fraction: float, test_fraction: float = 0.0, 
         f"{keys} {leave} no training {unit} of {have}: {they_need} at least {total} ({', '.join(shares)}); "
         f"give more normal {unit}s, or lower {them}"
     )
+
+
+def hold_out(
+    n: int, test_fraction: float, rng: np.random.Generator, val_fraction: float, unit: str = "image"
+) -> tuple[list[int], list[int]]:
+    """Seeded (kept, held-out) indices of range(n) normal images (or tiles): held out for testing is
+    ceil(test_fraction * n); what is kept must leave one to train once validation takes val_fraction of it, else a
+    BadImageError says how many images these fractions need."""
+    if normal_shares(n, val_fraction, test_fraction)[2] < 1:
+        raise BadImageError(too_few_normal(n, val_fraction, test_fraction, unit))
+    order = rng.permutation(n).tolist()
+    n_out = math.ceil(test_fraction * n) if test_fraction > 0 else 0
+    return sorted(order[n_out:]), sorted(order[:n_out])
 
 
 def split_validation(
@@ -319,24 +339,137 @@ class SplitDataModule(L.LightningDataModule):
         return self._loader(self.test_split, train=False)
 
 
-class MVTecDataModule(SplitDataModule):
-    """An MVTec AD category folder (any category: bottle, screw, ...), whole images prepared by `preprocessing`.
+class LayoutDataModule(SplitDataModule):
+    """A dataset layout: a subclass says only which files it reads (`list_files`, and `with_mask` where a mask is
+    looked up per file); decoding, bad-file skipping and the splits are here, the same for every layout.
 
-    skip_bad_files=true leaves out images that cannot be decoded (corrupt, larger than max_image_pixels, a mask of
-    another size) with one warning listing them; a mask missing from its ground_truth/<defect>/ folder is a layout
-    error and still stops. A defect type without that folder (a category without ground_truth/) gets image metrics
-    only: its images are anomalous everywhere, and the test skips pixel AUROC and AUPRO, saying so.
+    Each file is decoded through `preprocessing` (one sample per whole image, or with preprocessing.tiled=true one
+    per tile of the page, labelled anomalous when more than `min_anomalous_fraction` of it is masked; `page_grids`
+    maps each page to its (rows, cols)). skip_bad_files=true leaves out files that cannot be decoded (corrupt,
+    larger than max_image_pixels, a mask of another size, a page smaller than a tile) with one warning listing
+    them; an error of the layout itself (a missing folder, a file listed twice) still stops.
+
+    Splits, seeded: `test_fraction` of the normal images (or tiles) is held out for testing, `val_fraction` of the
+    rest validates; the test files (anomalous ones, and normal ones a layout keeps for testing such as MVTec's
+    test/good) are held out whole, a `val_anomalous` share of each defect type's anomalous files for validation.
+
+    `data_paths` and `data_settings` name the constructor arguments that say which images are read (paths, made
+    absolute, and the settings of a generator): the sweep's study name digests them (configs.data_identity), so
+    data sets that differ in one of them are different studies. Loader, split and preprocessing keys are no data.
     """
+
+    data_paths: ClassVar[tuple[str, ...]] = ()
+    data_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
-        root: str,
-        category: str = "bottle",
+        test_fraction: float = 0.0,
+        min_anomalous_fraction: float = 0.0,
         skip_bad_files: bool = False,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         **loader_args: Any,
     ) -> None:
         super().__init__(**loader_args)
+        self.test_fraction = test_fraction
+        self.min_anomalous_fraction = min_anomalous_fraction
+        self.skip_bad_files = skip_bad_files
+        self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
+        self.page_grids: dict[str, tuple[int, int]] = {}
+
+    def list_files(self) -> tuple[list[Sample], list[Sample]]:
+        """(normal files, test files), one Sample per file: the normal images to train, validate and test on, and
+        the files only tested or validated (anomalous ones, label 1, and normal ones a layout keeps for testing)."""
+        raise NotImplementedError
+
+    def with_mask(self, file: Sample) -> Sample:
+        """The file with its mask found, for a layout that looks masks up per file: a BadImageError here skips the
+        file as bad (skip_bad_files=true) rather than stopping. By default the listing names the masks."""
+        return file
+
+    def decode_file(self, file: Sample) -> DecodedImages:
+        """One file's samples: the whole image, or the page's tiles (each with its page, row and column)."""
+        file = self.with_mask(file)
+        decoded = DecodedImages.decode([file], self.preprocessing, self.max_image_pixels)
+        if not self.preprocessing.tiled:
+            return decoded
+        page, mask = decoded.images[0], decoded.masks[0]  # (H,W,3) uint8, (H,W) bool
+        try:
+            grid = self.preprocessing.tile_grid(*mask.shape)
+        except TileSizeError as error:
+            raise BadImageError(f"{file.path}: {error}") from error
+        tiles, mask_tiles = cut_tiles(page, grid), cut_tiles(mask, grid)  # (N,t,t,3), (N,t,t)
+        labels = tile_labels(mask_tiles, self.min_anomalous_fraction)
+        samples = [
+            Sample(f"{file.path}#r{r}c{c}", int(y), file.defect if y else "good", file.mask_path, file.path, r, c)
+            for r, c, y in zip(*grid.positions(), labels, strict=True)
+        ]
+        self.page_grids[file.path] = grid.shape
+        return DecodedImages(samples, tiles, mask_tiles)
+
+    def decode_files(self, files: list[Sample], bad: list[str] | None) -> list[tuple[Sample, DecodedImages]]:
+        """Each usable file with its samples; a bad file raises, or with `bad` is left out and its error listed."""
+        decoded = []
+        for file in files:
+            try:
+                decoded.append((file, self.decode_file(file)))
+            except BadImageError as error:
+                if bad is None:
+                    raise
+                bad.append(str(error))
+        if files and not decoded:
+            where = os.path.commonpath([file.path for file in files])
+            raise BadImageError(f"{where}: no usable image; skipped as bad:\n" + "\n".join(bad or []))
+        return decoded
+
+    def build_splits(self) -> dict[str, DecodedImages]:
+        self.prepare_data()  # idempotent (a generated layout writes its files once); covers callers that skip it
+        self.page_grids = {}
+        normal_files, test_files = self.list_files()
+        bad: list[str] | None = [] if self.skip_bad_files else None
+        normal = DecodedImages.concat([units for _, units in self.decode_files(normal_files, bad)])
+        tested = self.decode_files(test_files, bad)  # held out whole: a page's tiles stay together
+        if bad:
+            warnings.warn(f"skip_bad_files: skipped {len(bad)} bad files:\n" + "\n".join(bad), stacklevel=2)
+
+        unit = "tile" if self.preprocessing.tiled else "image"
+        rng = np.random.default_rng(self.split_seed)
+        kept, test_normal = hold_out(len(normal.samples), self.test_fraction, rng, self.val_fraction, unit)
+        train_ids, val_ids, val_file_ids, test_file_ids = split_validation(
+            [normal.samples[i] for i in kept],
+            [file for file, _ in tested],
+            self.val_fraction,
+            self.val_anomalous,
+            self.split_seed,
+        )
+        if not val_ids:
+            raise BadImageError(f"val_fraction={self.val_fraction} leaves no normal validation {unit} of {len(kept)}")
+        no_samples = normal.subset([])
+        splits = {
+            "train": normal.subset([kept[i] for i in train_ids]),
+            "val": validation_set(
+                normal.subset([kept[i] for i in val_ids]),
+                DecodedImages.concat([no_samples] + [tested[i][1] for i in val_file_ids]),
+            ),
+            "test": DecodedImages.concat([normal.subset(test_normal)] + [tested[i][1] for i in test_file_ids]),
+        }
+        for name, split in splits.items():
+            labels = [s.label for s in split.samples]
+            log.info("%s: %d %ss (%d anomalous)", name, len(labels), unit, sum(labels))
+        return splits
+
+
+class MVTecDataModule(LayoutDataModule):
+    """An MVTec AD category folder (any category: bottle, screw, ...), whole images prepared by `preprocessing`.
+
+    A mask missing from its ground_truth/<defect>/ folder is a layout error and stops even with skip_bad_files. A
+    defect type without that folder (a category without ground_truth/) gets image metrics only: its images are
+    anomalous everywhere, and the test skips pixel AUROC and AUPRO, saying so.
+    """
+
+    data_paths: ClassVar[tuple[str, ...]] = ("root",)
+
+    def __init__(self, root: str, category: str = "bottle", **layout_args: Any) -> None:
+        super().__init__(**layout_args)
         self.root = Path(root)
         self.category = category  # the MVTec AD category the root holds: its default folder, data/mvtec_<category>
         if self.preprocessing.tiled:
@@ -344,31 +477,16 @@ class MVTecDataModule(SplitDataModule):
                 "dataset.preprocessing.tiled=true: the MVTec AD layout is read as whole images; tile pages with "
                 "dataset=folder"
             )
-        self.skip_bad_files = skip_bad_files
-        self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
 
-    def build_splits(self) -> dict[str, DecodedImages]:
-        train, test = scan_mvtec(self.root, self.category)
-        bad: list[str] | None = [] if self.skip_bad_files else None
-        normal = DecodedImages.decode(train, self.preprocessing, self.max_image_pixels, bad)
-        # no test/ folder (good images only): nothing held out; validation anomalies are then synthetic
-        held_out = (
-            DecodedImages.decode(test, self.preprocessing, self.max_image_pixels, bad) if test else normal.subset([])
-        )
-        if bad:
-            warnings.warn(f"skip_bad_files: skipped {len(bad)} bad files:\n" + "\n".join(bad), stacklevel=2)
-        train_ids, val_ids, val_anom_ids, test_ids = split_validation(
-            normal.samples, held_out.samples, self.val_fraction, self.val_anomalous, self.split_seed
-        )
-        return {
-            "train": normal.subset(train_ids),
-            "val": validation_set(normal.subset(val_ids), held_out.subset(val_anom_ids)),
-            "test": held_out.subset(test_ids),
-        }
+    def list_files(self) -> tuple[list[Sample], list[Sample]]:
+        return scan_mvtec(self.root, self.category)
 
 
 class SyntheticBottlesDataModule(MVTecDataModule):
     """Generated bottle bottoms with known defect masks, written once into an MVTec-layout cache."""
+
+    data_paths = ()  # the cache folder is no data: the generator's settings fix what is written
+    data_settings = ("n_train", "n_test_good", "n_test_per_defect", "data_seed")
 
     def __init__(
         self,
@@ -392,7 +510,3 @@ class SyntheticBottlesDataModule(MVTecDataModule):
 
     def prepare_data(self) -> None:
         write_synthetic_bottles(self.root, **self.generator_args)
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()  # idempotent; also covers callers that skip prepare_data
-        super().setup(stage)
