@@ -1,13 +1,11 @@
 """Every private name of the sweep's libraries that anomaly_lab uses, each behind one small function.
 
-The sweep stack is pinned: hydra-optuna-sweeper 1.3.0 requires optuna<3, so optuna 2.10.1 on SQLAlchemy 1.4, and
-hydra-submitit-launcher 1.2.0. At those versions some of what the crash-safe sweep needs has no public API: the
-plugin's search-space parsing and trial configuration (methods of its private `_impl` module), a trial's storage
-id, the heartbeat table read by the database's clock, a write to a trial another process asked for, a failed job's
-error without re-raising it, the submitit executor of a launcher. The rest of the package calls only the names
-below; tests/test_sweep_private_api.py runs each against the installed versions and fails naming the private name
-and the library's version, so an upgrade that breaks one shows where. docs/sweeps-private-api.md says why each is
-used and what replaces it in current optuna.
+hydra-optuna-sweeper 1.3.0 requires optuna<3, so the sweep runs on optuna 2.10.1 (SQLAlchemy 1.4) beside
+hydra-submitit-launcher 1.2.0; at these versions some of what a crash-safe sweep needs has no public API. The rest
+of the package calls only the functions below and subclasses OptunaSweeperImpl (its constructor takes the plugin's
+hydra.sweeper keys). tests/test_sweep_private_api.py runs each against the installed versions and fails naming the
+private name and the library's version; docs/sweeps-private-api.md says why each is used and what replaces it in
+current optuna.
 """
 
 from __future__ import annotations
@@ -27,20 +25,6 @@ from sqlalchemy import func
 
 if TYPE_CHECKING:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
-
-# OptunaSweeperImpl: the resumable sweeper's base class (its constructor takes the plugin's hydra.sweeper keys)
-__all__ = [
-    "OptunaSweeperImpl",
-    "configure_trials",
-    "executor_name",
-    "fail_stored_trial",
-    "heartbeat_ages",
-    "job_outcome",
-    "parse_search_space",
-    "study_id",
-    "sweep_directions",
-    "trial_id",
-]
 
 
 def sweep_directions(sweeper: OptunaSweeperImpl) -> list[str]:
