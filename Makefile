@@ -74,8 +74,8 @@ test-all: test $(VENV)/.installed-extras ## the whole suite: `make test`, then t
 test-slow: test-all ## the old name of test-all
 
 lint: $(VENV)/.installed ## ruff and mypy
-	$(PY) -m ruff check anomaly_lab hydra_plugins tests
-	$(PY) -m ruff format --check anomaly_lab hydra_plugins tests
+	$(PY) -m ruff check anomaly_lab hydra_plugins scripts tests
+	$(PY) -m ruff format --check anomaly_lab hydra_plugins scripts tests
 	$(PY) -m mypy
 
 # The thesis's Optuna search (24 TPE trials over the 4 x 3 x 2 lr x grid x mask-ratio space) at CPU size on
@@ -100,7 +100,7 @@ tune: $(VENV)/.installed ## budgeted recipe search, then train+test it (DATA=fol
 	$(PY) -m anomaly_lab.tune 'data=$(DATA)' minutes=$(MINUTES) $(if $(DEFECTS),'defects=$(DEFECTS)') $(if $(MASKS),'masks=$(MASKS)') $(if $(TILED),tiled=$(TILED)) $(if $(NAME),name=$(NAME)) $(ARGS)
 
 sweep-report: $(VENV)/.installed ## a stored study's trials table, best params and test metrics, plots (STUDY=name)
-	$(PY) -m anomaly_lab.tools.sweep_report $(if $(STUDY),--study $(STUDY)) $(ARGS)
+	$(PY) -m anomaly_lab.tools.sweep_report $(if $(STUDY),study=$(STUDY)) $(ARGS)
 
 # MVTec AD bottle: data/mvtec_bottle when present, else this workplace's shared copy; DATA=... to choose.
 DATA ?= $(if $(wildcard data/mvtec_bottle),data/mvtec_bottle,../shared/data/mvtec_bottle)
@@ -109,10 +109,10 @@ benchmark: $(VENV)/.installed ## train+test the CPU-sized bottle experiments on 
 		'command="make benchmark DATA=$(DATA)$(if $(ARGS), $(ARGS))"' $(ARGS)
 
 bench-loader: $(VENV)/.installed ## data loader vs unet64 training throughput on synthetic notes tiles (want >= 5x)
-	$(PY) -m anomaly_lab.tools.benchmark_loader dataset=synthetic_notes model=unet64 hydra.run.dir=outputs/bench_loader $(ARGS)
+	$(PY) scripts/benchmark_loader.py dataset=synthetic_notes model=unet64 hydra.run.dir=outputs/bench_loader $(ARGS)
 
 overhead: $(VENV)/.installed ## plain PyTorch loop vs Lightning img/s on the same steps (unet64 notes tiles; want ratio >= 0.95)
-	$(PY) -m anomaly_lab.tools.overhead dataset=synthetic_notes model=unet64 $(ARGS)
+	$(PY) scripts/overhead.py dataset=synthetic_notes model=unet64 $(ARGS)
 
 tb: $(VENV)/.installed ## TensorBoard on outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

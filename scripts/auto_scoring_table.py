@@ -4,7 +4,7 @@ For each run folder: its checkpoint scored with the recipe's scoring (threshold 
 with the scoring scoring=auto chooses on the same validation split from the same weights (then the test, once).
 Prints one markdown row per run (docs/benchmarks.md, "Scoring chosen on validation").
 
-    python -m anomaly_lab.tools.auto_scoring_table outputs/benchmark/<date>/bottles_cpu ...
+    python scripts/auto_scoring_table.py outputs/benchmark/<date>/bottles_cpu ...
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Does data loading keep up with training? Loader throughput beside the model's training throughput.
 
-`python -m anomaly_lab.tools.benchmark_loader dataset=synthetic_notes model=unet64` (any train.py overrides,
+`python scripts/benchmark_loader.py dataset=synthetic_notes model=unet64` (any train.py overrides,
 e.g. dataset.num_workers=2 augmentation=flip_jitter). Both numbers are samples per second on the
 training split of the configured dataset; the loader should be several times faster (`make bench-loader`).
 """

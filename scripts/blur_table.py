@@ -10,8 +10,8 @@ validation defects; ties to 3 decimals: AUPRO), the score's the one with the bes
 (ties: F1-max); then the narrower blur. The test columns are read, never chosen on. --options rescore with
 other settings too, e.g. another pixel map, so one table per map compares maps on validation:
 
-    python -m anomaly_lab.tools.blur_table <run folder> --sigmas 2 4 6 8 10 12 16
-    python -m anomaly_lab.tools.blur_table <run folder> --sigmas 4 8 --options scoring.anomaly_map.msgms=0 \
+    python scripts/blur_table.py <run folder> --sigmas 2 4 6 8 10 12 16
+    python scripts/blur_table.py <run folder> --sigmas 4 8 --options scoring.anomaly_map.msgms=0 \
         scoring.anomaly_map.l2=1
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from anomaly_lab.cli import user_errors_exit
 from anomaly_lab.errors import UserError
-from anomaly_lab.tools.bench_predict import markdown_row
+from anomaly_lab.tools.benchmark import markdown_table
 from anomaly_lab.tools.rescoring import rescore
 
 COLUMNS = [
@@ -87,10 +87,7 @@ def chosen(rows: Sequence[dict[str, Any]]) -> tuple[float, float]:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [markdown_row(COLUMNS), markdown_row(["---"] * len(COLUMNS))]
-    for row in rows:
-        lines.append(markdown_row([f"{row['sigma']:g}"] + [f"{row[c]:.3f}" for c in COLUMNS[1:]]))
-    return "\n".join(lines)
+    return markdown_table(COLUMNS, ([f"{row['sigma']:g}"] + [f"{row[c]:.3f}" for c in COLUMNS[1:]] for row in rows))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ from anomaly_lab.metrics import PixelMetrics
 from anomaly_lab.scoring import gaussian_blur
 from anomaly_lab.scoring_choice import apply_choice, validation_maps
 from anomaly_lab.thresholds import AutoThreshold, PixelThreshold
-from anomaly_lab.tools.auto_scoring_table import auto_search
 from anomaly_lab.tools.rescoring import compose_run, rescored_module, run_options, run_working_directory
 
 log = logging.getLogger("mask_shares")
@@ -54,7 +53,7 @@ def row(folder: Path) -> str:
         kind = str(getattr(datamodule, "validation_anomaly_kind", "real"))
         maps, labels, masks, known = validation_maps(model, datamodule.val_dataloader(), ["l2", "l1", "ssim", "msgms"])
         if OmegaConf.select(cfg, "scoring.choose"):
-            choice = auto_search(int(cfg.seed)).choose(maps, labels, masks, known, model.image_size)
+            choice = instantiate(cfg.scoring.choose).choose(maps, labels, masks, known, model.image_size)
             apply_choice(model, choice)
             chosen_map = gaussian_blur(maps[choice.map_rule.map].float(), choice.map_rule.blur_sigma)  # (N,1,H,W)
             val_scores = choice.val_scores.double()

@@ -9,8 +9,8 @@ the complete trials and the test AUROC of the trial it picks. `--rescore OPTION 
 trial's checkpoint scored again on the validation its own options plus these compose (e.g. `validation_anomalies=
 synthetic "dataset.validation_anomalies.generator=[perlin,cutpaste]"`, a pool of synthetic kinds no trial logged).
 
-    python -m anomaly_lab.tools.objective_agreement outputs/sweeps/<study>/<date>   # or run folders, or --study
-    python -m anomaly_lab.tools.objective_agreement --study NAME --rescore validation_anomalies=synthetic
+    python scripts/objective_agreement.py outputs/sweeps/<study>/<date>   # or run folders, or --study
+    python scripts/objective_agreement.py --study NAME --rescore validation_anomalies=synthetic
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ validation and test sets (anomaly_lab.tools.rescoring), the rule chooses a thres
 is measured at it: F1 against the test's own best F1 (F1-max, the most any threshold could give), recall,
 precision and the counts. One markdown row per run and rule.
 
-    python -m anomaly_lab.tools.operating_point <run folder> [<run folder> ...] --rules f1 f1_capped \\
+    python scripts/operating_point.py <run folder> [<run folder> ...] --rules f1 f1_capped \\
         percentile:percentile=95 normal_sigma:sigmas=2
 
 A rule is an option name, optionally with its settings after a colon (`name:key=value,key=value`); the table
@@ -33,7 +33,7 @@ from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import ConfigError, UserError
 from anomaly_lab.metrics import f1_max
 from anomaly_lab.thresholds import AutoThreshold, metrics_at_threshold
-from anomaly_lab.tools.bench_predict import markdown_row
+from anomaly_lab.tools.benchmark import markdown_table
 from anomaly_lab.tools.rescoring import rescore
 
 COLUMNS = [
@@ -112,20 +112,13 @@ def rule_rows(
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [markdown_row(COLUMNS), markdown_row(["---"] * len(COLUMNS))]
-    for row in rows:
-        cells = [
-            ""
-            if c not in row
-            else f"{row[c]:.4g}"
-            if c == "threshold" and isinstance(row[c], float)
-            else f"{row[c]:.3f}"
-            if isinstance(row[c], float)
-            else str(row[c])
-            for c in COLUMNS
-        ]
-        lines.append(markdown_row(cells))
-    return "\n".join(lines)
+    def cell(row: dict[str, Any], column: str) -> str:
+        value = row.get(column, "")
+        if isinstance(value, float):
+            return f"{value:.4g}" if column == "threshold" else f"{value:.3f}"
+        return str(value)
+
+    return markdown_table(COLUMNS, ([cell(row, c) for c in COLUMNS] for row in rows))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """What does Lightning cost? The same training steps through a plain PyTorch loop and through the Trainer.
 
-`python -m anomaly_lab.tools.overhead [train.py overrides] overhead.steps=50` builds one configured module
+`python scripts/overhead.py [train.py overrides] overhead.steps=50` builds one configured module
 (net, masking, loss, optimizer, scheduler: `train.build_module`), draws `warmup + steps` training
 batches once and keeps them on the device, then trains a fresh copy of the same initial weights on
 those batches, with the same random masks (same seed), twice:
@@ -33,7 +33,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.train import build_module
 
@@ -204,7 +203,7 @@ def describe(cfg: DictConfig, result: dict[str, float], steps: int, warmup: int,
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="overhead")
+@hydra.main(version_base="1.3", config_path=".", config_name="overhead")  # scripts/overhead.yaml
 def main(cfg: DictConfig) -> float:
     torch.set_float32_matmul_precision("high")
     settings = cfg.overhead

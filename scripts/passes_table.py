@@ -7,7 +7,7 @@ threshold again, then the test), written as a checkpoint of its own, and timed t
 on `--input` (anomaly_lab.tools.bench_predict). One markdown row per set: passes, test image AUROC, pixel AUROC
 and AUPRO at the masks' resolution, F1 and recall at the threshold validation chose, img/s.
 
-    python -m anomaly_lab.tools.passes_table <run folder> --grids 8,16,32,64 16,32 16 \\
+    python scripts/passes_table.py <run folder> --grids 8,16,32,64 16,32 16 \\
         --input ../shared/data/mvtec_bottle/test [--backend onnxruntime] [--threads 1] [--save DIR]
 
 A faster model for a production line is one of these checkpoints (`--save DIR` keeps them: DIR/grids-16.ckpt,
@@ -31,7 +31,8 @@ from anomaly_lab.cli import user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import UserError
 from anomaly_lab.predict import find_inputs
-from anomaly_lab.tools.bench_predict import markdown_row, measure
+from anomaly_lab.tools.bench_predict import measure
+from anomaly_lab.tools.benchmark import markdown_table
 from anomaly_lab.tools.rescoring import compose_run, rescore
 
 COLUMNS = [
@@ -99,12 +100,12 @@ def passes_row(
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [markdown_row(COLUMNS), markdown_row(["---"] * len(COLUMNS))]
-    for row in rows:
-        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) and "img/s" not in c else row[c] for c in COLUMNS]
-        cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in cells]
-        lines.append(markdown_row(cells))
-    return "\n".join(lines)
+    def cell(value: Any, column: str) -> str:
+        if isinstance(value, float):
+            return f"{value:.1f}" if "img/s" in column else f"{value:.3f}"
+        return str(value)
+
+    return markdown_table(COLUMNS, ([cell(row[c], c) for c in COLUMNS] for row in rows))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -19,8 +19,8 @@ from anomaly_lab.data.images import BadImageError, DecodedImages, ImageDataset, 
 from anomaly_lab.data.synthetic import make_notes_page, make_sea_image, write_notes_pages, write_sea_pages
 from anomaly_lab.data.tiles import stitch_scores
 from anomaly_lab.preprocessing import Preprocessing
-from anomaly_lab.tools.benchmark_loader import benchmark
 from anomaly_lab.train import run
+from scripts.benchmark_loader import benchmark
 from tests.conftest import REAL_BOTTLES, TINY_PAGES, ComposeFn, compose_config
 from tests.test_synthetic import assert_mask_is_exactly_the_change
 

@@ -30,9 +30,9 @@ from anomaly_lab.errors import ConfigError, SplitError
 from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import image_auroc, wasserstein_separation
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, PercentileThreshold
-from anomaly_lab.tools.objective_agreement import agreement_rows, load_runs, rescored_objective, study_runs
-from anomaly_lab.tools.objective_agreement import main as objective_agreement_main
 from anomaly_lab.train import run
+from scripts.objective_agreement import agreement_rows, load_runs, rescored_objective, study_runs
+from scripts.objective_agreement import main as objective_agreement_main
 from tests.conftest import FAST_SWEEP, TINY, ComposeFn, compose_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -72,7 +72,13 @@ def test_operating_point_on_a_run_folder_with_an_unparsable_option_is_one_line(
     shutil.copytree(out, folder)
     overrides = folder / ".hydra" / "overrides.yaml"
     result = subprocess.run(
-        [sys.executable, "-m", "anomaly_lab.tools.operating_point", str(folder), "--rules", "f1"],
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "scripts" / "operating_point.py"),
+            str(folder),
+            "--rules",
+            "f1",
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -193,19 +193,16 @@ def test_workers_share_one_study_a_killed_workers_trial_fails_and_the_report_rea
         metrics = json.loads((Path(trial.user_attrs["output_dir"]) / "metrics.json").read_text())
         assert trial.value == pytest.approx(metrics["val/wasserstein"])
 
-    # `make sweep-report ARGS='--storage ...'` runs this
+    # `make sweep-report ARGS="storage='...'"` runs this
     out = tmp_path / "report"
     report = subprocess.run(
         [
             sys.executable,
             "-m",
             "anomaly_lab.tools.sweep_report",
-            "--storage",
-            url,
-            "--study",
-            study.study_name,
-            "--out",
-            str(out),
+            f"storage='{url}'",
+            f"study={study.study_name}",
+            f"out={out}",
         ],
         cwd=REPO,
         capture_output=True,

@@ -77,7 +77,7 @@ def test_pruned_trials_stop_early_count_as_finished_not_failed_and_resume_runs_o
 
     storage = f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db"
     capsys.readouterr()  # the sweeps' own output
-    sweep_report.main(["--storage", storage, "--out", str(tmp_path / "rep")])
+    sweep_report.main([f"storage={storage}", f"out={tmp_path / 'rep'}"])
     out = capsys.readouterr().out
     table = out.split("\n", 1)[1].split("\nno complete trial yet", 1)[0]
     cells = table_cells(table)

@@ -107,7 +107,7 @@ def run_with_options(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_operating_point_reproduces_the_runs_own_threshold_and_test(run_with_options: Path) -> None:
-    from anomaly_lab.tools.operating_point import main
+    from scripts.operating_point import main
 
     recorded = json.loads((run_with_options / "metrics.json").read_text())
     rows = {row["rule"]: row for row in main([str(run_with_options), "--rules", "f1", "f1_midpoint"])}
@@ -120,7 +120,7 @@ def test_operating_point_reproduces_the_runs_own_threshold_and_test(run_with_opt
 @pytest.mark.slow
 def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_options: Path, tmp_path: Path) -> None:
     from anomaly_lab.inference import load_model
-    from anomaly_lab.tools.passes_table import main
+    from scripts.passes_table import main
 
     recorded = json.loads((run_with_options / "metrics.json").read_text())
     images = sorted((run_with_options.parent / "cache").glob("**/*.png"))[:4]  # the generated bottles
@@ -145,7 +145,7 @@ def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_o
 def test_blur_table_reproduces_the_runs_own_blur_and_chooses_on_validation(
     run_with_options: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from anomaly_lab.tools.blur_table import chosen, main
+    from scripts.blur_table import chosen, main
 
     recorded = json.loads((run_with_options / "metrics.json").read_text())
     rows = main([str(run_with_options), "--sigmas", "4", "0", "1.5"])  # scoring=riad blurs with sigma 4
@@ -209,7 +209,7 @@ def test_rescoring_scores_the_checkpoints_model_with_what_its_options_change(
 @pytest.mark.slow
 def test_operating_point_checks_rules_first_and_reports_a_rule_validation_cannot_serve(run_with_options: Path) -> None:
     from anomaly_lab.errors import ConfigError as RuleError
-    from anomaly_lab.tools.operating_point import main
+    from scripts.operating_point import main
 
     for bad in ("../masking/grid", "nonsense", "percentile:nokey=1", "normal_sigma:sigmas=-1"):
         with pytest.raises(RuleError, match=r"^--rules "):
@@ -223,7 +223,7 @@ def test_operating_point_checks_rules_first_and_reports_a_rule_validation_cannot
 @pytest.mark.slow
 def test_rescoring_a_model_the_options_no_longer_build_is_one_line(run_with_options: Path) -> None:
     from anomaly_lab.errors import UserError
-    from anomaly_lab.tools.operating_point import main
+    from scripts.operating_point import main
 
     with pytest.raises(UserError, match=r"best\.ckpt: its weights do not fit the model the run's options compose now"):
         main([str(run_with_options), "--rules", "f1", "--options", "model.net.base_channels=4"])
@@ -231,7 +231,7 @@ def test_rescoring_a_model_the_options_no_longer_build_is_one_line(run_with_opti
 
 @pytest.mark.slow
 def test_passes_table_refuses_a_grid_size_training_would_refuse(run_with_options: Path, tmp_path: Path) -> None:
-    from anomaly_lab.tools.passes_table import main
+    from scripts.passes_table import main
 
     with pytest.raises(ConfigError, match=r"^masking\.score_grid_sizes=\[64\]: each must be an integer from 1 to"):
         images = str(run_with_options.parent / "cache")  # the generated bottles
@@ -243,8 +243,8 @@ def test_passes_table_refuses_a_grid_size_training_would_refuse(run_with_options
 def test_relative_data_paths_resolve_where_the_run_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run started in one folder with a relative cache (its generated data) is rescored from another folder:
     the tools read the run's data, and write nothing where they are started."""
-    from anomaly_lab.tools.operating_point import main
     from anomaly_lab.train import run
+    from scripts.operating_point import main
 
     started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
     started.mkdir(), elsewhere.mkdir()

@@ -1,6 +1,6 @@
 """A run folder someone sends you is as safe to open as a checkpoint: its .hydra/overrides.yaml is plain data.
 
-The tools that score a run again (operating_point, blur_table, passes_table, objective_agreement) compose the
+The scripts that score a run again (operating_point, blur_table, passes_table, objective_agreement) compose the
 run's recorded command-line options. Lines added to that file once made them instantiate any callable (issue 29:
 `+optimizer.a={_target_:pathlib.Path.write_text,...}` wrote a pickle, `+optimizer.b={_target_:torch.load,...}`
 ran it); now every option that could name code is refused, naming the file and the line, before anything runs.
@@ -112,6 +112,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_run_folder(tmp_path_factory.mktemp("sent_run"), tmp_path_factory.getbasetemp() / "cache")
 
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 TOOLS: dict[str, Callable[[Path, Path], list[str]]] = {
     "operating_point": lambda run, images: [str(run), "--rules", "f1"],
     "blur_table": lambda run, images: [str(run), "--sigmas", "2"],
@@ -148,7 +149,7 @@ def test_a_tool_refuses_a_run_folder_whose_options_name_code(
     before = snapshot(folder)
     images = trained_run.parent / "cache"  # the generated bottles the run trained on
     result = subprocess.run(
-        [sys.executable, "-m", f"anomaly_lab.tools.{tool}", *TOOLS[tool](folder, images)],
+        [sys.executable, str(SCRIPTS / f"{tool}.py"), *TOOLS[tool](folder, images)],
         capture_output=True,
         text=True,
         timeout=600,

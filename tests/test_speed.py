@@ -11,8 +11,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from anomaly_lab.tools.overhead import describe, draw_batches, lightning_loop, measure, plain_loop
 from anomaly_lab.train import build_module, run
+from scripts.overhead import describe, draw_batches, lightning_loop, measure, plain_loop
 from tests.conftest import ComposeFn
 
 

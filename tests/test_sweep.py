@@ -94,7 +94,7 @@ def test_three_trials_persist_a_rerun_adds_none_and_the_report_shows_them(
     sweep([*sweep_args, "hydra.sweeper.n_trials=3"], monkeypatch)  # resumes a finished study
     assert [t.number for t in load(tmp_path).get_trials()] == [0, 1, 2]
 
-    sweep_report.main(["--storage", f"sqlite:///{tmp_path}/outputs/sweeps/optuna.db", "--out", str(tmp_path / "rep")])
+    sweep_report.main([f"storage=sqlite:///{tmp_path}/outputs/sweeps/optuna.db", f"out={tmp_path / 'rep'}"])
     table = capsys.readouterr().out
     best = load(tmp_path).best_trial
     assert f"best trial {best.number}: objective {best.value:.6g}" in table

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,10 +159,14 @@ def table_row(name: str, run_dir: Path, returncode: int) -> list[str]:
     ]
 
 
-def markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def markdown_row(values: Sequence[str]) -> str:
+    """One line of a markdown table; a `|` in a value would split its cell, so it becomes `/`."""
+    return "| " + " | ".join(value.replace("|", "/") for value in values) + " |"
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """The header, its rule and one line per row: the tables this project's commands and scripts print."""
+    return "\n".join([markdown_row(columns), markdown_row(["---"] * len(columns)), *map(markdown_row, rows)])
 
 
 def report(table: str, cfg: DictConfig, data_root: str, wall_seconds: float, version: str) -> str:
@@ -221,7 +226,7 @@ def run_benchmark(cfg: DictConfig) -> list[list[str]]:
         returncode, seconds = run_experiment(name, data_root, list(cfg.overrides), run_dir)
         rows.append(table_row(name, run_dir, returncode))
         log.info("%s finished in %s (exit %d)", name, _minutes(seconds), returncode)
-    text = report(markdown_table(rows), cfg, given_root, time.perf_counter() - start, version)
+    text = report(markdown_table(COLUMNS, rows), cfg, given_root, time.perf_counter() - start, version)
     (output_dir / "benchmarks.md").write_text(text)
     if cfg.report:
         Path(cfg.report).parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""What a stored Optuna sweep found: `python -m anomaly_lab.tools.sweep_report [--study NAME] [--storage URL]`.
+"""What a stored Optuna sweep found: `python -m anomaly_lab.tools.sweep_report [study=NAME] [storage=URL] [out=DIR]`.
 
 Reads the study from its storage (no run needs to be alive), prints every trial (params, objective,
 state, epochs trained (for a pruned trial: the epoch it was stopped after), run time or time until it failed,
@@ -8,9 +8,9 @@ from its metrics.json), and writes optimisation-history and parameter-importance
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -18,22 +18,27 @@ from pathlib import Path
 
 import matplotlib
 import optuna
+from hydra import compose, initialize_config_dir
 from matplotlib.axes import Axes
 from optuna.trial import FrozenTrial, TrialState
 
+from anomaly_lab.cli import user_errors_exit
+from anomaly_lab.configs import CONFIG_DIR
+from anomaly_lab.errors import UserError
+
 matplotlib.use("Agg")  # files only, no display
-DEFAULT_STORAGE = "sqlite:///outputs/sweeps/optuna.db"
 
 
 def pick_study(storage: str, name: str | None) -> optuna.Study:
     """The named study, or the only study in the storage; a clear error listing the names otherwise."""
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
-        raise FileNotFoundError(f"no sweep storage at {storage}; run `make sweep` first or pass --storage")
+        raise FileNotFoundError(f"no sweep storage at {storage}; run `make sweep` first or pass storage=URL")
     names = sorted(summary.study_name for summary in optuna.get_all_study_summaries(storage))
     if name is None and len(names) == 1:
         name = names[0]
     if name not in names:
-        raise KeyError(f"study {name!r} not in {storage}; pass --study with one of {names}")
+        found = f"no study {name!r}" if name is not None else f"{len(names)} studies"
+        raise UserError(f"{found} in {storage}; pass study=NAME, one of {names}")
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -180,15 +185,18 @@ def trial_notes(trials: Sequence[FrozenTrial]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
-    parser.add_argument("--study", default=None, help="study name (default: the only study in the storage)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the plots (default outputs/sweeps/<study>)")
-    args = parser.parse_args(argv)
+    """key=value settings of conf/sweep_report.yaml, as every other command of the package takes them."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    flags = [arg for arg in args if arg.startswith("-")]
+    if flags:
+        raise UserError(f"{flags[0]}: the settings are key=value: [study=NAME] [storage=URL] [out=DIR]")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="sweep_report", overrides=args)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # 2.10's plots are "experimental"
-    study = pick_study(args.storage, args.study)
-    print(report(study, args.out or Path("outputs") / "sweeps" / study.study_name))
+    study = pick_study(str(cfg.storage), None if cfg.study is None else str(cfg.study))
+    print(report(study, Path(str(cfg.out)) if cfg.out else Path("outputs") / "sweeps" / study.study_name))
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_exit():
+        main()
