@@ -52,7 +52,7 @@ from anomaly_lab.predict import (
 )
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.report_page import folders_of, truth_from_folders
-from anomaly_lab.tools.benchmark import machine_description
+from anomaly_lab.tools.benchmark import machine_description, markdown_row
 
 log = logging.getLogger(__name__)
 BENCH_KEYS = {"repeats": 3, "warmup": 1}  # this tool's own settings and their defaults; the rest are predict's
@@ -267,10 +267,6 @@ def row_values(bench: Bench, model: Any, load: float, truth: dict[Path, int] | N
 def measure(cfg: DictConfig, repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
     """The throughput of predict's scoring with cfg's settings (its backend): the table row's values by column."""
     return measure_backends(cfg, [str(cfg.backend)], repeats, warmup)[0]
-
-
-def markdown_row(values: list[str]) -> str:
-    return "| " + " | ".join(value.replace("|", "/") for value in values) + " |"
 
 
 def cell(value: Any, column: str) -> str:
