@@ -428,7 +428,7 @@ def test_real_validation_anomalies_on_good_images_only_point_at_synthetic_ones(
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
 
 
-# 7. does the synthetic objective rank trials as the real anomalies do (tools/objective_agreement) -----------------
+# 7. does the synthetic objective rank trials as the real anomalies do (scripts/objective_agreement) ---------------
 
 
 def write_trials(sweep: Path, rows: list[dict[str, float]]) -> None:

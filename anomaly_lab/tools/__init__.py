@@ -1,2 +1,3 @@
-"""Commands around the library, not part of it: the benchmark, loader and framework-overhead measurements, and
-the sweep report. Each is `python -m anomaly_lab.tools.<name>` (the Makefile has a target for each)."""
+"""Commands around training, each `python -m anomaly_lab.tools.<name> key=value ...` with a Makefile target: the
+benchmark table, predict's throughput (bench_predict) and the sweep report; rescoring scores a trained run again.
+One-off research and check scripts are not installed: scripts/ (`python scripts/<name>.py`)."""
