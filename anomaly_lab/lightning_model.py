@@ -240,8 +240,22 @@ class InpaintingModule(L.LightningModule):
         if self.spec is not None:
             checkpoint[SPEC_KEY] = self.spec
 
+    def parameter_groups(self) -> Any:
+        """The optimizer's parameters: a net with `parameter_groups(lr)` (the optimizer's lr) gives its own groups,
+        e.g. a pretrained encoder at a lower learning rate; any parameter they leave out trains at lr."""
+        groups_of = getattr(self.model.net, "parameter_groups", None)
+        if groups_of is None:
+            return self.parameters()
+        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        if lr is None:
+            raise UserError("optimizer.lr is not set: the net's parameter_groups(lr) sets its groups' rates from it")
+        groups = [{**group, "params": list(group["params"])} for group in groups_of(lr)]  # generators read once
+        grouped = {id(p) for group in groups for p in group["params"]}
+        rest = [p for p in self.parameters() if id(p) not in grouped]
+        return groups + ([{"params": rest}] if rest else [])
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -16,7 +16,8 @@ predict make (`prepare` the same for an image already decoded in memory); decodi
 - tiled pages keep their size, or are scaled to page_width (aspect kept), then cut into image_size tiles
   `stride` apart (border: drop or pad the remainder);
 - grayscale=true turns RGB into luminance replicated over 3 channels (models stay 3-channel);
-- pixel values are divided by divide_by (255: [0, 1]).
+- pixel values are divided by divide_by (255: [0, 1]), then normalised per channel by mean and std if set
+  (a pretrained encoder's statistics, set by its model option).
 """
 
 from __future__ import annotations
@@ -100,8 +101,26 @@ class Preprocessing:
     divide_by: float = 255.0
     orient: str = "none"  # whole images: none | principal_axis (turn each part to one pose first)
     crop_height: int | None = None  # whole images: keep the centre crop_height rows; None: the whole square
+    # per channel (R,G,B), on the divided scale: inputs become (x - mean) / std, as a pretrained encoder expects;
+    # None: no normalisation
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
+        for key in ("mean", "std"):  # a list from YAML or a checkpoint's spec: kept as a tuple (hashable, frozen)
+            value = getattr(self, key)
+            numbers = value is None or (
+                not isinstance(value, str | bytes)
+                and len(value) == 3
+                and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            )
+            if not numbers or (key == "std" and value is not None and min(value) <= 0):
+                positive = " positive" if key == "std" else ""
+                raise ValueError(f"{key}={as_typed(value)}: expected null or 3{positive} numbers (R, G, B)")
+            object.__setattr__(self, key, None if value is None else tuple(float(v) for v in value))
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(f"mean={as_typed(self.mean)} and std={as_typed(self.std)}: set both or neither")
+
         def positive_int(value: object) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -226,7 +245,11 @@ class Preprocessing:
         return TileGrid.of_page(height, width, self.image_size, self.stride, self.border)
 
     def to_tensor(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 images (...,H,W,3) -> float model input (...,3,H,W)."""
+        """uint8 images (...,H,W,3) -> float model input (...,3,H,W), normalised by mean and std if set."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.require(images, requirements=["C", "W"]))  # a copy only if read-only
-        return images.movedim(-1, -3).float() / float(self.divide_by)
+        scaled = images.movedim(-1, -3).float() / float(self.divide_by)
+        if self.mean is None or self.std is None:
+            return scaled
+        mean, std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
+        return (scaled - mean) / std
