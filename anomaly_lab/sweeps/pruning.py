@@ -45,7 +45,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import Trial, TrialState
 
 from anomaly_lab.errors import ConfigError, as_typed
-from anomaly_lab.sweeps.private_api import trial_id
+from anomaly_lab.sweeps import private_api
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class TrialPruning(L.Callback):
         url, study, number = self.where
         self.storage = rdb_storage(url, heartbeat_interval=None)
         trial = load_trial(self.storage, study, number)
-        state = self.storage.get_trial(trial_id(trial)).state
+        state = self.storage.get_trial(private_api.trial_id(trial)).state
         if state != TrialState.RUNNING:  # e.g. a trial's folder trained again by hand with its overrides
             log.warning("trial %d of study %r is %s: this run reports nothing to it", number, study, state.name)
             self.deadline = None  # the sweep's deadline is its own trial's, not this run's

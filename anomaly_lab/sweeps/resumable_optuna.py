@@ -90,18 +90,8 @@ from anomaly_lab.cli import one_line
 from anomaly_lab.configs import data_identity
 from anomaly_lab.errors import ConfigError, UserError, as_typed
 from anomaly_lab.secrets import mask_secrets, mask_secrets_in_logs
+from anomaly_lab.sweeps import private_api
 from anomaly_lab.sweeps.launchers import failed_job
-from anomaly_lab.sweeps.private_api import (
-    OptunaSweeperImpl,
-    configure_trials,
-    fail_stored_trial,
-    heartbeat_ages,
-    job_outcome,
-    parse_search_space,
-    study_id,
-    sweep_directions,
-    trial_id,
-)
 from anomaly_lab.sweeps.pruning import build_pruner, is_nop, pruner_settings, sweep_trial_overrides
 
 # A finished trial counts toward n_trials when its run went to its end or was stopped by the pruner; a FAIL does not
@@ -258,12 +248,12 @@ def heartbeats(storage: BaseStorage, trials: Sequence[Trial], interval: float) -
         while not stop.wait(interval):
             try:
                 for trial in trials:
-                    storage.record_heartbeat(trial_id(trial))
+                    storage.record_heartbeat(private_api.trial_id(trial))
             except Exception as error:  # e.g. the database restarting: the next beat may reach it again
                 log.warning("heartbeat not recorded: %s: %s", type(error).__name__, error)
 
     for trial in trials:  # at once, so a kill right after ask() still leaves a heartbeat to go stale
-        storage.record_heartbeat(trial_id(trial))
+        storage.record_heartbeat(private_api.trial_id(trial))
     thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
     thread.start()
     try:
@@ -330,7 +320,7 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """Fail another process's RUNNING trial, giving `reason` (user attr `failed_because`); False where it was
     finished meanwhile (another worker failed it first, or its run ended)."""
     try:
-        fail_stored_trial(study, trial, {"failed_because": reason})
+        private_api.fail_stored_trial(study, trial, {"failed_because": reason})
     except RuntimeError:  # "has already finished and can not be updated"
         return False
     log.warning("trial %d failed: %s", trial.number, reason)
@@ -342,11 +332,11 @@ def fail_trials_of_dead_workers(study: optuna.Study, storage: RDBStorage, grace_
     other hosts once their heartbeat has been silent for longer than grace_period s, and those that never beat
     (killed right after ask()) once they started longer ago than that."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    ages = heartbeat_ages(storage, [trial_id(trial) for trial in running])
+    ages = private_api.heartbeat_ages(storage, [private_api.trial_id(trial) for trial in running])
     here = this_process()
     for trial in running:
         owner, started = trial.user_attrs.get("owner"), trial.datetime_start or datetime.now()  # RUNNING: started
-        age = ages.get(trial_id(trial))
+        age = ages.get(private_api.trial_id(trial))
         host = "?" if owner is None else owner["host"]
         if owner is not None and all(owner[key] == here[key] for key in ("host", "pid_namespace")):
             if process_is_alive(owner["pid"], owner["started"]):
@@ -454,13 +444,13 @@ def running_points(
 ) -> dict[str, FrozenTrial]:
     """The lowest-numbered RUNNING trial of each point outside `batch` (another process's, trained or waiting for
     its own twin). Lower-numbered trials with no parameters yet (asked a moment ago) get SETTLE_S s to draw them."""
-    ours, below = {trial_id(trial) for trial in batch}, max(trial.number for trial in batch)
+    ours, below = {private_api.trial_id(trial) for trial in batch}, max(trial.number for trial in batch)
     deadline = time.monotonic() + SETTLE_S
     while True:
         running = [
             trial
             for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            if trial_id(trial) not in ours
+            if private_api.trial_id(trial) not in ours
         ]
         if all(t.params or t.number > below for t in running) or time.monotonic() > deadline:
             break
@@ -478,7 +468,7 @@ def sync_reports(trial: Trial, backend: RDBStorage) -> None:
     optuna's cached storage assumes a RUNNING trial is changed only by the process that asked for it and never
     reads it back; the job (another storage object, maybe another process) wrote its reports past that cache.
     """
-    for step, value in sorted(backend.get_trial(trial_id(trial)).intermediate_values.items()):
+    for step, value in sorted(backend.get_trial(private_api.trial_id(trial)).intermediate_values.items()):
         trial.report(value, step)  # also written to the storage again: the same row, the same value
 
 
@@ -545,7 +535,7 @@ def trained_costs(study: optuna.Study) -> list[TrainedRun]:
     ]
 
 
-class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
+class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
     def __init__(
         self,
         *,
@@ -582,10 +572,10 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             self.sampler, optuna.samplers.BaseSampler
         ):
             raise ValueError(f"{self.sampler!r}: this sweeper takes an instantiated sampler (tpe, random, cmaes)")
-        directions = sweep_directions(self)
+        directions = private_api.sweep_directions(self)
         if len(directions) != 1:
             raise ValueError(f"one objective only (run(cfg) returns one float); got directions {directions}")
-        space, distributions, fixed_params = parse_search_space(self, arguments)
+        space, distributions, fixed_params = private_api.parse_search_space(self, arguments)
         # a point: the values of the search space's parameters, drawn or fixed on the command line (not the rest of
         # the command line, such as paths, which may differ between workers)
         swept = {*(self.search_space_distributions or {}), *(override.split("=", 1)[0] for override in space)}
@@ -657,7 +647,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 break
             asked = [ask_owned(study, data) for _ in range(min(missing, self.n_jobs, self.n_trials - launched))]
             with heartbeats(storage, asked, self.heartbeat_interval):  # from ask() on, so no worker fails them
-                asked_overrides = configure_trials(self, asked, distributions, fixed_params)
+                asked_overrides = private_api.configure_trials(self, asked, distributions, fixed_params)
                 if isinstance(storage, RDBStorage):  # the job finds its trial there, to report to it
                     if not is_nop(pruning):
                         for trial in asked:
@@ -689,7 +679,7 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         (a lower-numbered RUNNING trial) or earlier in this batch is told that run's outcome once it has one, and
         trained where that run failed. Returns the errors of the trials that failed."""
         finished = finished_points(study, key)
-        elsewhere = running_points(storage, study_id(study), [trial for trial, _ in batch], key)
+        elsewhere = running_points(storage, private_api.study_id(study), [trial for trial, _ in batch], key)
         train: dict[str, tuple[Trial, Sequence[str]]] = {}
         waiting: list[tuple[Trial, Sequence[str], int]] = []  # and the trial id of the run it waits for
         for trial, overrides in batch:
@@ -701,9 +691,9 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 log.info(
                     "trial %d: the parameters of trial %d, running elsewhere: waits for it", trial.number, twin.number
                 )
-                waiting.append((trial, overrides, trial_id(twin)))
+                waiting.append((trial, overrides, private_api.trial_id(twin)))
             elif point in train:
-                waiting.append((trial, overrides, trial_id(train[point][0])))
+                waiting.append((trial, overrides, private_api.trial_id(train[point][0])))
             else:
                 train[point] = (trial, overrides)
         errors = self._launch(study, storage, self._within_budget(study, list(train.values())))
@@ -799,19 +789,19 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
         bad result) but is marked `collapsed`. Returns the error of a failed trial, else None. A trial another
         worker finished meanwhile (it judged this one dead) is left as it is, with a warning."""
         try:
-            if backend is None or backend.get_trial(trial_id(trial)).state == TrialState.RUNNING:
+            if backend is None or backend.get_trial(private_api.trial_id(trial)).state == TrialState.RUNNING:
                 return ResumableOptunaSweeperImpl._record(study, trial, job, backend)
         except RuntimeError:  # "Cannot change attributes of finished trial": finished by another worker since
-            if backend is None or backend.get_trial(trial_id(trial)).state == TrialState.RUNNING:
+            if backend is None or backend.get_trial(private_api.trial_id(trial)).state == TrialState.RUNNING:
                 raise
         assert backend is not None
-        stored = backend.get_trial(trial_id(trial))
+        stored = backend.get_trial(private_api.trial_id(trial))
         log.warning(
             "trial %d was already %s when its run ended (%s): its outcome (%s) is not recorded",
             trial.number,
             stored.state.name,
             stored.user_attrs.get("failed_because", "finished by another worker"),
-            job_outcome(job),
+            private_api.job_outcome(job),
         )
         return None
 
@@ -824,8 +814,8 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 trial.set_user_attr(key, value)
         if backend is not None:
             sync_reports(trial, backend)
-        if job.status == JobStatus.FAILED and isinstance(job_outcome(job), optuna.TrialPruned):
-            log.info("trial %d pruned: %s", trial.number, job_outcome(job))
+        if job.status == JobStatus.FAILED and isinstance(private_api.job_outcome(job), optuna.TrialPruned):
+            log.info("trial %d pruned: %s", trial.number, private_api.job_outcome(job))
             study.tell(trial, state=TrialState.PRUNED)  # its value: the last report
             return None
         try:
