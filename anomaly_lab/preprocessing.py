@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from anomaly_lab.data.images import MAX_IMAGE_PIXELS, read_file, read_mask
+from anomaly_lab.data.images import MAX_IMAGE_PIXELS, decode_file, read_mask
 from anomaly_lab.data.tiles import BORDERS, TileGrid
 from anomaly_lab.errors import as_typed
 from anomaly_lab.orientation import ORIENTS, apply_pose, find_pose, turn_back
@@ -156,7 +156,7 @@ class Preprocessing:
         """A file and its mask file (nonzero = defect, its size checked against the image's; None: all clear)
         decoded and prepared: a large file at the reduced size `decode_factors` allows, its mask nearest. An image
         of more than max_pixels (None: any size) is refused from its header; BadImageError names the file."""
-        image, file_size = read_file(path, self, max_pixels)  # (H,W,3) uint8
+        image, file_size = decode_file(path, "RGB", max_pixels, self)  # (H,W,3) uint8
         mask = read_mask(mask_path, path, max_pixels, self) if mask_path is not None else None  # (H,W) bool
         return self.prepare(image, mask, str(path), file_size)
 

@@ -23,10 +23,8 @@ from PIL import Image, ImageDraw
 
 from anomaly_lab.data.datamodules import normal_images_needed, too_few_normal
 from anomaly_lab.data.images import (
-    MAX_IMAGE_PIXELS,
     BadImageError,
     faint_content,
-    read_file,
     read_image,
     read_mask,
     reduced_size,
@@ -127,8 +125,9 @@ def test_a_large_file_is_decoded_reduced_and_prepared_as_the_whole_file_would_be
     picture = smooth_picture(2400, 1800)
     picture.save(tmp_path / "large.png", compress_level=1)
     preprocessing = Preprocessing(image_size=64)
-    image, size = read_file(tmp_path / "large.png", preprocessing, MAX_IMAGE_PIXELS)  # (200,200,3)
-    assert size == (2400, 1800) and image.shape == (200, 200, 3)
+    loaded = preprocessing.load(tmp_path / "large.png")
+    image = loaded.decoded  # (200,200,3)
+    assert loaded.file_size == (2400, 1800) and image.shape == (200, 200, 3)
     np.testing.assert_array_equal(image, np.asarray(picture.reduce((12, 9))))
     whole = read_image(tmp_path / "large.png")  # (1800,2400,3)
     reduced_input, whole_input = preprocessing.prepare(image).image, preprocessing.prepare(whole).image  # (64,64,3)
@@ -166,8 +165,9 @@ def test_large_files_of_other_modes_reduce_to_the_same_picture(tmp_path: Path, m
     else:
         picture.save(path, quality=95)
     preprocessing = Preprocessing(image_size=64)
-    image, size = read_file(path, preprocessing, MAX_IMAGE_PIXELS)
-    assert size == (2400, 1800) and image.shape == (200, 200, 3)
+    loaded = preprocessing.load(path)
+    image = loaded.decoded  # (200,200,3)
+    assert loaded.file_size == (2400, 1800) and image.shape == (200, 200, 3)
     reduced_input = preprocessing.prepare(image).image.astype(np.float64)  # (64,64,3)
     whole_input = preprocessing.prepare(read_image(path)).image  # (64,64,3)
     assert np.abs(reduced_input - whole_input).mean() < 1.5

@@ -141,7 +141,7 @@ def _reduced(image: Image.Image, original: tuple[int, int], factors: tuple[int, 
     return image.resize(target, Image.Resampling.BOX)
 
 
-def _decode(
+def decode_file(
     path: Path, mode: str, max_pixels: int | None, reduce_for: Preprocessing | None
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """The file decoded to 8 bits in mode (uint8 (H,W,3) for RGB, (H,W) for L), reduced as
@@ -173,13 +173,7 @@ def read_image(
     An image of more than max_pixels (None: any size) is refused from its header, before it is decoded. With
     reduce_for, a large file is decoded at the reduced size that preprocessing's `decode_factors` allows.
     """
-    return _decode(path, mode, max_pixels, reduce_for)[0]
-
-
-def read_file(path: Path, preprocessing: Preprocessing, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """An image (h,w,3) uint8 decoded at the size preprocessing needs (read_image with reduce_for), and the file's
-    own (width, height)."""
-    return _decode(path, "RGB", max_pixels, preprocessing)
+    return decode_file(path, mode, max_pixels, reduce_for)[0]
 
 
 def read_mask(
