@@ -1,8 +1,10 @@
-"""Config values that cannot work, refused before anything is built, trained or written.
+"""Config values that cannot work, refused before anything is trained or written.
 
-Each refusal is one sentence naming the key, the value and what is allowed. train's Hydra callback runs
-check_train_config before Hydra creates the run folder (so a config error leaves none), and train.run runs it
-again for callers of the compose API.
+A value is checked once, by the class built from it (InpaintingModel, GridMasking, Preprocessing, AnomalyMap ...),
+and keyed_refusal names the option the user typed in that class's refusal. Checked here: values no class of this
+package is built from (the trainer's, the optimizer's, the splits', the objective) and rules that span groups.
+Each refusal is one sentence naming the key, the value and what is allowed. train.prepare_module runs
+check_train_config and builds the model before Hydra creates the run folder (so a config error leaves none).
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from anomaly_lab.data.tiles import BORDERS
 from anomaly_lab.errors import ConfigError, as_typed
-from anomaly_lab.orientation import ORIENTS
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
 # What run(cfg) can return: the metrics every validation logs (models.module) and the training loss.
@@ -29,7 +29,6 @@ OBJECTIVE_METRICS = (
     "val/loss",
     "train/loss",
 )
-SCORE_REDUCTIONS = ("mean", "max", "topk")
 DATASET_FOLDER_HINTS = {
     "dataset.root": "; point it at an MVTec AD category folder (train/good, test/<defect>, ground_truth/<defect>), "
     "e.g. dataset.root=../shared/data/mvtec_bottle, or symlink one to data/mvtec_bottle",
@@ -53,58 +52,6 @@ def fraction(cfg: DictConfig, key: str, low_open: bool, high: float, why: str) -
         interval = f"{'(' if low_open else '['}0, {high:g})"
         raise ConfigError(f"{key}={as_typed(value)}: must be in {interval}; {why}")
     return float(value)
-
-
-def check_image_size(cfg: DictConfig) -> int:
-    size = positive_int(cfg, "model.image_size", "64, 128, 256")
-    sides = [("model.image_size", size)]
-    if OmegaConf.select(cfg, "dataset.preprocessing.crop_height") is not None:
-        height = positive_int(cfg, "dataset.preprocessing.crop_height", f"a band of rows, at most {size}")
-        if height > size:
-            raise ConfigError(
-                f"dataset.preprocessing.crop_height={height}: must be at most model.image_size={size} (it keeps "
-                "that many of the resized image's rows)"
-            )
-        if OmegaConf.select(cfg, "dataset.preprocessing.tiled") is True:
-            raise ConfigError(
-                f"dataset.preprocessing.crop_height={height}: crops whole images; tiled pages keep their tiles "
-                "(dataset.preprocessing.tiled=true): set crop_height=null"
-            )
-        sides.append(("dataset.preprocessing.crop_height", height))
-    depth = OmegaConf.select(cfg, "model.net.depth")
-    if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
-        multiple = 2**depth
-        for key, side in sides:
-            if side % multiple:
-                lower, upper = max(multiple, side // multiple * multiple), (side // multiple + 1) * multiple
-                raise ConfigError(
-                    f"{key}={side}: must be a multiple of 2**model.net.depth = {multiple} "
-                    f"(model.net.depth={depth}); use {key}={lower} or {upper}, or lower model.net.depth"
-                )
-    return size
-
-
-def check_masking(cfg: DictConfig, size: int) -> None:
-    if OmegaConf.select(cfg, "masking.grid_sizes") is None:
-        return  # no grid: masking=none
-    for key in ("masking.grid_sizes", "masking.score_grid_sizes"):
-        grid_sizes = OmegaConf.select(cfg, key)
-        if grid_sizes is None:
-            continue  # score_grid_sizes null: the training grid sizes
-        values: list[Any] = list(grid_sizes) if OmegaConf.is_list(grid_sizes) else [grid_sizes]
-        shown = OmegaConf.to_object(grid_sizes) if OmegaConf.is_list(grid_sizes) else repr(grid_sizes)
-        if not values:
-            raise ConfigError(
-                f"{key}=[]: give at least one grid size" + (" (or null: all of grid_sizes)" if "score" in key else "")
-            )
-        if any(isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= size for g in values):
-            raise ConfigError(
-                f"{key}={shown}: each must be an integer from 1 to model.image_size={size} "
-                f"(a larger grid has cells smaller than a pixel)"
-            )
-        if "score" in key and len(set(values)) < len(values):
-            raise ConfigError(f"{key}={shown}: a grid size twice scores the same masks twice; give each once")
-    fraction(cfg, "masking.ratio", True, 1.0, "the share of grid cells blanked per mask")
 
 
 def check_training(cfg: DictConfig) -> None:
@@ -211,7 +158,7 @@ def positive_number(cfg: DictConfig, key: str) -> float:
 def check_top_level(cfg: DictConfig) -> None:
     for key in ("test", "overwrite"):
         check_choice(cfg, key, (True, False))
-    for key in ("seed", "dataset.split_seed", "dataset.data_seed", "masking.seed"):
+    for key in ("seed", "dataset.split_seed", "dataset.data_seed"):
         check_optional(cfg, key, non_negative_int)
     check_choice(cfg, "objective.mode", ("min", "max"))
     check_objective_metric(cfg)
@@ -220,15 +167,7 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"resume={as_typed(resume)}: must be true, false or the path of a .ckpt file (no file there)")
 
 
-def check_scoring_and_schedule(cfg: DictConfig) -> None:
-    check_choice(cfg, "scoring.reduce", SCORE_REDUCTIONS)
-    fraction = OmegaConf.select(cfg, "scoring.topk_fraction")
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-        raise ConfigError(f"scoring.topk_fraction={as_typed(fraction)}: must be in (0, 1]")
-    anomaly_map = OmegaConf.select(cfg, "scoring.anomaly_map")
-    for name in anomaly_map or ():  # the blurs (score_blur_sigma may be null) and the pixel maps' weights
-        if name != "_target_":
-            check_optional(cfg, f"scoring.anomaly_map.{name}", non_negative_number)
+def check_schedule(cfg: DictConfig) -> None:
     check_optional(cfg, "scheduler.gamma", positive_number)
     check_optional(cfg, "scheduler.step_size", positive_int)
     check_optional(cfg, "optimizer.weight_decay", non_negative_number)
@@ -258,32 +197,60 @@ def check_dataset(cfg: DictConfig) -> None:
     for key in ("dataset.num_workers", "dataset.rotation_copies"):
         check_optional(cfg, key, non_negative_int)
     check_optional(cfg, "dataset.max_image_pixels", positive_int)
-    check_optional(cfg, "dataset.preprocessing.border", check_choice, BORDERS)
-    check_optional(cfg, "dataset.preprocessing.orient", check_choice, ORIENTS)
 
 
 def check_train_config(cfg: DictConfig) -> None:
     """ConfigError naming the first key whose value cannot work."""
     check_top_level(cfg)
-    size = check_image_size(cfg)
-    check_masking(cfg, size)
     check_training(cfg)
-    check_scoring_and_schedule(cfg)
+    check_schedule(cfg)
     check_splits(cfg)
     check_dataset(cfg)
 
 
+def option_of(cfg: DictConfig) -> Callable[[str], str | None]:
+    """key as a built object sees it (model.preprocessing.crop_height) -> the option the user sets it through
+    (dataset.preprocessing.crop_height), following interpolations of the key or of a node above it (model.masking is
+    `${masking}`, masking.seed is `${seed}`); None for a key the config lacks. Read now: building objects from cfg
+    resolves it."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+
+    def option(key: str, hops: int = 0) -> str | None:
+        parts = key.split(".")
+        node: Any = tree
+        for index, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+            reference = re.fullmatch(r"\$\{([\w.]+)\}", node) if isinstance(node, str) else None
+            if reference and hops < 20:  # a loop of interpolations ends in OmegaConf's own error
+                return option(".".join([reference.group(1), *parts[index + 1 :]]), hops + 1) or key
+        return key
+
+    return option
+
+
 def interpolation_source(cfg: DictConfig) -> Callable[[str], str | None]:
     """option -> the option its value comes from, if it is an interpolation (masking.seed: `${seed}` -> "seed"),
-    else None: an error can name the option the user typed. Read now: building objects from cfg resolves it."""
-    sources: dict[str, str] = {}
+    else None: an error can name the option the user typed."""
+    option = option_of(cfg)
+    return lambda key: source if (source := option(key)) not in (key, None) else None
 
-    def collect(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                collect(value, f"{prefix}.{key}" if prefix else str(key))
-        elif isinstance(node, str) and (reference := re.fullmatch(r"\$\{([\w.]+)\}", node)):
-            sources[prefix] = reference.group(1)
 
-    collect(OmegaConf.to_container(cfg, resolve=False), "")
-    return sources.get
+# `key=value` in a class's refusal: the key of one of its arguments (or of an argument's own: masking.grid_sizes)
+REFUSED_KEY = re.compile(r"(?<![\w.*])([A-Za-z_][\w.]*)=")
+
+
+def keyed_refusal(error: BaseException, option: Callable[[str], str | None]) -> str | None:
+    """A class's refusal of a config value while Hydra built it, with each `key=` it names as the option the user
+    sets (scoring.reduce='median': ... for InpaintingModel's reduce='median': ...); None unless the refusal
+    starts with the key of the node Hydra was building (full_key)."""
+    node = re.search(r"\nfull_key: ([\w.]+)\s*$", str(error))
+    cause = error.__cause__
+    if node is None or not isinstance(cause, ValueError) or not str(cause).strip():
+        return None
+    text = str(cause).strip().splitlines()[0]
+    lead = REFUSED_KEY.match(text)
+    if lead is None or option(f"{node.group(1)}.{lead.group(1)}") is None:
+        return None
+    return REFUSED_KEY.sub(lambda key: f"{option(f'{node.group(1)}.{key.group(1)}') or key.group(1)}=", text)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
+from anomaly_lab.errors import as_typed
 from anomaly_lab.registry import checkpoint_class
 
 
@@ -60,10 +61,12 @@ def seeded_random_stream(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
-def _grid_list(value: Sequence[int] | int, what: str) -> list[int]:
-    grids = [int(value)] if isinstance(value, int) else [int(g) for g in value]
-    if not grids or min(grids) < 1:
-        raise ValueError(f"{what} must be positive integers, got {value!r}")
+def _grid_list(value: Sequence[int] | int, key: str) -> list[int]:
+    grids = [value] if isinstance(value, int) else list(value) if isinstance(value, Sequence) else [value]
+    if not grids:
+        raise ValueError(f"{key}=[]: give at least one grid size")
+    if any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in grids):
+        raise ValueError(f"{key}={as_typed(value)}: each must be a positive integer")
     return grids
 
 
@@ -91,17 +94,22 @@ class GridMasking:
         train_full_coverage: bool = False,
         score_grid_sizes: Sequence[int] | int | None = None,
     ) -> None:
-        self.grid_sizes = _grid_list(grid_sizes, "grid sizes")
+        self.grid_sizes = _grid_list(grid_sizes, "grid_sizes")
         self.score_grid_sizes = (
-            list(self.grid_sizes) if score_grid_sizes is None else _grid_list(score_grid_sizes, "score grid sizes")
+            list(self.grid_sizes) if score_grid_sizes is None else _grid_list(score_grid_sizes, "score_grid_sizes")
         )
         if len(set(self.score_grid_sizes)) < len(self.score_grid_sizes):  # the same passes twice, for nothing
-            raise ValueError(f"score grid sizes must differ from each other, got {self.score_grid_sizes}")
-        if not 0.0 < ratio < 1.0:
-            raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
+            raise ValueError(
+                f"score_grid_sizes={as_typed(self.score_grid_sizes)}: a grid size twice scores the same masks "
+                "twice; give each once"
+            )
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
+            raise ValueError(f"ratio={as_typed(ratio)}: must be in (0, 1); the share of grid cells blanked per mask")
         for grid in {*self.grid_sizes, *self.score_grid_sizes}:
             if round(ratio * grid * grid) < 1:
-                raise ValueError(f"ratio {ratio} blanks no cell of a {grid}x{grid} grid; raise ratio or grid")
+                raise ValueError(f"ratio={ratio}: blanks no cell of a {grid}x{grid} grid; raise it or the grid size")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed={as_typed(seed)}: must be an integer >= 0")
         self.ratio = ratio
         self.fill = fill
         self.seed = seed

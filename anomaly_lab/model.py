@@ -10,11 +10,13 @@ anomaly_lab.inference rebuilds it from a checkpoint for predict and export. Any 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
+from anomaly_lab.errors import as_typed
 from anomaly_lab.masking import GridMasking, Masking, inpaint_for_training
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.registry import checkpoint_class
@@ -23,6 +25,14 @@ from anomaly_lab.scoring import REDUCTIONS, AnomalyMap, full_coverage_scores
 
 class NetShapeError(ValueError):
     """A backbone that does not map (B,3,H,W) images to (B,3,H,W)."""
+
+
+def net_shape_error(named: str, error: Exception) -> NetShapeError:
+    """The net's refusal of (1,3,H,W) images; one that names the option to change (`image_size=50: must be a
+    multiple of ...`, models.unet.check_divisible) as it is, so the config key leads the message."""
+    if isinstance(error, ValueError) and re.match(r"[\w.]+=", str(error)):
+        return NetShapeError(str(error))
+    return NetShapeError(f"the net cannot take {named} images: {error}")
 
 
 def check_net_shape(net: nn.Module, height: int, width: int) -> None:
@@ -41,7 +51,7 @@ def check_net_shape(net: nn.Module, height: int, width: int) -> None:
     except NotImplementedError:  # an op without a meta kernel: the real pass below
         pass
     except (RuntimeError, ValueError) as error:
-        raise NetShapeError(f"the net cannot take {named} images: {error}") from error
+        raise net_shape_error(named, error) from error
     except Exception:  # what only the meta device trips on (batch norm over 0 channels): the real pass below
         pass
     if out is None:
@@ -51,7 +61,7 @@ def check_net_shape(net: nn.Module, height: int, width: int) -> None:
             with torch.no_grad():
                 out = net(torch.zeros(shape))
         except (RuntimeError, ValueError) as error:
-            raise NetShapeError(f"the net cannot take {named} images: {error}") from error
+            raise net_shape_error(named, error) from error
         finally:
             net.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
@@ -63,15 +73,16 @@ MAX_COVERAGE_MASK_BYTES = 2**31  # 2 GiB: 16 masks (RIAD's 4 grid sizes) at 2048
 
 
 def check_grid_sizes(masking: Masking, height: int, width: int) -> None:
-    """Refuse grid sizes above the input's longer side (cells smaller than a pixel; config_checks refuses them in
-    training configs, this in checkpoints, before their grid x grid cells are drawn)."""
+    """Refuse grid sizes above the input's longer side (cells smaller than a pixel), before their grid x grid cells
+    are drawn."""
     if isinstance(masking, GridMasking):
-        too_fine = sorted(g for g in {*masking.grid_sizes, *masking.score_grid_sizes} if g > max(height, width))
-        if too_fine:
-            raise ValueError(
-                f"grid sizes {too_fine} exceed the input's longer side ({max(height, width)} px): cells smaller "
-                "than a pixel"
-            )
+        side = max(height, width)
+        for key in ("grid_sizes", "score_grid_sizes"):
+            if max(getattr(masking, key)) > side:
+                raise ValueError(
+                    f"masking.{key}={as_typed(getattr(masking, key))}: each must be an integer from 1 to "
+                    f"image_size={side} (a larger grid has cells smaller than a pixel)"
+                )
 
 
 def check_coverage_mask_memory(masking: Masking, height: int, width: int) -> None:
@@ -108,11 +119,11 @@ class InpaintingModel(nn.Module):
     ) -> None:
         super().__init__()
         if reduce not in REDUCTIONS:
-            raise ValueError(f"reduce={reduce!r}: choose one of {', '.join(REDUCTIONS)}")
+            raise ValueError(f"reduce={as_typed(reduce)}: must be one of {', '.join(REDUCTIONS)}")
         if not isinstance(channels_last, bool) or not isinstance(compile, bool):
             raise ValueError("channels_last and compile must be true or false")
-        if not 0.0 < topk_fraction <= 1.0:
-            raise ValueError(f"topk_fraction={topk_fraction}: expected a number in (0, 1]")
+        if isinstance(topk_fraction, bool) or not isinstance(topk_fraction, int | float) or not 0 < topk_fraction <= 1:
+            raise ValueError(f"topk_fraction={as_typed(topk_fraction)}: must be in (0, 1]")
         if preprocessing.image_size != image_size:
             raise ValueError(
                 f"preprocessing.image_size={preprocessing.image_size} differs from image_size={image_size}"

@@ -125,24 +125,37 @@ class Preprocessing:
             return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
         if not positive_int(self.image_size) or self.image_size > MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size={as_typed(self.image_size)}: expected an integer from 1 to {MAX_IMAGE_SIZE}")
+            raise ValueError(
+                f"image_size={as_typed(self.image_size)}: must be an integer from 1 to {MAX_IMAGE_SIZE} "
+                "(e.g. 64, 128, 256)"
+            )
         for key in ("stride", "page_width"):
             if getattr(self, key) is not None and not positive_int(getattr(self, key)):
                 raise ValueError(f"{key}={as_typed(getattr(self, key))}: expected null or a positive integer")
         if self.border not in BORDERS:
-            raise ValueError(f"border={as_typed(self.border)}: expected one of {', '.join(BORDERS)}")
+            raise ValueError(f"border={as_typed(self.border)}: must be one of {', '.join(BORDERS)}")
         if self.orient not in ORIENTS:
-            raise ValueError(f"orient={as_typed(self.orient)}: expected one of {', '.join(ORIENTS)}")
+            raise ValueError(f"orient={as_typed(self.orient)}: must be one of {', '.join(ORIENTS)}")
         if self.orient != "none" and self.tiled:
             raise ValueError(
                 f"orient={as_typed(self.orient)} turns whole images; tiled pages keep their pose (orient=none)"
             )
         if self.crop_height is not None:
-            if not positive_int(self.crop_height) or self.crop_height > self.image_size:
-                expected = f"expected null or an integer from 1 to image_size={self.image_size}"
-                raise ValueError(f"crop_height={as_typed(self.crop_height)}: {expected}")
+            if not positive_int(self.crop_height):
+                band = f"a band of rows, at most image_size={self.image_size}"
+                raise ValueError(
+                    f"crop_height={as_typed(self.crop_height)}: must be a positive integer ({band}) or null"
+                )
+            if self.crop_height > self.image_size:
+                raise ValueError(
+                    f"crop_height={self.crop_height}: must be at most image_size={self.image_size} (it keeps that "
+                    "many of the resized image's rows)"
+                )
             if self.tiled:
-                raise ValueError(f"crop_height={self.crop_height} crops whole images; tiled pages keep their tiles")
+                raise ValueError(
+                    f"crop_height={self.crop_height}: crops whole images; tiled pages keep their tiles (tiled=true): "
+                    "set crop_height=null"
+                )
         if not isinstance(self.grayscale, bool) or not isinstance(self.tiled, bool):
             raise ValueError("grayscale and tiled must be true or false")
         if isinstance(self.divide_by, bool) or not isinstance(self.divide_by, int | float):

@@ -26,9 +26,9 @@ from omegaconf import DictConfig
 
 from anomaly_lab.checkpointing import check_same_model, resume_checkpoint
 from anomaly_lab.cli import user_errors_exit
-from anomaly_lab.config_checks import check_train_config, interpolation_source
+from anomaly_lab.config_checks import interpolation_source
 from anomaly_lab.errors import RunFolderError
-from anomaly_lab.train import build_module
+from anomaly_lab.train import prepare_module
 
 log = logging.getLogger(__name__)
 # What a train run writes into its folder (conf/callbacks, conf/logger, Hydra's job log and .hydra).
@@ -107,13 +107,13 @@ def prepare_run_folder(
 
 
 class RunFolderGuard(Callback):
-    """Checks the config and prepares the run folder before Hydra writes anything (single runs only)."""
+    """Checks the config, builds the model train.run trains and prepares the run folder, before Hydra writes
+    anything (single runs only)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with user_errors_exit():  # Hydra would turn an exception here into a warning and run anyway
-            check_train_config(config)
-            set_by = interpolation_source(config)  # before build_module resolves config
-            module = build_module(config)  # every part builds: a ConfigError before any folder exists
+            set_by = interpolation_source(config)  # before building resolves config
+            module = prepare_module(config, keep=True)  # a ConfigError before any folder exists; run() trains it
             folder = Path(str(config.hydra.run.dir))
             resume, overwrite = config.get("resume"), bool(config.get("overwrite", False))
             prepare_run_folder(folder, resume, overwrite, module.spec, set_by)

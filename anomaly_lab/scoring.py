@@ -55,9 +55,10 @@ def map_weights(weights: dict[str, float]) -> dict[str, float]:
     unknown = sorted(set(weights) - set(PIXEL_MAPS))
     if unknown:
         raise ValueError(f"unknown pixel map {', '.join(unknown)}; registered maps: {', '.join(sorted(PIXEL_MAPS))}")
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < math.inf:
+            raise ValueError(f"{name}={as_typed(weight)}: must be a number >= 0")
     values = {name: float(w) for name, w in weights.items()}
-    if any(w < 0 or not math.isfinite(w) for w in values.values()):
-        raise ValueError(f"map weights must be finite and non-negative, got {weights}")
     if not any(w > 0 for w in values.values()):
         raise ValueError(f"at least one map weight must be positive, got {weights}")
     return {name: w for name, w in values.items() if w > 0}
@@ -92,7 +93,7 @@ class AnomalyMap(nn.Module):
             if sigma is None and name == "score_blur_sigma":
                 continue  # the anomaly map's blur
             if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma) or sigma < 0:
-                raise ValueError(f"{name}={as_typed(sigma)}: expected a number >= 0 (0: no blur)")
+                raise ValueError(f"{name}={as_typed(sigma)}: must be a number >= 0 (0: no blur)")
         if score_map is not None:
             map_weights({score_map: 1.0})  # a registered map, or ValueError naming the registered ones
         if not isinstance(score_normalise, bool):
@@ -140,9 +141,6 @@ class AnomalyMap(nn.Module):
 
     def unblurred(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.stack([w * PIXEL_MAPS[name](recon, target) for name, w in self.weights.items()]).sum(dim=0)
-
-    def forward(self, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return gaussian_blur(self.unblurred(recon, target), self.blur_sigma)  # (B,1,H,W)
 
     def maps(self, recons: Sequence[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The anomaly map and the map the image score pools, from the inpaintings of one target.  # (B,1,H,W) each
@@ -209,43 +207,18 @@ class ReconstructionLoss(nn.Module):
         return f"weights={self.weights}"
 
 
-def image_score(
-    anomaly_map: torch.Tensor,
-    reduce: str = "mean",
-    topk_fraction: float = 0.01,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
+def image_score(anomaly_map: torch.Tensor, reduce: str = "mean", topk_fraction: float = 0.01) -> torch.Tensor:
     """One score per image from its map (B,1,H,W): mean, max, or mean of the top fraction of pixels.  # (B,)
 
-    topk averages the round(topk_fraction * n) highest pixels (at least one), n = the image's pixel count
-    or, with `valid` (B,1,H,W) bool, its count of valid pixels; only valid pixels count for every reduction.
+    topk averages the round(topk_fraction * n) highest of the image's n pixels (at least one). No size depends on
+    the data, so the graph exports (ONNX) as is. reduce and topk_fraction are InpaintingModel's, checked there.
     """
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce {as_typed(reduce)}; choose one of {', '.join(REDUCTIONS)}")
-    if reduce == "topk" and not 0.0 < topk_fraction <= 1.0:
-        raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
     values = anomaly_map.flatten(start_dim=1)  # (B,N)
-    if valid is None:  # every pixel counts: no size depends on the data, so the graph exports (ONNX) as is
-        if reduce == "mean":
-            return values.mean(dim=1)
-        if reduce == "max":
-            return values.amax(dim=1)
-        return values.topk(max(1, round(topk_fraction * values.shape[1])), dim=1).values.mean(dim=1)
-    if valid.shape != anomaly_map.shape:
-        raise ValueError(f"valid {tuple(valid.shape)} must match the map {tuple(anomaly_map.shape)}")
-    mask = valid.flatten(start_dim=1).bool()  # (B,N)
-    counts = mask.sum(dim=1)  # (B,)
-    if bool((counts == 0).any()):
-        raise ValueError("an image has no valid pixels to score")
     if reduce == "mean":
-        return torch.where(mask, values, torch.zeros_like(values)).sum(dim=1) / counts
-    masked = torch.where(mask, values, torch.full_like(values, -math.inf))  # (B,N)
+        return values.mean(dim=1)
     if reduce == "max":
-        return masked.amax(dim=1)
-    ks = torch.clamp(torch.round(topk_fraction * counts.to(values.dtype)), min=1).long()  # (B,)
-    top = masked.topk(int(ks.max()), dim=1).values  # (B,kmax), descending
-    keep = torch.arange(top.shape[1], device=top.device)[None, :] < ks[:, None]  # (B,kmax)
-    return torch.where(keep, top, torch.zeros_like(top)).sum(dim=1) / ks
+        return values.amax(dim=1)
+    return values.topk(max(1, round(topk_fraction * values.shape[1])), dim=1).values.mean(dim=1)
 
 
 def full_coverage_scores(

@@ -6,11 +6,12 @@ validation objective that Optuna sweeps maximise.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,19 @@ from anomaly_lab.checkpointing import (
     AtomicCheckpointIO,
     RandomState,
     check_same_model,
+    random_state,
     resume_checkpoint,
     rewrite_model,
+    set_random_state,
 )
 from anomaly_lab.cli import USER_ERRORS, one_line, run_cli, user_errors_exit
-from anomaly_lab.config_checks import check_train_config, interpolation_source, needs_validation_anomalies
+from anomaly_lab.config_checks import (
+    check_train_config,
+    interpolation_source,
+    keyed_refusal,
+    needs_validation_anomalies,
+    option_of,
+)
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.deprecations import warn_deprecated_options
 from anomaly_lab.errors import ConfigError, SplitError, UserError, as_typed
@@ -57,8 +66,9 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def config_group(name: str) -> Iterator[None]:
-    """An error while building `name` from its config becomes a ConfigError naming the group."""
+def config_group(name: str, option: Callable[[str], str | None] | None = None) -> Iterator[None]:
+    """An error while building `name` from its config becomes a ConfigError naming the group; with `option`
+    (config_checks.option_of), a class's refusal of one of its values names the option the user sets it through."""
     try:
         yield
     except (
@@ -74,45 +84,52 @@ def config_group(name: str) -> Iterator[None]:
             raise
         if isinstance(error, HydraException) and isinstance(error.__cause__, UserError):
             raise error.__cause__ from None  # the class's own refusal, which names its key (threshold.value=nan)
+        keyed = keyed_refusal(error, option) if option is not None else None
+        if keyed is not None:
+            raise ConfigError(keyed) from error
         raise ConfigError(f"{name}: {one_line(error)}") from error
 
 
-def build_scoring(cfg: DictConfig) -> tuple[torch.nn.Module, ThresholdRule | None]:
+def build_scoring(
+    cfg: DictConfig, option: Callable[[str], str | None] | None = None
+) -> tuple[torch.nn.Module, ThresholdRule | None]:
     """The training loss (scoring.loss) and the threshold rule (threshold, if any), each error naming its group."""
-    with config_group("scoring"):
+    with config_group("scoring", option):
         loss = instantiate(cfg.scoring.loss)
     threshold_rule = None
     if cfg.get("threshold"):
-        with config_group("threshold"):
+        with config_group("threshold", option):
             threshold_rule = instantiate(cfg.threshold)
     return loss, threshold_rule
 
 
 def build_module(cfg: DictConfig) -> InpaintingModule:
     """The trained model (one instantiate of `model`) in its LightningModule, every part built and checked before
-    any data is read: a ConfigError names the group of a value only the class itself refuses."""
+    any data is read: a ConfigError names the option of a value the class built from it refuses (or its group)."""
+    option = option_of(cfg)
+    cfg = copy.deepcopy(cfg)  # instantiate resolves the interpolations it follows in place: the caller's cfg stays
     quiet = logging.getLogger("lightning.pytorch")
     level, quiet.level = quiet.level, logging.WARNING  # no "GPU available" lines for a check
     try:
         with warnings.catch_warnings():  # torch's warnings about an odd net are not the point here
             warnings.simplefilter("ignore")
-            with config_group("model"):
+            with config_group("model", option):
                 model: InpaintingModel = instantiate(cfg.model)
                 spec = model_spec(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
-            loss, threshold_rule = build_scoring(cfg)
+            loss, threshold_rule = build_scoring(cfg, option)
             pixel_threshold_rule = None
             if cfg.get("pixel_threshold_rule"):
-                with config_group("pixel_threshold_rule"):
+                with config_group("pixel_threshold_rule", option):
                     pixel_threshold_rule = instantiate(cfg.pixel_threshold_rule)
-            with config_group("optimizer"):
+            with config_group("optimizer", option):
                 optimizer = instantiate(cfg.optimizer)
                 trial = optimizer(params=model.parameters())  # a refused setting (weight decay, betas, ...) fails here
             scheduler = None
             if cfg.get("scheduler"):
-                with config_group("scheduler"):
+                with config_group("scheduler", option):
                     scheduler = instantiate(cfg.scheduler)
                     scheduler(optimizer=trial)
-            with config_group("trainer"):
+            with config_group("trainer", option):
                 accelerator = OmegaConf.select(cfg, "trainer.accelerator")
                 if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # Lightning: "no gpu backend"
                     raise ConfigError(
@@ -132,6 +149,38 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
         spec=spec,
         pixel_threshold_rule=pixel_threshold_rule,
     )
+
+
+# Models the run folder guard built before Hydra created the run folder, for run() of the same config (its YAML, the
+# hydra node left out): the model and the random state that seeding and building it left.
+BUILT: dict[str, tuple[InpaintingModule, dict[str, Any]]] = {}
+
+
+def task_yaml(cfg: DictConfig) -> str:
+    """The config as the task function gets it (the hydra node left out), unresolved: BUILT's key."""
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"]))
+
+
+def prepare_module(cfg: DictConfig, keep: bool = False) -> InpaintingModule:
+    """The config checked (config_checks) and the model seeded by cfg.seed and built (build_module): every value
+    refused before anything is read or written. keep: the run folder guard's, kept in BUILT for run()."""
+    check_train_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=not keep)  # the guard: a config error stays the one line
+    module = build_module(cfg)
+    if keep:
+        BUILT[task_yaml(cfg)] = module, random_state()
+    return module
+
+
+def take_built(cfg: DictConfig) -> InpaintingModule | None:
+    """The model the run folder guard built for this config, with the random state it left (None: none built), so
+    a run builds its model once and draws as a run without the guard does."""
+    built = BUILT.pop(task_yaml(cfg), None)
+    if built is None:
+        return None
+    module, state = built
+    set_random_state(state)
+    return module
 
 
 def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
@@ -323,17 +372,18 @@ def choose_scoring(
 
 def run(cfg: DictConfig) -> float:
     """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
-    check_train_config(cfg)
     set_by = interpolation_source(cfg)  # before build_module resolves cfg
-    L.seed_everything(cfg.seed, workers=True)
-    module = build_module(cfg)
+    module = take_built(cfg)  # the run folder guard's (a single run from the command line)
+    resume_checked = module is not None  # the guard refused a checkpoint of another model before Hydra's folder
+    if module is None:
+        module = prepare_module(cfg)
     search: ScoringSearch | None = None
     if OmegaConf.select(cfg, "scoring.choose"):
         with config_group("scoring.choose"):
             search = instantiate(cfg.scoring.choose)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
-    if ckpt_path is not None and module.spec is not None:
+    if ckpt_path is not None and module.spec is not None and not resume_checked:
         check_same_model(ckpt_path, module.spec, set_by)
     data_settings: dict[str, Any] = {"preprocessing": module.model.preprocessing}
     test_fraction = OmegaConf.select(cfg, "dataset.test_fraction")

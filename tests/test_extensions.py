@@ -163,7 +163,7 @@ def test_conv_autoencoder_shapes_and_clear_size_error() -> None:
     assert ConvAutoencoder(channels=[4, 8, 16], depth=None)(torch.rand(1, 3, 24, 40)).shape == (1, 3, 24, 40)
     with pytest.raises(ValueError, match=r"channels=\[4, 8\] has 2 levels but depth=4"):
         ConvAutoencoder(channels=[4, 8])
-    with pytest.raises(ValueError, match=r"not divisible by 2\*\*depth = 8 .*or lower the net.s depth"):
+    with pytest.raises(ValueError, match=r"crop_height=20: must be a multiple of 2\*\*depth = 8 .*or a lower depth"):
         ConvAutoencoder(base_channels=4, depth=3)(torch.rand(1, 3, 20, 16))
 
 
@@ -174,6 +174,6 @@ def test_l1_map_hand_value_and_registration() -> None:
     torch.testing.assert_close(l1_map(recon, target), expected)
     load_builtin_parts()
     assert PIXEL_MAPS["l1"] is l1_map
-    torch.testing.assert_close(AnomalyMap(l1=1.0)(recon, target), expected)
+    torch.testing.assert_close(AnomalyMap(l1=1.0).maps([recon], target)[0], expected)
     torch.testing.assert_close(ReconstructionLoss(l1=2.0)(recon, target), torch.tensor(1.1))
     assert float(l1_map(target, target).max()) == 0.0

@@ -18,6 +18,7 @@ from anomaly_lab.errors import ConfigError, UserError
 from anomaly_lab.masking import GridMasking
 from anomaly_lab.metrics import f1_max
 from anomaly_lab.thresholds import F1Threshold, NormalSigmaThreshold, metrics_at_threshold
+from anomaly_lab.train import build_module
 from tests.conftest import TINY, TINY_SYNTHETIC, compose_config
 
 
@@ -31,7 +32,7 @@ def test_scoring_fewer_grid_sizes_uses_the_full_sets_own_masks() -> None:
     # a size only scored, never trained: still a full cover, every pixel blanked exactly once
     extra = GridMasking([2], ratio=0.25, seed=3, score_grid_sizes=[8]).coverage_masks(16, 16)
     assert len(extra) == 1 and torch.equal(extra[0].sum(dim=0), torch.ones(1, 16, 16))
-    with pytest.raises(ValueError, match="score grid sizes"):
+    with pytest.raises(ValueError, match=r"^score_grid_sizes=\[\]: give at least one grid size"):
         GridMasking([2], ratio=0.5, score_grid_sizes=[])
 
 
@@ -41,6 +42,7 @@ def test_a_bad_score_grid_size_is_named_before_training() -> None:
     )
     with pytest.raises(ConfigError, match=r"^masking\.score_grid_sizes=\[16, 1000\]: each must be an integer"):
         check_train_config(cfg)
+        build_module(cfg)
 
 
 def test_f1_midpoint_keeps_validation_f1_with_a_margin_below_the_edge() -> None:

@@ -59,14 +59,15 @@ class Up(nn.Module):
 
 
 def check_divisible(height: int, width: int, depth: int) -> None:
-    """ValueError unless both sides of an input are multiples of 2**depth, naming the option that sets the side
-    that is not: model.image_size (the width, and the height of a square), dataset.preprocessing.crop_height."""
+    """ValueError unless both sides of an input are multiples of 2**depth, naming the model's option that sets the
+    side that is not: image_size (the width, and the height of a square), preprocessing.crop_height."""
     m = 2**depth
     if height % m or width % m:
-        side, key = (width, "model.image_size") if width % m else (height, "dataset.preprocessing.crop_height")
+        side, key = (width, "image_size") if width % m else (height, "preprocessing.crop_height")
+        lower, upper = max(m, side // m * m), (side // m + 1) * m
         raise ValueError(
-            f"input size {height}x{width} is not divisible by 2**depth = {m} (depth={depth}); use a multiple of {m} "
-            f"(e.g. {key}={max(m, side // m * m)}) or lower the net's depth"
+            f"{key}={side}: must be a multiple of 2**depth = {m} (net.depth={depth}); use {key}={lower} or {upper}, "
+            "or a lower depth"
         )
 
 
@@ -96,10 +97,6 @@ class UNet(nn.Module):
         if output_activation not in ("sigmoid", "none"):
             raise ValueError(f"output_activation must be 'sigmoid' or 'none', got {output_activation!r}")
         self.output_activation = output_activation
-
-    @property
-    def size_multiple(self) -> int:
-        return 2**self.depth
 
     def check_size(self, height: int, width: int) -> None:
         check_divisible(height, width, self.depth)
