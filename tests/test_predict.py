@@ -64,6 +64,8 @@ WHOLE_IMAGES_32 = {
     "page_width": None,
     "orient": "none",
     "crop_height": None,
+    "mean": None,
+    "std": None,
 }
 
 
