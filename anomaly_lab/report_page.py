@@ -40,7 +40,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
 from PIL import Image
 
 from anomaly_lab.data.images import BadImageError, read_image
@@ -236,19 +235,3 @@ def write_report(output: Path, rows: Sequence[dict[str, Any]], summary: dict[str
         time.perf_counter() - started,
     )
     return path
-
-
-def expected_counts(scores: Sequence[float], truths: Sequence[int | None], threshold: float) -> dict[str, int]:
-    """The page's counts at threshold, computed as its script does (score >= threshold is anomalous): images,
-    anomalous, normal, and tp, fp, fn, tn over the images of known truth. For tests and scripts."""
-    anomalous = np.asarray(scores, dtype=np.float64) >= threshold  # NaN: never
-    truth = np.asarray([-1 if value is None else value for value in truths])
-    return {
-        "images": len(anomalous),
-        "anomalous": int(anomalous.sum()),
-        "normal": int((~anomalous).sum()),
-        "tp": int((anomalous & (truth == 1)).sum()),
-        "fp": int((anomalous & (truth == 0)).sum()),
-        "fn": int((~anomalous & (truth == 1)).sum()),
-        "tn": int((~anomalous & (truth == 0)).sum()),
-    }

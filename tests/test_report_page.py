@@ -10,7 +10,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,12 +26,28 @@ from anomaly_lab.report_page import (
     REPORT_NAME,
     THUMBNAIL_SIZE,
     embedded_json,
-    expected_counts,
     folders_of,
     report_entries,
     truth_from_folders,
     write_report,
 )
+
+
+def expected_counts(scores: Sequence[float], truths: Sequence[int | None], threshold: float) -> dict[str, int]:
+    """The page's counts at threshold, computed as its script does (score >= threshold is anomalous): images,
+    anomalous, normal, and tp, fp, fn, tn over the images of known truth."""
+    anomalous = np.asarray(scores, dtype=np.float64) >= threshold  # NaN: never
+    truth = np.asarray([-1 if value is None else value for value in truths])
+    return {
+        "images": len(anomalous),
+        "anomalous": int(anomalous.sum()),
+        "normal": int((~anomalous).sum()),
+        "tp": int((anomalous & (truth == 1)).sum()),
+        "fp": int((anomalous & (truth == 0)).sum()),
+        "fn": int((~anomalous & (truth == 1)).sum()),
+        "tn": int((~anomalous & (truth == 0)).sum()),
+    }
+
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
