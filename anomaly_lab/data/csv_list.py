@@ -70,11 +70,8 @@ class CsvListDataModule(LayoutDataModule):
         super().__init__(**layout_args)
         if self.preprocessing.tiled:
             raise ConfigError("dataset.preprocessing.tiled=true: dataset=csv_list reads whole images; use false")
-        self.csv_path = Path(csv)
+        self.csv = Path(csv)
 
     def list_files(self) -> tuple[list[Sample], list[Sample]]:
-        samples = read_csv_list(self.csv_path)
-        normal_rows = [s for s in samples if s.label == 0]
-        if not normal_rows:
-            raise BadImageError(f"{self.csv_path}: no normal row (label 0) to train on")
-        return normal_rows, [s for s in samples if s.label == 1]
+        samples = read_csv_list(self.csv)
+        return [s for s in samples if s.label == 0], [s for s in samples if s.label == 1]

@@ -425,6 +425,9 @@ class LayoutDataModule(SplitDataModule):
         self.prepare_data()  # idempotent (a generated layout writes its files once); covers callers that skip it
         self.page_grids = {}
         normal_files, test_files = self.list_files()
+        if not normal_files:
+            source = ", ".join(f"dataset.{key}={getattr(self, key)}" for key in self.data_paths if hasattr(self, key))
+            raise BadImageError(f"{source or type(self).__name__}: no normal image (label 0) to train on")
         bad: list[str] | None = [] if self.skip_bad_files else None
         normal = DecodedImages.concat([units for _, units in self.decode_files(normal_files, bad)])
         tested = self.decode_files(test_files, bad)  # held out whole: a page's tiles stay together
