@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_lab.configs import optuna_direction
 from anomaly_lab.errors import ConfigError, as_typed
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
@@ -160,7 +161,10 @@ def check_top_level(cfg: DictConfig) -> None:
         check_choice(cfg, key, (True, False))
     for key in ("seed", "dataset.split_seed", "dataset.data_seed"):
         check_optional(cfg, key, non_negative_int)
-    check_choice(cfg, "objective.mode", ("min", "max"))
+    try:  # the sweeps' rule (the study's direction), for single runs too
+        optuna_direction(OmegaConf.select(cfg, "objective.mode"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     check_objective_metric(cfg)
     resume = OmegaConf.select(cfg, "resume")
     if resume not in (True, False, None) and not Path(str(resume)).is_file():

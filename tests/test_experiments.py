@@ -54,7 +54,7 @@ def test_experiment_runs_one_step(
     # (compose_tiny) and a narrow net: unet512's 64 base channels under 16 full-coverage passes take minutes
     tiny_net = ["model.net.base_channels=8"]
     cfg = compose_tiny([f"experiment={name}", *data, *tiny_net, "trainer.fast_dev_run=true"])
-    # a 64x64 grid needs at least 64 pixels (config_checks refuses cells smaller than a pixel), a band of 96 rows 96
+    # a 64x64 grid needs at least 64 pixels (the model refuses cells smaller than a pixel), a band of 96 rows 96
     needed = max(*OmegaConf.select(cfg, "masking.grid_sizes", default=[1]), cfg.dataset.preprocessing.crop_height or 1)
     if needed > cfg.model.image_size:
         size = f"model.image_size={max(64, -(-needed // 32) * 32)}"

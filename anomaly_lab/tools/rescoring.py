@@ -47,7 +47,7 @@ from anomaly_lab.inference import CheckpointError, build_from_spec, model_spec, 
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.results import StageResults
 from anomaly_lab.thresholds import AutoThreshold
-from anomaly_lab.train import build_scoring, config_group
+from anomaly_lab.train import build_module, build_scoring, config_group
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +317,7 @@ def rescored_module(folder: Path, cfg: DictConfig, options: Sequence[str], check
 def _rescore(folder: Path, options: Sequence[str], checkpoint: str) -> Rescored:
     cfg = compose_run(folder, options)
     check_train_config(cfg)
+    build_module(cfg)  # what the classes refuse (masking.score_grid_sizes=[64] at 32 px), named as train names it
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = rescored_module(folder, cfg, options, checkpoint)
     datamodule: L.LightningDataModule = instantiate(cfg.dataset, preprocessing=module.model.preprocessing)
