@@ -83,6 +83,10 @@ class GridMasking:
     export); None: every training grid size. Fewer sets, fewer masked passes per image: ceil(1/ratio) per grid
     size. A grid size's masks are the same whichever sizes are scored (one seeded draw per size, in
     grid_sizes order, then the score-only sizes).
+
+    score_ratio: the share of cells each scoring mask blanks (None: ratio): 0.5 with a net trained at 0.25 scores
+    with 2 passes per grid size instead of 4, each inpainting cells with fewer known neighbours
+    (docs/lab/2026-12-06-predict-speed.md measures what that costs).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class GridMasking:
         seed: int = 0,
         train_full_coverage: bool = False,
         score_grid_sizes: Sequence[int] | int | None = None,
+        score_ratio: float | None = None,
     ) -> None:
         self.grid_sizes = _grid_list(grid_sizes, "grid_sizes")
         self.score_grid_sizes = (
@@ -105,9 +110,23 @@ class GridMasking:
             )
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
             raise ValueError(f"ratio={as_typed(ratio)}: must be in (0, 1); the share of grid cells blanked per mask")
-        for grid in {*self.grid_sizes, *self.score_grid_sizes}:
-            if round(ratio * grid * grid) < 1:
-                raise ValueError(f"ratio={ratio}: blanks no cell of a {grid}x{grid} grid; raise it or the grid size")
+        if score_ratio is not None and (
+            isinstance(score_ratio, bool) or not isinstance(score_ratio, int | float) or not 0 < score_ratio < 1
+        ):
+            raise ValueError(
+                f"score_ratio={as_typed(score_ratio)}: must be in (0, 1) or null (ratio); the share of grid cells "
+                "each scoring mask blanks"
+            )
+        self.score_ratio = ratio if score_ratio is None else score_ratio
+        for grid, share, key in [
+            *((g, ratio, "ratio") for g in self.grid_sizes),
+            *(
+                (g, self.score_ratio, "score_ratio" if score_ratio is not None else "ratio")
+                for g in self.score_grid_sizes
+            ),
+        ]:
+            if round(share * grid * grid) < 1:
+                raise ValueError(f"{key}={share}: blanks no cell of a {grid}x{grid} grid; raise it or the grid size")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed={as_typed(seed)}: must be an integer >= 0")
         self.ratio = ratio
@@ -115,16 +134,16 @@ class GridMasking:
         self.seed = seed
         self.train_full_coverage = train_full_coverage
 
-    def cells_per_mask(self, grid: int) -> int:
-        return round(self.ratio * grid * grid)
+    def cells_per_mask(self, grid: int, scoring: bool = False) -> int:
+        return round((self.score_ratio if scoring else self.ratio) * grid * grid)
 
-    def masks_per_set(self, grid: int) -> int:
+    def masks_per_set(self, grid: int, scoring: bool = False) -> int:
         """Masks that blank each of a grid's cells once: ceil(cells / cells_per_mask)."""
-        return math.ceil(grid * grid / self.cells_per_mask(grid))
+        return math.ceil(grid * grid / self.cells_per_mask(grid, scoring))
 
     def coverage_mask_count(self) -> int:
         """Masked passes per scored image, counted without drawing a mask: the masks of every scored grid size."""
-        return sum(self.masks_per_set(grid) for grid in self.score_grid_sizes)
+        return sum(self.masks_per_set(grid, scoring=True) for grid in self.score_grid_sizes)
 
     def random_masks(self, batch: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
         """One grid size per batch, an independent random cell choice per sample.  # (B,1,H,W)"""
@@ -156,12 +175,13 @@ class GridMasking:
         drawn: dict[int, torch.Tensor] = {}
         for grid in [*self.grid_sizes, *(g for g in self.score_grid_sizes if g not in self.grid_sizes)]:
             cells = grid * grid
-            per_mask = self.cells_per_mask(grid)
+            per_mask = self.cells_per_mask(grid, scoring=True)
             order = torch.randperm(cells, generator=generator)
             group_of_cell = torch.empty(cells, dtype=torch.long)
             group_of_cell[order] = torch.arange(cells) // per_mask
             group_map = group_of_cell.to(device)[_cell_index(height, width, grid, device)]  # (H,W)
-            masks = group_map[None] == torch.arange(self.masks_per_set(grid), device=device)[:, None, None]  # (n,H,W)
+            numbers = torch.arange(self.masks_per_set(grid, scoring=True), device=device)  # (n,)
+            masks = group_map[None] == numbers[:, None, None]  # (n,H,W)
             drawn.setdefault(grid, masks.unsqueeze(1).float())  # (n,1,H,W)
         return [drawn[grid] for grid in self.score_grid_sizes]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,7 @@ class OpenVinoSession:
     1 thread), and run() splits each batch into as many chunks, one per stream, run at once. The U-Net's narrow
     convolutions (8 to 64 channels) keep 2 threads of one stream half idle: on 2 busy cores, 2 streams scored
     ~1.3x the images of one. Each image's outputs are computed alone, whatever its chunk: the same values.
+    Calls from several threads (predict's workers) take turns: the streams already run on every core.
     """
 
     class Input:
@@ -149,6 +151,7 @@ class OpenVinoSession:
         dims: list[int | str] = [dim.get_length() if dim.is_static else "batch" for dim in shape]
         self.inputs = [self.Input(compiled.input(0).any_name, dims)]
         self.names: list[str] = []
+        self.turn = threading.Lock()
 
     def get_inputs(self) -> list[Input]:
         return self.inputs
@@ -163,11 +166,13 @@ class OpenVinoSession:
             raise ValueError(f"the IR takes one input, got {sorted(feed)}")
         fixed = self.inputs[0].shape[0]
         chunks = [images] if isinstance(fixed, int) else np.array_split(images, max(1, min(self.streams, len(images))))
-        self.names, self.outputs = list(names), {}
-        for index, chunk in enumerate(chunks):
-            self.queue.start_async({name: np.ascontiguousarray(chunk)}, index)
-        self.queue.wait_all()
-        return [np.concatenate([self.outputs[index][k] for index in range(len(chunks))]) for k in range(len(names))]
+        with self.turn:
+            self.names, self.outputs = list(names), {}
+            for index, chunk in enumerate(chunks):
+                self.queue.start_async({name: np.ascontiguousarray(chunk)}, index)
+            self.queue.wait_all()
+            outputs = self.outputs
+        return [np.concatenate([outputs[index][k] for index in range(len(chunks))]) for k in range(len(names))]
 
 
 def compile_ir(ov: Any, ir: Any, threads: int | None) -> Any:

@@ -30,7 +30,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -293,7 +295,12 @@ def score_pending(
 
 
 def score_stream(
-    files: list[Path], preprocessing: Preprocessing, scorer: Scorer, batch_size: int, max_pixels: int | None
+    files: list[Path],
+    preprocessing: Preprocessing,
+    scorer: Scorer,
+    batch_size: int,
+    max_pixels: int | None,
+    workers: int = 1,
 ) -> Iterator[tuple[Scored, np.ndarray] | Skipped]:
     """Each file's result, in the order of files: (Scored, the decoded image (H,W,3) uint8), or Skipped.
 
@@ -301,7 +308,11 @@ def score_stream(
     batch_size units (images, or tiles: a page's tiles may fill several forwards) or once its decoded images
     hold max_pixels pixels (memory stays bounded as when files were scored one at a time: at most max_pixels
     plus the last image). A file that cannot be used is a Skipped, and the others score on.
+    With workers > 1 see `score_in_parallel`.
     """
+    if workers > 1:
+        yield from score_in_parallel(files, preprocessing, scorer, batch_size, max_pixels, workers)
+        return
     pending: list[Prepared | Skipped] = []
     units = pixels = 0
     for path in files:
@@ -320,6 +331,39 @@ def score_stream(
             yield from score_pending(pending, scorer, batch_size, preprocessing)
             pending, units, pixels = [], 0, 0
     yield from score_pending(pending, scorer, batch_size, preprocessing)
+
+
+def score_in_parallel(
+    files: list[Path],
+    preprocessing: Preprocessing,
+    scorer: Scorer,
+    batch_size: int,
+    max_pixels: int | None,
+    workers: int,
+) -> Iterator[tuple[Scored, np.ndarray] | Skipped]:
+    """score_stream's results, in the order of files, from workers threads that each score a run of batch_size
+    files at a time (decoding, preparing, the forward, maps at the file's size) with the one shared scorer.
+
+    Decoding and the forward release the GIL, so on 2 cores two workers with a 1-thread forward each keep both
+    cores busy where one worker leaves them idle while it decodes (docs/lab/2026-12-06-predict-speed.md). The
+    batches are score_stream's, each image's outputs are computed alone: the results are the same as one
+    worker's. Memory: up to workers + 1 runs of batch_size decoded images (and max_pixels each) at once.
+    """
+
+    def score_run(run: list[Path]) -> list[tuple[Scored, np.ndarray] | Skipped]:
+        return list(score_stream(run, preprocessing, scorer, batch_size, max_pixels))
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="predict")
+    waiting: deque[Future[list[tuple[Scored, np.ndarray] | Skipped]]] = deque()
+    try:
+        for start in range(0, len(files), batch_size):
+            waiting.append(pool.submit(score_run, files[start : start + batch_size]))
+            if len(waiting) > workers:
+                yield from waiting.popleft().result()
+        while waiting:
+            yield from waiting.popleft().result()
+    finally:  # stopped early (an error, Ctrl-C): the runs not started are dropped, the running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def onnx_module() -> Any:
@@ -383,9 +427,18 @@ class Settings:
     backend: str = "torch"
     onnx: Path | None = None  # backend=onnxruntime: the graph to run; None: <ckpt stem>.onnx beside the checkpoint
     threads: int | None = None  # intra-op threads; None: the library's default
+    workers: int = 1  # runs of files scored at once (score_in_parallel)
     stack_passes: bool = False
     mask_peak_share: float | None = None  # see conf/predict.yaml
     panel: bool = False
+
+    @property
+    def backend_threads(self) -> int | None:
+        """Intra-op threads of each torch or onnxruntime forward: threads=, else with several workers this
+        machine's cores shared out among them, else None (the library's default: every core)."""
+        if self.threads is not None or self.workers == 1:
+            return self.threads
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)
 
 
 def number_setting(cfg: DictConfig, key: str, allowed: str, valid: Callable[[float], bool] = math.isfinite) -> float:
@@ -424,6 +477,8 @@ def checked_settings(cfg: DictConfig) -> Settings:
             raise ConfigError(f"{key}={as_typed(cfg[key])} is not valid: use true or false")
     if not positive_int(cfg.batch_size):
         raise ConfigError(f"batch_size={as_typed(cfg.batch_size)} is not valid: use a positive whole number")
+    if not positive_int(cfg.workers):
+        raise ConfigError(f"workers={as_typed(cfg.workers)} is not valid: use a positive whole number")
     if cfg.threads is not None and not positive_int(cfg.threads):
         raise ConfigError(
             f"threads={as_typed(cfg.threads)} is not valid: use a positive whole number, or null (the default)"
@@ -465,6 +520,7 @@ def checked_settings(cfg: DictConfig) -> Settings:
         backend=backend,
         onnx=None if cfg.onnx in (None, "") else Path(str(cfg.onnx)),
         threads=cfg.threads,
+        workers=cfg.workers,
         stack_passes=cfg.stack_passes,
     )
 
@@ -493,8 +549,8 @@ def onnx_session(settings: Settings, model: InpaintingModel) -> tuple[Any, str]:
     onnxruntime = onnxruntime_module()
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: a graph's own warnings (e.g. 100 unused initializers) are not ours
-    if settings.threads is not None:
-        options.intra_op_num_threads = settings.threads
+    if settings.backend_threads is not None:
+        options.intra_op_num_threads = settings.backend_threads
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if settings.device.type == "cuda" else []
     providers = providers or ["CPUExecutionProvider"]
     ckpt = Path(settings.ckpt_path)
@@ -583,7 +639,9 @@ def score_files(
     rows: list[dict[str, Any]] = []
     tile_rows: list[list[Any]] = []
     skipped: list[dict[str, str]] = []
-    stream = score_stream(files, preprocessing, scorer, settings.batch_size, settings.max_image_pixels)
+    stream = score_stream(
+        files, preprocessing, scorer, settings.batch_size, settings.max_image_pixels, settings.workers
+    )
     with logging_redirect_tqdm():
         for result in tqdm(stream, total=len(files), desc="predict", unit="image", disable=not settings.progress):
             if isinstance(result, Skipped):
@@ -646,7 +704,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     drawing = Drawing(
         threshold, pixel_threshold, heatmap_max, settings.heatmap_alpha, settings.mask_peak_share, settings.panel
     )
-    with torch_threads(settings.threads):
+    with torch_threads(settings.backend_threads):
         scorer, onnx_source = make_scorer(settings, model)  # a stale exported graph is refused before any writing
         staging = prepare_output(settings.output, settings.overwrite)
         try:
@@ -668,6 +726,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 **({GRAPH_KEYS[settings.backend]: onnx_source} if onnx_source is not None else {}),
                 batch_size=settings.batch_size,
                 threads=settings.threads,
+                workers=settings.workers,
                 seconds=round(time.perf_counter() - started, 3),
             )
             (staging / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,7 +1,7 @@
 """How fast does predict score? Images per second through predict's own pipeline, no file written.
 
 `python -m anomaly_lab.tools.bench_predict ckpt_path=... input=... [backend=onnxruntime | backends=all]
-[batch_size=8] [threads=2] [stack_passes=true] [repeats=3] [warmup=1]` (`make bench-predict CKPT=... [INPUT=...]
+[batch_size=8] [threads=2] [workers=2] [stack_passes=true] [repeats=3] [warmup=1]` (`make bench-predict CKPT=... [INPUT=...]
 [ARGS=...]`, which measures backends=all unless ARGS names a backend): any predict setting
 (anomaly_lab/conf/predict.yaml) plus `repeats`, `warmup` and `backends` (a comma list of predict's backends, or
 all: torch, onnxruntime, openvino; one not installed is left out, logged). The inputs go through predict's scoring
@@ -12,7 +12,8 @@ timed; heatmaps, masks and tables are not drawn or written. With several backend
 Printed: a markdown table header and one row per backend with the settings, the machine, the load average when it
 started (the numbers of a shared CPU are lower), and
 - img/s: images / the median seconds of a whole pass (decoding, preparing, scoring, maps at the input size);
-- forward img/s: images / the median seconds spent in the backend's forward passes alone;
+- forward img/s: images / the median seconds spent in the backend's forward passes alone ("-" with workers > 1:
+  their forwards overlap);
 - image AUROC: of the scores on the inputs, where their folders tell good from defective (an MVTec test folder,
   good/ and defect/ folders: anomaly_lab.report_page's rule), else "-".
 """
@@ -24,6 +25,7 @@ import logging
 import os
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,7 @@ COLUMNS = [
     "backend",
     "batch",
     "threads",
+    "workers",
     "stack passes",
     "images",
     "repeats",
@@ -82,21 +85,29 @@ class TimedScorer:
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
         self.seconds = 0.0
+        self.adding = threading.Lock()  # predict's workers call it from several threads
 
     def __call__(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
         result = self.scorer(units)
-        self.seconds += time.perf_counter() - start
+        with self.adding:
+            self.seconds += time.perf_counter() - start
         return result
 
 
 def scored_pass(
-    files: list[Path], preprocessing: Preprocessing, scorer: Scorer, batch_size: int, max_pixels: int | None
+    files: list[Path],
+    preprocessing: Preprocessing,
+    scorer: Scorer,
+    batch_size: int,
+    max_pixels: int | None,
+    workers: int = 1,
 ) -> tuple[dict[Path, float], float, float]:
-    """Score files as predict does, writing nothing: (score by scored file, seconds in all, seconds in the forward)."""
+    """Score files as predict does, writing nothing: (score by scored file, seconds in all, seconds in the forward,
+    added up over workers)."""
     timed = TimedScorer(scorer)
     start = time.perf_counter()
-    stream = score_stream(files, preprocessing, timed, batch_size, max_pixels)
+    stream = score_stream(files, preprocessing, timed, batch_size, max_pixels, workers)
     scores = {result[0].path: result[0].score for result in stream if not isinstance(result, Skipped)}
     return scores, time.perf_counter() - start, timed.seconds
 
@@ -193,12 +204,14 @@ def measure_backends(cfg: DictConfig, backends: list[str], repeats: int = 3, war
         raise ConfigError("input is not set: pass input=<an image, a folder or a quoted glob>")
     files, root = find_inputs(first.input)
     benches = []
-    with torch_threads(first.threads):
+    with torch_threads(first.backend_threads):
         for settings in every:
             backend_model = model if settings.device == first.device else load_predict_model(settings)
             scorer, _ = make_scorer(settings, backend_model)
             if settings.threads is not None:
                 threads = str(settings.threads)
+            elif settings.backend_threads is not None and settings.backend != "openvino":
+                threads = f"{settings.backend_threads} per worker"
             else:
                 threads = f"default ({torch.get_num_threads()})" if settings.backend == "torch" else "default"
             benches.append(Bench(settings, scorer, threads, {}, []))
@@ -210,11 +223,12 @@ def measure_backends(cfg: DictConfig, backends: list[str], repeats: int = 3, war
                     bench.scorer,
                     first.batch_size,
                     first.max_image_pixels,
+                    first.workers,
                 )
         for _ in range(repeats):
             for bench in benches:  # in turns: a change of load falls on every backend alike
                 scores, seconds, forward = scored_pass(
-                    files, model.preprocessing, bench.scorer, first.batch_size, first.max_image_pixels
+                    files, model.preprocessing, bench.scorer, first.batch_size, first.max_image_pixels, first.workers
                 )
                 bench.scores = scores
                 bench.passes.append((len(scores), seconds, forward))
@@ -253,11 +267,15 @@ def row_values(bench: Bench, model: Any, load: float, truth: dict[Path, int] | N
         "backend": backend_label(settings.backend),
         "batch": settings.batch_size,
         "threads": bench.threads,
+        "workers": settings.workers,
         "stack passes": "yes" if settings.stack_passes else "no",
         "images": images,
         "repeats": repeats,
         "img/s": images / statistics.median(seconds for _, seconds, _ in passes),
-        "forward img/s": images / statistics.median(forward for _, _, forward in passes),
+        # several workers' forwards overlap: their added-up seconds are not the forward's share of the wall time
+        "forward img/s": images / statistics.median(forward for _, _, forward in passes)
+        if settings.workers == 1
+        else "-",
         "image AUROC": auroc,
         "load": load,
         "machine": machine_description(),
