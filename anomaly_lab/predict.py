@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -301,7 +301,7 @@ def score_stream(
     batch_size: int,
     max_pixels: int | None,
     workers: int = 1,
-) -> Iterator[tuple[Scored, np.ndarray] | Skipped]:
+) -> Generator[tuple[Scored, np.ndarray] | Skipped, None, None]:
     """Each file's result, in the order of files: (Scored, the decoded image (H,W,3) uint8), or Skipped.
 
     Files are read and prepared one by one and scored in batches across files: a batch closes once it holds
