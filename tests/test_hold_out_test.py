@@ -13,7 +13,7 @@ from tests.conftest import ComposeFn
 
 
 def split_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "anomaly_lab.data.folders"]
+    return [r.getMessage() for r in caplog.records if r.name == "anomaly_lab.data.datamodules"]
 
 
 @pytest.mark.slow
