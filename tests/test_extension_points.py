@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,10 +143,11 @@ def test_a_backbone_from_tests_gets_its_encoder_learning_rate_and_normalisation(
 
 
 def test_normalisation_settings_are_refused_by_name() -> None:
+    as_yaml_gives: dict[str, Any] = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0, 0.2]}  # lists
     with pytest.raises(ValueError, match=r"std=\[0\.2, 0, 0\.2\]: expected null or 3 positive numbers"):
-        Preprocessing(image_size=8, mean=[0.5, 0.5, 0.5], std=[0.2, 0, 0.2])
+        Preprocessing(image_size=8, **as_yaml_gives)
     with pytest.raises(ValueError, match=r"set both or neither"):
-        Preprocessing(image_size=8, mean=[0.5, 0.5, 0.5])
+        Preprocessing(image_size=8, mean=(0.5, 0.5, 0.5))
     assert Preprocessing(image_size=8).to_tensor(np.full((1, 1, 3), 255, np.uint8)).flatten().tolist() == [1.0] * 3
 
 
