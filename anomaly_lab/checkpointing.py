@@ -98,7 +98,7 @@ def check_same_model(
         named = []
         for option, before, now in differences[:3]:
             source = set_by(option)
-            through = f" (set by {source})" if source else ""
+            through = f" (set by {source})" if source not in (None, option) else ""
             named.append(f"{option}{through}: {shortened(before)} in the checkpoint, {shortened(now)} now")
         more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
         raise CheckpointError(

@@ -234,13 +234,6 @@ def option_of(cfg: DictConfig) -> Callable[[str], str | None]:
     return option
 
 
-def interpolation_source(cfg: DictConfig) -> Callable[[str], str | None]:
-    """option -> the option its value comes from, if it is an interpolation (masking.seed: `${seed}` -> "seed"),
-    else None: an error can name the option the user typed."""
-    option = option_of(cfg)
-    return lambda key: source if (source := option(key)) not in (key, None) else None
-
-
 # `key=value` in a class's refusal: the key of one of its arguments (or of an argument's own: masking.grid_sizes)
 REFUSED_KEY = re.compile(r"(?<![\w.*])([A-Za-z_][\w.]*)=")
 

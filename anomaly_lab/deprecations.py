@@ -47,7 +47,7 @@ def warn_deprecated_options(choices: Mapping[str, str | None]) -> list[str]:
     return messages
 
 
-# dataset keys that moved into the model's preprocessing (anomaly_lab/preprocessing.py) with the redesign
+# settings of the model's preprocessing (anomaly_lab/preprocessing.py) that older command lines give as dataset keys
 MOVED_DATASET_KEYS = ("image_size", "grayscale", "tiled", "stride", "border", "page_width")
 
 

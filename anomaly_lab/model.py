@@ -28,11 +28,10 @@ class NetShapeError(ValueError):
 
 
 def net_shape_error(named: str, error: Exception) -> NetShapeError:
-    """The net's refusal of (1,3,H,W) images; one that names the option to change (`image_size=50: must be a
-    multiple of ...`, models.unet.check_divisible) as it is, so the config key leads the message."""
-    if isinstance(error, ValueError) and re.match(r"[\w.]+=", str(error)):
-        return NetShapeError(str(error))
-    return NetShapeError(f"the net cannot take {named} images: {error}")
+    """The net's refusal of (1,3,H,W) images; one that names its option (`image_size=50: must be a multiple of ...`,
+    models.unet.check_divisible) as it is, so that the config key leads."""
+    keyed = isinstance(error, ValueError) and re.match(r"[\w.]+=", str(error))
+    return NetShapeError(str(error) if keyed else f"the net cannot take {named} images: {error}")
 
 
 def check_net_shape(net: nn.Module, height: int, width: int) -> None:

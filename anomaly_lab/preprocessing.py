@@ -141,16 +141,9 @@ class Preprocessing:
                 f"orient={as_typed(self.orient)} turns whole images; tiled pages keep their pose (orient=none)"
             )
         if self.crop_height is not None:
-            if not positive_int(self.crop_height):
-                band = f"a band of rows, at most image_size={self.image_size}"
-                raise ValueError(
-                    f"crop_height={as_typed(self.crop_height)}: must be a positive integer ({band}) or null"
-                )
-            if self.crop_height > self.image_size:
-                raise ValueError(
-                    f"crop_height={self.crop_height}: must be at most image_size={self.image_size} (it keeps that "
-                    "many of the resized image's rows)"
-                )
+            if not positive_int(self.crop_height) or self.crop_height > self.image_size:
+                allowed = f"a positive integer at most image_size={self.image_size} (rows of the resized image) or null"
+                raise ValueError(f"crop_height={as_typed(self.crop_height)}: must be {allowed}")
             if self.tiled:
                 raise ValueError(
                     f"crop_height={self.crop_height}: crops whole images; tiled pages keep their tiles (tiled=true): "

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from anomaly_lab.checkpointing import check_same_model, resume_checkpoint
 from anomaly_lab.cli import user_errors_exit
-from anomaly_lab.config_checks import interpolation_source
+from anomaly_lab.config_checks import option_of
 from anomaly_lab.errors import RunFolderError
 from anomaly_lab.train import prepare_module
 
@@ -112,7 +112,7 @@ class RunFolderGuard(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with user_errors_exit():  # Hydra would turn an exception here into a warning and run anyway
-            set_by = interpolation_source(config)  # before building resolves config
+            set_by = option_of(config)  # before building resolves config
             module = prepare_module(config, keep=True)  # a ConfigError before any folder exists; run() trains it
             folder = Path(str(config.hydra.run.dir))
             resume, overwrite = config.get("resume"), bool(config.get("overwrite", False))

@@ -39,7 +39,6 @@ from anomaly_lab.checkpointing import (
 from anomaly_lab.cli import USER_ERRORS, one_line, run_cli, user_errors_exit
 from anomaly_lab.config_checks import (
     check_train_config,
-    interpolation_source,
     keyed_refusal,
     needs_validation_anomalies,
     option_of,
@@ -175,11 +174,9 @@ def prepare_module(cfg: DictConfig, keep: bool = False) -> InpaintingModule:
 def take_built(cfg: DictConfig) -> InpaintingModule | None:
     """The model the run folder guard built for this config, with the random state it left (None: none built), so
     a run builds its model once and draws as a run without the guard does."""
-    built = BUILT.pop(task_yaml(cfg), None)
-    if built is None:
-        return None
-    module, state = built
-    set_random_state(state)
+    module, state = BUILT.pop(task_yaml(cfg), (None, {}))
+    if module is not None:
+        set_random_state(state)
     return module
 
 
@@ -372,18 +369,16 @@ def choose_scoring(
 
 def run(cfg: DictConfig) -> float:
     """Train, test, and return the validation objective (cfg.objective.metric) as a float."""
-    set_by = interpolation_source(cfg)  # before build_module resolves cfg
-    module = take_built(cfg)  # the run folder guard's (a single run from the command line)
-    resume_checked = module is not None  # the guard refused a checkpoint of another model before Hydra's folder
-    if module is None:
-        module = prepare_module(cfg)
+    set_by = option_of(cfg)  # before build_module resolves cfg
+    built = take_built(cfg)  # the run folder guard's (a single run), which also compared a checkpoint to resume
+    module = built if built is not None else prepare_module(cfg)
     search: ScoringSearch | None = None
     if OmegaConf.select(cfg, "scoring.choose"):
         with config_group("scoring.choose"):
             search = instantiate(cfg.scoring.choose)
     output_dir = Path(cfg.paths.output_dir)
     ckpt_path = resume_checkpoint(cfg.resume, output_dir)
-    if ckpt_path is not None and module.spec is not None and not resume_checked:
+    if ckpt_path is not None and module.spec is not None and built is None:
         check_same_model(ckpt_path, module.spec, set_by)
     data_settings: dict[str, Any] = {"preprocessing": module.model.preprocessing}
     test_fraction = OmegaConf.select(cfg, "dataset.test_fraction")

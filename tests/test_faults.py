@@ -277,7 +277,7 @@ PREPROCESSING, MODEL = "anomaly_lab.preprocessing.Preprocessing", "anomaly_lab.m
             ("model", MODEL, "masking.grid_sizes=[2, 100000]: each must be an integer from 1 to image_size=32"),
         ),
         ("model.preprocessing.crop_height", 0, ("model.preprocessing", PREPROCESSING, "crop_height=0: must be a pos")),
-        ("model.preprocessing.crop_height", 64, ("model.preprocessing", PREPROCESSING, "crop_height=64: must be at")),
+        ("model.preprocessing.crop_height", 64, ("model.preprocessing", PREPROCESSING, "crop_height=64: must be a")),
     ],
 )
 def test_a_spec_with_impossible_values_is_a_checkpoint_error(
@@ -759,7 +759,10 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
             "dataset.preprocessing.crop_height=20",
             r"^dataset\.preprocessing\.crop_height=20: must be a multiple of 2\*\*depth = 16 .*=16 or 32",
         ),
-        ("dataset.preprocessing.crop_height=64", r"^dataset\.preprocessing\.crop_height=64: must be at most model"),
+        (
+            "dataset.preprocessing.crop_height=64",
+            r"^dataset\.preprocessing\.crop_height=64: must be a positive integer at most model\.image_size=32",
+        ),
         ("dataset.preprocessing.crop_height=0", r"^dataset\.preprocessing\.crop_height=0: must be a positive integer"),
         (
             "dataset=synthetic_notes dataset.preprocessing.crop_height=16",

@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.models.unet import UNet
+from anomaly_lab.models.unet import UNet, check_divisible
 from tests.conftest import compose_config
 
 MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
@@ -35,14 +35,14 @@ def test_indivisible_size_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"^image_size=36: must be a multiple of 2\*\*depth = 8 \(net\.depth=3\)"):
         net(torch.rand(1, 3, 36, 36))
     with pytest.raises(ValueError, match=r"^image_size=100: .*use image_size=96 or 104"):
-        net.check_size(96, 100)
+        check_divisible(96, 100, 3)
     with pytest.raises(ValueError, match=r"use image_size=32 or 40, or a lower depth$"):  # the model's keys
-        net.check_size(36, 36)
+        check_divisible(36, 36, 3)
     # a band (crop_height rows of an image_size-wide image): the option that sets the side that does not divide
     with pytest.raises(ValueError, match=r"^preprocessing\.crop_height=20: .*use preprocessing\.crop_height=16 or 24"):
-        net.check_size(20, 32)
+        check_divisible(20, 32, 3)
     with pytest.raises(ValueError, match=r"^image_size=36: .*use image_size=32 or 40"):
-        net.check_size(16, 36)
+        check_divisible(16, 36, 3)
 
 
 def test_unknown_norm_names_the_choices() -> None:

@@ -98,11 +98,8 @@ class UNet(nn.Module):
             raise ValueError(f"output_activation must be 'sigmoid' or 'none', got {output_activation!r}")
         self.output_activation = output_activation
 
-    def check_size(self, height: int, width: int) -> None:
-        check_divisible(height, width, self.depth)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B,C,H,W) -> (B,C_out,H,W)
-        self.check_size(x.shape[-2], x.shape[-1])
+        check_divisible(x.shape[-2], x.shape[-1], self.depth)
         skips = [self.stem(x)]
         for down in self.downs:
             skips.append(down(F.max_pool2d(skips[-1], 2)))
