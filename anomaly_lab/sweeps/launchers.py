@@ -21,8 +21,6 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf
 
-from anomaly_lab.sweeps import private_api
-
 if TYPE_CHECKING:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
@@ -43,6 +41,8 @@ def launch_each(
     as a failed JobReturn (its error: submitit's, with the job's id and the end of its log) instead of raising."""
     import submitit  # lazy, as the plugin's: plugin discovery stays fast
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    from anomaly_lab.sweeps import private_api  # lazy too: it imports optuna
 
     assert launcher.config is not None and job_overrides
     executor_name = private_api.executor_name(launcher)
