@@ -92,7 +92,7 @@ def test_scoring_masks_at_their_own_ratio_cover_every_pixel_once() -> None:
     assert masking.random_masks(4, 64, 64).mean().item() == pytest.approx(0.25)  # training keeps its ratio
     trained_at = GridMasking([8, 16], ratio=0.25, score_grid_sizes=[16])
     assert trained_at.coverage_mask_count() == 4 and trained_at.score_ratio == 0.25  # null: ratio
-    with pytest.raises(ValueError, match="score_ratio=1.0: must be in"):
+    with pytest.raises(ValueError, match=r"score_ratio=1\.0: must be in"):
         GridMasking([8], ratio=0.25, score_ratio=1.0)
 
 

@@ -285,3 +285,24 @@ def test_a_threshold_rule_the_validation_split_cannot_serve_is_refused_before_tr
     with pytest.raises(SplitError, match=refusal):
         run(cfg)
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_speed_frontier_scores_a_run_with_fewer_passes_and_saves_each_model(
+    run_with_options: Path, tmp_path: Path
+) -> None:
+    from anomaly_lab.inference import load_model
+    from scripts.speed_frontier import COLUMNS, main
+
+    rows = [
+        dict(zip(COLUMNS, row, strict=True))
+        for row in main([str(run_with_options), "--variants", "2,4@0.5", "4@0.75", "--save", str(tmp_path / "models")])
+    ]
+    assert [row["passes"] for row in rows] == ["4", "2"]  # grid sizes 2 and 4 at 0.5: 2 masks each; 4 at 0.75: 2
+    assert all(0 <= float(row["val image AUROC"]) <= 1 and 0 <= float(row["test image AUROC"]) <= 1 for row in rows)
+    fast = load_model(rows[1]["checkpoint"])
+    assert fast.masking.score_grid_sizes == [4] and fast.masking.score_ratio == 0.75 and sum(fast.set_sizes) == 2
+    assert fast.masking.ratio == 0.5  # the training ratio is the run's
+    assert math.isfinite(float(fast.threshold)) and math.isfinite(float(fast.pixel_threshold))  # chosen on val
+    with pytest.raises(FileExistsError):
+        main([str(run_with_options), "--variants", "4@0.75", "--save", str(tmp_path / "models")])
