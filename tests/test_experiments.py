@@ -105,6 +105,8 @@ PREPROCESSING_KEYS = [
     "page_width",
     "orient",
     "crop_height",
+    "mean",
+    "std",
 ]
 TILED = {"notes", "sharks", "synthetic_notes", "synthetic_sharks"}
 
