@@ -1,8 +1,8 @@
 """How fast does predict score? Images per second through predict's own pipeline, no file written.
 
 `python -m anomaly_lab.tools.bench_predict ckpt_path=... input=... [backend=onnxruntime | backends=all]
-[batch_size=8] [threads=2] [workers=2] [stack_passes=true] [repeats=3] [warmup=1]` (`make bench-predict CKPT=... [INPUT=...]
-[ARGS=...]`, which measures backends=all unless ARGS names a backend): any predict setting
+[batch_size=8] [threads=2] [workers=2] [stack_passes=true] [repeats=3] [warmup=1]` (`make bench-predict CKPT=...
+[INPUT=...] [ARGS=...]`, which measures backends=all unless ARGS names a backend): any predict setting
 (anomaly_lab/conf/predict.yaml) plus `repeats`, `warmup` and `backends` (a comma list of predict's backends, or
 all: torch, onnxruntime, openvino; one not installed is left out, logged). The inputs go through predict's scoring
 as predict runs it (decode, prepare, batches across files on the chosen backend, anomaly maps brought to each
@@ -96,28 +96,15 @@ class TimedScorer:
 
 
 def scored_pass(
-    files: list[Path],
-    preprocessing: Preprocessing,
-    scorer: Scorer,
-    batch_size: int,
-    max_pixels: int | None,
-    workers: int = 1,
+    files: list[Path], preprocessing: Preprocessing, scorer: Scorer, settings: Settings
 ) -> tuple[dict[Path, float], float, float]:
-    """Score files as predict does, writing nothing: (score by scored file, seconds in all, seconds in the forward,
-    added up over workers)."""
+    """Score files as predict does with settings (batch_size, max_image_pixels, workers), writing nothing: (score by
+    scored file, seconds in all, seconds in the forward, added up over workers)."""
     timed = TimedScorer(scorer)
     start = time.perf_counter()
-    stream = score_stream(files, preprocessing, timed, batch_size, max_pixels, workers)
+    stream = score_stream(files, preprocessing, timed, settings.batch_size, settings.max_image_pixels, settings.workers)
     scores = {result[0].path: result[0].score for result in stream if not isinstance(result, Skipped)}
     return scores, time.perf_counter() - start, timed.seconds
-
-
-def one_pass(
-    files: list[Path], preprocessing: Preprocessing, scorer: Scorer, batch_size: int, max_pixels: int | None
-) -> tuple[int, float, float]:
-    """Score files as predict does, writing nothing: (images scored, seconds in all, seconds in the forward)."""
-    scores, seconds, forward = scored_pass(files, preprocessing, scorer, batch_size, max_pixels)
-    return len(scores), seconds, forward
 
 
 def split_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -217,19 +204,10 @@ def measure_backends(cfg: DictConfig, backends: list[str], repeats: int = 3, war
             benches.append(Bench(settings, scorer, threads, {}, []))
         for bench in benches:
             for _ in range(warmup):
-                scored_pass(
-                    files[: first.batch_size],
-                    model.preprocessing,
-                    bench.scorer,
-                    first.batch_size,
-                    first.max_image_pixels,
-                    first.workers,
-                )
+                scored_pass(files[: first.batch_size], model.preprocessing, bench.scorer, first)
         for _ in range(repeats):
             for bench in benches:  # in turns: a change of load falls on every backend alike
-                scores, seconds, forward = scored_pass(
-                    files, model.preprocessing, bench.scorer, first.batch_size, first.max_image_pixels, first.workers
-                )
+                scores, seconds, forward = scored_pass(files, model.preprocessing, bench.scorer, first)
                 bench.scores = scores
                 bench.passes.append((len(scores), seconds, forward))
     images = benches[0].passes[0][0]
