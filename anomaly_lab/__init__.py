@@ -23,7 +23,7 @@ __all__ = ["load_model"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_model":  # imported on first use: `import anomaly_lab` stays light for the CLIs
-        from anomaly_lab.inference import load_model
+        from anomaly_lab.checkpoint_loading import load_model
 
         return load_model
     raise AttributeError(f"module 'anomaly_lab' has no attribute {name!r}")

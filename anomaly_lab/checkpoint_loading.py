@@ -21,7 +21,7 @@ import torch
 
 from anomaly_lab.errors import UserError
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.registry import CHECKPOINT_CLASSES, load_builtin_parts
+from anomaly_lab.registry import CHECKPOINT_CLASSES, RENAMED_CLASSES, load_builtin_parts
 
 SPEC_KEY = "anomaly_lab"  # the checkpoint entry that holds the spec
 FORMAT_VERSION = 2  # bump when the spec's meaning changes; older readers then refuse newer checkpoints
@@ -80,6 +80,18 @@ def build_from_spec(node: Any, where: str, build: bool = True) -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError, RuntimeError, AttributeError) as error:  # AttributeError: a part of the wrong kind
         raise CheckpointError(f"{where}: cannot build {target} from the checkpoint ({first_line(error)})") from error
+
+
+def current_names(node: Any) -> Any:
+    """A spec node with every `_target_` that names a moved class by its old name (RENAMED_CLASSES) renamed."""
+    if isinstance(node, dict):
+        return {
+            key: RENAMED_CLASSES.get(value, value)
+            if key == "_target_" and isinstance(value, str)
+            else current_names(value)
+            for key, value in node.items()
+        }
+    return node
 
 
 def model_spec(model_config: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +179,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
             f"{path}: checkpoint format {version!r} (anomaly_lab {spec.get('anomaly_lab_version', '?')}), but this "
             f"anomaly_lab reads format {FORMAT_VERSION}; use the anomaly_lab version that wrote it"
         )
-    return spec, checkpoint["state_dict"]
+    return current_names(spec), checkpoint["state_dict"]
 
 
 def load_weights(model: InpaintingModel, weights: dict[str, Any], path: Path) -> None:

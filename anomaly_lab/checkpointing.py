@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from anomaly_lab.checkpoint_loading import SPEC_KEY, CheckpointError, current_names, is_plain, load_weights_only
 from anomaly_lab.errors import StorageError, storage_error, storage_message
-from anomaly_lab.inference import SPEC_KEY, CheckpointError, is_plain, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +84,13 @@ def check_same_model(
     path: str | Path, spec: dict[str, Any], set_by: Callable[[str], str | None] = lambda option: None
 ) -> None:
     """CheckpointError naming the options whose values differ if the checkpoint at path, to be resumed, holds
-    another model than `spec` (anomaly_lab.inference.model_spec) describes. set_by(option): the option the user
+    another model than `spec` (anomaly_lab.checkpoint_loading.model_spec) describes. set_by(option): the option the user
     sets it through, if another (masking.seed is `seed`'s). Lightning checkpoints without a spec are left to the
     shapes of their weights."""
     saved = load_weights_only(Path(path))
     check_resumable(saved, Path(path))
     saved_spec = saved.get(SPEC_KEY)
-    saved_model = saved_spec.get("model") if isinstance(saved_spec, dict) else None
+    saved_model = current_names(saved_spec.get("model")) if isinstance(saved_spec, dict) else None
     if not isinstance(saved_model, dict):
         return
     differences = spec_differences(saved_model, spec["model"])

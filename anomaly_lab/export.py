@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from anomaly_lab.checkpoint_loading import load_model, read_checkpoint
 from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import UserError
-from anomaly_lab.inference import load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 
 log = logging.getLogger(__name__)

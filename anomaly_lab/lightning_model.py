@@ -15,9 +15,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from anomaly_lab.checkpoint_loading import SPEC_KEY
 from anomaly_lab.data.images import NATIVE_MASK_KEY
 from anomaly_lab.errors import UserError
-from anomaly_lab.inference import SPEC_KEY
 from anomaly_lab.masking import seeded_random_stream
 from anomaly_lab.metrics import PixelMetrics, f1_max, image_auroc, wasserstein_separation
 from anomaly_lab.model import InpaintingModel
@@ -86,7 +86,7 @@ class InpaintingModule(L.LightningModule):
         self.test_prefix = "test"
         self.samples: dict[str, list[ScoredSample]] = {"val": [], "test": []}
         self.results: dict[str, StageResults] = {}
-        # Plain values that predict/export rebuild the model from (anomaly_lab.inference.model_spec).
+        # Plain values that predict/export rebuild the model from (anomaly_lab.checkpoint_loading.model_spec).
         self.spec = spec
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +113,7 @@ class InpaintingModule(L.LightningModule):
             )
         # epoch-level values are averaged over DDP processes (each saw a shard); step-level training loss is not
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=int(normal.sum()), sync_dist=stage != "train")
-        if stage == "val" and len(images) > 1:  # signs of a dead net (see anomaly_lab.health)
+        if stage == "val" and len(images) > 1:  # signs of a dead net (see anomaly_lab.training_end)
             output = recon.detach().float()
             self.log("val/output_spread", output.std(dim=0).mean(), batch_size=len(images), sync_dist=True)
             saturated = (output <= 1e-4) | (output >= 1 - 1e-4)

@@ -3,7 +3,7 @@
 InpaintingModel holds the backbone net, the masking, the anomaly map, the image-score reduction and the
 preprocessing, plus the image-score and pixel thresholds chosen on validation. It is built from config by one
 `instantiate(cfg.model)`; the LightningModule (anomaly_lab.lightning_model) wraps it for training, and
-anomaly_lab.inference rebuilds it from a checkpoint for predict and export. Any nn.Module that maps
+anomaly_lab.checkpoint_loading rebuilds it from a checkpoint for predict and export. Any nn.Module that maps
 (B,3,H,W) to (B,3,H,W) is a backbone: the size check is a test forward pass.
 """
 
@@ -29,7 +29,7 @@ class NetShapeError(ValueError):
 
 def net_shape_error(named: str, error: Exception) -> NetShapeError:
     """The net's refusal of (1,3,H,W) images; one that names its option (`image_size=50: must be a multiple of ...`,
-    models.unet.check_divisible) as it is, so that the config key leads."""
+    nets.unet.check_divisible) as it is, so that the config key leads."""
     keyed = isinstance(error, ValueError) and re.match(r"[\w.]+=", str(error))
     return NetShapeError(str(error) if keyed else f"the net cannot take {named} images: {error}")
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anomaly_lab.checkpoint_loading import first_line, read_checkpoint
 from anomaly_lab.errors import ConfigError, UserError, as_typed
 from anomaly_lab.export import (
     DIGEST_KEY,
@@ -39,7 +40,6 @@ from anomaly_lab.export import (
     probe_mismatch,
     session_outputs,
 )
-from anomaly_lab.inference import first_line, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 
 log = logging.getLogger(__name__)

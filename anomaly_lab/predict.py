@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from anomaly_lab.checkpoint_loading import first_line, load_model, read_checkpoint
 from anomaly_lab.cli import run_cli, user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import (
@@ -66,7 +67,6 @@ from anomaly_lab.export import (
     probe_mismatch,
     weight_mismatch,
 )
-from anomaly_lab.inference import first_line, load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.openvino_backend import openvino_device, openvino_session
 from anomaly_lab.predict_outputs import (

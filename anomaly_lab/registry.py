@@ -3,7 +3,7 @@
 A checkpoint's spec names the classes that rebuild its model (`_target_`) and the pixel maps of its anomaly map
 (by short name); both are looked up here and nowhere else, so a file never chooses what is imported or run.
 A class or map joins by its decorator; `load_builtin_parts()` imports the packages that hold them
-(anomaly_lab.models for backbones, anomaly_lab.pixel_maps for maps), so a new backbone or pixel map is one
+(anomaly_lab.nets for backbones, anomaly_lab.pixel_maps for maps), so a new backbone or pixel map is one
 module in one of those packages, plus its YAML option.
 """
 
@@ -21,7 +21,12 @@ T = TypeVar("T", bound=type)
 
 CHECKPOINT_CLASSES: dict[str, type] = {}
 PIXEL_MAPS: dict[str, PixelMap] = {}
-PART_PACKAGES = ("anomaly_lab.models", "anomaly_lab.pixel_maps")
+PART_PACKAGES = ("anomaly_lab.nets", "anomaly_lab.pixel_maps")
+# Old dotted names of moved classes, as checkpoints written before the move name them: each reads as its name now.
+RENAMED_CLASSES = {
+    "anomaly_lab.models.unet.UNet": "anomaly_lab.nets.unet.UNet",
+    "anomaly_lab.models.conv_autoencoder.ConvAutoencoder": "anomaly_lab.nets.conv_autoencoder.ConvAutoencoder",
+}
 
 
 def checkpoint_class(cls: T) -> T:

@@ -27,6 +27,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from anomaly_lab.checkpoint_loading import load_weights_only, model_spec
 from anomaly_lab.checkpointing import (
     AtomicCheckpointIO,
     RandomState,
@@ -46,20 +47,19 @@ from anomaly_lab.config_checks import (
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.deprecations import warn_deprecated_options
 from anomaly_lab.errors import ConfigError, SplitError, UserError, as_typed
-from anomaly_lab.health import (
-    TrainingHealth,
-    ValidateLastEpoch,
-    collapse_reasons,
-    smoke_run_batches,
-    stopped_early_by,
-)
-from anomaly_lab.inference import load_weights_only, model_spec
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.metrics import wasserstein_separation
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.scoring import gaussian_blur
 from anomaly_lab.scoring_choice import ScoringChoice, ScoringSearch, apply_choice, validation_maps
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, FixedThreshold, ThresholdRule
+from anomaly_lab.training_end import (
+    TrainingHealth,
+    ValidateLastEpoch,
+    collapse_reasons,
+    smoke_run_batches,
+    stopped_early_by,
+)
 
 log = logging.getLogger(__name__)
 

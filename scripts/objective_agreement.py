@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
-from anomaly_lab.inference import load_model
+from anomaly_lab.checkpoint_loading import load_model
 from anomaly_lab.metrics import wasserstein_separation
 from anomaly_lab.tools.rescoring import compose_run
 

@@ -18,9 +18,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from anomaly_lab.checkpoint_loading import SPEC_KEY, load_model
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.export import run
-from anomaly_lab.inference import SPEC_KEY, load_model
 from anomaly_lab.predict import run as predict_run
 
 onnx = pytest.importorskip("onnx")

@@ -21,9 +21,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from anomaly_lab.checkpoint_loading import load_model
 from anomaly_lab.configs import CONFIG_DIR, data_digest
 from anomaly_lab.errors import ConfigError
-from anomaly_lab.inference import load_model
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.train import build_module, run
 from tests.conftest import TINY, ComposeFn

@@ -5,12 +5,12 @@ Each extension is one Python file plus one YAML option, and nothing else in the 
 - a dataset in a new layout, images listed in a CSV file (`dataset=csv_list`):
   anomaly_lab/data/csv_list.py + anomaly_lab/conf/dataset/csv_list.yaml
 - a new backbone, a plain convolutional autoencoder without skips (`model=conv_autoencoder`):
-  anomaly_lab/models/conv_autoencoder.py + anomaly_lab/conf/model/conv_autoencoder.yaml
+  anomaly_lab/nets/conv_autoencoder.py + anomaly_lab/conf/model/conv_autoencoder.yaml
 - a new pixel score, the absolute error (`scoring=l1`):
   anomaly_lab/pixel_maps/l1.py + anomaly_lab/conf/scoring/l1.yaml
 
 Each trains for one epoch on tiny data through `anomaly_lab.train.run`; the backbone and the score are also
-rebuilt from their checkpoint by `anomaly_lab.inference.load_model` and score images.
+rebuilt from their checkpoint by `anomaly_lab.checkpoint_loading.load_model` and score images.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from anomaly_lab.checkpoint_loading import load_model
 from anomaly_lab.data.csv_list import CsvListDataModule
 from anomaly_lab.data.images import BadImageError
 from anomaly_lab.data.synthetic import write_synthetic_bottles
 from anomaly_lab.errors import ConfigError
-from anomaly_lab.inference import load_model
-from anomaly_lab.models.conv_autoencoder import ConvAutoencoder
+from anomaly_lab.nets.conv_autoencoder import ConvAutoencoder
 from anomaly_lab.pixel_maps.l1 import l1_map
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.registry import PIXEL_MAPS, load_builtin_parts

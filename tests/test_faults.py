@@ -30,9 +30,9 @@ import pytest
 import torch
 from PIL import Image
 
+from anomaly_lab.checkpoint_loading import SPEC_KEY, CheckpointError, load_model
 from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.errors import ConfigError, RunFolderError, storage_error, storage_message
-from anomaly_lab.inference import SPEC_KEY, CheckpointError, load_model
 from anomaly_lab.run_folder import prepare_run_folder
 from anomaly_lab.train import build_module, run
 from tests.conftest import ComposeFn
@@ -192,8 +192,8 @@ NOT_LISTED = "_target_ '{}' is not one of the classes a checkpoint may name"
 REFUSED_SPECS = {  # name: (dotted spec key, crafted value, what the refusal says after the checkpoint's path)
     "an allowed prefix walking to torch": (
         "model.net._target_",
-        "anomaly_lab.models.unet.torch.load",
-        "model.net: " + NOT_LISTED.format("anomaly_lab.models.unet.torch.load"),
+        "anomaly_lab.nets.unet.torch.load",
+        "model.net: " + NOT_LISTED.format("anomaly_lab.nets.unet.torch.load"),
     ),
     "a nested _target_": (
         "model.masking.grid_sizes",
@@ -202,15 +202,15 @@ REFUSED_SPECS = {  # name: (dotted spec key, crafted value, what the refusal say
     ),
     "a class's attribute": (
         "model.net._target_",
-        "anomaly_lab.models.unet.UNet.__init__",
-        "model.net: " + NOT_LISTED.format("anomaly_lab.models.unet.UNet.__init__"),
+        "anomaly_lab.nets.unet.UNet.__init__",
+        "model.net: " + NOT_LISTED.format("anomaly_lab.nets.unet.UNet.__init__"),
     ),
     "hydra's positional args": ("model.net._args_", ["id"], "model.net._args_: not a keyword argument"),
     "a hidden _partial_": ("model.preprocessing._partial_", True, "model.preprocessing._partial_: not a keyword"),
     "a keyword the class lacks": (
         "model.net.command",
         "id",
-        "model.net: cannot build anomaly_lab.models.unet.UNet from the checkpoint (",
+        "model.net: cannot build anomaly_lab.nets.unet.UNet from the checkpoint (",
     ),
     "torch.hub.load as the map": (
         "model.anomaly_map",
@@ -264,7 +264,7 @@ PREPROCESSING, MODEL = "anomaly_lab.preprocessing.Preprocessing", "anomaly_lab.m
         ("model.reduce", "median", ("model", MODEL, "reduce='median': must be one of mean, max, topk")),
         ("model.topk_fraction", 0, ("model", MODEL, "topk_fraction=0: must be in (0, 1]")),
         ("model.topk_fraction", 2, ("model", MODEL, "topk_fraction=2: must be in (0, 1]")),
-        ("model.net.base_channels", -1, ("model.net", "anomaly_lab.models.unet.UNet", "")),
+        ("model.net.base_channels", -1, ("model.net", "anomaly_lab.nets.unet.UNet", "")),
         ("model.net.base_channels", 0, ("model", MODEL, "the net cannot take (1,3,32,32) images")),
         # far wider than its weights: refused from shapes alone (the meta device), before any memory is taken
         ("model.net.base_channels", 10**6, "weights do not fit the model of its spec (size mismatch for net.stem.0"),
@@ -310,7 +310,7 @@ def test_a_crafted_large_image_size_is_refused_or_loaded_without_taking_its_memo
     script = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))\n"
-        "from anomaly_lab.inference import CheckpointError, load_model\n"
+        "from anomaly_lab.checkpoint_loading import CheckpointError, load_model\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"
         "        print('loaded', load_model(path).image_size)\n"
@@ -740,7 +740,7 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
         ("trainer.max_epochs=true", r"^trainer\.max_epochs=true: must be a positive integer"),
         ("test=null", r"^test=null: must be one of true, false$"),
         ("scoring.topk_fraction=[0.1,null]", r"^scoring\.topk_fraction=\[0\.1, null\]: must be in \(0, 1\]"),
-        ("model.net.norm=foo", r"^model: .*'anomaly_lab\.models\.unet\.UNet'.*unknown norm 'foo'"),
+        ("model.net.norm=foo", r"^model: .*'anomaly_lab\.nets\.unet\.UNet'.*unknown norm 'foo'"),
         ("model.net.base_channels=0", r"^model: .*the net cannot take \(1,3,32,32\) images"),
         ("model.net.out_channels=1", r"^model: .*the net maps \(1,3,32,32\) images to \(1, 1, 32, 32\), not the same"),
         ("dataset.preprocessing.border=middle", r"dataset\.preprocessing\.border='middle': must be one of drop, pad"),

@@ -23,11 +23,11 @@ import torch
 from hydra.utils import instantiate
 from optuna.trial import TrialState
 
+from anomaly_lab.checkpoint_loading import load_model
 from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.data.images import BadImageError, DecodedImages
 from anomaly_lab.data.validation_anomalies import ValidationAnomalies
 from anomaly_lab.errors import ConfigError, SplitError
-from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import image_auroc, wasserstein_separation
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, PercentileThreshold
 from anomaly_lab.train import run

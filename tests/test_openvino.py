@@ -20,11 +20,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from anomaly_lab.checkpoint_loading import load_model
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import UserError
 from anomaly_lab.export import DIGEST_KEY, GraphMismatchError, file_sha256
 from anomaly_lab.export import run as export_run
-from anomaly_lab.inference import load_model
 from anomaly_lab.openvino_backend import RT_SECTION, ir_metadata, openvino_session
 from anomaly_lab.predict import run as predict_run
 

@@ -15,10 +15,10 @@ from hydra.utils import instantiate
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from anomaly_lab.checkpoint_loading import SPEC_KEY, load_model
 from anomaly_lab.data.datamodules import MVTecDataModule
 from anomaly_lab.data.images import NATIVE_MASK_KEY, NativeMask
 from anomaly_lab.export import export_onnx, onnx_deviation
-from anomaly_lab.inference import SPEC_KEY, load_model
 from anomaly_lab.metrics import PixelMetrics
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.train import run

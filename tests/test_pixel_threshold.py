@@ -11,8 +11,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from anomaly_lab.checkpoint_loading import load_model
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.inference import load_model
 from anomaly_lab.metrics import PixelMetrics
 from anomaly_lab.predict import run as predict
 from anomaly_lab.thresholds import PixelThreshold

@@ -20,12 +20,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
+from anomaly_lab.checkpoint_loading import FORMAT_VERSION, SPEC_KEY, CheckpointError, load_model, read_checkpoint
+from anomaly_lab.checkpointing import check_same_model
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import BadImageError
-from anomaly_lab.inference import FORMAT_VERSION, SPEC_KEY, CheckpointError, load_model, read_checkpoint
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.predict import run
 from anomaly_lab.preprocessing import Preprocessing
+from anomaly_lab.registry import CHECKPOINT_CLASSES, RENAMED_CLASSES, load_builtin_parts
 from anomaly_lab.train import run as train
 from tests.conftest import TINY, TINY_SYNTHETIC_PAGES, compose_config
 
@@ -76,7 +78,7 @@ def test_checkpoint_carries_the_spec_and_loads_weights_only(checkpoint: Path) ->
     assert json.loads(json.dumps(spec)) == spec  # plain values only
     node = spec["model"]
     assert node["_target_"] == "anomaly_lab.model.InpaintingModel"
-    assert node["net"]["_target_"] == "anomaly_lab.models.unet.UNet"
+    assert node["net"]["_target_"] == "anomaly_lab.nets.unet.UNet"
     assert node["image_size"] == 32
     assert node["masking"]["_target_"] == "anomaly_lab.masking.GridMasking"
     assert node["masking"]["grid_sizes"] == [2, 4]
@@ -91,6 +93,19 @@ def test_checkpoint_carries_the_spec_and_loads_weights_only(checkpoint: Path) ->
     assert float(model.threshold) == threshold
     assert model.preprocessing == Preprocessing(image_size=32) and model.preprocessing.divide_by == 255.0
     assert model.image_size == 32 and model.reduce == "max"
+
+
+def test_a_checkpoint_naming_a_moved_class_by_its_old_name_loads_and_resumes(checkpoint: Path, tmp_path: Path) -> None:
+    load_builtin_parts()
+    assert all(new in CHECKPOINT_CLASSES for new in RENAMED_CLASSES.values())
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    old = copy.deepcopy(saved)
+    old[SPEC_KEY]["model"]["net"]["_target_"] = "anomaly_lab.models.unet.UNet"  # backbones were anomaly_lab.models
+    path = _save(tmp_path / "old.ckpt", old)
+    spec, _ = read_checkpoint(path)
+    assert spec == saved[SPEC_KEY]
+    assert float(load_model(path).threshold) == float(saved["state_dict"]["model.threshold"])
+    check_same_model(path, saved[SPEC_KEY])  # resuming it into the same model is no "different model"
 
 
 def test_predict_scores_equal_the_test_run_and_writes_outputs(

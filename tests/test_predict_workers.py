@@ -100,7 +100,7 @@ def test_scoring_masks_at_their_own_ratio_cover_every_pixel_once() -> None:
 def test_openvino_calls_from_two_threads_give_one_threads_outputs(tiny_run: Path, tmp_path: Path) -> None:
     pytest.importorskip("openvino", reason="openvino is not installed (the openvino extra)")
     pytest.importorskip("onnxscript")
-    from anomaly_lab.inference import load_model
+    from anomaly_lab.checkpoint_loading import load_model
     from anomaly_lab.openvino_backend import openvino_session
 
     checkpoint = tmp_path / "model.ckpt"

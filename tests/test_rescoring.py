@@ -121,7 +121,7 @@ def test_operating_point_reproduces_the_runs_own_threshold_and_test(run_with_opt
 
 @pytest.mark.slow
 def test_passes_table_rescores_with_fewer_passes_and_saves_each_model(run_with_options: Path, tmp_path: Path) -> None:
-    from anomaly_lab.inference import load_model
+    from anomaly_lab.checkpoint_loading import load_model
     from scripts.passes_table import main
 
     recorded = json.loads((run_with_options / "metrics.json").read_text())
@@ -182,7 +182,7 @@ def test_rescoring_scores_the_checkpoints_model_with_what_its_options_change(
 ) -> None:
     """The model rescored is the checkpoint's spec (weights-only, the loader's classes), not what the config files
     compose now; a rescoring's options change it, and config files that changed since are named in a warning."""
-    from anomaly_lab.inference import SPEC_KEY
+    from anomaly_lab.checkpoint_loading import SPEC_KEY
     from anomaly_lab.tools.rescoring import compose_run, model_differences, plain_model, rescore
 
     folder = tmp_path / "run"
@@ -291,7 +291,7 @@ def test_a_threshold_rule_the_validation_split_cannot_serve_is_refused_before_tr
 def test_speed_frontier_scores_a_run_with_fewer_passes_and_saves_each_model(
     run_with_options: Path, tmp_path: Path
 ) -> None:
-    from anomaly_lab.inference import load_model
+    from anomaly_lab.checkpoint_loading import load_model
     from scripts.speed_frontier import COLUMNS, main
 
     rows = [

@@ -12,8 +12,8 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image, ImageFilter
 
+from anomaly_lab.checkpoint_loading import load_model, read_checkpoint
 from anomaly_lab.errors import ConfigError
-from anomaly_lab.inference import load_model, read_checkpoint
 from anomaly_lab.scoring import AnomalyMap
 from anomaly_lab.scoring_choice import ScoringSearch, normalised, validation_maps
 from anomaly_lab.train import run

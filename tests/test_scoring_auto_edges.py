@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from anomaly_lab.inference import CheckpointError, load_model
+from anomaly_lab.checkpoint_loading import CheckpointError, load_model
 from anomaly_lab.scoring import AnomalyMap
 from anomaly_lab.train import run
 from tests.conftest import TINY, TINY_SYNTHETIC, compose_config

@@ -5,7 +5,7 @@ import torch
 from hydra.utils import instantiate
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.models.unet import UNet, check_divisible
+from anomaly_lab.nets.unet import UNet, check_divisible
 from tests.conftest import compose_config
 
 MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))

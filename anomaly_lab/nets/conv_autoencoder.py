@@ -12,7 +12,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from anomaly_lab.models.unet import _norm, check_divisible
+from anomaly_lab.nets.unet import _norm, check_divisible
 from anomaly_lab.registry import checkpoint_class
 
 

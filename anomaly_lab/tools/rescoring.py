@@ -10,7 +10,7 @@ that names code (`_target_`, `_args_`, `_partial_`, `_recursive_`, `_convert_`),
 a package (`@`) or a sweep is refused, naming the file and its line, before anything is composed. The config is
 composed from those options plus the new ones, from this project's config files (its stored .hydra/config.yaml
 is not read). The model is the checkpoint's: its spec, loaded weights-only, with what the new options change in
-the composed `model` node, is rebuilt by the checkpoint loader's list of classes (anomaly_lab.inference); the
+the composed `model` node, is rebuilt by the checkpoint loader's list of classes (anomaly_lab.checkpoint_loading); the
 checkpoint's weights must fit it. Validation then chooses the threshold with the composed rule and the test
 measures it, as in training (anomaly_lab.train.run); nothing trains, so no optimizer is built. Relative paths
 in the options (data, cache) are read from the folder the run was started in (.hydra/hydra.yaml,
@@ -40,10 +40,10 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from anomaly_lab.checkpoint_loading import CheckpointError, build_from_spec, model_spec, read_checkpoint
 from anomaly_lab.config_checks import check_train_config
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import UserError, as_typed
-from anomaly_lab.inference import CheckpointError, build_from_spec, model_spec, read_checkpoint
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.results import StageResults
 from anomaly_lab.thresholds import AutoThreshold
