@@ -45,16 +45,6 @@ def positive_int(cfg: DictConfig, key: str, examples: str = "") -> int:
     return value
 
 
-def fraction(cfg: DictConfig, key: str, low_open: bool, high: float, why: str) -> float:
-    value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{key}={as_typed(value)}: must be a number")
-    if (value <= 0 if low_open else value < 0) or value >= high:
-        interval = f"{'(' if low_open else '['}0, {high:g})"
-        raise ConfigError(f"{key}={as_typed(value)}: must be in {interval}; {why}")
-    return float(value)
-
-
 def check_training(cfg: DictConfig) -> None:
     lr = OmegaConf.select(cfg, "optimizer.lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr < 0):
@@ -82,7 +72,6 @@ def check_splits(cfg: DictConfig) -> None:
             "validation_anomalies.<key>: the group's settings live in dataset.validation_anomalies, "
             "e.g. dataset.validation_anomalies.generator=cutpaste"
         )
-    fraction(cfg, "dataset.val_fraction", True, 1.0, "validation needs normal images (threshold, objective)")
     val_anomalous = OmegaConf.select(cfg, "dataset.val_anomalous")
     if val_anomalous is not None:
         if isinstance(val_anomalous, bool) or not isinstance(val_anomalous, int | float) or val_anomalous < 0:
@@ -97,8 +86,6 @@ def check_splits(cfg: DictConfig) -> None:
                 f"objective.metric={OmegaConf.select(cfg, 'objective.metric')} needs them; set dataset.val_anomalous "
                 f"to a share (e.g. 0.25) or a count, validation_anomalies=synthetic, or objective.metric=val/loss"
             )
-    if OmegaConf.select(cfg, "dataset.test_fraction") is not None:
-        fraction(cfg, "dataset.test_fraction", False, 1.0, "the share of normal images held out for testing")
 
 
 def check_objective_metric(cfg: DictConfig) -> None:
@@ -198,8 +185,7 @@ def check_dataset(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value}: {what}{hint}")
     for key in ("dataset.n_train", "dataset.n_test_good", "dataset.n_test_per_defect"):
         check_optional(cfg, key, positive_int)
-    for key in ("dataset.num_workers", "dataset.rotation_copies"):
-        check_optional(cfg, key, non_negative_int)
+    check_optional(cfg, "dataset.num_workers", non_negative_int)
     check_optional(cfg, "dataset.max_image_pixels", positive_int)
 
 

@@ -59,16 +59,14 @@ def principal_axis_pose(part: np.ndarray) -> np.ndarray | None:
 
 
 def find_pose(image: np.ndarray, how: str, source: str = "an image") -> np.ndarray | None:
-    """The (2,3) affine map that turns image (H,W,3) uint8 to the pose `how` says (ORIENTS); None: left as it is
-    (how="none", or no part found).
+    """The (2,3) affine map that turns image (H,W,3) uint8 to the pose `how` says (ORIENTS, which Preprocessing
+    checks); None: left as it is (how="none", or no part found).
 
     The turned image keeps the file's size, so a part longer than the image is wide loses its ends beyond the
     edge: a warning names `source` and the share lost, since what lies there (a defect too) is not scored.
     """
     if how == "none":
         return None
-    if how != "principal_axis":
-        raise ValueError(f"orient={how!r}: expected one of {', '.join(ORIENTS)}")
     part = part_mask(image)  # (H,W) bool
     pose = principal_axis_pose(part)
     if pose is None:

@@ -115,6 +115,8 @@ def build_module(cfg: DictConfig) -> InpaintingModule:
             with config_group("model", option):
                 model: InpaintingModel = instantiate(cfg.model)
                 spec = model_spec(OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
+            with config_group("dataset", option):  # its settings refused before the run folder (it reads no file yet)
+                instantiate(cfg.dataset, preprocessing=model.preprocessing)
             loss, threshold_rule = build_scoring(cfg, option)
             pixel_threshold_rule = None
             if cfg.get("pixel_threshold_rule"):
@@ -188,11 +190,6 @@ def check_splits(datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
     counts = {name: [s.label for s in split.samples] for name, split in splits.items()}
     if not counts["train"]:
         raise SplitError("the training split is empty; lower dataset.val_fraction (or dataset.test_fraction)")
-    if counts["val"].count(0) == 0:
-        raise SplitError(
-            f"dataset.val_fraction={cfg.dataset.get('val_fraction')} leaves no normal validation image; "
-            f"validation needs some (threshold, objective): raise it (e.g. 0.1)"
-        )
     if needs_validation_anomalies(cfg) and counts["val"].count(1) == 0:
         if not any(1 in labels for labels in counts.values()):  # no split holds a real anomaly to take
             raise SplitError(

@@ -321,7 +321,6 @@ def test_too_few_normal_images_says_how_many_the_fractions_need() -> None:
     assert normal_images_needed(0.1, 0.2) == (3, 1, 1, 1)  # 3 in all: 1 to test, 1 to validate, 1 to train
     assert normal_images_needed(0.6) == (3, 0, 2, 1)  # ceil(0.6 x 2) = 2 leaves none of 2; ceil(0.6 x 3) = 2 of 3
     assert normal_images_needed(0.3, 0.5) == (4, 2, 1, 1)
-    assert normal_images_needed(1.0) is None
     assert too_few_normal(2, 0.6) == (
         "dataset.val_fraction=0.6 leaves no training image of 2 normal images: it needs at least 3 (2 to validate, "
         "1 to train); give more normal images, or lower it"

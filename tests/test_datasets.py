@@ -245,8 +245,6 @@ def test_rotation_copies_rotate_masks_with_images() -> None:
         bright = picture[..., 0] > 127
         assert (bright & mask).sum() / (bright | mask).sum() > 0.8  # same place after rotation
     assert not np.array_equal(rotated.masks[1], rotated.masks[0])
-    with pytest.raises(ValueError, match="rotation_copies must be >= 0"):
-        add_rotated_copies(decoded, -1)
 
 
 @pytest.mark.parametrize("option", ["none", "rotate", "flip_jitter"])
@@ -318,15 +316,30 @@ def test_tile_larger_than_the_page_is_named(tiny_pages_root: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"val_fraction": 1.0}, r"val_fraction=1.0 leaves no training tile of 36 normal tiles: lower it$"),
-        ({"val_fraction": 0.0}, r"val_fraction=0.0 leaves no normal validation tile"),
-        ({"test_fraction": 1.0}, r"test_fraction=1.0 and dataset\.val_fraction=0\.2 leave no training tile"),
+        ({"val_fraction": 0.99}, r"val_fraction=0.99 leaves no training tile of 36 normal tiles: it needs at least"),
+        ({"test_fraction": 0.99}, r"test_fraction=0.99 and dataset\.val_fraction=0\.2 leave no training tile"),
         ({"val_anomalous": 2}, r"val_anomalous=2 leaves no anomalous test image"),
     ],
 )
 def test_split_leaving_a_set_empty_is_named(tiny_pages_root: Path, settings: dict[str, Any], message: str) -> None:
     with pytest.raises(BadImageError, match=message):
         pages_module(tiny_pages_root, **settings).setup()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"val_fraction": 1.0}, r"^val_fraction=1\.0: must be in \(0, 1\); validation needs normal images"),
+        ({"val_fraction": 0}, r"^val_fraction=0: must be in \(0, 1\)"),
+        ({"test_fraction": 1}, r"^test_fraction=1: must be in \[0, 1\); the share of normal images held out"),
+        ({"rotation_copies": -1}, r"^rotation_copies=-1: must be an integer >= 0$"),
+    ],
+)
+def test_the_datamodule_refuses_a_share_or_count_it_cannot_use(
+    tiny_pages_root: Path, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        pages_module(tiny_pages_root, **settings)
 
 
 def test_skip_bad_files_warns_once_listing_them(tiny_pages_root: Path, tmp_path: Path) -> None:

@@ -711,6 +711,11 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
     [
         ("dataset.val_fraction=0", r"dataset\.val_fraction=0: must be in \(0, 1\)"),
         (
+            "dataset=synthetic_notes dataset.test_fraction=1",
+            r"^dataset\.test_fraction=1: must be in \[0, 1\); the share of normal images",
+        ),
+        ("dataset.rotation_copies=-1", r"^dataset\.rotation_copies=-1: must be an integer >= 0$"),
+        (
             "dataset.val_anomalous=0 validation_anomalies=real",
             r"dataset\.val_anomalous=0 leaves validation without anomalous.*validation_anomalies=synthetic",
         ),

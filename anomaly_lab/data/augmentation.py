@@ -20,13 +20,11 @@ def rotation_angles(copies: int) -> list[float]:
 
 
 def add_rotated_copies(decoded: DecodedImages, copies: int) -> DecodedImages:
-    """The images followed by `copies` rotated versions of each (image and mask alike).
+    """The images followed by `copies` (>= 0, SplitDataModule checks) rotated versions of each (image and mask alike).
 
     Corners that a rotation brings in from outside are filled by reflecting the image (no black
     wedges the model would learn); multiples of 90 degrees on square images are exact.
     """
-    if copies < 0:
-        raise ValueError(f"rotation_copies must be >= 0, got {copies}")
     if copies == 0 or not decoded.samples:
         return decoded
     parts = [decoded]

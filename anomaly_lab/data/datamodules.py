@@ -47,7 +47,7 @@ from anomaly_lab.data.images import (
 from anomaly_lab.data.synthetic import write_synthetic_bottles
 from anomaly_lab.data.tiles import TileSizeError, cut_tiles, tile_labels
 from anomaly_lab.data.validation_anomalies import ValidationAnomalies
-from anomaly_lab.errors import ConfigError
+from anomaly_lab.errors import ConfigError, as_typed
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
@@ -111,6 +111,15 @@ def linked_twice(paths: list[Path]) -> tuple[Path, Path] | None:
     return None
 
 
+def share(key: str, value: Any, low_open: bool, why: str) -> float:
+    """value as a share in (0, 1) (low_open) or [0, 1); a ValueError naming `key=value` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{key}={as_typed(value)}: must be a number")
+    if (value <= 0 if low_open else value < 0) or value >= 1:
+        raise ValueError(f"{key}={as_typed(value)}: must be in {'(' if low_open else '['}0, 1); {why}")
+    return float(value)
+
+
 def normal_shares(total: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int, int]:
     """How many of total normal images (or tiles) are held out for testing, validate and train: test_fraction,
     then val_fraction of the rest, each rounded up as the splits round them."""
@@ -121,9 +130,7 @@ def normal_shares(total: int, val_fraction: float, test_fraction: float = 0.0) -
 
 def normal_images_needed(val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int, int, int] | None:
     """The fewest normal images (or tiles) that leave one to train (normal_shares): (in all, to test, to validate,
-    to train); None for fractions that need more than a million."""
-    if val_fraction >= 1 or test_fraction >= 1:
-        return None
+    to train); None for fractions that need more than a million (each is below 1: the datamodule checks)."""
     for total in range(1, 1_000_001):
         tested, validated, trained = normal_shares(total, val_fraction, test_fraction)
         if trained >= 1:
@@ -262,12 +269,16 @@ class SplitDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.val_fraction = val_fraction
+        self.val_fraction = share(
+            "val_fraction", val_fraction, True, "validation needs normal images (threshold, objective)"
+        )
         self.validation_anomalies = validation_anomalies or ValidationAnomalies(source="real")
         # source=synthetic: no real anomaly is held out for validation, every one is tested
         self.val_anomalous = val_anomalous if self.validation_anomalies.uses_real else 0
         self.split_seed = split_seed
         self.train_transform = train_transform
+        if isinstance(rotation_copies, bool) or not isinstance(rotation_copies, int) or rotation_copies < 0:
+            raise ValueError(f"rotation_copies={as_typed(rotation_copies)}: must be an integer >= 0")
         self.rotation_copies = rotation_copies
         self.splits: dict[str, DecodedImages] = {}
         self.validation_anomaly_kind = "none"  # what validation's anomalous images are, once set up
@@ -370,7 +381,9 @@ class LayoutDataModule(SplitDataModule):
         **loader_args: Any,
     ) -> None:
         super().__init__(**loader_args)
-        self.test_fraction = test_fraction
+        self.test_fraction = share(
+            "test_fraction", test_fraction, False, "the share of normal images held out for testing"
+        )
         self.min_anomalous_fraction = min_anomalous_fraction
         self.skip_bad_files = skip_bad_files
         self.max_image_pixels = check_max_image_pixels(max_image_pixels, "dataset.max_image_pixels")
@@ -444,8 +457,6 @@ class LayoutDataModule(SplitDataModule):
             self.val_anomalous,
             self.split_seed,
         )
-        if not val_ids:
-            raise BadImageError(f"val_fraction={self.val_fraction} leaves no normal validation {unit} of {len(kept)}")
         no_samples = normal.subset([])
         splits = {
             "train": normal.subset([kept[i] for i in train_ids]),

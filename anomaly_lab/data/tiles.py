@@ -36,11 +36,10 @@ class TileGrid:
 
         border="drop" keeps only tiles that lie wholly on the page (the right and bottom remainders
         are not scored); border="pad" adds one more row/column of tiles that reach past the page,
-        padded by `cut_tiles`. A tile larger than the page is an error either way.
+        padded by `cut_tiles`. A tile larger than the page is an error either way. Preprocessing refuses any
+        other border.
         """
         stride = stride or tile_size
-        if border not in BORDERS:
-            raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
         if tile_size <= 0 or stride <= 0:
             raise ValueError(f"tile_size and stride must be positive, got {tile_size} and {stride}")
         if tile_size > height or tile_size > width:
