@@ -136,18 +136,22 @@ class NormalSigmaThreshold:
 
 
 class AutoThreshold:
-    """F1-optimal when validation's anomalies are real (with cap: never above the percentile of the normal
-    validation scores), else that percentile: a threshold tuned on synthetic anomalies would fit their look, not
-    the defects to come. train.run sets `real_anomalies` from the datamodule (data.validation_anomalies)."""
+    """F1-optimal on real validation anomalies (with cap: never above the percentile of the normal validation
+    scores), else that percentile: a threshold tuned on synthetic anomalies would fit their look, not the defects
+    to come. `for_validation` is the rule for a validation set (train.run: from data.validation_anomalies); called
+    as it is, the rule takes validation's anomalies for real."""
 
     def __init__(self, percentile: float = 99.0, position: str = "edge", cap: bool = True) -> None:
         self.f1 = F1Threshold(position, cap_percentile=percentile if cap else None)
         self.percentile = PercentileThreshold(percentile)
-        self.real_anomalies = True
+
+    def for_validation(self, real_anomalies: bool) -> ThresholdRule:
+        """This rule where validation's anomalous images are real defects, else the percentile rule alone."""
+        return self if real_anomalies else self.percentile
 
     def __call__(self, scores: torch.Tensor, labels: torch.Tensor) -> float:
         has_anomalies = bool((torch.as_tensor(labels) == 1).any())
-        return self.f1(scores, labels) if self.real_anomalies and has_anomalies else self.percentile(scores, labels)
+        return self.f1(scores, labels) if has_anomalies else self.percentile(scores, labels)
 
 
 class PixelThreshold:

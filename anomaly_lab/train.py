@@ -389,7 +389,7 @@ def run(cfg: DictConfig) -> float:
     check_splits(datamodule, cfg)
     validation_anomalies = str(getattr(datamodule, "validation_anomaly_kind", "real"))
     if isinstance(module.threshold_rule, AutoThreshold):  # F1 only on real anomalies, else a percentile of normals
-        module.threshold_rule.real_anomalies = validation_anomalies == "real"
+        module.threshold_rule = module.threshold_rule.for_validation(validation_anomalies == "real")
     elif isinstance(module.threshold_rule, F1Threshold) and validation_anomalies in ("synthetic", "both"):
         log.warning("threshold=f1 fits the %s validation anomalies; threshold=auto does not", validation_anomalies)
     check_threshold_rule(module.threshold_rule, datamodule, cfg)

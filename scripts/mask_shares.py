@@ -68,7 +68,7 @@ def row(folder: Path) -> str:
             scoring = "recipe's"
         rule = module.threshold_rule
         if isinstance(rule, AutoThreshold):
-            rule.real_anomalies = kind == "real"
+            rule = rule.for_validation(kind == "real")
         assert rule is not None
         threshold = rule(val_scores, labels)
         pixel_threshold, how = PixelThreshold().fit(chosen_map, labels, masks, known)

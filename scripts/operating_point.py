@@ -85,7 +85,7 @@ def rule_rows(
     for spec in rules:
         rule = instantiate(rule_config(spec))
         if isinstance(rule, AutoThreshold):
-            rule.real_anomalies = real_anomalies
+            rule = rule.for_validation(real_anomalies)
         try:
             threshold = rule(torch.from_numpy(val_scores), torch.from_numpy(val_labels))
         except ValueError as error:

@@ -245,14 +245,13 @@ def test_auto_threshold_is_f1_on_real_anomalies_else_the_99th_percentile() -> No
     scores = torch.tensor(np.concatenate([rng.normal(1.0, 0.3, 40), rng.normal(2.0, 0.5, 12)]))
     labels = torch.cat([torch.zeros(40), torch.ones(12)]).long()
     rule = AutoThreshold()
-    assert rule.real_anomalies  # until train.run says otherwise
+    assert rule.for_validation(real_anomalies=True) is rule  # as train.run chooses it once the data is known
     assert rule(scores, labels) == F1Threshold(cap_percentile=99)(scores, labels)
     assert AutoThreshold(cap=False)(scores, labels) == F1Threshold()(scores, labels)
-    rule.real_anomalies = False
+    synthetic = rule.for_validation(real_anomalies=False)
     percentile = PercentileThreshold(99)(scores, labels)
-    assert rule(scores, labels) == percentile == pytest.approx(np.percentile(scores[:40].numpy(), 99))
+    assert synthetic(scores, labels) == percentile == pytest.approx(np.percentile(scores[:40].numpy(), 99))
     assert percentile != F1Threshold()(scores, labels)  # the two rules differ here: the checks above can fail
-    rule.real_anomalies = True
     assert rule(scores[:40], labels[:40]) == percentile  # no anomaly at all: the percentile, not an error
     assert AutoThreshold(percentile=90)(scores[:40], labels[:40]) == pytest.approx(np.percentile(scores[:40], 90))
 

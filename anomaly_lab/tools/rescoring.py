@@ -324,7 +324,7 @@ def _rescore(folder: Path, options: Sequence[str], checkpoint: str) -> Rescored:
     datamodule.setup("fit")
     kind = str(getattr(datamodule, "validation_anomaly_kind", "real"))
     if isinstance(module.threshold_rule, AutoThreshold):
-        module.threshold_rule.real_anomalies = kind == "real"
+        module.threshold_rule = module.threshold_rule.for_validation(kind == "real")
     quiet = logging.getLogger("lightning.pytorch")
     level, quiet.level = quiet.level, logging.WARNING
     try:
