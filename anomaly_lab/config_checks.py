@@ -31,8 +31,6 @@ OBJECTIVE_METRICS = (
     "train/loss",
 )
 DATASET_FOLDER_HINTS = {
-    "dataset.root": "; point it at an MVTec AD category folder (train/good, test/<defect>, ground_truth/<defect>), "
-    "e.g. dataset.root=../shared/data/mvtec_bottle, or symlink one to data/mvtec_bottle",
     "dataset.mask_dir": "; set dataset.mask_dir=null if the anomalous images have no masks",
 }
 
@@ -174,15 +172,11 @@ def non_negative_number(cfg: DictConfig, key: str) -> float:
 
 def check_dataset(cfg: DictConfig) -> None:
     """Folders that must exist and counts that must be positive, for the keys this dataset option has."""
-    for key in ("dataset.root", "dataset.normal_dir", "dataset.abnormal_dir", "dataset.mask_dir"):
+    for key in ("dataset.normal_dir", "dataset.abnormal_dir", "dataset.mask_dir"):  # MVTecDataModule checks root
         value = OmegaConf.select(cfg, key)
         if value is not None and not Path(str(value)).is_dir():
             what = "is a file, not a folder" if Path(str(value)).is_file() else "not found"
-            hint = DATASET_FOLDER_HINTS.get(key, "")
-            category = OmegaConf.select(cfg, "dataset.category")
-            if isinstance(category, str) and category != "bottle":  # the example names the category asked for
-                hint = hint.replace("mvtec_bottle", f"mvtec_{category}")
-            raise ConfigError(f"{key}={value}: {what}{hint}")
+            raise ConfigError(f"{key}={value}: {what}{DATASET_FOLDER_HINTS.get(key, '')}")
     for key in ("dataset.n_train", "dataset.n_test_good", "dataset.n_test_per_defect"):
         check_optional(cfg, key, positive_int)
     check_optional(cfg, "dataset.num_workers", non_negative_int)

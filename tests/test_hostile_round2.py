@@ -230,12 +230,14 @@ def test_trainer_gpu_without_a_gpu_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_a_missing_category_root_names_that_categorys_folder(tmp_path: Path) -> None:
     """dataset=bottles dataset.category=screw without a root: the example path is the screw's, not the bottle's."""
-    from anomaly_lab.config_checks import check_train_config
     from anomaly_lab.errors import ConfigError
+    from anomaly_lab.train import prepare_module
 
     cfg = compose_config(["dataset=bottles", "dataset.category=screw", f"dataset.root={tmp_path / 'mvtec_screw'}"])
-    with pytest.raises(ConfigError, match=r"not found; .*e\.g\. dataset\.root=\.\./shared/data/mvtec_screw,"):
-        check_train_config(cfg)
+    with pytest.raises(
+        ConfigError, match=r"^dataset\.root=.*not found; .*e\.g\. dataset\.root=\.\./shared/data/mvtec_screw,"
+    ):
+        prepare_module(cfg)
 
 
 def can_mount_a_tmpfs() -> bool:

@@ -62,15 +62,10 @@ def scan_mvtec(root: Path, category: str = "bottle") -> tuple[list[Sample], list
     A defect type without its ground_truth/<defect>/ folder (or a category without ground_truth/) has no masks:
     its images are anomalous everywhere, for image metrics only. A defect folder that lacks one mask is an error.
     """
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"dataset root {root} not found. Point at an MVTec AD category folder, e.g. "
-            f"dataset.root=../shared/data/mvtec_{category} (or symlink it to data/mvtec_{category})"
-        )
-    if not (root / "train" / "good").is_dir():
+    if not (root / "train" / "good").is_dir():  # MVTecDataModule names a missing root: here it is a layout
         raise BadImageError(
             f"{root}: wrong layout: expected train/good/, and optionally test/<defect>/ and ground_truth/<defect>/ "
-            f"(MVTec AD); found {sorted(p.name for p in root.iterdir())}"
+            f"(MVTec AD); found {sorted(p.name for p in root.iterdir()) if root.is_dir() else 'no folder'}"
         )
     train = [Sample(str(p), 0, "good") for p in list_images(root / "train" / "good")]
     test: list[Sample] = []
@@ -481,11 +476,18 @@ class MVTecDataModule(LayoutDataModule):
     """
 
     data_paths: ClassVar[tuple[str, ...]] = ("root",)
+    writes_root: ClassVar[bool] = False  # a generated layout writes its root in prepare_data
 
     def __init__(self, root: str, category: str = "bottle", **layout_args: Any) -> None:
         super().__init__(**layout_args)
         self.root = Path(root)
         self.category = category  # the MVTec AD category the root holds: its default folder, data/mvtec_<category>
+        if not self.writes_root and not self.root.is_dir():
+            raise ValueError(
+                f"root={root}: {'is a file, not a folder' if self.root.is_file() else 'not found'}; point it at an "
+                f"MVTec AD category folder (train/good, test/<defect>, ground_truth/<defect>), e.g. "
+                f"root=../shared/data/mvtec_{category}, or symlink one to data/mvtec_{category}"
+            )
         if self.preprocessing.tiled:
             raise ConfigError(
                 "dataset.preprocessing.tiled=true: the MVTec AD layout is read as whole images; tile pages with "
@@ -500,6 +502,7 @@ class SyntheticBottlesDataModule(MVTecDataModule):
     """Generated bottle bottoms with known defect masks, written once into an MVTec-layout cache."""
 
     data_paths = ()  # the cache folder is no data: the generator's settings fix what is written
+    writes_root = True
     data_settings = ("n_train", "n_test_good", "n_test_per_defect", "data_seed")
 
     def __init__(
