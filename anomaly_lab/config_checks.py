@@ -180,7 +180,6 @@ def check_dataset(cfg: DictConfig) -> None:
     for key in ("dataset.n_train", "dataset.n_test_good", "dataset.n_test_per_defect"):
         check_optional(cfg, key, positive_int)
     check_optional(cfg, "dataset.num_workers", non_negative_int)
-    check_optional(cfg, "dataset.max_image_pixels", positive_int)
 
 
 def check_train_config(cfg: DictConfig) -> None:

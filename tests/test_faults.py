@@ -741,6 +741,7 @@ def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
         ("objective.metric=val/nope", r"objective\.metric='val/nope': must be one of val/wasserstein"),
         ("resume=/no/such.ckpt", r"resume='/no/such\.ckpt': must be true, false or the path of a \.ckpt file"),
         ("dataset.n_train=0", r"dataset\.n_train=0: must be a positive integer"),
+        ("dataset.max_image_pixels=0", r"^dataset\.max_image_pixels=0 is not a pixel limit: use a positive whole"),
         # values shown as the user writes them (true, null, [..]), not as Python prints them (True, None)
         ("trainer.max_epochs=true", r"^trainer\.max_epochs=true: must be a positive integer"),
         ("test=null", r"^test=null: must be one of true, false$"),
