@@ -79,7 +79,7 @@ def test_the_readme_example_runs(tiny_run: Path, cli_rows: list[dict[str, str]])
     code = example.group(1)
     assert "from anomaly_lab import load_model" in code and len(code.strip().splitlines()) <= 5
     code = code.replace("outputs/runs/<run>/checkpoints/best.ckpt", str(tiny_run / "checkpoints" / "best.ckpt"))
-    code = code.replace("../shared/data/mvtec_bottle/test/broken_large/000.png", cli_rows[0]["path"])
+    code = code.replace("data/mvtec_bottle/test/broken_large/000.png", cli_rows[0]["path"])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "README.md", "exec"), {})
