@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> list[list[str]]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     args.save.mkdir(parents=True, exist_ok=False)  # nothing of an earlier frontier is overwritten
-    rows = [variant_row(args.run, *variant.split("@"), args.save.resolve()) for variant in args.variants]
+    rows = []
+    for variant in args.variants:
+        grids, _, ratio = variant.partition("@")
+        rows.append(variant_row(args.run, grids, ratio or "null", args.save.resolve()))
     print(markdown_table(COLUMNS, rows))
     return rows
 
