@@ -438,7 +438,9 @@ class Settings:
         machine's cores shared out among them, else None (the library's default: every core)."""
         if self.threads is not None or self.workers == 1:
             return self.threads
-        return max(1, len(os.sched_getaffinity(0)) // self.workers)
+        # the cores this process may run on (Linux), else the machine's
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // self.workers)
 
 
 def number_setting(cfg: DictConfig, key: str, allowed: str, valid: Callable[[float], bool] = math.isfinite) -> float:
