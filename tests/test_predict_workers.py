@@ -4,7 +4,11 @@ settings must give the results of the slower ones."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +127,32 @@ def test_openvino_calls_from_two_threads_give_one_threads_outputs(tiny_run: Path
     for index, (maps, scores) in enumerate(alone):
         np.testing.assert_array_equal(together[index][0], maps)
         np.testing.assert_array_equal(together[index][1], scores)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_predict_with_workers_stops_it_and_leaves_no_output(tiny_run: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) a real predict process with workers=2 once it has written outputs: it stops (the run in
+    each worker finishes, the runs not started are dropped), exits non-zero, and leaves neither the output folder
+    nor its staging folder."""
+    first = Path(read_rows(tiny_run / "scores.csv")[0]["path"])
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(600):  # enough that scoring is still under way when the signal comes
+        (inputs / f"{index:04d}.png").write_bytes(first.read_bytes())
+    output = tmp_path / "out"
+    checkpoint = tiny_run / "checkpoints" / "best.ckpt"
+    settings = [f"input={inputs}", f"output={output}", "workers=2", "batch_size=2", "device=cpu", "progress=false"]
+    command = [sys.executable, "-m", "anomaly_lab.predict", f"ckpt_path={checkpoint}", *settings]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(tmp_path.glob("out.partial-*/heatmaps/**/*.png")) and process.poll() is None:
+            assert time.monotonic() < deadline, "predict wrote no heatmap in 300 s"
+            time.sleep(0.05)
+        assert process.poll() is None, "predict finished before the signal: give it more images"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode != 0, stderr[-2000:]
+    assert not output.exists() and not list(tmp_path.glob("out.partial-*")), sorted(p.name for p in tmp_path.iterdir())
