@@ -70,6 +70,8 @@ def test_onnx_scores_match_torch(tiny_run: Path, tmp_path: Path) -> None:
         "divide_by": 255.0,
         "orient": "none",
         "crop_height": None,
+        "mean": None,  # a pretrained encoder's normalisation: none for this net
+        "std": None,
     }
     assert metadata["image_size"] == str(model.image_size)
 
