@@ -325,7 +325,7 @@ def test_a_crafted_large_image_size_is_refused_or_loaded_without_taking_its_memo
     assert loaded == "loaded 4096"
     assert too_large == (
         f"{paths['too large']}: model.preprocessing: cannot build {PREPROCESSING} from the checkpoint "
-        "(image_size=4097: expected an integer from 1 to 4096)"
+        "(image_size=4097: must be an integer from 1 to 4096 (e.g. 64, 128, 256))"
     )
     assert too_many == (
         f"{paths['many masks']}: model: cannot build {MODEL} from the checkpoint (100 full-coverage masks of "
