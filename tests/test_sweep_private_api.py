@@ -190,3 +190,23 @@ def test_launch_each_copies_the_installed_launchers_launch() -> None:
         f"hydra-submitit-launcher {installed}: anomaly_lab.sweeps.launchers.launch_each copies the launch() of 1.2.0; "
         f"compare it with BaseSubmititLauncher.launch of {installed} and carry over what changed"
     )
+
+
+def test_two_workers_failing_one_trial_in_the_same_instant_leave_it_to_the_first(
+    study: optuna.Study, storage: RDBStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race PostgreSQL showed: two workers find one stale trial; both see no failed_because yet, the first
+    inserts it, the second's insert breaks the unique key. The second must step back, not crash its sweep."""
+    from optuna.storages._rdb import models
+
+    from anomaly_lab.sweeps.resumable_optuna import fail_trial
+
+    other_worker = optuna.load_study(study_name=study.study_name, storage=storage)  # its own process's trial
+    other_worker.ask()
+    (frozen,) = study.get_trials(deepcopy=False)
+    storage.set_trial_user_attr(private_api.trial_id(frozen), "failed_because", "the first worker's reason")
+    # the second worker looked before the first's insert committed: it finds no attribute and inserts one
+    monkeypatch.setattr(models.TrialUserAttributeModel, "where_trial_id", classmethod(lambda *_: []))
+    assert fail_trial(study, frozen, "the second worker's reason") is False
+    monkeypatch.undo()
+    assert storage.get_trial(private_api.trial_id(frozen)).user_attrs["failed_because"] == "the first worker's reason"

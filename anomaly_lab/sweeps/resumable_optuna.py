@@ -323,6 +323,8 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
         private_api.fail_stored_trial(study, trial, {"failed_because": reason})
     except RuntimeError:  # "has already finished and can not be updated"
         return False
+    except IntegrityError:  # another worker wrote its failed_because in the same instant (PostgreSQL's unique key)
+        return False
     log.warning("trial %d failed: %s", trial.number, reason)
     return True
 
