@@ -195,6 +195,7 @@ def test_predict_skips_a_giant_input_and_finishes(checkpoint: Path, good_image: 
 # ------------------------------------------------------------------------------------------------ scoring nothing
 
 
+@pytest.mark.slow
 def test_predict_scoring_nothing_is_an_error_and_leaves_nothing(
     checkpoint: Path, good_image: Path, tmp_path: Path
 ) -> None:

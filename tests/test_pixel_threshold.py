@@ -81,6 +81,7 @@ def predict_config(overrides: list[str]):
         return compose(config_name="predict", overrides=["progress=false", *overrides])
 
 
+@pytest.mark.slow  # two trainings and two predicts: 13 s of the fast tier
 @pytest.mark.parametrize("scoring", ["riad", "auto"])
 def test_training_stores_a_pixel_threshold_that_predict_uses(
     scoring: str, compose_tiny: ComposeFn, tmp_path: Path

@@ -239,6 +239,7 @@ def test_a_budget_too_small_for_one_trial_is_refused_naming_minutes(
     assert "minutes=soon: must be a positive number" in refusal([f"data={good}", "minutes=soon"], capsys)
 
 
+@pytest.mark.slow
 def test_a_search_value_the_model_cannot_take_is_refused_naming_it(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
