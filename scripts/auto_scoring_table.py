@@ -35,8 +35,8 @@ def auto_search(seed: int) -> ScoringSearch:
     return search
 
 
-def row(folder: Path) -> str:
-    before = rescore(folder, [])
+def row(folder: Path, options: list[str]) -> str:
+    before = rescore(folder, options)
     module, trainer = before.module, before.trainer
     search = auto_search(int(before.cfg.seed))
     with run_working_directory(folder.resolve()):
@@ -72,11 +72,17 @@ def row(folder: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (with checkpoints/best.ckpt)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        help="a key=value the runs are scored with (e.g. dataset.validation_anomalies.placement=part); repeatable",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(HEADER)
     for folder in args.runs:
-        print(row(folder), flush=True)
+        print(row(folder, args.option), flush=True)
 
 
 if __name__ == "__main__":

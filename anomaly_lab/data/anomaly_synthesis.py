@@ -16,6 +16,10 @@ Generators:
   the source, blended with opacity beta.
 - `CutPasteScar` (CutPaste, Li et al. 2021): a thin rotated "scar" or a small rectangular patch cut from
   the source at a random place, colour-jittered, pasted opaquely at another random place.
+
+`region` (optional, (H,W) bool): where the anomaly may go. A part photographed on a plain ground (a screw) has
+its defects on the part; anomalies scattered over the ground are found by any model, so they cannot rank models
+or scorings by what matters (`part_region`: the part as orientation finds it, a little widened).
 """
 
 from __future__ import annotations
@@ -37,9 +41,32 @@ MAX_SHAPE_TRIES = 50
 
 
 class AnomalyGenerator(Protocol):
-    """`(image (H,W,3) uint8, source (H',W',3) uint8, rng) -> (anomalous (H,W,3) uint8, mask (H,W) bool)`."""
+    """`(image (H,W,3) uint8, source (H',W',3) uint8, rng, region (H,W) bool | None) -> (anomalous (H,W,3) uint8,
+    mask (H,W) bool)`; the mask lies inside `region` where one is given."""
 
-    def __call__(self, image: ImageU8, source: ImageU8, rng: np.random.Generator) -> tuple[ImageU8, Mask]: ...
+    def __call__(
+        self, image: ImageU8, source: ImageU8, rng: np.random.Generator, region: Mask | None = None
+    ) -> tuple[ImageU8, Mask]: ...
+
+
+# A part covering less than this share of the image is noise of the threshold, more than PART_MAX the ground:
+# either way the whole image is the region.
+PART_MIN, PART_MAX = 0.005, 0.5
+
+
+def part_region(image: ImageU8) -> Mask:
+    """Where an anomaly of a part on a plain ground goes: the part (orientation.part_mask, Otsu's minority side)
+    widened by 2% of the image's shorter side, so its edge (a thread's tip) is in; (H,W) bool. The whole image
+    where no part stands out (a texture, or a part filling the image)."""
+    from anomaly_lab.orientation import part_mask  # cv2, only where parts are asked for
+
+    part = part_mask(image)  # (H,W) bool
+    if not PART_MIN <= part.mean() <= PART_MAX:
+        return np.ones(image.shape[:2], dtype=bool)
+    import cv2
+
+    size = 2 * max(1, round(0.02 * min(image.shape[:2]))) + 1
+    return cv2.dilate(part.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -171,23 +198,37 @@ class PerlinBlend:
         )
         _require(0 <= self.invert_p <= 1, f"invert_p must be in [0, 1], got {self.invert_p}")
 
-    def __call__(self, image: ImageU8, source: ImageU8, rng: np.random.Generator) -> tuple[ImageU8, Mask]:
+    def __call__(
+        self, image: ImageU8, source: ImageU8, rng: np.random.Generator, region: Mask | None = None
+    ) -> tuple[ImageU8, Mask]:
         _check_image("image", image)
         _check_image("source", source)
         height, width = image.shape[:2]
         lo, hi = _pixel_bounds(height, width, self.min_area, self.max_area)
         count = min(hi, max(lo, round(_log_uniform(rng, lo, hi))))
+        allowed = None if region is None else _checked_region(region, height, width).ravel()  # (H*W,)
         ry, rx = (
             min(2 ** int(rng.integers(self.min_scale_exp, self.max_scale_exp + 1)), max(1, d // 4))
             for d in (height, width)
         )
         noise = perlin_noise((height, width), (ry, rx), rng).ravel()  # (H*W,)
+        if allowed is not None:  # the top of the noise inside the region, at most all of it
+            noise = np.where(allowed, noise, -np.inf)
+            count = min(count, int(allowed.sum()))
         mask = np.zeros(height * width, dtype=bool)
         mask[np.argpartition(noise, -count)[-count:]] = True
         texture = _crop(_source_canvas(source, height, width, rng), height, width, rng)  # (H,W,3) uint8
         target = _jitter(texture, rng, self.jitter, self.invert_p)  # (H,W,3) float
         beta = float(rng.uniform(self.beta_min, self.beta_max))
         return _paint(image, target, mask.reshape(height, width), beta, self.min_change)
+
+
+def _checked_region(region: Mask, height: int, width: int) -> Mask:
+    _require(
+        region.shape == (height, width) and region.dtype == np.bool_ and bool(region.any()),
+        f"region must be a non-empty ({height},{width}) bool array, got shape {region.shape} dtype {region.dtype}",
+    )
+    return region
 
 
 def _rotated_rect(length: float, width: float, angle: float) -> Mask:
@@ -253,16 +294,28 @@ class CutPasteScar:
                 return shape
         return _fallback_block(height, width, min(hi, max(lo, round(_log_uniform(rng, lo, hi)))))
 
-    def __call__(self, image: ImageU8, source: ImageU8, rng: np.random.Generator) -> tuple[ImageU8, Mask]:
+    def __call__(
+        self, image: ImageU8, source: ImageU8, rng: np.random.Generator, region: Mask | None = None
+    ) -> tuple[ImageU8, Mask]:
         _check_image("image", image)
         _check_image("source", source)
         height, width = image.shape[:2]
         shape = self._shape(height, width, rng)  # (h,w) bool
         h, w = shape.shape
         patch = _crop(_source_canvas(source, h, w, rng), h, w, rng)  # (h,w,3) uint8
-        top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
         mask = np.zeros((height, width), dtype=bool)
-        mask[top : top + h, left : left + w] = shape
+        if region is None:
+            top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
+            mask[top : top + h, left : left + w] = shape
+        else:  # centred on a pixel of the region, cut to it (the region holds that centre)
+            rows, columns = np.nonzero(_checked_region(region, height, width))
+            at = int(rng.integers(rows.size))
+            top = min(max(0, int(rows[at]) - h // 2), height - h)
+            left = min(max(0, int(columns[at]) - w // 2), width - w)
+            mask[top : top + h, left : left + w] = shape
+            mask &= region
+            if not mask.any():  # the shape missed the region's pixel (a thin part): that pixel at least
+                mask[rows[at], columns[at]] = True
         target = np.zeros((height, width, 3))  # (H,W,3) float, read only under the mask
         target[top : top + h, left : left + w] = _jitter(patch, rng, self.jitter, 0.0)
         return _paint(image, target, mask, 1.0, self.min_change)
@@ -271,11 +324,14 @@ class CutPasteScar:
 GENERATORS: dict[str, Callable[..., AnomalyGenerator]] = {"perlin": PerlinBlend, "cutpaste": CutPasteScar}
 
 
-def synthesise(images: ImageU8, generator: AnomalyGenerator, seed: int) -> tuple[ImageU8, Mask]:
+def synthesise(
+    images: ImageU8, generator: AnomalyGenerator, seed: int, on_part: bool = False
+) -> tuple[ImageU8, Mask]:
     """One anomalous copy of each of the (N,H,W,3) uint8 images: ((N,H,W,3) uint8, (N,H,W) bool masks).
 
     Image i uses its own stream of `SeedSequence(seed)` (so it does not depend on the others' results) to
     pick its texture source, another image of the set (itself when N == 1), and to draw its anomaly.
+    on_part: each anomaly inside its image's `part_region`.
     """
     _require(
         images.ndim == 4 and images.shape[3] == 3 and images.dtype == np.uint8 and images.shape[0] > 0,
@@ -286,5 +342,6 @@ def synthesise(images: ImageU8, generator: AnomalyGenerator, seed: int) -> tuple
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
         rng = np.random.default_rng(child)
         j = i if n == 1 else (i + int(rng.integers(1, n))) % n
-        out[i], masks[i] = generator(images[i], images[j], rng)
+        region = part_region(images[i]) if on_part else None
+        out[i], masks[i] = generator(images[i], images[j], rng, region)
     return out, masks

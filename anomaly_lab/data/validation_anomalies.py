@@ -24,6 +24,7 @@ from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 
 log = logging.getLogger(__name__)
 SOURCES = ("auto", "real", "synthetic", "both")
+PLACEMENTS = ("anywhere", "part")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,15 @@ class ValidationAnomalies:
     # a name of anomaly_synthesis.GENERATORS (perlin | cutpaste) or a list of them: one anomaly per generator
     generator: str | Sequence[str] = ("perlin", "cutpaste")
     seed: int = 0
+    # anywhere | part: each synthetic anomaly on the image's part (anomaly_synthesis.part_region), for a part on a
+    # plain ground, whose defects are on the part (make tune sets it for a long part)
+    placement: str = "anywhere"
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(
+                f"dataset.validation_anomalies.placement={self.placement!r}: choose one of {', '.join(PLACEMENTS)}"
+            )
         if self.source not in SOURCES:
             raise ValueError(f"dataset.validation_anomalies.source={self.source!r}: choose one of {', '.join(SOURCES)}")
         if not self.generators or not all(isinstance(name, str) and name in GENERATORS for name in self.generators):
@@ -61,13 +69,18 @@ class ValidationAnomalies:
             return normal, real, "real" if real.samples else "none"
         parts = []
         for name in self.generators:
-            images, masks = synthesise(normal.images, GENERATORS[name](), self.seed)
+            images, masks = synthesise(normal.images, GENERATORS[name](), self.seed, self.placement == "part")
             defect = f"{SYNTHETIC_DEFECT_PREFIX}{name}"
             samples = [
                 Sample(f"{s.path}#{defect}", 1, defect, None, s.page or s.path, s.row, s.col) for s in normal.samples
             ]
             parts.append(DecodedImages(samples, images, masks))
-            log.info("validation anomalies: %d synthetic (%s) from the normal validation images", len(samples), defect)
+            log.info(
+                "validation anomalies: %d synthetic (%s%s) from the normal validation images",
+                len(samples),
+                defect,
+                ", on the part" if self.placement == "part" else "",
+            )
         synthetic = DecodedImages.concat(parts)
         if self.source == "both" and real.samples:
             return normal, DecodedImages.concat([real, synthetic]), "real+synthetic"
