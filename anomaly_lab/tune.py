@@ -841,7 +841,14 @@ def tune(args: Args) -> dict[str, Any]:
     plan = plan_data(args.data, args.defects, args.masks, tiling)
     for line in plan.lines:
         print(f"tune: {line}", flush=True)
-    base = [f"hparams_search={search}", *plan.overrides]
+    geometry = None
+    if search == SEARCH and plan.normal_dir is not None:
+        geometry = part_geometry(sample_images(plan.normal_dir))
+        if geometry is not None:
+            print(f"tune: the part in {plan.normal_dir}: {geometry.describe()}", flush=True)
+    # a long part lies on a ground: its defects are on it, and so are the validation anomalies made for it
+    shape = ["dataset.validation_anomalies.placement=part"] if geometry is not None and geometry.elongated else []
+    base = [f"hparams_search={search}", *plan.overrides, *shape]
     cfg = compose_train([*base, *args.extras, scratch])
     tune_node = plain_dict(cfg.tune)
     training = plan_split(plan)[2]
@@ -878,12 +885,7 @@ def tune(args: Args) -> dict[str, Any]:
             f"minutes={args.minutes:g}: too small for one trial once the checks ran: {max(left_s, 0):.0f} s "
             f"left for the search, and its cheapest point ({cheapest.label}) needs about {cheapest.seconds:.0f} s"
         )
-    geometric = None
-    if search == SEARCH:
-        geometry = part_geometry(sample_images(plan.normal_dir)) if plan.normal_dir is not None else None
-        if geometry is not None:
-            print(f"tune: the part in {plan.normal_dir}: {geometry.describe()}", flush=True)
-            geometric = long_part_point(tune_node, tune_node["epochs"], plan, default, geometry)
+    geometric = None if geometry is None else long_part_point(tune_node, tune_node["epochs"], plan, default, geometry)
     firsts = starting_points([p for p in (geometric, default) if p is not None], cheapest, left_s)
     identity = data_identity(cfg.dataset, os.getcwd())
     enqueue_first(storage, study_name, str(cfg.hydra.sweeper.direction), identity, *firsts)
@@ -918,7 +920,7 @@ def tune(args: Args) -> dict[str, Any]:
     print(f"tune: best trial {best.number}: {objective:.4g} ({', '.join(point)})", flush=True)
 
     best_cfg = compose_train([*base, *point, scratch])
-    keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *args.extras]) if k not in RECIPE_KEYS)]
+    keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *shape, *args.extras]) if k not in RECIPE_KEYS)]
     header = (
         f"# Written by `python -m anomaly_lab.tune data={args.data} minutes={args.minutes:g}"
         f"{f' defects={args.defects}' if args.defects else ''}{f' masks={args.masks}' if args.masks else ''}"

@@ -49,21 +49,28 @@ class AnomalyGenerator(Protocol):
     ) -> tuple[ImageU8, Mask]: ...
 
 
-# A part covering less than this share of the image is noise of the threshold, more than PART_MAX the ground:
-# either way the whole image is the region.
-PART_MIN, PART_MAX = 0.005, 0.5
+# A part covering less than this share of the image is noise of the threshold; a ground whose luminance spreads
+# (standard deviation) more than PLAIN_GROUND times the part's contrast with it is a texture, not a ground: either
+# way the whole image is the region.
+PART_MIN = 0.005
+PLAIN_GROUND = 0.25
 
 
 def part_region(image: ImageU8) -> Mask:
     """Where an anomaly of a part on a plain ground goes: the part (orientation.part_mask, Otsu's minority side)
     widened by 2% of the image's shorter side, so its edge (a thread's tip) is in; (H,W) bool. The whole image
-    where no part stands out (a texture, or a part filling the image)."""
+    where no part stands out (a texture, a flat image, a part filling the image)."""
+    import cv2
+
     from anomaly_lab.orientation import part_mask  # cv2, only where parts are asked for
 
-    part = part_mask(image)  # (H,W) bool
-    if not PART_MIN <= part.mean() <= PART_MAX:
+    part = part_mask(image)  # (H,W) bool, at most half the image
+    luminance = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float64)  # (H,W)
+    if part.mean() < PART_MIN or part.all() or not part.any():
         return np.ones(image.shape[:2], dtype=bool)
-    import cv2
+    contrast = abs(luminance[part].mean() - luminance[~part].mean())
+    if luminance[~part].std() > PLAIN_GROUND * contrast:
+        return np.ones(image.shape[:2], dtype=bool)
 
     size = 2 * max(1, round(0.02 * min(image.shape[:2]))) + 1
     return cv2.dilate(part.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
