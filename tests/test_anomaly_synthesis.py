@@ -198,5 +198,5 @@ def test_an_image_with_no_part_on_a_ground_is_its_own_region() -> None:
     flat = np.full((32, 32, 3), 128, np.uint8)
     for image in (texture, flat):
         assert syn.part_region(image).all()
-    outs, masks = synthesise(np.stack([flat, flat]), PerlinBlend(), seed=0, on_part=True)
+    _, masks = synthesise(np.stack([flat, flat]), PerlinBlend(), seed=0, on_part=True)
     assert masks.any(axis=(1, 2)).all()
