@@ -331,9 +331,7 @@ class CutPasteScar:
 GENERATORS: dict[str, Callable[..., AnomalyGenerator]] = {"perlin": PerlinBlend, "cutpaste": CutPasteScar}
 
 
-def synthesise(
-    images: ImageU8, generator: AnomalyGenerator, seed: int, on_part: bool = False
-) -> tuple[ImageU8, Mask]:
+def synthesise(images: ImageU8, generator: AnomalyGenerator, seed: int, on_part: bool = False) -> tuple[ImageU8, Mask]:
     """One anomalous copy of each of the (N,H,W,3) uint8 images: ((N,H,W,3) uint8, (N,H,W) bool masks).
 
     Image i uses its own stream of `SeedSequence(seed)` (so it does not depend on the others' results) to
