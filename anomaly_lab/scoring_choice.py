@@ -37,6 +37,7 @@ from anomaly_lab.scoring import (
     map_weights,
     mean_pixel_map,
 )
+from anomaly_lab.thresholds import PixelThreshold, ThresholdRule
 
 STD_FLOOR = 0.1  # a pixel's std is at least this share of the mean std: a pixel constant on normals cannot explode
 
@@ -287,3 +288,43 @@ def apply_choice(model: InpaintingModel, choice: ScoringChoice) -> dict[str, Any
         "reduce": choice.score_rule.reduce,
         "topk_fraction": choice.score_rule.topk_fraction,
     }
+
+
+@dataclass(frozen=True)
+class ValidationChoice:
+    """The scoring chosen on validation with what its thresholds need: the validation labels (N,) and the pixel
+    threshold (value, how it was chosen) on the chosen anomaly map, None without a pixel threshold rule."""
+
+    choice: ScoringChoice
+    labels: torch.Tensor
+    pixel_threshold: tuple[float, str] | None
+
+
+def choose_on_validation(
+    model: InpaintingModel,
+    batches: Iterable[dict[str, Any]],
+    search: ScoringSearch,
+    pixel_threshold_rule: PixelThreshold | None = None,
+) -> ValidationChoice:
+    """The search's choice on the model's inpaintings of the validation batches, and the pixel threshold on the
+    chosen anomaly map as predict draws it. Reads the batches only (train.choose_scoring: process 0 alone)."""
+    maps, labels, masks, known = validation_maps(model, batches, search.maps)
+    choice = search.choose(maps, labels, masks, known, model.image_size)
+    pixel = None
+    if pixel_threshold_rule is not None:
+        chosen_map = gaussian_blur(maps[choice.map_rule.map].float(), choice.map_rule.blur_sigma)  # (N,1,H,W)
+        pixel = pixel_threshold_rule.fit(chosen_map, labels, masks, known)
+    return ValidationChoice(choice, labels, pixel)
+
+
+def apply_validation_choice(
+    model: InpaintingModel, chosen: ValidationChoice, threshold_rule: ThresholdRule | None
+) -> dict[str, Any]:
+    """Set the chosen scoring on the model, its image threshold (threshold_rule on the chosen validation scores)
+    and its pixel threshold; return the model spec's changed entries (apply_choice)."""
+    changed = apply_choice(model, chosen.choice)
+    if threshold_rule is not None:
+        model.threshold.fill_(threshold_rule(chosen.choice.val_scores.double(), chosen.labels))
+    if chosen.pixel_threshold is not None:
+        model.pixel_threshold.fill_(chosen.pixel_threshold[0])
+    return changed

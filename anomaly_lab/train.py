@@ -50,8 +50,7 @@ from anomaly_lab.errors import ConfigError, SplitError, UserError, as_typed
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.metrics import wasserstein_separation
 from anomaly_lab.model import InpaintingModel
-from anomaly_lab.scoring import gaussian_blur
-from anomaly_lab.scoring_choice import ScoringChoice, ScoringSearch, apply_choice, validation_maps
+from anomaly_lab.scoring_choice import ScoringSearch, ValidationChoice, apply_validation_choice, choose_on_validation
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, FixedThreshold, ThresholdRule
 from anomaly_lab.training_end import (
     TrainingHealth,
@@ -301,25 +300,15 @@ def choose_scoring(
     loader = datamodule.val_dataloader()
     if trainer.world_size > 1:  # DDP: each process validates a shard; process 0 chooses on the whole split
         loader = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
-    chosen: tuple[ScoringChoice, torch.Tensor, tuple[float, str] | None] | None = None
+    chosen: ValidationChoice | None = None
     if trainer.is_global_zero:
-        maps, labels, masks, known = validation_maps(module.model, loader, search.maps)
-        choice = search.choose(maps, labels, masks, known, module.model.image_size)
-        pixel = None
-        if module.pixel_threshold_rule is not None:  # on the chosen anomaly map, as predict draws it
-            chosen_map = gaussian_blur(maps[choice.map_rule.map].float(), choice.map_rule.blur_sigma)  # (N,1,H,W)
-            pixel = module.pixel_threshold_rule.fit(chosen_map, labels, masks, known)
-        chosen = choice, labels, pixel
+        chosen = choose_on_validation(module.model, loader, search, module.pixel_threshold_rule)
     chosen = trainer.strategy.broadcast(chosen, src=0)  # the same choice in every process
     if chosen is None:
         raise RuntimeError("scoring=auto: process 0 sent no choice")
-    choice, labels, pixel = chosen
-    module.spec["model"].update(apply_choice(module.model, choice))
+    module.spec["model"].update(apply_validation_choice(module.model, chosen, module.threshold_rule))
+    choice, labels, pixel = chosen.choice, chosen.labels, chosen.pixel_threshold
     scores = choice.val_scores.double()  # (N,)
-    if module.threshold_rule is not None:
-        module.model.threshold.fill_(module.threshold_rule(scores, labels))
-    if pixel is not None:
-        module.model.pixel_threshold.fill_(pixel[0])
     normal, anomalous = scores[labels == 0].numpy(), scores[labels == 1].numpy()
     metrics: dict[str, Any] = {
         "val/chosen/image_auroc": choice.image_table[0]["image_auroc"],

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.scoring_choice import ScoringSearch, apply_choice, validation_maps
+from anomaly_lab.scoring_choice import ScoringSearch, apply_validation_choice, choose_on_validation
 from anomaly_lab.tools.rescoring import rescore, run_working_directory
 
 HEADER = (
@@ -42,11 +42,9 @@ def row(folder: Path, options: list[str]) -> str:
     with run_working_directory(folder.resolve()):
         datamodule = instantiate(before.cfg.dataset, preprocessing=module.model.preprocessing)
         datamodule.setup("fit")
-        maps, labels, masks, known = validation_maps(module.model, datamodule.val_dataloader(), search.maps)
-        choice = search.choose(maps, labels, masks, known, module.model.image_size)
-        apply_choice(module.model, choice)
-        if module.threshold_rule is not None:
-            module.model.threshold.fill_(module.threshold_rule(choice.val_scores.double(), labels))
+        chosen = choose_on_validation(module.model, datamodule.val_dataloader(), search)
+        choice = chosen.choice
+        apply_validation_choice(module.model, chosen, module.threshold_rule)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             trainer.test(module, datamodule=datamodule, verbose=False)

@@ -20,8 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.scoring import gaussian_blur
-from anomaly_lab.scoring_choice import ScoringSearch, apply_choice, validation_maps
+from anomaly_lab.scoring_choice import ScoringSearch, apply_validation_choice, choose_on_validation
 from anomaly_lab.tools.benchmark import markdown_table
 from anomaly_lab.tools.rescoring import rescore, run_working_directory
 
@@ -39,15 +38,10 @@ def variant_row(folder: Path, grids: str, ratio: str, save_to: Path) -> list[str
     with run_working_directory(folder.resolve()):
         datamodule = instantiate(rescored.cfg.dataset, preprocessing=module.model.preprocessing)
         datamodule.setup("fit")
-        maps, labels, masks, known = validation_maps(module.model, datamodule.val_dataloader(), search.maps)
-        choice = search.choose(maps, labels, masks, known, module.model.image_size)
+        chosen = choose_on_validation(module.model, datamodule.val_dataloader(), search, module.pixel_threshold_rule)
+        choice = chosen.choice
         assert module.spec is not None
-        module.spec["model"].update(apply_choice(module.model, choice))
-        if module.threshold_rule is not None:
-            module.model.threshold.fill_(module.threshold_rule(choice.val_scores.double(), labels))
-        if module.pixel_threshold_rule is not None:
-            chosen_map = gaussian_blur(maps[choice.map_rule.map].float(), choice.map_rule.blur_sigma)
-            module.model.pixel_threshold.fill_(module.pixel_threshold_rule.fit(chosen_map, labels, masks, known)[0])
+        module.spec["model"].update(apply_validation_choice(module.model, chosen, module.threshold_rule))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             trainer.test(module, datamodule=datamodule, verbose=False)
