@@ -118,8 +118,9 @@ class PixelMetrics(Metric):
     (below 0, in the first). Bin k's lower edge t_k = k * max_value / num_bins is the k-th threshold, so
     both curves are exact at those thresholds and only ties within a bin are approximated (linearly).
     If max_value is None it is fixed at the first update as 2x that batch's max score (max over all
-    processes under DDP, so every process bins alike; every process must then call the first update)
-    and cleared again by reset(). Pass max_value when the score range is known for exact reproducibility.
+    processes under DDP, so every process bins alike; every process must then call the first update;
+    sync_range=False: this process's own, for a metric only one process updates) and cleared again by
+    reset(). Pass max_value when the score range is known for exact reproducibility.
 
     States: a histogram of normal-pixel and of anomalous-pixel scores (AUROC; FPR for PRO), and one
     histogram per ground-truth region (8-connected components of each mask) for PRO: a region's overlap
@@ -137,7 +138,12 @@ class PixelMetrics(Metric):
     upper: torch.Tensor
 
     def __init__(
-        self, num_bins: int = 1000, max_value: float | None = None, fpr_limit: float = 0.3, **kwargs: Any
+        self,
+        num_bins: int = 1000,
+        max_value: float | None = None,
+        fpr_limit: float = 0.3,
+        sync_range: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if num_bins < 1:
@@ -149,6 +155,7 @@ class PixelMetrics(Metric):
         self.num_bins = int(num_bins)
         self.max_value = max_value
         self.fpr_limit = float(fpr_limit)
+        self.sync_range = sync_range
         self.add_state("normal_hist", torch.zeros(self.num_bins, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("anomalous_hist", torch.zeros(self.num_bins, dtype=torch.long), dist_reduce_fx="sum")
         # flat (R*num_bins,) per update: 1-D so an empty rank's placeholder concatenates under DDP
@@ -159,7 +166,7 @@ class PixelMetrics(Metric):
 
     def _fix_upper(self, maps: torch.Tensor) -> None:
         peak = 2.0 * maps.max().double()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.sync_range and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX, group=self.process_group)
         self.upper = peak if peak > 0 else torch.ones_like(peak)  # an all-zero first batch: fall back to 1
 

@@ -194,10 +194,11 @@ class PixelThreshold:
         """The threshold of validation maps (N,1,H,W), labels (N,), masks (N,1,H,W) bool and mask_known (N,) bool;
         anomalous images whose mask is unknown are left out."""
         keep = (labels == 0) | mask_known.bool()  # (N,)
-        # the bin range from these maps alone: PixelMetrics would agree it with the other DDP processes, and
-        # under DDP only process 0 fits (train.choose_scoring), so that collective would wait forever
-        peak = 2.0 * float(maps[keep].max()) if bool(keep.any()) else 0.0
-        metric = PixelMetrics(max_value=peak if peak > 0 else 1.0)
+        if not bool((labels == 0).any()):
+            raise ValueError("pixel threshold: no normal validation pixel")
+        # the bin range of these maps alone: under DDP only process 0 fits (train.choose_scoring), so agreeing
+        # the range with the other processes would wait for them forever
+        metric = PixelMetrics(sync_range=False)
         metric.update(maps[keep], masks[keep].bool())
         return self(metric.normal_hist, metric.anomalous_hist, float(metric.upper))
 
