@@ -62,17 +62,23 @@ def predict_images(
     batch_size: int = 16,
 ) -> Prediction | list[Prediction]:
     """InpaintingModel.predict: one Prediction per input (a list for a list or tuple of inputs)."""
-    from anomaly_lab.predict import Prepared, Skipped, TorchScorer, prepare_file, prepare_image, score_pending
+    from anomaly_lab.predict import (
+        Prepared,
+        Skipped,
+        TorchScorer,
+        pixel_threshold_of,
+        prepare_file,
+        prepare_image,
+        score_pending,
+    )
     from anomaly_lab.predict_outputs import Drawing, image_mask
 
     single = not isinstance(inputs, Sequence) or isinstance(inputs, str)
     items = [inputs] if single else list(inputs)
     threshold = float(model.threshold) if score_threshold is None else float(score_threshold)
-    if pixel_threshold is None:
-        chosen = float(model.pixel_threshold)
-        pixel_threshold = chosen if np.isfinite(chosen) else threshold
     if not np.isfinite(threshold):
         raise ValueError("the model holds no threshold (its training set none): pass score_threshold=")
+    pixel_threshold, _ = pixel_threshold_of(pixel_threshold, model, threshold, "the model")
     drawing = Drawing(threshold, float(pixel_threshold), 2.0 * float(pixel_threshold), 0.5, mask_peak_share)
     was_training = model.training
     model.eval()

@@ -668,18 +668,21 @@ def score_files(
     return rows, tile_rows, skipped
 
 
-def pixel_threshold_of(settings: Settings, model: InpaintingModel, threshold: float) -> tuple[float, str]:
-    """The masks' anomaly-map threshold and where it came from: pixel_threshold=..., else the checkpoint's (chosen
-    on validation), else (a checkpoint from before pixel thresholds) the image-score threshold."""
-    if settings.pixel_threshold is not None:
-        return settings.pixel_threshold, "override"
+def pixel_threshold_of(
+    override: float | None, model: InpaintingModel, threshold: float, source: str
+) -> tuple[float, str]:
+    """The masks' anomaly-map threshold and where it came from: the override (pixel_threshold=...), else the
+    model's (chosen on validation), else (a checkpoint from before pixel thresholds, named by `source`) the
+    image-score threshold, with a warning."""
+    if override is not None:
+        return float(override), "override"
     chosen = float(model.pixel_threshold)
     if math.isfinite(chosen):
         return chosen, "checkpoint"
     log.warning(
         "%s holds no pixel threshold (trained before they were chosen on validation): masks use the image-score "
         "threshold %.6g, which the map rarely reaches; pass pixel_threshold=... or retrain",
-        settings.ckpt_path,
+        source,
         threshold,
     )
     return threshold, "score_threshold"
@@ -699,7 +702,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"{settings.ckpt_path}: the checkpoint holds no threshold (its training set none: no validation pass or "
             f"no threshold rule); pass score_threshold=<image score>"
         )
-    pixel_threshold, pixel_threshold_from = pixel_threshold_of(settings, model, threshold)
+    pixel_threshold, pixel_threshold_from = pixel_threshold_of(
+        settings.pixel_threshold, model, threshold, settings.ckpt_path
+    )
     heatmap_max = settings.heatmap_max if settings.heatmap_max is not None else 2.0 * pixel_threshold
     if heatmap_max <= 0:
         raise ConfigError(f"heatmap_max (2 x pixel_threshold) is {heatmap_max}, not positive: set heatmap_max=...")

@@ -84,3 +84,16 @@ def test_the_readme_example_runs(tiny_run: Path, cli_rows: list[dict[str, str]])
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "README.md", "exec"), {})
     assert printed.getvalue().startswith(f"score {float(cli_rows[0]['score']):.4f}, anomalous ")
+
+
+def test_a_model_without_a_pixel_threshold_masks_at_the_score_threshold_and_says_so(
+    tiny_run: Path, cli_rows: list[dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint from before pixel thresholds: the API falls back as predict does, with predict's warning."""
+    model = load_model(tiny_run / "checkpoints" / "best.ckpt")
+    model.pixel_threshold.fill_(float("nan"))
+    with caplog.at_level("WARNING", logger="anomaly_lab.predict"):
+        result = model.predict(cli_rows[0]["path"])
+    assert "holds no pixel threshold" in caplog.text
+    at_score_threshold = model.predict(cli_rows[0]["path"], pixel_threshold=float(model.threshold))
+    np.testing.assert_array_equal(result.mask, at_score_threshold.mask)
