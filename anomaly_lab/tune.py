@@ -846,9 +846,7 @@ def tune(args: Args) -> dict[str, Any]:
         geometry = part_geometry(sample_images(plan.normal_dir))
         if geometry is not None:
             print(f"tune: the part in {plan.normal_dir}: {geometry.describe()}", flush=True)
-    # a long part lies on a ground: its defects are on it, and so are the validation anomalies made for it
-    shape = ["dataset.validation_anomalies.placement=part"] if geometry is not None and geometry.elongated else []
-    base = [f"hparams_search={search}", *plan.overrides, *shape]
+    base = [f"hparams_search={search}", *plan.overrides]
     cfg = compose_train([*base, *args.extras, scratch])
     tune_node = plain_dict(cfg.tune)
     training = plan_split(plan)[2]
@@ -920,7 +918,7 @@ def tune(args: Args) -> dict[str, Any]:
     print(f"tune: best trial {best.number}: {objective:.4g} ({', '.join(point)})", flush=True)
 
     best_cfg = compose_train([*base, *point, scratch])
-    keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *shape, *args.extras]) if k not in RECIPE_KEYS)]
+    keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *args.extras]) if k not in RECIPE_KEYS)]
     header = (
         f"# Written by `python -m anomaly_lab.tune data={args.data} minutes={args.minutes:g}"
         f"{f' defects={args.defects}' if args.defects else ''}{f' masks={args.masks}' if args.masks else ''}"

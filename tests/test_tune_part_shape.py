@@ -90,32 +90,3 @@ def test_a_round_part_starts_at_the_default_point_alone(tmp_path: Path) -> None:
     geometry = part_geometry(tune.sample_images(folder))
     assert geometry is not None and not geometry.elongated
     assert tune.long_part_point(node, table, plan, default, geometry) is None
-
-
-@pytest.mark.slow  # composes and checks every point of the search (about 20 s)
-@pytest.mark.parametrize("part", ["bar", "disk"])
-def test_the_search_of_a_long_part_validates_on_anomalies_placed_on_the_part(
-    part: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A long part's search (every trial, so the recipe too) makes its synthetic validation anomalies on the
-    part, where its defects are; a round part's anywhere. The search command is captured, not run."""
-    folder = tmp_path / "good"
-    folder.mkdir()
-    for number in range(40):
-        image = bar(float(number * 4)) if part == "bar" else disk(radius=30 + number % 12)
-        Image.fromarray(image).save(folder / f"{number:03d}.png")
-    root = tmp_path / "project"
-    root.mkdir()
-    monkeypatch.setenv("PROJECT_ROOT", str(root))
-    monkeypatch.chdir(root)
-    commands: list[list[str]] = []
-
-    def captured(command: list[str]) -> tuple[int, float]:
-        commands.append(list(command))
-        return 1, 0.0
-
-    monkeypatch.setattr(tune, "run_command", captured)
-    with pytest.raises(tune.SearchFailed):
-        tune.tune(tune.parse_args([f"data={folder}", "minutes=60"]))
-    (search,) = commands
-    assert ("dataset.validation_anomalies.placement=part" in search) == (part == "bar")

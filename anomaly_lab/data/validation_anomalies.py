@@ -34,7 +34,7 @@ class ValidationAnomalies:
     generator: str | Sequence[str] = ("perlin", "cutpaste")
     seed: int = 0
     # anywhere | part: each synthetic anomaly on the image's part (anomaly_synthesis.part_region), for a part on a
-    # plain ground, whose defects are on the part (make tune sets it for a long part)
+    # plain ground, whose defects are on the part
     placement: str = "anywhere"
 
     def __post_init__(self) -> None:
