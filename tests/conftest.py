@@ -60,6 +60,20 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
+def predict_config(overrides: list[str]) -> DictConfig:
+    """predict's config (no progress bar, on the CPU) with the overrides."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="predict", overrides=["progress=false", "device=cpu", *overrides])
+
+
+def run_test_folder(run_dir: Path) -> Path:
+    """The test folder a run tested (its scores.csv's first path: <root>/test/<defect>/x.png -> <root>/test)."""
+    import csv
+
+    with (run_dir / "scores.csv").open() as file:
+        return Path(next(csv.DictReader(file))["path"]).parent.parent
+
+
 @pytest.fixture(scope="session")
 def tiny_bottles_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MVTec-layout folder of generated 32px bottles, shared read-only by the session."""

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from anomaly_lab import load_model
-from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.predict import run as predict
+from tests.conftest import predict_config, run_test_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,20 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def cli_rows(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
     """predict's scores.csv for the tiny run's test folder."""
-    with (tiny_run / "scores.csv").open() as file:
-        test_dir = Path(next(csv.DictReader(file))["path"]).parent.parent
     out = tmp_path_factory.mktemp("api") / "out"
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
-            config_name="predict",
-            overrides=[
-                "progress=false",
-                f"ckpt_path={tiny_run / 'checkpoints' / 'best.ckpt'}",
-                f"input={test_dir}",
-                f"output={out}",
-            ],
-        )
-    predict(cfg)
+    ckpt = tiny_run / "checkpoints" / "best.ckpt"
+    predict(predict_config([f"ckpt_path={ckpt}", f"input={run_test_folder(tiny_run)}", f"output={out}"]))
     with (out / "scores.csv").open() as file:
         rows = list(csv.DictReader(file))
     for row in rows:

@@ -22,6 +22,7 @@ from anomaly_lab.checkpoint_loading import SPEC_KEY, load_model
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.export import run
 from anomaly_lab.predict import run as predict_run
+from tests.conftest import predict_config
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -95,11 +96,6 @@ def test_the_export_records_the_checkpoints_digest(tiny_run: Path, tmp_path: Pat
     run(export_config([f"ckpt_path={checkpoint}", "check=false"]))
     metadata = {prop.key: prop.value for prop in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
     assert metadata[DIGEST_KEY] == file_sha256(checkpoint) == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-
-
-def predict_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="predict", overrides=["progress=false", "device=cpu", *overrides])
 
 
 def scores_of(output: Path) -> dict[str, float]:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from anomaly_lab.checkpoint_loading import load_model
-from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.metrics import PixelMetrics
 from anomaly_lab.predict import run as predict
 from anomaly_lab.thresholds import PixelThreshold
 from anomaly_lab.train import run as train
-from tests.conftest import ComposeFn
+from tests.conftest import ComposeFn, predict_config, run_test_folder
 
 
 def maps_with_a_defect(n_normal: int = 6, n_anomalous: int = 4, size: int = 16, seed: int = 0):
@@ -76,11 +73,6 @@ def test_a_checkpoint_written_before_pixel_thresholds_loads_without_one(tiny_run
     assert math.isnan(float(load_model(old).pixel_threshold))
 
 
-def predict_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="predict", overrides=["progress=false", *overrides])
-
-
 @pytest.mark.slow  # two trainings and two predicts: 13 s of the fast tier
 @pytest.mark.parametrize("scoring", ["riad", "auto"])
 def test_training_stores_a_pixel_threshold_that_predict_uses(
@@ -97,8 +89,7 @@ def test_training_stores_a_pixel_threshold_that_predict_uses(
     metrics = json.loads((run_dir / "metrics.json").read_text())
     key = "val/chosen/pixel_threshold" if scoring == "auto" else "val/pixel_threshold"
     assert metrics[key] == pytest.approx(value)
-    with (run_dir / "scores.csv").open() as file:
-        test_dir = Path(next(csv.DictReader(file))["path"]).parent.parent  # test/<defect>/x.png -> test
+    test_dir = run_test_folder(run_dir)
     summary = predict(predict_config([f"ckpt_path={ckpt}", f"input={test_dir}", f"output={tmp_path / 'out'}"]))
     assert summary["pixel_threshold"] == pytest.approx(value) and summary["pixel_threshold_from"] == "checkpoint"
     override = predict(

@@ -16,27 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from PIL import Image
 
 from anomaly_lab.checkpoint_loading import FORMAT_VERSION, SPEC_KEY, CheckpointError, load_model, read_checkpoint
 from anomaly_lab.checkpointing import check_same_model
-from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.data.images import BadImageError
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.predict import run
 from anomaly_lab.preprocessing import Preprocessing
 from anomaly_lab.registry import CHECKPOINT_CLASSES, RENAMED_CLASSES, load_builtin_parts
 from anomaly_lab.train import run as train
-from tests.conftest import TINY, TINY_SYNTHETIC_PAGES, compose_config
+from tests.conftest import TINY, TINY_SYNTHETIC_PAGES, compose_config, predict_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def predict_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="predict", overrides=["progress=false", *overrides])
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.predict import run as predict
 from anomaly_lab.predict_outputs import Drawing, Scored, draw_contour, heatmap_overlay, image_mask, write_image_outputs
+from tests.conftest import predict_config, run_test_folder
 
 GREY = np.full((32, 32, 3), 128, dtype=np.uint8)
 
@@ -74,16 +73,10 @@ def test_outputs_record_where_each_mask_came_from(tmp_path: Path) -> None:
     assert (np.asarray(Image.open(tmp_path / written["mask"])) > 0).sum() == 16
 
 
-def predict_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="predict", overrides=["progress=false", *overrides])
-
-
 def test_panels_show_image_heatmap_mask_and_the_ground_truth_of_an_mvtec_test_image(
     tiny_run: Path, tmp_path: Path
 ) -> None:
-    with (tiny_run / "scores.csv").open() as file:
-        test_dir = Path(next(csv.DictReader(file))["path"]).parent.parent
+    test_dir = run_test_folder(tiny_run)
     ckpt = tiny_run / "checkpoints" / "best.ckpt"
     out = tmp_path / "out"
     summary = predict(predict_config([f"ckpt_path={ckpt}", f"input={test_dir}", f"output={out}", "panel=true"]))

@@ -14,20 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.masking import GridMasking
 from anomaly_lab.predict import Skipped, checked_settings, run, score_stream
 from anomaly_lab.preprocessing import Preprocessing
+from tests.conftest import predict_config
 from tests.test_predict import RecordingScorer, assert_same_outputs, mixed_inputs, read_rows, write_png
-
-
-def predict_config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="predict", overrides=["progress=false", "device=cpu", *overrides])
 
 
 def outcome(results: list) -> list[tuple[Path, float | None]]:
