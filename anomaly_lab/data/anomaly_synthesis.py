@@ -71,7 +71,6 @@ def part_region(image: ImageU8) -> Mask:
     contrast = abs(luminance[part].mean() - luminance[~part].mean())
     if luminance[~part].std() > PLAIN_GROUND * contrast:
         return np.ones(image.shape[:2], dtype=bool)
-
     size = 2 * max(1, round(0.02 * min(image.shape[:2]))) + 1
     return cv2.dilate(part.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
 
