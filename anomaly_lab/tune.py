@@ -841,11 +841,6 @@ def tune(args: Args) -> dict[str, Any]:
     plan = plan_data(args.data, args.defects, args.masks, tiling)
     for line in plan.lines:
         print(f"tune: {line}", flush=True)
-    geometry = None
-    if search == SEARCH and plan.normal_dir is not None:
-        geometry = part_geometry(sample_images(plan.normal_dir))
-        if geometry is not None:
-            print(f"tune: the part in {plan.normal_dir}: {geometry.describe()}", flush=True)
     base = [f"hparams_search={search}", *plan.overrides]
     cfg = compose_train([*base, *args.extras, scratch])
     tune_node = plain_dict(cfg.tune)
@@ -883,7 +878,12 @@ def tune(args: Args) -> dict[str, Any]:
             f"minutes={args.minutes:g}: too small for one trial once the checks ran: {max(left_s, 0):.0f} s "
             f"left for the search, and its cheapest point ({cheapest.label}) needs about {cheapest.seconds:.0f} s"
         )
-    geometric = None if geometry is None else long_part_point(tune_node, tune_node["epochs"], plan, default, geometry)
+    geometric = None
+    if search == SEARCH:
+        geometry = part_geometry(sample_images(plan.normal_dir)) if plan.normal_dir is not None else None
+        if geometry is not None:
+            print(f"tune: the part in {plan.normal_dir}: {geometry.describe()}", flush=True)
+            geometric = long_part_point(tune_node, tune_node["epochs"], plan, default, geometry)
     firsts = starting_points([p for p in (geometric, default) if p is not None], cheapest, left_s)
     identity = data_identity(cfg.dataset, os.getcwd())
     enqueue_first(storage, study_name, str(cfg.hydra.sweeper.direction), identity, *firsts)
