@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from anomaly_lab.masking import inpaint_full_coverage
-from anomaly_lab.metrics import image_auroc, wasserstein_separation
+from anomaly_lab.metrics import image_auroc, validation_rank, wasserstein_separation
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.registry import PIXEL_MAPS
 from anomaly_lab.scoring import (
@@ -191,8 +191,8 @@ class ScoringSearch:
                     )
                     rule = ScoreRule(name, sigma * scale, normalise, reduce, k)
                     image_rows.append((rule, auroc, separation, scores, mean, std))
-        # best first; ties keep the order of the lists (plainer rules first), as Python's sort is stable
-        image_rows.sort(key=lambda row: (-round(row[1], 9), -row[2]))
+        # best first; ties keep the order of the lists (plainer rules first): a reversed sort is stable too
+        image_rows.sort(key=lambda row: validation_rank(row[1], row[2]), reverse=True)
         rule, _, _, val_scores, mean, std = image_rows[0]
         image_table = [
             {**asdict(r), "image_auroc": auroc, "wasserstein_normalised": sep} for r, auroc, sep, *_ in image_rows

@@ -64,6 +64,7 @@ from anomaly_lab.configs import CONFIG_DIR, data_digest, data_identity
 from anomaly_lab.data.datamodules import normal_shares
 from anomaly_lab.data.images import IMAGE_SUFFIXES
 from anomaly_lab.errors import ConfigError, UserError, as_typed
+from anomaly_lab.metrics import validation_rank
 from anomaly_lab.orientation import PartGeometry, part_geometry
 
 log = logging.getLogger(__name__)
@@ -786,15 +787,16 @@ def differences(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
 
 
 def write_trials(study: Any, path: Path) -> None:
-    """The trials table (csv): number, state, objective, seconds, epochs trained, what stopped it, params. No test
-    metric: the search chose on validation only."""
+    """The trials table (csv): number, state, objective, validation image AUROC, seconds, epochs trained, what stopped
+    it, params. No test metric: the search chose on validation only."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     params = sorted({name for trial in trials for name in trial.params})
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["number", "state", "value", "seconds", "epochs_trained", "stopped_by", "note", *params])
+        header = ["number", "state", "value", "val_image_auroc", "seconds", "epochs_trained", "stopped_by", "note"]
+        writer.writerow([*header, *params])
         for trial in trials:
             attrs = trial.user_attrs
             state = trial.state.name
@@ -809,6 +811,7 @@ def write_trials(study: Any, path: Path) -> None:
                     trial.number,
                     state,
                     "" if trial.value is None else f"{trial.value:.6g}",
+                    attrs.get("val_image_auroc", ""),
                     seconds or "",
                     attrs.get("epochs_trained", ""),
                     attrs.get("stopped_by", ""),
@@ -915,7 +918,9 @@ def tune(args: Args) -> dict[str, Any]:
             f"{max(best.intermediate_values)} epochs: its point is the recipe (its last validation: {objective:.4g})",
             flush=True,
         )
-    print(f"tune: best trial {best.number}: {objective:.4g} ({', '.join(point)})", flush=True)
+    auroc = best.user_attrs.get("val_image_auroc")
+    on_validation = f"{objective:.4g}" + ("" if auroc is None else f", val image AUROC {auroc:.4f}")
+    print(f"tune: best trial {best.number}: {on_validation} ({', '.join(point)})", flush=True)
 
     best_cfg = compose_train([*base, *point, scratch])
     keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *args.extras]) if k not in RECIPE_KEYS)]
@@ -924,7 +929,8 @@ def tune(args: Args) -> dict[str, Any]:
         f"{f' defects={args.defects}' if args.defects else ''}{f' masks={args.masks}' if args.masks else ''}"
         f"{' tiled=true' if args.tiled else ''} name={args.name}` on {datetime.now():%Y-%m-%d %H:%M}:\n"
         f"# trial {best.number} of study {study_name} ({storage}), objective {cfg.objective.metric} = "
-        f"{objective:.4g} on validation; its params: {', '.join(point)}. Trials: {args.name}.trials.csv beside it.\n"
+        f"{on_validation} on validation (the highest image AUROC, the objective for ties); its params: "
+        f"{', '.join(point)}. Trials: {args.name}.trials.csv beside it.\n"
         f"#   python -m anomaly_lab.train experiment={args.name}\n"
     )
     recipe.parent.mkdir(parents=True, exist_ok=True)
@@ -963,14 +969,25 @@ def tune(args: Args) -> dict[str, Any]:
 
 
 def best_trial(study: Any) -> tuple[Any, float]:
-    """The best complete trial and its objective; where none completed, the trial its deadline stopped after the most
-    epochs and its last validation (the budget ran out on a machine slower than the documented rate: its point is
-    still the one measured furthest); (None, nan) where there is neither."""
+    """The recipe's trial and its objective: of the complete trials, the one with the highest validation image AUROC
+    (user attr `val_image_auroc`), the objective breaking ties (metrics.validation_rank, scoring=auto's order; the
+    lower number where both tie, so the first trials, the starting points, keep a tie). A trial with the larger
+    distance but more normal-anomalous pairs in the wrong order is not the better recipe: the distance is carried by
+    the easiest anomalies. Where none completed, the trial its deadline stopped after the most epochs and its last
+    validation (the budget ran out on a machine slower than the documented rate: its point is still the one measured
+    furthest); (None, nan) where there is neither."""
     import optuna
 
     trials = study.get_trials(deepcopy=False)
-    if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
-        return study.best_trial, float(study.best_value)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+
+        def rank(trial: Any) -> tuple[float, float]:
+            return validation_rank(trial.user_attrs.get("val_image_auroc", -math.inf), sign * float(trial.value))
+
+        best = max(complete, key=rank)  # max keeps the first of equals
+        return best, float(best.value)
     stopped = [
         t
         for t in trials

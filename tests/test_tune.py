@@ -375,6 +375,12 @@ def test_make_tune_on_tiny_data_writes_a_recipe_that_trains_the_same_model_again
     assert trials and all("test" not in column for column in trials[0])  # chosen on validation only
     assert {row["state"] for row in trials} <= {"COMPLETE", "PRUNED", "FAIL"}
     assert all(row["note"].endswith("left of the budget") for row in trials if row["state"] == "FAIL")
+    complete = [row for row in trials if row["state"] == "COMPLETE"]
+    assert complete and all(row["val_image_auroc"] for row in complete)
+    chosen = next(line for line in lines if line.startswith("tune: best trial ")).split()[3].rstrip(":")
+    assert float(next(row for row in complete if row["number"] == chosen)["val_image_auroc"]) == max(
+        float(row["val_image_auroc"]) for row in complete
+    )
 
     # the budget: the search ended within the command's minutes (the checks before it took their share), give or
     # take the last trial's epochs
@@ -422,6 +428,40 @@ def test_one_short_trials_pessimistic_scaling_does_not_veto_the_search() -> None
     together = trial_seconds(point, [long_run, *short_runs])
     assert together == pytest.approx(sorted(each)[1])  # type: ignore[type-var]
     assert together is not None and together < max(e for e in each if e is not None)
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_the_recipe_is_the_trial_with_the_highest_validation_auroc_the_objective_breaking_ties(
+    tmp_path: Path, direction: str
+) -> None:
+    """The bottle search's case: the default's point (val AUROC 1.000, distance 1.17) against a short trial with the
+    larger distance (1.64) and one pair in the wrong order (AUROC 0.9989). The recipe is the default's point; among
+    equal AUROCs the better objective wins, and where both tie the first trial (the starting point) stays."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", direction=direction)
+    better = 1.0 if direction == "maximize" else -1.0
+    for auroc, value in ((1.0, 1.165), (0.9988662, 1.644), (1.0, 1.165), (0.5, 9.0)):
+        trial = study.ask({"x": optuna.distributions.UniformDistribution(0, 1)})
+        trial.set_user_attr("val_image_auroc", auroc)
+        study.tell(trial, better * value)
+    best, objective = tune.best_trial(study)
+    assert best.number == 0 and objective == pytest.approx(better * 1.165)
+    assert study.best_trial.number == 3  # Optuna's best: the objective alone
+    tied = study.ask({"x": optuna.distributions.UniformDistribution(0, 1)})
+    tied.set_user_attr("val_image_auroc", 1.0 + 1e-12)  # float noise: a tie
+    study.tell(tied, better * 1.2)
+    assert tune.best_trial(study)[0].number == tied.number
+
+
+def test_the_sweep_records_a_trials_validation_auroc_the_chosen_scorings_first(tmp_path: Path) -> None:
+    from anomaly_lab.sweeps.resumable_optuna import run_outcome
+
+    metrics = {"epochs_trained": 5, "val/image_auroc": 0.7, "val/chosen/image_auroc": 0.9}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert run_outcome(tmp_path)["val_image_auroc"] == 0.9
+    (tmp_path / "metrics.json").write_text(json.dumps({"val/image_auroc": 0.7}))
+    assert run_outcome(tmp_path)["val_image_auroc"] == 0.7
+    (tmp_path / "metrics.json").write_text(json.dumps({"val/image_auroc": float("nan")}))
+    assert "val_image_auroc" not in run_outcome(tmp_path)
 
 
 def test_a_search_whose_only_trial_its_deadline_stopped_still_gives_that_point(tmp_path: Path) -> None:

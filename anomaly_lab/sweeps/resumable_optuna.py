@@ -357,8 +357,9 @@ def fail_trials_of_dead_workers(study: optuna.Study, storage: RDBStorage, grace_
 
 
 def run_outcome(output_dir: Path) -> dict[str, Any]:
-    """The epochs a run trained, what stopped it early and how long its training took, from its metrics.json (user
-    attrs `epochs_trained`, `stopped_by`, `train_seconds`; none where the run wrote no metrics)."""
+    """The epochs a run trained, what stopped it early, how long its training took and its validation image AUROC
+    (the chosen scoring's under scoring=auto), from its metrics.json (user attrs `epochs_trained`, `stopped_by`,
+    `train_seconds`, `val_image_auroc`; none where the run wrote no metrics)."""
     path = output_dir / "metrics.json"
     try:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
@@ -371,6 +372,9 @@ def run_outcome(output_dir: Path) -> dict[str, Any]:
         outcome["stopped_by"] = metrics["stopped_early_by"]
     if isinstance(metrics.get("train/seconds"), int | float):  # fit's wall time: the budget's per-epoch estimate
         outcome["train_seconds"] = round(float(metrics["train/seconds"]), 3)
+    auroc = metrics.get("val/chosen/image_auroc", metrics.get("val/image_auroc"))
+    if isinstance(auroc, int | float) and math.isfinite(auroc):
+        outcome["val_image_auroc"] = float(auroc)
     return outcome
 
 
@@ -433,6 +437,8 @@ def tell_twin(study: optuna.Study, trial: Trial, twin: FrozenTrial) -> None:
         twin.value,
     )
     trial.set_user_attr("duplicate_of", twin.user_attrs.get("duplicate_of", twin.number))
+    if "val_image_auroc" in twin.user_attrs:
+        trial.set_user_attr("val_image_auroc", twin.user_attrs["val_image_auroc"])
     if twin.state == TrialState.PRUNED:
         for step, value in sorted(twin.intermediate_values.items()):
             trial.report(value, step)
