@@ -7,7 +7,9 @@ image alone, so training, validation and predict turn every image the same way:
 - the part is the minority side of Otsu's threshold on luminance (a dark part on a light ground, or the reverse);
 - its principal axis (second moments, about the centroid) turns horizontal, and its extent moves to the centre;
 - its wider end goes to the left, by a half turn, never a mirror (a mirror would change a thread's hand).
-Round parts, or parts that fill most of the image, have no stable axis: leave the pose alone for them.
+Round parts, or parts that fill most of the image, have no stable axis: find_pose still turns them (by the noise
+of near-equal moments, the same way at training and predict), so orient=none is their setting; make tune starts
+from a turn only for a long part (part_geometry), though its search may draw one for any part.
 """
 
 from __future__ import annotations
