@@ -177,6 +177,25 @@ def test_the_first_trial_is_enqueued_until_the_study_has_a_complete_one(tmp_path
     assert states == [TrialState.PRUNED, TrialState.WAITING]
 
 
+def test_the_search_on_a_study_made_to_enqueue_its_first_points_draws_from_the_seed(tmp_path: Path) -> None:
+    """tune makes the study to enqueue its first points; the sweep that then opens it is its first and keeps the
+    seeded draws (the search is reproducible from `seed`); a rerun or second worker on it reseeds, as on any study
+    another run made."""
+    from anomaly_lab.sweeps.resumable_optuna import first_sweep, open_study, rdb_storage
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    tune.enqueue_first(storage, "s", "maximize", {"root": "/data/a"}, tune.Point({"optimizer.lr": 1e-3}, 60.0))
+
+    def opened(name: str) -> tuple[optuna.Study, bool]:
+        return open_study(rdb_storage(storage, None), name, "maximize", optuna.samplers.RandomSampler(), None)
+
+    assert first_sweep(*opened("s")) and not first_sweep(*opened("s"))
+    tune.enqueue_first(storage, "s", "maximize", {"root": "/data/a"}, tune.Point({"optimizer.lr": 1e-3}, 60.0))
+    assert not first_sweep(*opened("s"))  # a rerun's enqueue does not make it fresh again
+    optuna.create_study(storage=storage, study_name="other", direction="maximize")
+    assert not first_sweep(*opened("other")) and first_sweep(*opened("new"))
+
+
 # item 6: bad input, one line naming the key, exit 2, nothing trained
 
 

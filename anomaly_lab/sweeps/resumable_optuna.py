@@ -27,7 +27,8 @@ only the loop:
 - A COMPLETE trial whose run reports a collapse in its metrics.json (`collapsed`, `collapse_reasons`) keeps
   its value but gets user attr `collapsed` with the reasons, and a warning.
 - A run that did not create the study reseeds the sampler, so it does not replay the seeded draws of the run
-  (or the worker started with it) that did (only a fresh study is reproducible from the seed).
+  (or the worker started with it) that did (only a fresh study is reproducible from the seed; one made only to
+  enqueue first points, as make tune does, counts as fresh for the first sweep on it: `first_sweep`).
 - A trial that raises (e.g. NonFiniteLossError on a NaN loss) or returns a non-finite value is told
   FAIL and the sweep goes on, until more than max_failure_rate * n_trials of its own trials failed.
 - Training is seeded, so parameters that already COMPLETEd give the same value again: a trial the sampler
@@ -234,6 +235,21 @@ def open_study(
     storage.set_study_directions(study_id, [StudyDirection[direction.upper()]])
     name = storage.get_study_name_from_id(study_id)
     return optuna.Study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), created
+
+
+ENQUEUED_ONLY = "enqueued_only"  # study user attr `first_sweep`: made to hold enqueued trials, no sweep drew yet
+
+
+def first_sweep(study: optuna.Study, created: bool) -> bool:
+    """Whether this sweep is the study's first, so its seeded sampler draws what the seed says: it created the
+    study, or the study was made only to enqueue its first points (make tune: user attr `first_sweep`, which this
+    call marks taken, so a second worker or a rerun reseeds)."""
+    if created:
+        return True
+    if study.user_attrs.get("first_sweep") != ENQUEUED_ONLY:
+        return False
+    study.set_user_attr("first_sweep", "taken")
+    return True
 
 
 @contextmanager
@@ -626,7 +642,7 @@ class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
             self.n_trials,
             type(pruner).__name__,
         )
-        if not created:
+        if not first_sweep(study, created):
             # a seeded sampler would replay the draws of the run (or the worker started with this one) that made it
             self.sampler.reseed_rng()
             log.info("the study existed already: sampler reseeded so this run draws its own parameters")
