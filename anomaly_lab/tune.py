@@ -1011,13 +1011,13 @@ def enqueue_first(storage: str, name: str, direction: str, data: dict[str, Any],
     (which refuses it)."""
     import optuna
 
-    from anomaly_lab.sweeps.resumable_optuna import ENQUEUED_ONLY, open_study, rdb_storage
+    from anomaly_lab.sweeps.resumable_optuna import mark_enqueued_only, open_study, rdb_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # enqueue_trial: optuna 2.10's
     study, created = open_study(rdb_storage(storage, None), name, direction, optuna.samplers.RandomSampler(), None)
     if created:  # the search's seeded sampler then draws as on a fresh study (resumable_optuna.first_sweep)
-        study.set_user_attr("first_sweep", ENQUEUED_ONLY)
+        mark_enqueued_only(study)
     trials = study.get_trials(deepcopy=False)
     if any(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING) for t in trials):
         return

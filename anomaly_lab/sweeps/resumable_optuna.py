@@ -237,16 +237,18 @@ def open_study(
     return optuna.Study(study_name=name, storage=storage, sampler=sampler, pruner=pruner), created
 
 
-ENQUEUED_ONLY = "enqueued_only"  # study user attr `first_sweep`: made to hold enqueued trials, no sweep drew yet
+def mark_enqueued_only(study: optuna.Study) -> None:
+    """Mark a study made only to enqueue its first points (make tune), so the first sweep on it keeps its seed."""
+    study.set_user_attr("first_sweep", "enqueued_only")
 
 
 def first_sweep(study: optuna.Study, created: bool) -> bool:
     """Whether this sweep is the study's first, so its seeded sampler draws what the seed says: it created the
-    study, or the study was made only to enqueue its first points (make tune: user attr `first_sweep`, which this
-    call marks taken, so a second worker or a rerun reseeds)."""
+    study, or the study was made only to enqueue its first points (mark_enqueued_only; this call marks it taken,
+    so a second worker or a rerun reseeds)."""
     if created:
         return True
-    if study.user_attrs.get("first_sweep") != ENQUEUED_ONLY:
+    if study.user_attrs.get("first_sweep") != "enqueued_only":
         return False
     study.set_user_attr("first_sweep", "taken")
     return True
