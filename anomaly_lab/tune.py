@@ -27,7 +27,7 @@ How the data is read (one line each is printed):
   conf/dataset_base/pages.yaml): with defects= (marked pages; masks= their masks), one marked page validates whole
   and the other marked pages are the test, their unmarked tiles its normals, so the tuned recipe tests the tiles
   notes_highlighter and sharks test; without, a share of the normal tiles is held out for a test of normals. The
-  budget counts tiles as images (RATE_S per tile; TILES_VALIDATION for validation's larger share).
+  budget counts tiles as images (STEP_S and RATE_S per tile; TILES_VALIDATION for validation's larger share).
 
 Bad input is one line naming the key and exit 2, before anything trains: no images, too few to hold out validation
 and test images, a category without normal images, a budget too small for one trial (the documented rate below,
@@ -71,17 +71,22 @@ log = logging.getLogger(__name__)
 
 SEARCH = "auto_cpu"  # conf/hparams_search/auto_cpu.yaml
 TILES_SEARCH = "auto_tiles_cpu"  # conf/hparams_search/auto_tiles_cpu.yaml: tiled=true
-# Seconds per training image per megapixel of model input per epoch on 2 idle CPU cores, by net width
-# (model.net.base_channels), validation every 10 epochs included: screw_cpu (width 8: 70 epochs of 230 images at
-# 256x96 in 14.8 min) and bottles_cpu (width 16: 40 epochs of 189 images at 128x128 in 8.4 min), docs/benchmarks.md.
-# Tiles are images of 64x64 here (a rate per tile): width 32 by the rule below gives 0.067 s per tile and epoch;
-# notes_thesis_scale measured 0.054 (18.6 tiles/s, unet64, validation every epoch, on 2 cores shared with 2 jobs).
-RATE_S = {8: 2.3, 16: 4.1}
-SEARCH_VALIDATION = 1.15  # the search validates every 5 epochs (ASHA's rungs), those recipes every 10
+# Seconds of optimizer steps per training image and epoch on 2 idle CPU cores: STEP_S plus RATE_S per megapixel of
+# model input for the narrow net (model.net.base_channels 8), times (width / 8) ** WIDTH_POWER for other widths.
+# Fitted to the train/images_per_s of the searches of 2026-12-07 on idle cores (docs/lab/2026-12-06-scoring-chosen-
+# on-validation.md, "The final training's bound"): width 8 at 256x96 0.069 s, at 128x64 0.029 s; width 16 at
+# 128x128 0.091 s, at 256x256 0.394 s. Width 32 by the power: 0.056 s per 64x64 tile (notes_thesis_scale: 0.054).
+STEP_S, RATE_S, WIDTH_POWER = 0.006, 2.55, 1.13
+# A trial validates every 5 epochs (ASHA's rungs), each time with riad_wide_map's full-coverage passes, and chooses
+# its scoring at its end: measured 1.29x (screw) and 1.33x (bottle) the seconds of its optimizer steps
+SEARCH_VALIDATION = 1.3
 # Tiles: validation is large against training (a fifth of the normal tiles and a whole marked page) and a masked
 # net inpaints it in several passes (tiles_multiscale_grid: 4 sizes x 4), so an epoch is bounded at half again
 TILES_VALIDATION = 1.5
-FINAL_TRAINING_S = 14 * 60  # the final training's bound: 15 min on 2 cores, less its test and start
+# The final training's optimizer steps: 15 min on 2 cores less its start, its one validation with the scoring
+# choice (the final validates at its last epoch only: FINAL_VALIDATION) and its test
+FINAL_TRAINING_S = 13 * 60
+FINAL_VALIDATION = 1.0
 LENGTHS = {"short": 0.3, "medium": 0.6, "long": 1.0}  # tune.length: shares of the longest that fits
 EPOCH_STEP, MAX_EPOCHS = 5, 100
 START_S, DECODE_S = 10.0, 0.05  # a trial's start, and decoding per image file (1024 px PNG): the budget check
@@ -385,17 +390,16 @@ def check_enough_normal(plan: DataPlan, data: Path) -> None:
 
 
 def seconds_per_epoch(training_images: int, pixels: int, width: int, validation: float = SEARCH_VALIDATION) -> float:
-    """One epoch of the search's training (validation every 5 epochs included: `validation`, its share on top) at the
-    documented rate; an image is a tile where pages are tiled."""
-    rate = RATE_S.get(width, RATE_S[16] * (width / 16) ** 2 if width > 16 else RATE_S[8])
-    return rate * training_images * pixels / 1e6 * validation
+    """One epoch of training at the documented rate (STEP_S, RATE_S), with `validation`'s share on top (a trial's
+    validation every 5 epochs: SEARCH_VALIDATION); an image is a tile where pages are tiled."""
+    rate = RATE_S * (width / 8) ** WIDTH_POWER
+    return (STEP_S + rate * pixels / 1e6) * training_images * validation
 
 
-def epochs_table(
-    tune: Mapping[str, Any], training_images: int, validation: float = SEARCH_VALIDATION
-) -> dict[str, Any]:
-    """tune.epochs for this data: by size, band and width, the longest training that fits FINAL_TRAINING_S (a
-    multiple of EPOCH_STEP, at most MAX_EPOCHS) and LENGTHS shares of it."""
+def epochs_table(tune: Mapping[str, Any], training_images: int, validation: float = FINAL_VALIDATION) -> dict[str, Any]:
+    """tune.epochs for this data: by size, band and width, the longest final training (`validation`: its share on
+    top of the steps, final_validation) that fits FINAL_TRAINING_S (a multiple of EPOCH_STEP, at most MAX_EPOCHS)
+    and LENGTHS shares of it."""
     table: dict[str, Any] = {}
     for size_name, size in tune["sizes"].items():
         for band, height in tune["bands"][size_name].items():
@@ -514,7 +518,14 @@ def point_seconds(
 
 
 def validation_share(plan: DataPlan) -> float:
+    """A trial's validation on top of its steps (it validates every 5 epochs)."""
     return TILES_VALIDATION if plan.kind == "tiles" else SEARCH_VALIDATION
+
+
+def final_validation(plan: DataPlan) -> float:
+    """The final training's validation on top of its steps: it validates once, at its last epoch, except that a
+    tile's validation is large enough to bound every epoch of tiles (TILES_VALIDATION)."""
+    return TILES_VALIDATION if plan.kind == "tiles" else FINAL_VALIDATION
 
 
 # The first trial of each search: the yaml's tune.* defaults and these values (the point a hand recipe trains)
@@ -848,7 +859,7 @@ def tune(args: Args) -> dict[str, Any]:
     cfg = compose_train([*base, *args.extras, scratch])
     tune_node = plain_dict(cfg.tune)
     training = plan_split(plan)[2]
-    table = epochs_table(tune_node, training, validation_share(plan))
+    table = epochs_table(tune_node, training, final_validation(plan))
     base.append(f"tune.epochs={hydra_value(table)}")
     base += args.extras  # the user's overrides win over the table
     cfg = compose_train([*base, scratch])
@@ -922,7 +933,10 @@ def tune(args: Args) -> dict[str, Any]:
     on_validation = f"{objective:.4g}" + ("" if auroc is None else f", val image AUROC {auroc:.4f}")
     print(f"tune: best trial {best.number}: {on_validation} ({', '.join(point)})", flush=True)
 
-    best_cfg = compose_train([*base, *point, scratch])
+    # the final training validates once, at its last epoch: the trial's weights (validation draws nothing from
+    # training's random stream), without the trial's validations every 5 epochs that only ASHA needed
+    epochs = int(compose_train([*base, *point, scratch]).trainer.max_epochs)
+    best_cfg = compose_train([*base, *point, f"trainer.check_val_every_n_epoch={epochs}", scratch])
     keys = [*RECIPE_KEYS, *(k for k in override_keys([*plan.overrides, *args.extras]) if k not in RECIPE_KEYS)]
     header = (
         f"# Written by `python -m anomaly_lab.tune data={args.data} minutes={args.minutes:g}"
@@ -930,7 +944,7 @@ def tune(args: Args) -> dict[str, Any]:
         f"{' tiled=true' if args.tiled else ''} name={args.name}` on {datetime.now():%Y-%m-%d %H:%M}:\n"
         f"# trial {best.number} of study {study_name} ({storage}), objective {cfg.objective.metric} = "
         f"{on_validation} on validation (the highest image AUROC, the objective for ties); its params: "
-        f"{', '.join(point)}. Trials: {args.name}.trials.csv beside it.\n"
+        f"{', '.join(point)}; validated once, at its last epoch. Trials: {args.name}.trials.csv beside it.\n"
         f"#   python -m anomaly_lab.train experiment={args.name}\n"
     )
     recipe.parent.mkdir(parents=True, exist_ok=True)

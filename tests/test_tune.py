@@ -106,7 +106,7 @@ def test_the_final_training_is_bounded_to_its_minutes_and_the_shipped_table_is_t
             for band, widths in bands.items():
                 for width, lengths in widths.items():
                     pixels = node["sizes"][size] * (node["bands"][size][band] or node["sizes"][size])
-                    epoch = tune.seconds_per_epoch(images, pixels, node["widths"][width])
+                    epoch = tune.seconds_per_epoch(images, pixels, node["widths"][width], tune.FINAL_VALIDATION)
                     assert lengths["short"] <= lengths["medium"] <= lengths["long"] <= tune.MAX_EPOCHS
                     assert all(epochs % tune.EPOCH_STEP == 0 for epochs in lengths.values())
                     # the longest fits, unless one step of epochs does not (then it is that one step)
@@ -361,7 +361,7 @@ def test_make_tune_on_tiny_data_writes_a_recipe_that_trains_the_same_model_again
     data = write_synthetic_bottles(tmp_path / "bottles", size=32, n_train=40, n_test_good=4, n_test_per_defect=2)
     root = tmp_path / "project"
     root.mkdir()
-    lengths = {"short": 1, "medium": 2, "long": 2}
+    lengths = {"short": 1, "medium": 2, "long": 3}
     tiny_space = [  # 32 px, 1-2 epochs, a net 4 channels wide: every size, band and width of the space at that scale
         "tune.sizes={s128:32,s256:32}",
         "tune.bands={s128:{full:null,half:16,third:16},s256:{full:null,half:16,third:16}}",
@@ -378,6 +378,7 @@ def test_make_tune_on_tiny_data_writes_a_recipe_that_trains_the_same_model_again
         "dataset.batch_size=4",
         "dataset.eval_batch_size=8",
         "trainer.enable_progress_bar=false",
+        "trainer.check_val_every_n_epoch=1",  # the trials validate every epoch, the final once
     ]
     command = [sys.executable, "-m", "anomaly_lab.tune", f"data={data}", "minutes=2", "name=tiny", *tiny_space]
     done = run(command, root)
@@ -389,6 +390,7 @@ def test_make_tune_on_tiny_data_writes_a_recipe_that_trains_the_same_model_again
     recipe = root / "recipes" / "experiment" / "tiny.yaml"
     written = OmegaConf.load(recipe)
     assert {"override /scoring": "auto"} in written.defaults and written.dataset.root == str(data)
+    assert written.trainer.check_val_every_n_epoch == written.trainer.max_epochs  # the final validates once
     with (recipe.with_suffix(".trials.csv")).open() as handle:
         trials = list(csv.DictReader(handle))
     assert trials and all("test" not in column for column in trials[0])  # chosen on validation only
@@ -407,8 +409,17 @@ def test_make_tune_on_tiny_data_writes_a_recipe_that_trains_the_same_model_again
     longest_trial = max(float(row["seconds"]) for row in trials if row["seconds"])
     assert search_minutes * 60 <= 2 * 60 + longest_trial
 
-    # the recipe, trained again, is the tune's model: the same weights and the same test scores
+    # the final training, validated once, is the chosen trial's model, validated every epoch: the same weights
     final = root / lines[-1].split("run folder ")[1]
+    storage = f"sqlite:///{root}/outputs/sweeps/optuna.db"
+    (name,) = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    study = optuna.load_study(study_name=name, storage=storage)
+    trial = study.trials[int(chosen)]
+    assert trial.user_attrs["epochs_trained"] == written.trainer.max_epochs > 1
+    searched, trained = state_dict(Path(trial.user_attrs["output_dir"])), state_dict(final)
+    assert searched.keys() == trained.keys() and all(torch.equal(searched[k], trained[k]) for k in searched)
+
+    # the recipe, trained again, is the tune's model: the same weights and the same test scores
     again = run(
         [sys.executable, "-m", "anomaly_lab.train", "experiment=tiny", "hydra.run.dir=outputs/runs/again"], root
     )

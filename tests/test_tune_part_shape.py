@@ -42,7 +42,7 @@ def test_a_bar_at_any_angle_is_long_and_a_disk_is_not() -> None:
 def search_node(plan: tune.DataPlan) -> tuple[dict, dict, tune.Point, tune.Point]:
     cfg = tune.compose_train([f"hparams_search={tune.SEARCH}", *plan.overrides])
     node = tune.plain_dict(cfg.tune)
-    table = tune.epochs_table(node, tune.plan_split(plan)[2], tune.validation_share(plan))
+    table = tune.epochs_table(node, tune.plan_split(plan)[2], tune.final_validation(plan))
     params = {key: str(spec) for key, spec in tune.plain_dict(cfg.hydra.sweeper.params).items()}
     default, cheapest = tune.first_points(node, table, plan, list(params))
     return node, table, default, cheapest
