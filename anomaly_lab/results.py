@@ -7,6 +7,7 @@ on_test_end instead of collecting their own copies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,13 @@ import torch
 
 # Defect names of synthetic anomalies (data.validation_anomalies): "synthetic_perlin", "synthetic_cutpaste"
 SYNTHETIC_DEFECT_PREFIX = "synthetic_"
+
+
+def validation_key(metrics: Mapping[str, Any], name: str) -> str:
+    """The key of metrics.json that holds validation metric `name` (e.g. "val/image_auroc") for the run's model: the
+    chosen scoring's (val/chosen/image_auroc) where scoring=auto chose one at the end of training, else `name`."""
+    chosen = f"val/chosen/{name.removeprefix('val/')}"
+    return chosen if chosen in metrics else name
 
 
 def anomaly_kind(defect: str) -> str:

@@ -50,6 +50,7 @@ from anomaly_lab.errors import ConfigError, SplitError, UserError, as_typed
 from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.metrics import wasserstein_separation
 from anomaly_lab.model import InpaintingModel
+from anomaly_lab.results import validation_key
 from anomaly_lab.scoring_choice import ScoringSearch, ValidationChoice, apply_validation_choice, choose_on_validation
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, FixedThreshold, ThresholdRule
 from anomaly_lab.training_end import (
@@ -462,9 +463,7 @@ def run(cfg: DictConfig) -> float:
             )
     if pruning is not None:
         pruning.raise_if_pruned()  # optuna.TrialPruned: the sweeper records the trial as PRUNED
-    name = cfg.objective.metric
-    if f"val/chosen/{name.removeprefix('val/')}" in metrics:  # scoring=auto: the chosen scoring's objective
-        name = f"val/chosen/{name.removeprefix('val/')}"
+    name = validation_key(metrics, cfg.objective.metric)  # scoring=auto: the chosen scoring's objective
     if name not in metrics:
         raise KeyError(f"objective.metric={name!r} was not logged (logged: {sorted(metrics)})")
     value = metrics[name]

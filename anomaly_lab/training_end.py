@@ -19,6 +19,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 
+from anomaly_lab.results import validation_key
+
 SATURATED_SHARE = 0.99  # of output values within 1e-4 of 0 or 1 (a sigmoid output driven to its limits)
 CONSTANT_SPREAD = 1e-5  # mean over pixels of the std across validation images of the inpainting
 
@@ -93,7 +95,7 @@ def collapse_reasons(metrics: dict[str, float], epoch_losses: list[float]) -> li
             f"the training loss did not go down (epoch 1: {epoch_losses[0]:.4g}, "
             f"epoch {len(epoch_losses)}: {epoch_losses[-1]:.4g})"
         )
-    auroc = metrics.get("val/chosen/image_auroc", metrics.get("val/image_auroc"))  # scoring=auto: the chosen score's
+    auroc = metrics.get(validation_key(metrics, "val/image_auroc"))  # scoring=auto: the chosen score's
     if auroc is not None and auroc <= 0.5:
         reasons.append(f"validation image AUROC {auroc:.3f} is at or below chance (0.5)")
     return reasons

@@ -359,3 +359,21 @@ def test_a_study_of_other_data_is_refused_naming_both_unless_allowed() -> None:
     assert "root='/data/mvtec_screw'" in str(refused.value)
     assert check_same_data(unrecorded, screw, "memory", allow_other_data=True) is None
     assert unrecorded.user_attrs["data"] == screw
+
+
+def test_the_report_and_the_trials_record_show_the_chosen_scorings_validation_auroc(tmp_path: Path) -> None:
+    """Under scoring=auto a run logs the trained scoring's val/image_auroc every validation and the chosen one's
+    (val/chosen/image_auroc) at its end: the model is the chosen one's, so the report and run_outcome read that."""
+    from anomaly_lab.sweeps.resumable_optuna import run_outcome
+
+    study = optuna.create_study(direction="maximize")
+    runs = {"auto": {"val/image_auroc": 0.61, "val/chosen/image_auroc": 0.93}, "fixed": {"val/image_auroc": 0.72}}
+    for name, metrics in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+        trial = study.ask()
+        trial.set_user_attr("output_dir", str(tmp_path / name))
+        study.tell(trial, 1.0)
+    rows = sweep_report.trials_table(study.trials).splitlines()[2:]
+    assert [row.split()[3] for row in rows] == ["0.93", "0.72"]
+    assert [run_outcome(tmp_path / name)["val_image_auroc"] for name in runs] == [0.93, 0.72]

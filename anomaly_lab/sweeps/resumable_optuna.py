@@ -90,6 +90,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from anomaly_lab.cli import one_line
 from anomaly_lab.configs import data_identity
 from anomaly_lab.errors import ConfigError, UserError, as_typed
+from anomaly_lab.results import validation_key
 from anomaly_lab.secrets import mask_secrets, mask_secrets_in_logs
 from anomaly_lab.sweeps import private_api
 from anomaly_lab.sweeps.launchers import failed_job
@@ -390,7 +391,7 @@ def run_outcome(output_dir: Path) -> dict[str, Any]:
         outcome["stopped_by"] = metrics["stopped_early_by"]
     if isinstance(metrics.get("train/seconds"), int | float):  # fit's wall time: the budget's per-epoch estimate
         outcome["train_seconds"] = round(float(metrics["train/seconds"]), 3)
-    auroc = metrics.get("val/chosen/image_auroc", metrics.get("val/image_auroc"))
+    auroc = metrics.get(validation_key(metrics, "val/image_auroc"))
     if isinstance(auroc, int | float) and math.isfinite(auroc):
         outcome["val_image_auroc"] = float(auroc)
     return outcome

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from anomaly_lab.cli import user_errors_exit
 from anomaly_lab.configs import CONFIG_DIR
 from anomaly_lab.errors import UserError
+from anomaly_lab.results import validation_key
 
 matplotlib.use("Agg")  # files only, no display
 
@@ -64,8 +65,8 @@ def epochs_label(trial: FrozenTrial) -> str:
 
 
 def trials_table(trials: Sequence[FrozenTrial]) -> str:
-    """A fixed-width table: number, state, objective, the run's validation image AUROC (a check on the
-    objective), epochs trained (a pruned trial's: where it was stopped), run time of a complete or pruned trial,
+    """A fixed-width table: number, state, objective, the run's validation image AUROC (the chosen scoring's; a check
+    on the objective), epochs trained (a pruned trial's: where it was stopped), run time of a complete or pruned trial,
     time until a failed one was failed (for a killed worker's trial that is when a later run noticed, not a run
     time), and one column per parameter."""
     params = sorted({name for trial in trials for name in trial.params})
@@ -78,7 +79,7 @@ def trials_table(trials: Sequence[FrozenTrial]) -> str:
                 str(trial.number),
                 state_label(trial),
                 format_value(trial.value),
-                format_value(run_metrics(trained_trial(trial, trials)).get("val/image_auroc")),
+                format_value(validation_auroc(run_metrics(trained_trial(trial, trials)))),
                 epochs_label(trial),
                 format_value(seconds if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) else None),
                 format_value(seconds if trial.state == TrialState.FAIL else None),
@@ -88,6 +89,11 @@ def trials_table(trials: Sequence[FrozenTrial]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def validation_auroc(metrics: dict[str, float]) -> float | None:
+    """A run's validation image AUROC: the chosen scoring's under scoring=auto (what make tune ranks trials by)."""
+    return metrics.get(validation_key(metrics, "val/image_auroc"))
 
 
 def trained_trial(trial: FrozenTrial, trials: Sequence[FrozenTrial]) -> FrozenTrial:
