@@ -877,8 +877,9 @@ def tune(args: Args) -> dict[str, Any]:
     checked = check_points([*base, scratch], params)
     print(f"tune: the search space: {checked} points checked by the train command's checks", flush=True)
     print(
-        f"tune: the final training is bounded to about {FINAL_TRAINING_S / 60:.0f} min on 2 idle cores "
-        f"({training} training {plan.unit}s; tune.epochs)",
+        f"tune: the final training's epochs are sized to about {FINAL_TRAINING_S / 60:.0f} min of optimizer steps on "
+        f"2 idle cores, 15 min with its start, one validation and the test ({training} training {plan.unit}s; "
+        "tune.epochs)",
         flush=True,
     )
 
