@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,14 +24,17 @@ import optuna
 import pytest
 import torch
 from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, UniformDistribution
 from optuna.trial import TrialState
 from PIL import Image
 
 from anomaly_lab import tune
+from anomaly_lab.errors import ConfigError
 from anomaly_lab.sweeps.resumable_optuna import (
     BUDGET_SAFETY,
     MAX_NOT_STARTED,
     ResumableOptunaSweeperImpl,
+    check_budget_fallback,
     trial_seconds,
 )
 from tests.conftest import FAST_SWEEP, TINY, TINY_SYNTHETIC
@@ -152,6 +156,7 @@ def test_a_trial_that_cannot_fit_in_the_budget_left_is_not_started_and_one_that_
         config=OmegaConf.create({}),
         hydra_context=SimpleNamespace(config_loader=SimpleNamespace(load_sweep_config=load_sweep_config)),
         not_started=0,
+        budget_fallback={},
     )
     started = ResumableOptunaSweeperImpl._within_budget(sweeper, study, [(long, ["long"]), (short, ["short"])])  # type: ignore[arg-type]
     assert [trial.number for trial, _ in started] == [short.number]
@@ -159,6 +164,56 @@ def test_a_trial_that_cannot_fit_in_the_budget_left_is_not_started_and_one_that_
     refused = study.trials[long.number]
     assert refused.state == TrialState.FAIL and "s left of the budget" in refused.user_attrs["not_started"]
     assert study.trials[short.number].user_attrs["cost"] == {"epochs": 5, "pixels": 1024, "width": 1}
+
+
+def test_a_draw_that_cannot_fit_is_refused_and_its_short_version_is_the_next_trial_where_that_fits() -> None:
+    """hydra.sweeper.budget_fallback: the end of a budget trains the sampler's point at less cost (the screw search
+    of 2026-12-07 refused 8 draws with 14 of its 60 min left, then ended)."""
+    study = optuna.create_study(direction="maximize")
+    done = study.ask()
+    done.set_user_attr("cost", {"epochs": 10, "pixels": 1024, "width": 1})
+    done.set_user_attr("epochs_trained", 10)
+    done.set_user_attr("seconds", 10.0)
+    study.tell(done, 0.5)
+    space = {"length": CategoricalDistribution(["short", "long"]), "lr": UniformDistribution(1e-4, 1e-2)}
+    epochs = {"short": 5, "long": 100, "medium": 70}
+
+    def load_sweep_config(config: Any, overrides: list[str]) -> Any:
+        values = dict(override.split("=", 1) for override in overrides)
+        return OmegaConf.create({"trainer": {"max_epochs": epochs[values["length"]]}, "model": {"image_size": 32}})
+
+    sweeper = SimpleNamespace(
+        budget_end=time.time() + 60.0,  # 60 s left: 100 epochs need 125 s, 70 need 88 s, 5 need 7.4 s
+        config=OmegaConf.create({}),
+        hydra_context=SimpleNamespace(config_loader=SimpleNamespace(load_sweep_config=load_sweep_config)),
+        not_started=0,
+        budget_fallback={"length": "short"},
+    )
+    study.enqueue_trial({"length": "long", "lr": 3e-3})
+    long = study.ask(space)
+    started = ResumableOptunaSweeperImpl._within_budget(sweeper, study, [(long, ["length=long", "lr=0.003"])])  # type: ignore[arg-type]
+    assert started == [] and sweeper.not_started == 1
+    assert study.trials[long.number].state == TrialState.FAIL
+    reason = study.trials[long.number].user_attrs["not_started"]
+    assert re.search(r"s left of the budget; the draw with length=short \(\d+ s estimated\) is the next trial", reason)
+    following = study.ask(space)
+    assert following.params == {"length": "short", "lr": 3e-3}  # the sampler's point, short
+    # where the short point does not fit either, nothing is enqueued
+    sweeper.budget_fallback = {"length": "medium"}
+    study.enqueue_trial({"length": "long", "lr": 3e-3})
+    again = study.ask(space)
+    ResumableOptunaSweeperImpl._within_budget(sweeper, study, [(again, ["length=long", "lr=0.003"])])  # type: ignore[arg-type]
+    assert "next trial" not in study.trials[again.number].user_attrs["not_started"]
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+
+
+def test_a_budget_fallback_outside_the_search_is_refused_naming_the_key() -> None:
+    space = {"length": CategoricalDistribution(["short", "long"]), "lr": UniformDistribution(1e-4, 1e-2)}
+    with pytest.raises(ConfigError, match=r"hydra\.sweeper\.budget_fallback\.size: not a parameter of the search"):
+        check_budget_fallback({"size": "s128"}, space)
+    with pytest.raises(ConfigError, match=r"budget_fallback\.length='tiny': not one of the parameter's choices"):
+        check_budget_fallback({"length": "tiny"}, space)
+    check_budget_fallback({"length": "short"}, space)
 
 
 def test_the_first_trial_is_enqueued_until_the_study_has_a_complete_one(tmp_path: Path) -> None:
@@ -395,7 +450,7 @@ def test_make_tune_on_tiny_data_writes_a_recipe_that_trains_the_same_model_again
         trials = list(csv.DictReader(handle))
     assert trials and all("test" not in column for column in trials[0])  # chosen on validation only
     assert {row["state"] for row in trials} <= {"COMPLETE", "PRUNED", "FAIL"}
-    assert all(row["note"].endswith("left of the budget") for row in trials if row["state"] == "FAIL")
+    assert all("s left of the budget" in row["note"] for row in trials if row["state"] == "FAIL")
     complete = [row for row in trials if row["state"] == "COMPLETE"]
     assert complete and all(row["val_image_auroc"] for row in complete)
     chosen = next(line for line in lines if line.startswith("tune: best trial ")).split()[3].rstrip(":")

@@ -55,7 +55,9 @@ only the loop:
   sweep ends after MAX_NOT_STARTED of them. Each started trial gets the budget's end as `sweep_trial.deadline`: its
   training stops before an epoch that would end past it and the trial is PRUNED (anomaly_lab.sweeps.pruning), so
   trials the estimate let through stay inside the budget too. The first trial has nothing to estimate from: the
-  deadline alone bounds it.
+  deadline alone bounds it. hydra.sweeper.budget_fallback (e.g. {tune.length: short}): a draw that does not fit
+  is still refused, and the same point with those values, where its estimate fits, is enqueued as the next trial,
+  so the end of a budget trains the sampler's point at less cost instead of refusing draws until the sweep ends.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ import socket
 import statistics
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -510,6 +513,32 @@ def trial_cost(config: Any) -> dict[str, int] | None:
     return {"epochs": epochs, "pixels": size * int(height), "width": int(width) if isinstance(width, int) else 1}
 
 
+def fallback_point(
+    params: Mapping[str, Any], overrides: Sequence[str], fallback: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]] | None:
+    """A drawn point with hydra.sweeper.budget_fallback's values (e.g. tune.length=short), and its job's overrides;
+    None where the fallback names none of its parameters or changes nothing."""
+    changed = {name: value for name, value in fallback.items() if name in params and params[name] != value}
+    if not changed:
+        return None
+    kept = [override for override in overrides if override.split("=", 1)[0] not in changed]
+    return {**params, **changed}, [*kept, *(f"{name}={value}" for name, value in changed.items())]
+
+
+def check_budget_fallback(fallback: Mapping[str, Any], distributions: Mapping[str, BaseDistribution]) -> None:
+    """Each key of hydra.sweeper.budget_fallback a parameter of the search, each value one it can draw."""
+    for name, value in fallback.items():
+        key = f"hydra.sweeper.budget_fallback.{name}"
+        distribution = distributions.get(name)
+        if distribution is None:
+            raise ConfigError(
+                f"{key}: not a parameter of the search (hydra.sweeper.params: {', '.join(distributions)})"
+            )
+        if isinstance(distribution, CategoricalDistribution) and value not in distribution.choices:
+            choices = ", ".join(map(str, distribution.choices))
+            raise ConfigError(f"{key}={as_typed(value)}: not one of the parameter's choices ({choices})")
+
+
 def scaled(ratio: float, up: float, down: float) -> float:
     """ratio ** up for a larger trial, ratio ** down for a smaller one (down < 1: a run's fixed part)."""
     return ratio ** (up if ratio > 1 else down)
@@ -571,6 +600,7 @@ class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
         pruner: Any = None,
         allow_other_data: bool = False,
         budget_minutes: float | None = None,
+        budget_fallback: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         mask_secrets_in_logs()  # the storage URL's password, in every line this process logs
@@ -580,6 +610,8 @@ class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
         self.allow_other_data = allow_other_data
         self.budget_minutes = budget_minutes
         self.budget_end: float | None = None  # unix time, set when the sweep starts
+        fallback = OmegaConf.to_container(budget_fallback) if OmegaConf.is_config(budget_fallback) else budget_fallback
+        self.budget_fallback: dict[str, Any] = dict(fallback or {})  # type: ignore[call-overload]
         self.not_started = 0
         # the pruner's config, built (allow-list first) when the sweep starts: a refusal is one line, not a
         # Hydra instantiation error
@@ -609,6 +641,9 @@ class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
         distributions = {**(self.search_space_distributions or {}), **distributions}
         for name in fixed_params:
             distributions.pop(name, None)
+        # a value fixed on the command line stays fixed
+        self.budget_fallback = {name: v for name, v in self.budget_fallback.items() if name not in fixed_params}
+        check_budget_fallback(self.budget_fallback, distributions)
 
         check_study_name(self.study_name)
         cwd = OmegaConf.select(self.config, "hydra.runtime.cwd")
@@ -762,6 +797,20 @@ class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
                 fits.append((trial, overrides))
                 continue
             reason = f"{estimate or 0:.0f} s estimated, {max(left, 0):.0f} s left of the budget"
+            fallback = fallback_point(trial.params, overrides, self.budget_fallback)
+            if fallback is not None and left > 0:
+                point, fallback_overrides = fallback
+                config = self.hydra_context.config_loader.load_sweep_config(self.config, fallback_overrides)
+                fallback_cost = trial_cost(config)
+                shorter = None if fallback_cost is None else trial_seconds(fallback_cost, trained)
+                if shorter is not None and shorter <= left:
+                    with warnings.catch_warnings():  # enqueue_trial: optuna 2.10's ExperimentalWarning
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        study.enqueue_trial(point)
+                    changed = ", ".join(
+                        f"{name}={value}" for name, value in point.items() if value != trial.params[name]
+                    )
+                    reason += f"; the draw with {changed} ({shorter:.0f} s estimated) is the next trial"
             log.info("trial %d not started (hydra.sweeper.budget_minutes): %s", trial.number, reason)
             trial.set_user_attr("not_started", reason)
             study.tell(trial, state=TrialState.FAIL)

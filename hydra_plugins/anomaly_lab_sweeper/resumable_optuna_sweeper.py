@@ -10,7 +10,7 @@ anomaly_lab.sweeps.resumable_optuna.ResumableOptunaSweeperImpl.
 # no `from __future__ import annotations`: Hydra's plugin scanner runs this module before it is in
 # sys.modules, where dataclasses cannot resolve string annotations
 from dataclasses import dataclass, field
-from typing import Any, List, Optional  # noqa: UP035
+from typing import Any, Dict, List, Optional  # noqa: UP035
 
 from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
@@ -100,6 +100,9 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
     # minutes of wall clock for this sweep (null: none): a trial whose estimated run does not fit in what is left is
     # not started, and each started one stops (PRUNED) before an epoch that would end past the budget
     budget_minutes: Optional[float] = None  # noqa: UP045
+    # parameter values (e.g. {tune.length: short}) a draw that does not fit in the budget left is tried with: that
+    # point is enqueued as the next trial where its estimated run fits
+    budget_fallback: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006
 
 
 store = ConfigStore.instance()
