@@ -798,15 +798,25 @@ def differences(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
 
 
 def write_trials(study: Any, path: Path) -> None:
-    """The trials table (csv): number, state, objective, validation image AUROC, seconds, epochs trained, what stopped
-    it, params. No test metric: the search chose on validation only."""
+    """The trials table (csv): number, state, objective, validation image and pixel AUROC, seconds, epochs trained,
+    what stopped it, params. No test metric: the search chose on validation only."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     params = sorted({name for trial in trials for name in trial.params})
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        header = ["number", "state", "value", "val_image_auroc", "seconds", "epochs_trained", "stopped_by", "note"]
+        header = [
+            "number",
+            "state",
+            "value",
+            "val_image_auroc",
+            "val_pixel_auroc",
+            "seconds",
+            "epochs_trained",
+            "stopped_by",
+            "note",
+        ]
         writer.writerow([*header, *params])
         for trial in trials:
             attrs = trial.user_attrs
@@ -823,6 +833,7 @@ def write_trials(study: Any, path: Path) -> None:
                     state,
                     "" if trial.value is None else f"{trial.value:.6g}",
                     attrs.get("val_image_auroc", ""),
+                    attrs.get("val_pixel_auroc", ""),
                     seconds or "",
                     attrs.get("epochs_trained", ""),
                     attrs.get("stopped_by", ""),
@@ -930,8 +941,9 @@ def tune(args: Args) -> dict[str, Any]:
             f"{max(best.intermediate_values)} epochs: its point is the recipe (its last validation: {objective:.4g})",
             flush=True,
         )
-    auroc = best.user_attrs.get("val_image_auroc")
-    on_validation = f"{objective:.4g}" + ("" if auroc is None else f", val image AUROC {auroc:.4f}")
+    image, pixel = trial_validation(best)
+    on_validation = f"{objective:.4g}" + (f", val image AUROC {image:.4f}" if math.isfinite(image) else "")
+    on_validation += f", val pixel AUROC {pixel:.4f}" if math.isfinite(pixel) else ""
     print(f"tune: best trial {best.number}: {on_validation} ({', '.join(point)})", flush=True)
 
     # the final training validates once, at its last epoch: the trial's weights (validation draws nothing from
@@ -944,7 +956,7 @@ def tune(args: Args) -> dict[str, Any]:
         f"{f' defects={args.defects}' if args.defects else ''}{f' masks={args.masks}' if args.masks else ''}"
         f"{' tiled=true' if args.tiled else ''} name={args.name}` on {datetime.now():%Y-%m-%d %H:%M}:\n"
         f"# trial {best.number} of study {study_name} ({storage}), objective {cfg.objective.metric} = "
-        f"{on_validation} on validation (the highest image AUROC, the objective for ties); its params: "
+        f"{on_validation} on validation (the highest image AUROC, then pixel AUROC, then the objective); its params: "
         f"{', '.join(point)}; validated once, at its last epoch. Trials: {args.name}.trials.csv beside it.\n"
         f"#   python -m anomaly_lab.train experiment={args.name}\n"
     )
@@ -983,14 +995,28 @@ def tune(args: Args) -> dict[str, Any]:
     return report
 
 
+def trial_validation(trial: Any) -> tuple[float, float]:
+    """A trial's validation (image AUROC, pixel AUROC), -inf where not measured: its user attrs, or for a trial
+    recorded before the sweep kept the pixel AUROC, its run's metrics.json (resumable_optuna.run_outcome)."""
+    from anomaly_lab.sweeps.resumable_optuna import run_outcome
+
+    attrs = dict(trial.user_attrs)
+    if "val_pixel_auroc" not in attrs and attrs.get("output_dir"):
+        attrs = {**run_outcome(Path(str(attrs["output_dir"]))), **attrs}
+    return float(attrs.get("val_image_auroc", -math.inf)), float(attrs.get("val_pixel_auroc", -math.inf))
+
+
 def best_trial(study: Any) -> tuple[Any, float]:
     """The recipe's trial and its objective: of the complete trials, the one with the highest validation image AUROC
-    (user attr `val_image_auroc`), the objective breaking ties (metrics.validation_rank, scoring=auto's order; the
-    lower number where both tie, so the first trials, the starting points, keep a tie). A trial with the larger
-    distance but more normal-anomalous pairs in the wrong order is not the better recipe: the distance is carried by
-    the easiest anomalies. Where none completed, the trial its deadline stopped after the most epochs and its last
-    validation (the budget ran out on a machine slower than the documented rate: its point is still the one measured
-    furthest); (None, nan) where there is neither."""
+    (user attr `val_image_auroc`); among equals the highest validation pixel AUROC (`val_pixel_auroc`: the chosen
+    map's, on the synthetic anomalies' exact masks or the user's), then the objective (metrics.validation_rank,
+    scoring=auto's order; the lower number where all tie, so the first trials, the starting points, keep a tie). A
+    trial with the larger distance but more normal-anomalous pairs in the wrong order is not the better recipe: the
+    distance is carried by the easiest anomalies. Synthetic anomalies often give several trials image AUROC 1.0;
+    their pixel AUROC still tells how well the map finds them (measured: docs/lab/2026-12-06-scoring-chosen-on-
+    validation.md, "Ties on validation"). Where none completed, the trial its deadline stopped after the most epochs
+    and its last validation (the budget ran out on a machine slower than the documented rate: its point is still the
+    one measured furthest); (None, nan) where there is neither."""
     import optuna
 
     trials = study.get_trials(deepcopy=False)
@@ -998,8 +1024,10 @@ def best_trial(study: Any) -> tuple[Any, float]:
     if complete:
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
 
-        def rank(trial: Any) -> tuple[float, float]:
-            return validation_rank(trial.user_attrs.get("val_image_auroc", -math.inf), sign * float(trial.value))
+        def rank(trial: Any) -> tuple[float, float, float]:
+            image, pixel = trial_validation(trial)
+            image_auroc, objective = validation_rank(image, sign * float(trial.value))
+            return image_auroc, round(pixel, 9), objective
 
         best = max(complete, key=rank)  # max keeps the first of equals
         return best, float(best.value)

@@ -378,10 +378,15 @@ def fail_trials_of_dead_workers(study: optuna.Study, storage: RDBStorage, grace_
         fail_trial(study, trial, reason)
 
 
+# A trial's validation results, recorded from its run (user attr: metrics.json key; the chosen scoring's under
+# scoring=auto): the image AUROC and the anomaly map's pixel AUROC, which make tune ranks trials by
+VALIDATION_ATTRS = {"val_image_auroc": "val/image_auroc", "val_pixel_auroc": "val/pixel_auroc_model_res"}
+
+
 def run_outcome(output_dir: Path) -> dict[str, Any]:
-    """The epochs a run trained, what stopped it early, how long its training took and its validation image AUROC
-    (the chosen scoring's under scoring=auto), from its metrics.json (user attrs `epochs_trained`, `stopped_by`,
-    `train_seconds`, `val_image_auroc`; none where the run wrote no metrics)."""
+    """The epochs a run trained, what stopped it early, how long its training took and its validation image and
+    pixel AUROC (the chosen scoring's under scoring=auto), from its metrics.json (user attrs `epochs_trained`,
+    `stopped_by`, `train_seconds` and VALIDATION_ATTRS; none where the run wrote no metrics)."""
     path = output_dir / "metrics.json"
     try:
         metrics = json.loads(path.read_text()) if path.is_file() else {}
@@ -394,9 +399,10 @@ def run_outcome(output_dir: Path) -> dict[str, Any]:
         outcome["stopped_by"] = metrics["stopped_early_by"]
     if isinstance(metrics.get("train/seconds"), int | float):  # fit's wall time: the budget's per-epoch estimate
         outcome["train_seconds"] = round(float(metrics["train/seconds"]), 3)
-    auroc = metrics.get(validation_key(metrics, "val/image_auroc"))
-    if isinstance(auroc, int | float) and math.isfinite(auroc):
-        outcome["val_image_auroc"] = float(auroc)
+    for attr, name in VALIDATION_ATTRS.items():
+        value = metrics.get(validation_key(metrics, name))
+        if isinstance(value, int | float) and math.isfinite(value):
+            outcome[attr] = float(value)
     return outcome
 
 
@@ -459,8 +465,9 @@ def tell_twin(study: optuna.Study, trial: Trial, twin: FrozenTrial) -> None:
         twin.value,
     )
     trial.set_user_attr("duplicate_of", twin.user_attrs.get("duplicate_of", twin.number))
-    if "val_image_auroc" in twin.user_attrs:
-        trial.set_user_attr("val_image_auroc", twin.user_attrs["val_image_auroc"])
+    for attr in VALIDATION_ATTRS:
+        if attr in twin.user_attrs:
+            trial.set_user_attr(attr, twin.user_attrs[attr])
     if twin.state == TrialState.PRUNED:
         for step, value in sorted(twin.intermediate_values.items()):
             trial.report(value, step)
