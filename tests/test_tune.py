@@ -537,12 +537,43 @@ def test_the_recipe_is_the_trial_with_the_highest_validation_auroc_the_objective
     assert tune.best_trial(study)[0].number == tied.number
 
 
+def test_trials_tied_on_image_auroc_are_ranked_by_the_maps_pixel_auroc_before_the_distance(tmp_path: Path) -> None:
+    """The screw search of 2026-12-07: the long-part start (45 epochs) and a 5-epoch model both at validation image
+    AUROC 1.0; the short one had the larger distance (1.66 against 1.52) and the worse map (pixel AUROC 0.888
+    against 0.979). A trial recorded without the pixel AUROC (an older study) is read from its run's metrics.json."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", direction="maximize")
+    for auroc, pixel, value in ((1.0, 0.9789, 1.52), (1.0, 0.8875, 1.66), (0.9985, 0.99, 1.45)):
+        trial = study.ask({"x": optuna.distributions.UniformDistribution(0, 1)})
+        trial.set_user_attr("val_image_auroc", auroc)
+        trial.set_user_attr("val_pixel_auroc", pixel)
+        study.tell(trial, value)
+    assert tune.best_trial(study)[0].number == 0
+    run = tmp_path / "older"
+    run.mkdir()
+    (run / "metrics.json").write_text(
+        json.dumps({"val/chosen/image_auroc": 1.0, "val/chosen/pixel_auroc_model_res": 0.99})
+    )
+    older = study.ask({"x": optuna.distributions.UniformDistribution(0, 1)})
+    older.set_user_attr("val_image_auroc", 1.0)
+    older.set_user_attr("output_dir", str(run))
+    study.tell(older, 1.0)
+    assert tune.best_trial(study)[0].number == older.number
+    assert tune.trial_validation(study.trials[older.number]) == (1.0, 0.99)
+
+
 def test_the_sweep_records_a_trials_validation_auroc_the_chosen_scorings_first(tmp_path: Path) -> None:
     from anomaly_lab.sweeps.resumable_optuna import run_outcome
 
-    metrics = {"epochs_trained": 5, "val/image_auroc": 0.7, "val/chosen/image_auroc": 0.9}
+    metrics = {
+        "epochs_trained": 5,
+        "val/image_auroc": 0.7,
+        "val/chosen/image_auroc": 0.9,
+        "val/pixel_auroc_model_res": 0.6,
+        "val/chosen/pixel_auroc_model_res": 0.8,
+    }
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     assert run_outcome(tmp_path)["val_image_auroc"] == 0.9
+    assert run_outcome(tmp_path)["val_pixel_auroc"] == 0.8
     (tmp_path / "metrics.json").write_text(json.dumps({"val/image_auroc": 0.7}))
     assert run_outcome(tmp_path)["val_image_auroc"] == 0.7
     (tmp_path / "metrics.json").write_text(json.dumps({"val/image_auroc": float("nan")}))
