@@ -941,9 +941,9 @@ def tune(args: Args) -> dict[str, Any]:
             f"{max(best.intermediate_values)} epochs: its point is the recipe (its last validation: {objective:.4g})",
             flush=True,
         )
-    image, pixel = trial_validation(best)
-    on_validation = f"{objective:.4g}" + (f", val image AUROC {image:.4f}" if math.isfinite(image) else "")
-    on_validation += f", val pixel AUROC {pixel:.4f}" if math.isfinite(pixel) else ""
+    val_image, val_pixel = trial_validation(best)
+    on_validation = f"{objective:.4g}" + (f", val image AUROC {val_image:.4f}" if math.isfinite(val_image) else "")
+    on_validation += f", val pixel AUROC {val_pixel:.4f}" if math.isfinite(val_pixel) else ""
     print(f"tune: best trial {best.number}: {on_validation} ({', '.join(point)})", flush=True)
 
     # the final training validates once, at its last epoch: the trial's weights (validation draws nothing from

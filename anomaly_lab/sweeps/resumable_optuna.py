@@ -617,8 +617,10 @@ class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
         self.allow_other_data = allow_other_data
         self.budget_minutes = budget_minutes
         self.budget_end: float | None = None  # unix time, set when the sweep starts
-        fallback = OmegaConf.to_container(budget_fallback) if OmegaConf.is_config(budget_fallback) else budget_fallback
-        self.budget_fallback: dict[str, Any] = dict(fallback or {})  # type: ignore[call-overload]
+        fallback: Any = budget_fallback
+        if OmegaConf.is_config(fallback):
+            fallback = OmegaConf.to_container(fallback)
+        self.budget_fallback: dict[str, Any] = dict(fallback or {})
         self.not_started = 0
         # the pruner's config, built (allow-list first) when the sweep starts: a refusal is one line, not a
         # Hydra instantiation error
