@@ -1017,13 +1017,12 @@ def best_trial(study: Any) -> tuple[Any, float]:
     AUROC (user attr `val_image_auroc`), the one with the highest validation pixel AUROC (`val_pixel_auroc`: the
     chosen map's, on the synthetic anomalies' exact masks or the user's), then image AUROC, then the objective
     (metrics.validation_rank, scoring=auto's order; the lower number where all tie, so the first trials, the
-    starting points, keep a tie). A
-    trial with the larger distance but more normal-anomalous pairs in the wrong order is not the better recipe: the
-    distance is carried by the easiest anomalies. Synthetic anomalies often give several trials image AUROC 1.0;
-    their pixel AUROC still tells how well the map finds them (measured: docs/lab/2026-12-06-scoring-chosen-on-
-    validation.md, "Ties on validation"). Where none completed, the trial its deadline stopped after the most epochs
-    and its last validation (the budget ran out on a machine slower than the documented rate: its point is still the
-    one measured furthest); (None, nan) where there is neither."""
+    starting points, keep a tie). A trial with the larger distance but more normal-anomalous pairs in the wrong order
+    is not the better recipe: the distance is carried by the easiest anomalies. Synthetic anomalies often give
+    several trials image AUROC 1.0; their pixel AUROC still tells how well the map finds them (measured:
+    docs/lab/2026-12-06-scoring-chosen-on-validation.md, "Ties on validation"). Where none completed, the trial its
+    deadline stopped after the most epochs and its last validation (the budget ran out on a machine slower than the
+    documented rate: its point is still the one measured furthest); (None, nan) where there is neither."""
     import optuna
 
     trials = study.get_trials(deepcopy=False)
@@ -1031,13 +1030,15 @@ def best_trial(study: Any) -> tuple[Any, float]:
     if complete:
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
 
+        validation = {trial.number: trial_validation(trial) for trial in complete}  # may read metrics.json
+
         def rank(trial: Any) -> tuple[float, float, float]:
-            image, pixel = trial_validation(trial)
+            image, pixel = validation[trial.number]
             image_auroc, objective = validation_rank(image, sign * float(trial.value))
             return round(pixel, 9), image_auroc, objective
 
-        top = max(trial_validation(trial)[0] for trial in complete)
-        tied = [trial for trial in complete if trial_validation(trial)[0] >= top - AUROC_TIE - 1e-9]
+        top = max(image for image, _ in validation.values())
+        tied = [trial for trial in complete if validation[trial.number][0] >= top - AUROC_TIE - 1e-9]
         best = max(tied, key=rank)  # max keeps the first of equals
         return best, float(best.value)
     stopped = [

@@ -138,26 +138,38 @@ def test_the_estimate_scales_a_trained_trial_up_linearly() -> None:
     )
 
 
-def test_a_trial_that_cannot_fit_in_the_budget_left_is_not_started_and_one_that_fits_is() -> None:
+def study_with_a_trained_trial() -> optuna.Study:
+    """A study whose one complete trial trained 10 epochs of 1024 pixels at width 1 in 10 s (the estimates' base)."""
     study = optuna.create_study(direction="maximize")
     done = study.ask()
     done.set_user_attr("cost", {"epochs": 10, "pixels": 1024, "width": 1})
     done.set_user_attr("epochs_trained", 10)
     done.set_user_attr("seconds", 10.0)
     study.tell(done, 0.5)
+    return study
+
+
+def budgeted_sweeper(load_sweep_config: Any, left_s: float, fallback: dict[str, Any]) -> Any:
+    """What ResumableOptunaSweeperImpl._within_budget reads of its sweeper: `left_s` seconds of budget left."""
+    return SimpleNamespace(
+        budget_end=time.time() + left_s,
+        config=OmegaConf.create({}),
+        hydra_context=SimpleNamespace(config_loader=SimpleNamespace(load_sweep_config=load_sweep_config)),
+        not_started=0,
+        budget_fallback=fallback,
+    )
+
+
+def test_a_trial_that_cannot_fit_in_the_budget_left_is_not_started_and_one_that_fits_is() -> None:
+    study = study_with_a_trained_trial()
     long, short = study.ask(), study.ask()
     epochs = {"long": 100, "short": 5}  # the job configs the sweep would compose for each trial
 
     def load_sweep_config(config: Any, overrides: list[str]) -> Any:
         return OmegaConf.create({"trainer": {"max_epochs": epochs[overrides[0]]}, "model": {"image_size": 32}})
 
-    sweeper = SimpleNamespace(
-        budget_end=time.time() + 60.0,  # 60 s left: 100 epochs need 125 s, 5 epochs 7.4 s (the safety included)
-        config=OmegaConf.create({}),
-        hydra_context=SimpleNamespace(config_loader=SimpleNamespace(load_sweep_config=load_sweep_config)),
-        not_started=0,
-        budget_fallback={},
-    )
+    # 60 s left: 100 epochs need 125 s, 5 epochs 7.4 s (the safety included)
+    sweeper = budgeted_sweeper(load_sweep_config, 60.0, {})
     started = ResumableOptunaSweeperImpl._within_budget(sweeper, study, [(long, ["long"]), (short, ["short"])])  # type: ignore[arg-type]
     assert [trial.number for trial, _ in started] == [short.number]
     assert sweeper.not_started == 1
@@ -169,12 +181,7 @@ def test_a_trial_that_cannot_fit_in_the_budget_left_is_not_started_and_one_that_
 def test_a_draw_that_cannot_fit_is_refused_and_its_short_version_is_the_next_trial_where_that_fits() -> None:
     """hydra.sweeper.budget_fallback: the end of a budget trains the sampler's point at less cost (the screw search
     of 2026-12-07 refused 8 draws with 14 of its 60 min left, then ended)."""
-    study = optuna.create_study(direction="maximize")
-    done = study.ask()
-    done.set_user_attr("cost", {"epochs": 10, "pixels": 1024, "width": 1})
-    done.set_user_attr("epochs_trained", 10)
-    done.set_user_attr("seconds", 10.0)
-    study.tell(done, 0.5)
+    study = study_with_a_trained_trial()
     space = {"length": CategoricalDistribution(["short", "long"]), "lr": UniformDistribution(1e-4, 1e-2)}
     epochs = {"short": 5, "long": 100, "medium": 70}
 
@@ -182,13 +189,8 @@ def test_a_draw_that_cannot_fit_is_refused_and_its_short_version_is_the_next_tri
         values = dict(override.split("=", 1) for override in overrides)
         return OmegaConf.create({"trainer": {"max_epochs": epochs[values["length"]]}, "model": {"image_size": 32}})
 
-    sweeper = SimpleNamespace(
-        budget_end=time.time() + 60.0,  # 60 s left: 100 epochs need 125 s, 70 need 88 s, 5 need 7.4 s
-        config=OmegaConf.create({}),
-        hydra_context=SimpleNamespace(config_loader=SimpleNamespace(load_sweep_config=load_sweep_config)),
-        not_started=0,
-        budget_fallback={"length": "short"},
-    )
+    # 60 s left: 100 epochs need 125 s, 70 need 88 s, 5 need 7.4 s
+    sweeper = budgeted_sweeper(load_sweep_config, 60.0, {"length": "short"})
     study.enqueue_trial({"length": "long", "lr": 3e-3})
     long = study.ask(space)
     started = ResumableOptunaSweeperImpl._within_budget(sweeper, study, [(long, ["length=long", "lr=0.003"])])  # type: ignore[arg-type]

@@ -523,13 +523,13 @@ def trial_cost(config: Any) -> dict[str, int] | None:
 def fallback_point(
     params: Mapping[str, Any], overrides: Sequence[str], fallback: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[str]] | None:
-    """A drawn point with hydra.sweeper.budget_fallback's values (e.g. tune.length=short), and its job's overrides;
-    None where the fallback names none of its parameters or changes nothing."""
+    """The values hydra.sweeper.budget_fallback changes in a drawn point (e.g. {tune.length: short}) and the job's
+    overrides with them; None where the fallback names none of its parameters or changes nothing."""
     changed = {name: value for name, value in fallback.items() if name in params and params[name] != value}
     if not changed:
         return None
     kept = [override for override in overrides if override.split("=", 1)[0] not in changed]
-    return {**params, **changed}, [*kept, *(f"{name}={value}" for name, value in changed.items())]
+    return changed, [*kept, *(f"{name}={value}" for name, value in changed.items())]
 
 
 def check_budget_fallback(fallback: Mapping[str, Any], distributions: Mapping[str, BaseDistribution]) -> None:
@@ -794,11 +794,16 @@ class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
         if self.budget_end is None:
             return batch
         assert self.hydra_context is not None and self.config is not None
+        config_loader, sweep_config = self.hydra_context.config_loader, self.config
         trained, fits = trained_costs(study), []
+
+        def estimated(job: Sequence[str]) -> tuple[dict[str, int] | None, float | None]:
+            """A job's cost (trial_cost) and estimated seconds (None where either is unknown)."""
+            cost = trial_cost(config_loader.load_sweep_config(sweep_config, list(job)))
+            return cost, None if cost is None else trial_seconds(cost, trained)
+
         for trial, overrides in batch:
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            cost = trial_cost(config)
-            estimate = None if cost is None else trial_seconds(cost, trained)
+            cost, estimate = estimated(overrides)
             left = self.budget_end - time.time()
             if left > 0 and (estimate is None or estimate <= left):
                 if cost is not None:
@@ -808,18 +813,14 @@ class ResumableOptunaSweeperImpl(private_api.OptunaSweeperImpl):
             reason = f"{estimate or 0:.0f} s estimated, {max(left, 0):.0f} s left of the budget"
             fallback = fallback_point(trial.params, overrides, self.budget_fallback)
             if fallback is not None and left > 0:
-                point, fallback_overrides = fallback
-                config = self.hydra_context.config_loader.load_sweep_config(self.config, fallback_overrides)
-                fallback_cost = trial_cost(config)
-                shorter = None if fallback_cost is None else trial_seconds(fallback_cost, trained)
+                changed, fallback_overrides = fallback
+                shorter = estimated(fallback_overrides)[1]
                 if shorter is not None and shorter <= left:
                     with warnings.catch_warnings():  # enqueue_trial: optuna 2.10's ExperimentalWarning
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        study.enqueue_trial(point)
-                    changed = ", ".join(
-                        f"{name}={value}" for name, value in point.items() if value != trial.params[name]
-                    )
-                    reason += f"; the draw with {changed} ({shorter:.0f} s estimated) is the next trial"
+                        study.enqueue_trial({**trial.params, **changed})
+                    values = ", ".join(f"{name}={value}" for name, value in changed.items())
+                    reason += f"; the draw with {values} ({shorter:.0f} s estimated) is the next trial"
             log.info("trial %d not started (hydra.sweeper.budget_minutes): %s", trial.number, reason)
             trial.set_user_attr("not_started", reason)
             study.tell(trial, state=TrialState.FAIL)
