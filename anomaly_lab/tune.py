@@ -485,6 +485,19 @@ def check_points(base: Sequence[str], params: Mapping[str, str]) -> int:
     return len(points)
 
 
+def check_fallback(cfg: DictConfig, params: Mapping[str, str]) -> None:
+    """hydra.sweeper.budget_fallback checked as the search will check it, before the study is written."""
+    from anomaly_lab.sweeps.private_api import search_distributions
+    from anomaly_lab.sweeps.resumable_optuna import check_budget_fallback
+
+    node = cfg.hydra.sweeper.get("budget_fallback")  # typed Dict[str, Any] by the sweeper's schema
+    if node is None:
+        return
+    fallback = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(fallback, dict)
+    check_budget_fallback({str(key): value for key, value in fallback.items()}, search_distributions(params))
+
+
 def check_epochs(table: Mapping[str, Any]) -> None:
     for size, bands in table.items():
         for band, widths in bands.items():
@@ -879,6 +892,7 @@ def tune(args: Args) -> dict[str, Any]:
     tune_node = plain_dict(cfg.tune)
     check_epochs(tune_node["epochs"])
     params = {key: str(spec) for key, spec in plain_dict(cfg.hydra.sweeper.params).items()}
+    check_fallback(cfg, params)
     default, cheapest = first_points(tune_node, tune_node["epochs"], plan, list(params), search)
     budget_s = args.minutes * 60
     if cheapest.seconds > budget_s:

@@ -315,6 +315,20 @@ def test_a_budget_too_small_for_one_trial_is_refused_naming_minutes(
     assert "minutes=soon: must be a positive number" in refusal([f"data={good}", "minutes=soon"], capsys)
 
 
+def test_a_budget_fallback_the_search_cannot_draw_is_refused_before_the_study_is_written(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write_images(tmp_path / "good", 40)
+    line = refusal([f"data={good}", "minutes=60", "hydra.sweeper.budget_fallback={tune.length:tiny}"], capsys)
+    assert "hydra.sweeper.budget_fallback.tune.length='tiny': not one of the parameter's choices" in line
+    assert nothing_trained(project)
+    line = refusal([f"data={good}", "minutes=60", "++hydra.sweeper.budget_fallback={tune.sise:s128}"], capsys)
+    assert "hydra.sweeper.budget_fallback.tune.sise: not a parameter of the search" in line
+    line = refusal([f"data={good}", "minutes=60", "hydra.sweeper.budget_fallback=short"], capsys)
+    assert "hydra.sweeper.budget_fallback=short" in line and "Cannot assign str to Dict" in line  # the schema's
+    assert nothing_trained(project)
+
+
 @pytest.mark.slow
 def test_a_search_value_the_model_cannot_take_is_refused_naming_it(
     project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

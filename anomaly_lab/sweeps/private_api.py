@@ -44,6 +44,12 @@ def parse_search_space(
     return space, distributions, fixed
 
 
+def search_distributions(params: Mapping[str, str]) -> dict[str, BaseDistribution]:
+    """hydra.sweeper.params ({key: "choice(...)"}) as the distributions the plugin will draw from."""
+    distributions, _ = create_params_from_overrides([f"{key}={spec}" for key, spec in params.items()])
+    return distributions
+
+
 def configure_trials(
     sweeper: OptunaSweeperImpl,
     trials: Sequence[Trial],
