@@ -84,11 +84,9 @@ SEARCH_VALIDATION = 1.3
 # net inpaints it in several passes (tiles_multiscale_grid: 4 sizes x 4), so an epoch is bounded at half again
 TILES_VALIDATION = 1.5
 # The final training's optimizer steps: 15 min on 2 cores less its start, its one validation with the scoring
-# choice and its test. It validates at its last epoch only, and its steps run faster than a trial's, whose steps
-# between validations the rate was fitted on: 19.1 images/s against the trial's 15.6 (screw's turned point,
-# 2026-12-07), so an epoch of the final takes FINAL_RATE of the rate's seconds
+# choice (the final validates at its last epoch only: FINAL_VALIDATION) and its test
 FINAL_TRAINING_S = 13 * 60
-FINAL_RATE = 0.82
+FINAL_VALIDATION = 1.0
 LENGTHS = {"short": 0.3, "medium": 0.6, "long": 1.0}  # tune.length: shares of the longest that fits
 EPOCH_STEP, MAX_EPOCHS = 5, 100
 START_S, DECODE_S = 10.0, 0.05  # a trial's start, and decoding per image file (1024 px PNG): the budget check
@@ -398,7 +396,7 @@ def seconds_per_epoch(training_images: int, pixels: int, width: int, validation:
     return (STEP_S + rate * pixels / 1e6) * training_images * validation
 
 
-def epochs_table(tune: Mapping[str, Any], training_images: int, validation: float = FINAL_RATE) -> dict[str, Any]:
+def epochs_table(tune: Mapping[str, Any], training_images: int, validation: float = FINAL_VALIDATION) -> dict[str, Any]:
     """tune.epochs for this data: by size, band and width, the longest final training (`validation`: its share on
     top of the steps, final_validation) that fits FINAL_TRAINING_S (a multiple of EPOCH_STEP, at most MAX_EPOCHS)
     and LENGTHS shares of it."""
@@ -538,9 +536,9 @@ def validation_share(plan: DataPlan) -> float:
 
 
 def final_validation(plan: DataPlan) -> float:
-    """The final training's seconds per epoch against the rate: it validates once, at its last epoch (FINAL_RATE),
-    except that a tile's validation is large enough to bound every epoch of tiles (TILES_VALIDATION)."""
-    return TILES_VALIDATION if plan.kind == "tiles" else FINAL_RATE
+    """The final training's validation on top of its steps: it validates once, at its last epoch, except that a
+    tile's validation is large enough to bound every epoch of tiles (TILES_VALIDATION)."""
+    return TILES_VALIDATION if plan.kind == "tiles" else FINAL_VALIDATION
 
 
 # The first trial of each search: the yaml's tune.* defaults and these values (the point a hand recipe trains)

@@ -110,7 +110,7 @@ def test_the_final_training_is_bounded_to_its_minutes_and_the_shipped_table_is_t
             for band, widths in bands.items():
                 for width, lengths in widths.items():
                     pixels = node["sizes"][size] * (node["bands"][size][band] or node["sizes"][size])
-                    epoch = tune.seconds_per_epoch(images, pixels, node["widths"][width], tune.FINAL_RATE)
+                    epoch = tune.seconds_per_epoch(images, pixels, node["widths"][width], tune.FINAL_VALIDATION)
                     assert lengths["short"] <= lengths["medium"] <= lengths["long"] <= tune.MAX_EPOCHS
                     assert all(epochs % tune.EPOCH_STEP == 0 for epochs in lengths.values())
                     # the longest fits, unless one step of epochs does not (then it is that one step)
