@@ -695,6 +695,7 @@ def test_a_diverged_run_is_one_line(cache: Path, tmp_path: Path) -> None:
     assert last.startswith("NonFiniteLossError: ") and "lower optimizer.lr (now 1e+30)" in last
 
 
+@pytest.mark.slow  # the kill tests' uninterrupted run, through the command line (test_learns checks it in-process)
 def test_a_healthy_run_is_not_called_collapsed(uninterrupted: Path) -> None:
     metrics = json.loads((uninterrupted / "metrics.json").read_text())
     assert metrics["collapsed"] is False and metrics["collapse_reasons"] == []

@@ -83,3 +83,6 @@ def test_a_short_training_on_tiny_generated_bottles_finds_the_defects(tmp_path: 
     run(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test/image_auroc"] >= LEARNS_BOUND, metrics
+    # a healthy run is not called collapsed, and with no time cap every planned epoch ran
+    assert metrics["collapsed"] is False and metrics["collapse_reasons"] == [], metrics
+    assert metrics["stopped_early_by"] is None and metrics["epochs_trained"] == metrics["epochs_planned"] == 60
