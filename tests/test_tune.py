@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -555,16 +556,22 @@ def test_the_recipe_is_the_trial_with_the_highest_validation_auroc_the_objective
     assert tune.best_trial(study)[0].number == tied.number
 
 
-def test_trials_tied_on_image_auroc_are_ranked_by_the_maps_pixel_auroc_before_the_distance(tmp_path: Path) -> None:
-    """The screw search of 2026-12-07: the long-part start (45 epochs) and a 5-epoch model both at validation image
-    AUROC 1.0; the short one had the larger distance (1.66 against 1.52) and the worse map (pixel AUROC 0.888
-    against 0.979). A trial recorded without the pixel AUROC (an older study) is read from its run's metrics.json."""
+def validated_study(tmp_path: Path, trials: Sequence[tuple[float, float, float]]) -> optuna.Study:
+    """A study of complete trials, each (val image AUROC, val pixel AUROC, objective) as the sweep records them."""
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", direction="maximize")
-    for auroc, pixel, value in ((1.0, 0.9789, 1.52), (1.0, 0.8875, 1.66), (0.99, 0.99, 1.45)):
+    for auroc, pixel, value in trials:
         trial = study.ask({"x": optuna.distributions.UniformDistribution(0, 1)})
         trial.set_user_attr("val_image_auroc", auroc)
         trial.set_user_attr("val_pixel_auroc", pixel)
         study.tell(trial, value)
+    return study
+
+
+def test_trials_tied_on_image_auroc_are_ranked_by_the_maps_pixel_auroc_before_the_distance(tmp_path: Path) -> None:
+    """The screw search of 2026-12-07: the long-part start (45 epochs) and a 5-epoch model both at validation image
+    AUROC 1.0; the short one had the larger distance (1.66 against 1.52) and the worse map (pixel AUROC 0.888
+    against 0.979). A trial recorded without the pixel AUROC (an older study) is read from its run's metrics.json."""
+    study = validated_study(tmp_path, ((1.0, 0.9789, 1.52), (1.0, 0.8875, 1.66), (0.99, 0.99, 1.45)))
     assert tune.best_trial(study)[0].number == 0  # trial 2's better map has too low an image AUROC
     run = tmp_path / "older"
     run.mkdir()
@@ -583,12 +590,7 @@ def test_image_aurocs_within_half_a_standard_error_are_tied_and_the_pixel_auroc_
     """The bottle search of 2026-12-07: bottles_cpu's point (40 epochs) at validation image AUROC 0.9966 (pixel
     0.908) against a 10-epoch 256 px model at 0.9989 (pixel 0.848): a few pairs of 882, well inside one standard
     error (about 0.01); the better map decides."""
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s", direction="maximize")
-    for auroc, pixel, value in ((0.9966, 0.908, 1.607), (0.9977, 0.821, 1.647), (0.9989, 0.848, 1.698)):
-        trial = study.ask({"x": optuna.distributions.UniformDistribution(0, 1)})
-        trial.set_user_attr("val_image_auroc", auroc)
-        trial.set_user_attr("val_pixel_auroc", pixel)
-        study.tell(trial, value)
+    study = validated_study(tmp_path, ((0.9966, 0.908, 1.607), (0.9977, 0.821, 1.647), (0.9989, 0.848, 1.698)))
     assert tune.best_trial(study)[0].number == 0
     assert tune.AUROC_TIE < 0.01
 
