@@ -73,10 +73,11 @@ SEARCH = "auto_cpu"  # conf/hparams_search/auto_cpu.yaml
 TILES_SEARCH = "auto_tiles_cpu"  # conf/hparams_search/auto_tiles_cpu.yaml: tiled=true
 # Seconds of optimizer steps per training image and epoch on 2 idle CPU cores: STEP_S plus RATE_S per megapixel of
 # model input for the narrow net (model.net.base_channels 8), times (width / 8) ** WIDTH_POWER for other widths.
-# Fitted to the train/images_per_s of the searches of 2026-12-07 on idle cores (docs/lab/2026-12-06-scoring-chosen-
-# on-validation.md, "The final training's bound"): width 8 at 256x96 0.069 s, at 128x64 0.029 s; width 16 at
-# 128x128 0.091 s, at 256x256 0.394 s. Width 32 by the power: 0.056 s per 64x64 tile (notes_thesis_scale: 0.054).
-STEP_S, RATE_S, WIDTH_POWER = 0.006, 2.55, 1.13
+# Fitted to train/images_per_s on idle cores: the searches of 2026-12-07 morning (the reference machine: width 8 at
+# 256x96 0.069 s, at 128x64 0.029 s; width 16 at 128x128 0.090 s, at 256x96 0.125 s), times the ratio of this code's
+# steps (SSIM's window as matrices, channels_last) to the old code's, both measured on 2026-12-07 afternoon at those
+# points: 0.71, 0.9, 0.87 and 0.75 (docs/lab/2026-12-06-scoring-chosen-on-validation.md, "A faster training step").
+STEP_S, RATE_S, WIDTH_POWER = 0.015, 1.4, 1.3
 # A trial validates every 5 epochs (ASHA's rungs), each time with riad_wide_map's full-coverage passes, and chooses
 # its scoring at its end: measured 1.29x (screw) and 1.33x (bottle) the seconds of its optimizer steps
 SEARCH_VALIDATION = 1.3
@@ -728,6 +729,7 @@ RECIPE_KEYS = (
     "seed",
     "model.image_size",
     "model.net.base_channels",
+    "model.channels_last",
     "dataset.preprocessing.crop_height",
     "dataset.preprocessing.orient",
     "masking.grid_sizes",

@@ -9,7 +9,7 @@ from scipy import ndimage
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from anomaly_lab.pixel_maps.l2 import l2_map
-from anomaly_lab.pixel_maps.msgms import MSGMS_C, msgms_map
+from anomaly_lab.pixel_maps.msgms import MSGMS_C, _prewitt_magnitude, msgms_map
 from anomaly_lab.pixel_maps.ssim import ssim_map
 from anomaly_lab.scoring import AnomalyMap, ReconstructionLoss, gaussian_blur, image_score
 
@@ -57,6 +57,38 @@ def test_ssim_map_mean_matches_torchmetrics_ssim() -> None:
     y = (x + 0.1 * torch.rand_like(x)).clamp(0, 1)
     reference = structural_similarity_index_measure(y, x, data_range=1.0, reduction="none")  # (B,)
     assert torch.allclose(1 - ssim_map(y, x).mean(dim=(1, 2, 3)), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "sigma"), [((2, 3, 48, 48), 1.5), ((3, 3, 24, 40), 1.5), ((2, 1, 20, 17), 2.0)])
+def test_ssim_map_and_its_gradient_match_torchmetrics_per_pixel(shape: tuple[int, ...], sigma: float) -> None:
+    """The window as two matrices is torchmetrics' Gaussian-window SSIM, map and gradient, to float rounding."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(shape, generator=g)
+    y0 = (x + 0.2 * torch.randn(shape, generator=g)).clamp(0, 1)
+    maps, grads = [], []
+    for ours in (True, False):
+        y = y0.clone().requires_grad_(True)
+        if ours:
+            out = ssim_map(y, x, sigma=sigma)
+        else:
+            _, full = structural_similarity_index_measure(
+                y, x, gaussian_kernel=True, sigma=sigma, data_range=1.0, reduction="none", return_full_image=True
+            )
+            out = (1.0 - full).mean(dim=1, keepdim=True)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()  # a gradient that sees every pixel
+        maps.append(out.detach())
+        grads.append(y.grad)
+    assert torch.allclose(maps[0], maps[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5 * float(grads[1].abs().max()))
+
+
+def test_prewitt_magnitude_is_the_convolution_with_prewitt_kernels() -> None:
+    gray = smooth_images(batch=2, size=20, seed=4)[:, :1, :, :15]  # (2,1,20,15) not square: axes kept apart
+    kx = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3.0
+    grads = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(gray, (1, 1, 1, 1), mode="replicate"), torch.stack([kx, kx.t()]).unsqueeze(1)
+    )  # (2,2,20,15)
+    assert torch.allclose(_prewitt_magnitude(gray), grads.pow(2).sum(dim=1, keepdim=True).add(1e-12).sqrt(), atol=1e-6)
 
 
 def test_msgms_on_a_step_edge_by_hand() -> None:

@@ -12,12 +12,18 @@ MSGMS_C = 0.0026  # GMS stability constant of RIAD (for images in [0, 1])
 
 
 def _prewitt_magnitude(gray: torch.Tensor) -> torch.Tensor:
-    """Prewitt gradient magnitude, replicate-padded so image borders add no false edges.  # (B,1,h,w)"""
-    kx = torch.tensor([[1.0, 0.0, -1.0]] * 3, dtype=gray.dtype, device=gray.device) / 3.0  # (3,3)
-    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # (2,1,3,3)
-    grads = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels)  # (B,2,h,w)
+    """Prewitt gradient magnitude, replicate-padded so image borders add no false edges.  # (B,1,h,w)
+
+    The kernels ([1, 0, -1] across, [1, 1, 1] / 3 along) as differences and sums of shifted slices: on CPU a
+    third of the time of a 2-channel 3x3 convolution, forward and backward.
+    """
+    padded = F.pad(gray, (1, 1, 1, 1), mode="replicate")  # (B,1,h+2,w+2)
+    across = padded[..., :, :-2] - padded[..., :, 2:]  # (B,1,h+2,w)
+    down = padded[..., :-2, :] - padded[..., 2:, :]  # (B,1,h,w+2)
+    grad_x = (across[..., :-2, :] + across[..., 1:-1, :] + across[..., 2:, :]) / 3.0  # (B,1,h,w)
+    grad_y = (down[..., :-2] + down[..., 1:-1] + down[..., 2:]) / 3.0  # (B,1,h,w)
     # eps keeps sqrt's gradient finite on flat regions (where the squared gradient is exactly 0)
-    return torch.sqrt(grads.pow(2).sum(dim=1, keepdim=True) + 1e-12)
+    return torch.sqrt(grad_x.pow(2) + grad_y.pow(2) + 1e-12)
 
 
 @pixel_map("msgms")
