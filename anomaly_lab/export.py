@@ -76,8 +76,8 @@ def export_onnx(
     (and the checkpoint file's SHA-256, when given) in the metadata; returns the graph's batch dimension ("batch"
     when free).
 
-    With dynamic_batch the exporter is asked for a free batch dimension; where the traced code fixes it
-    (torchmetrics' SSIM splits a batch by its size), it falls back to the example's batch of 1.
+    With dynamic_batch the exporter is asked for a free batch dimension; where the traced code fixes it (a map
+    that splits a batch by its size), it falls back to the example's batch of 1.
     """
     try:
         import onnx
@@ -216,7 +216,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"output": str(output), "batch": batch, "image_size": model.image_size}
     log.info("wrote %s: images (%s,3,%d,%d) -> anomaly_map, score", output, batch, *model.input_shape)
     if cfg.dynamic_batch and batch != "batch":
-        log.warning("the exported graph fixes the batch size to %s (SSIM in the anomaly map); feed that many", batch)
+        log.warning("the exported graph fixes the batch size to %s (the anomaly map's code); feed that many", batch)
     if cfg.check:
         try:
             deviation = onnx_deviation(output, model, batch if isinstance(batch, int) else 2)

@@ -82,6 +82,22 @@ def test_ssim_map_and_its_gradient_match_torchmetrics_per_pixel(shape: tuple[int
     assert torch.allclose(grads[0], grads[1], atol=1e-5 * float(grads[1].abs().max()))
 
 
+def test_an_exported_ssim_map_keeps_its_batch_free_and_eager_maps_stay_real() -> None:
+    """torch.export of a map with SSIM: the batch dimension stays free, and the window cached during the trace is
+    not a fake tensor that a later eager call gets back."""
+
+    class SSIMOfDarker(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return ssim_map(0.9 * x, x)
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(SSIMOfDarker(), (torch.rand(2, 3, 26, 34),), dynamic_shapes=({0: batch},))
+    x = torch.rand(5, 3, 26, 34)
+    eager = ssim_map(0.9 * x, x)
+    assert type(eager) is torch.Tensor
+    assert torch.allclose(exported.module()(x), eager, atol=1e-6)
+
+
 def test_prewitt_magnitude_is_the_convolution_with_prewitt_kernels() -> None:
     gray = smooth_images(batch=2, size=20, seed=4)[:, :1, :, :15]  # (2,1,20,15) not square: axes kept apart
     kx = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3.0

@@ -21,12 +21,8 @@ SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # SSIM's stability constants for a data ran
 
 
 @functools.lru_cache(maxsize=32)
-def window_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The Gaussian window of torchmetrics' SSIM along one axis of `size` pixels, reflect-padded, as a matrix:
-    `matrix @ x` blurs x along its rows.  # (size,size)
-
-    The window has radius int(3.5 sigma + 0.5) (torchmetrics' width), which must be below `size`.
-    """
+def _window_array(size: int, sigma: float) -> np.ndarray:
+    """window_matrix's values, cached in numpy: a cached tensor could be an export's fake one."""
     radius = int(3.5 * sigma + 0.5)
     offsets = np.arange(-radius, radius + 1)
     taps = np.exp(-0.5 * (offsets / sigma) ** 2)
@@ -36,8 +32,17 @@ def window_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.dev
     columns = np.where(columns >= size, 2 * (size - 1) - columns, columns)  # ... and at the end
     matrix = np.zeros((size, size))
     np.add.at(matrix, (np.broadcast_to(rows, columns.shape), columns), np.broadcast_to(taps, columns.shape))
-    # built in numpy: a constant, not traced ops, when the map is exported
-    return torch.from_numpy(matrix).to(dtype=dtype, device=device)
+    matrix.flags.writeable = False
+    return matrix
+
+
+def window_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The Gaussian window of torchmetrics' SSIM along one axis of `size` pixels, reflect-padded, as a matrix:
+    `matrix @ x` blurs x along its rows; a constant, not traced ops, in an export.  # (size,size)
+
+    The window has radius int(3.5 sigma + 0.5) (torchmetrics' width), which must be below `size`.
+    """
+    return torch.tensor(_window_array(size, sigma), dtype=dtype, device=device)
 
 
 @pixel_map("ssim")
@@ -61,13 +66,13 @@ def ssim_map(recon: torch.Tensor, target: torch.Tensor, kernel_size: int = 11, s
     rows = window_matrix(recon.shape[-2], sigma, recon.dtype, recon.device)  # (H',H')
     columns_t = window_matrix(recon.shape[-1], sigma, recon.dtype, recon.device).t()  # (W',W')
 
-    def window_mean(x: torch.Tensor) -> torch.Tensor:  # (N,C,H',W') -> (N,C,H',W')
+    def window_mean(x: torch.Tensor) -> torch.Tensor:  # (K,B,C,H',W') -> (K,B,C,H',W')
         return rows @ (x @ columns_t)
 
-    count = len(recon)
-    # recon's moments carry the gradient; target's (usually the input images) need none
-    mean_r, square_r, product = window_mean(torch.cat((recon, recon * recon, recon * target))).split(count)
-    mean_t, square_t = window_mean(torch.cat((target, target * target))).split(count)
+    # recon's moments carry the gradient; target's (usually the input images) need none. Stacked on a new first
+    # axis, not concatenated along the batch: an export keeps its batch dimension free.
+    mean_r, square_r, product = window_mean(torch.stack((recon, recon * recon, recon * target))).unbind(0)
+    mean_t, square_t = window_mean(torch.stack((target, target * target))).unbind(0)
     mean_rr, mean_tt, mean_rt = mean_r.pow(2), mean_t.pow(2), mean_r * mean_t
     variance_r = torch.clamp(square_r - mean_rr, min=0.0)
     variance_t = torch.clamp(square_t - mean_tt, min=0.0)
