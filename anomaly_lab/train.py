@@ -399,7 +399,7 @@ def run(cfg: DictConfig) -> float:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     # trainer.deterministic keeps its algorithms, but not torch's NaN fill of every new empty tensor: a debugging aid
     # (no code here reads memory it has not written) that costs 5-10% of a CPU training step
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # a module property
     try:
         with warnings.catch_warnings():
             if ckpt_path is not None:  # resuming into its own folder: the checkpoints there are the point
