@@ -34,6 +34,17 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
+class WithoutNaNFill(L.Callback):
+    """trainer.deterministic's algorithms without torch's NaN fill of every new empty tensor
+    (torch.utils.deterministic.fill_uninitialized_memory): a debugging aid that costs 5-10% of a CPU training step,
+    while no code here reads memory it has not written, so the weights are the same bit for bit. A callback, so that
+    it is set in every training process and a launcher that pickles train.run by value (submitit) never meets torch's
+    unpicklable module object."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # a module property
+
+
 class ImagesPerSecond(L.Callback):
     """Throughput and cost: train and test images/s, training wall time, peak memory.
 

@@ -27,6 +27,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from anomaly_lab.callbacks import WithoutNaNFill
 from anomaly_lab.checkpoint_loading import load_weights_only, model_spec
 from anomaly_lab.checkpointing import (
     AtomicCheckpointIO,
@@ -388,7 +389,7 @@ def run(cfg: DictConfig) -> float:
         log.info("validation_anomalies=both: the data has no anomalous validation image, so they are synthetic only")
     health = TrainingHealth()
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks += [RandomState(), ValidateLastEpoch(), health]
+    callbacks += [RandomState(), ValidateLastEpoch(), WithoutNaNFill(), health]
     pruning = None
     if cfg.get("sweep_trial"):  # a trial of a resumable_optuna sweep: report each validation, stop when pruned
         from anomaly_lab.sweeps.pruning import TrialPruning
@@ -397,9 +398,6 @@ def run(cfg: DictConfig) -> float:
         callbacks.append(pruning)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
-    # trainer.deterministic keeps its algorithms, but not torch's NaN fill of every new empty tensor: a debugging aid
-    # (no code here reads memory it has not written) that costs 5-10% of a CPU training step
-    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # a module property
     try:
         with warnings.catch_warnings():
             if ckpt_path is not None:  # resuming into its own folder: the checkpoints there are the point
