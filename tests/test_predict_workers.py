@@ -20,6 +20,7 @@ from anomaly_lab.masking import GridMasking
 from anomaly_lab.predict import Skipped, checked_settings, run, score_stream
 from anomaly_lab.preprocessing import Preprocessing
 from tests.conftest import predict_config
+from tests.test_faults import interruptible
 from tests.test_predict import RecordingScorer, assert_same_outputs, mixed_inputs, read_rows, write_png
 
 
@@ -139,7 +140,9 @@ def test_ctrl_c_during_a_predict_with_workers_stops_it_and_leaves_no_output(tiny
     checkpoint = tiny_run / "checkpoints" / "best.ckpt"
     settings = [f"input={inputs}", f"output={output}", "workers=2", "batch_size=2", "device=cpu", "progress=false"]
     command = [sys.executable, "-m", "anomaly_lab.predict", f"ckpt_path={checkpoint}", *settings]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    )
     try:
         deadline = time.monotonic() + 300
         while not any(tmp_path.glob("out.partial-*/heatmaps/**/*.png")) and process.poll() is None:
