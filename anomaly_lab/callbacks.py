@@ -34,15 +34,25 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
+DETERMINISTIC: Any = torch.utils.deterministic  # a module whose settings are properties (mypy sees none)
+
+
 class WithoutNaNFill(L.Callback):
     """trainer.deterministic's algorithms without torch's NaN fill of every new empty tensor
     (torch.utils.deterministic.fill_uninitialized_memory): a debugging aid that costs 5-10% of a CPU training step,
     while no code here reads memory it has not written, so the weights are the same bit for bit. A callback, so that
     it is set in every training process and a launcher that pickles train.run by value (submitit) never meets torch's
-    unpicklable module object."""
+    unpicklable module object. The caller's setting is back after each stage (train.run may run in a user's process)."""
+
+    def __init__(self) -> None:
+        self.caller_fills = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]  # a module property
+        self.caller_fills = DETERMINISTIC.fill_uninitialized_memory
+        DETERMINISTIC.fill_uninitialized_memory = False
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        DETERMINISTIC.fill_uninitialized_memory = self.caller_fills
 
 
 class ImagesPerSecond(L.Callback):

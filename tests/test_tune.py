@@ -417,6 +417,7 @@ def test_a_trial_running_at_the_budgets_end_is_pruned_there_and_trials_that_cann
     # the reseeded sampler's draws are random: any number of them may repeat trial 0's point, pruned again untrained
     redrawn = [t for t in trials[1:] if "duplicate_of" in t.user_attrs]
     assert all(t.state == TrialState.PRUNED and t.user_attrs["duplicate_of"] == 0 for t in redrawn)
+    assert len(redrawn) < MAX_NOT_STARTED + 2  # each counts as a finished trial: n_trials bounds them with trial 0
     assert 1 <= len(refused) <= MAX_NOT_STARTED  # it ends after MAX_NOT_STARTED refused draws, or the budget's end
     for trial in refused:
         assert trial.state == TrialState.FAIL and "s left of the budget" in trial.user_attrs["not_started"]
