@@ -52,7 +52,13 @@ from anomaly_lab.lightning_model import InpaintingModule
 from anomaly_lab.metrics import wasserstein_separation
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.results import validation_key
-from anomaly_lab.scoring_choice import ScoringSearch, ValidationChoice, apply_validation_choice, choose_on_validation
+from anomaly_lab.scoring_choice import (
+    MapRule,
+    ScoringSearch,
+    ValidationChoice,
+    apply_validation_choice,
+    choose_on_validation,
+)
 from anomaly_lab.thresholds import AutoThreshold, F1Threshold, FixedThreshold, ThresholdRule
 from anomaly_lab.training_end import (
     TrainingHealth,
@@ -304,7 +310,8 @@ def choose_scoring(
         loader = DataLoader(loader.dataset, batch_size=loader.batch_size, collate_fn=loader.collate_fn)
     chosen: ValidationChoice | None = None
     if trainer.is_global_zero:
-        chosen = choose_on_validation(module.model, loader, search, module.pixel_threshold_rule)
+        recipe_map = MapRule.of(module.model.anomaly_map)  # the configured map: choose_scoring runs before any choice
+        chosen = choose_on_validation(module.model, loader, search, module.pixel_threshold_rule, recipe_map)
     chosen = trainer.strategy.broadcast(chosen, src=0)  # the same choice in every process
     if chosen is None:
         raise RuntimeError("scoring=auto: process 0 sent no choice")
@@ -322,8 +329,9 @@ def choose_scoring(
         **({"val/chosen/pixel_threshold": pixel[0]} if pixel is not None else {}),
         "scoring_chosen": choice.summary(),
     }
-    if choice.pixel_table:
-        metrics["val/chosen/pixel_auroc_model_res"] = choice.pixel_table[0]["pixel_auroc"]
+    if choice.pixel_table:  # the chosen map's; tune ranks tied trials by the best candidate's
+        metrics["val/chosen/pixel_auroc_model_res"] = choice.map_pixel_auroc
+        metrics["val/chosen/best_map_pixel_auroc_model_res"] = choice.pixel_table[0]["pixel_auroc"]
     if trainer.is_global_zero:
         rewrite_model(path, module.state_dict(), module.spec)
         table = {
@@ -331,6 +339,7 @@ def choose_scoring(
             | {"reduce": choice.score_rule.reduce, "topk_fraction": choice.score_rule.topk_fraction},
             "image_score": choice.image_table,
             "anomaly_map": choice.pixel_table,
+            **({"anomaly_map_against_recipe": choice.map_decision} if choice.map_decision else {}),
             "validation_images": {"normal": len(normal), "anomalous": len(anomalous)},
             **({"pixel_threshold": {"value": pixel[0], "chosen_by": pixel[1]}} if pixel is not None else {}),
         }

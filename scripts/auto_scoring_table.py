@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.scoring_choice import ScoringSearch, apply_validation_choice, choose_on_validation
+from anomaly_lab.scoring_choice import MapRule, ScoringSearch, apply_validation_choice, choose_on_validation
 from anomaly_lab.tools.rescoring import rescore, run_working_directory
 
 HEADER = (
@@ -42,7 +42,8 @@ def row(folder: Path, options: list[str]) -> str:
     with run_working_directory(folder.resolve()):
         datamodule = instantiate(before.cfg.dataset, preprocessing=module.model.preprocessing)
         datamodule.setup("fit")
-        chosen = choose_on_validation(module.model, datamodule.val_dataloader(), search)
+        recipe_map = MapRule.of(instantiate(before.cfg.scoring.anomaly_map))  # the recipe's, not a stored choice
+        chosen = choose_on_validation(module.model, datamodule.val_dataloader(), search, recipe_map=recipe_map)
         choice = chosen.choice
         apply_validation_choice(module.model, chosen, module.threshold_rule)
         with warnings.catch_warnings():

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from anomaly_lab.configs import CONFIG_DIR
-from anomaly_lab.scoring_choice import ScoringSearch, apply_validation_choice, choose_on_validation
+from anomaly_lab.scoring_choice import MapRule, ScoringSearch, apply_validation_choice, choose_on_validation
 from anomaly_lab.tools.benchmark import markdown_table
 from anomaly_lab.tools.rescoring import rescore, run_working_directory
 
@@ -38,7 +38,10 @@ def variant_row(folder: Path, grids: str, ratio: str, save_to: Path) -> list[str
     with run_working_directory(folder.resolve()):
         datamodule = instantiate(rescored.cfg.dataset, preprocessing=module.model.preprocessing)
         datamodule.setup("fit")
-        chosen = choose_on_validation(module.model, datamodule.val_dataloader(), search, module.pixel_threshold_rule)
+        recipe_map = MapRule.of(instantiate(rescored.cfg.scoring.anomaly_map))  # the recipe's, not a stored choice
+        chosen = choose_on_validation(
+            module.model, datamodule.val_dataloader(), search, module.pixel_threshold_rule, recipe_map
+        )
         choice = chosen.choice
         assert module.spec is not None
         module.spec["model"].update(apply_validation_choice(module.model, chosen, module.threshold_rule))

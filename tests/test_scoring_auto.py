@@ -15,7 +15,7 @@ from PIL import Image, ImageFilter
 from anomaly_lab.checkpoint_loading import load_model, read_checkpoint
 from anomaly_lab.errors import ConfigError
 from anomaly_lab.scoring import AnomalyMap
-from anomaly_lab.scoring_choice import ScoringSearch, normalised, validation_maps
+from anomaly_lab.scoring_choice import MapRule, ScoringSearch, normalised, validation_maps
 from anomaly_lab.train import run
 
 SMALL_SEARCH = [
@@ -49,6 +49,56 @@ def test_choice_takes_the_map_and_pooling_that_separate() -> None:
     assert choice.image_table[0]["image_auroc"] == 1.0
     assert choice.map_rule.map == "l2" and choice.pixel_table[0]["pixel_auroc"] > 0.99
     assert len(choice.image_table) == 2 * 1 * 1 * 5  # maps x blurs x normalisation x poolings (max, 3 top-k, mean)
+
+
+def spot_maps(gain: float, count: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`count` normal and `count` anomalous noise maps (16x16); each anomalous one has a 3x3 defect raised by
+    `gain` times a random share of its own, so which images are drawn decides how well a map finds them.
+    Returns maps (2*count,1,16,16), labels (2*count,), masks (2*count,1,16,16) bool."""
+    gen = torch.Generator().manual_seed(seed)
+    maps = torch.rand(2 * count, 1, 16, 16, generator=gen)
+    masks = torch.zeros_like(maps, dtype=torch.bool)
+    masks[count:, :, 6:9, 6:9] = True
+    maps[count:, :, 6:9, 6:9] += gain * torch.rand(count, 1, 1, 1, generator=gen)
+    return maps, torch.tensor([0] * count + [1] * count), masks
+
+
+def test_the_recipes_map_is_kept_unless_a_candidate_beats_it_beyond_the_images_noise() -> None:
+    """The recipe's map (msgms) against a candidate (l1) that finds the defects a little better on these images:
+    within the spread the drawn images give, the recipe's map stays; a candidate that finds them clearly better
+    (msgms all noise) replaces it. Without a recipe map the best candidate is taken, as before."""
+    msgms, labels, masks = spot_maps(gain=1.0, seed=0)
+    l1 = msgms.clone()
+    # better on some images, worse on others, a little better in all: a lead the drawn images decide
+    l1[12:, :, 6:9, 6:9] += 0.02 + 0.3 * torch.randn(12, 1, 1, 1, generator=torch.Generator().manual_seed(4))
+    known = torch.ones(len(labels), dtype=torch.bool)
+    search = ScoringSearch(maps=["l1", "msgms"], blur_sigmas=[0], score_blur_sigmas=[0], normalise=[False])
+    recipe = MapRule("msgms", 0.0)
+    kept = search.choose({"l1": l1, "msgms": msgms}, labels, masks, known, 16, recipe)
+    decision = kept.map_decision
+    assert kept.pixel_table[0]["map"] == "l1" and decision["difference"] > 0  # l1 leads on these images
+    assert decision["difference"] < 2 * decision["difference_sd"] and decision["kept_recipe"]
+    assert kept.map_rule == recipe and kept.map_pixel_auroc == decision["recipe"]["pixel_auroc"]
+    assert "kept" in kept.summary()
+
+    noise = torch.rand(msgms.shape, generator=torch.Generator().manual_seed(5))
+    replaced = search.choose({"l1": l1, "msgms": noise}, labels, masks, known, 16, recipe)
+    assert replaced.map_rule == MapRule("l1", 0.0) and not replaced.map_decision["kept_recipe"]
+    assert replaced.map_decision["difference"] > 2 * replaced.map_decision["difference_sd"]
+
+    plain = search.choose({"l1": l1, "msgms": msgms}, labels, masks, known, 16)
+    assert plain.map_rule == MapRule("l1", 0.0) and plain.map_decision == {}
+
+
+def test_the_recipes_map_is_measured_at_its_own_blur_and_a_mixed_map_has_no_rule() -> None:
+    maps, labels, masks = spot_maps(gain=2.0)
+    search = ScoringSearch(maps=["l2"], blur_sigmas=[0, 2], score_blur_sigmas=[0], normalise=[False])
+    known = torch.ones(len(labels), dtype=torch.bool)
+    choice = search.choose({"l2": maps}, labels, masks, known, 128, MapRule("l2", 1.0))  # 128 px: sigmas unscaled
+    assert {(row["map"], row["blur_sigma"]) for row in choice.pixel_table} == {("l2", 0.0), ("l2", 2.0), ("l2", 1.0)}
+    assert choice.map_decision["recipe"]["blur_sigma"] == 1.0
+    assert MapRule.of(AnomalyMap(msgms=1.0, l2=0.0, blur_sigma=12.0)) == MapRule("msgms", 12.0)
+    assert MapRule.of(AnomalyMap(msgms=1.0, l2=1.0)) is None
 
 
 def test_normalisation_wins_where_one_pixel_errs_on_every_normal_image() -> None:

@@ -612,7 +612,10 @@ def test_the_sweep_records_a_trials_validation_auroc_the_chosen_scorings_first(t
     }
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     assert run_outcome(tmp_path)["val_image_auroc"] == 0.9
-    assert run_outcome(tmp_path)["val_pixel_auroc"] == 0.8
+    assert run_outcome(tmp_path)["val_pixel_auroc"] == 0.8  # a run written before the best map's key
+    # scoring=auto kept the recipe's map (0.8) over a candidate within noise (0.85): ties rank by the best map's
+    (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "val/chosen/best_map_pixel_auroc_model_res": 0.85}))
+    assert run_outcome(tmp_path)["val_pixel_auroc"] == 0.85
     (tmp_path / "metrics.json").write_text(json.dumps({"val/image_auroc": 0.7}))
     assert run_outcome(tmp_path)["val_image_auroc"] == 0.7
     (tmp_path / "metrics.json").write_text(json.dumps({"val/image_auroc": float("nan")}))

@@ -378,9 +378,13 @@ def fail_trials_of_dead_workers(study: optuna.Study, storage: RDBStorage, grace_
         fail_trial(study, trial, reason)
 
 
-# A trial's validation results, recorded from its run (user attr: metrics.json key; the chosen scoring's under
-# scoring=auto): the image AUROC and the anomaly map's pixel AUROC, which make tune ranks trials by
-VALIDATION_ATTRS = {"val_image_auroc": "val/image_auroc", "val_pixel_auroc": "val/pixel_auroc_model_res"}
+# A trial's validation results, recorded from its run (user attr: metrics.json keys, the first one present; the
+# chosen scoring's under scoring=auto): the image AUROC and the pixel AUROC of the best map scoring=auto measured
+# (else the anomaly map's), which tune ranks trials by
+VALIDATION_ATTRS = {
+    "val_image_auroc": ("val/image_auroc",),
+    "val_pixel_auroc": ("val/best_map_pixel_auroc_model_res", "val/pixel_auroc_model_res"),
+}
 
 
 def run_outcome(output_dir: Path) -> dict[str, Any]:
@@ -399,10 +403,11 @@ def run_outcome(output_dir: Path) -> dict[str, Any]:
         outcome["stopped_by"] = metrics["stopped_early_by"]
     if isinstance(metrics.get("train/seconds"), int | float):  # fit's wall time: the budget's per-epoch estimate
         outcome["train_seconds"] = round(float(metrics["train/seconds"]), 3)
-    for attr, name in VALIDATION_ATTRS.items():
-        value = metrics.get(validation_key(metrics, name))
-        if isinstance(value, int | float) and math.isfinite(value):
-            outcome[attr] = float(value)
+    for attr, names in VALIDATION_ATTRS.items():
+        values = [metrics.get(validation_key(metrics, name)) for name in names]
+        found = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+        if found:
+            outcome[attr] = found[0]
     return outcome
 
 
