@@ -121,12 +121,13 @@ class ScoringChoice:
         )
         decision = self.map_decision
         if decision:
-            best = decision["best"]
-            kept = "kept" if decision["kept_recipe"] else "replaced"
-            line += (
-                f" (val pixel AUROC {self.map_pixel_auroc:.4f}; the recipe's map, {kept}: the best candidate "
-                f"{best['map']} sigma {best['blur_sigma']:g} differs by {decision['difference']:+.4f} "
-                f"+- {decision['difference_sd']:.4f})"
+            best, recipe = decision["best"], decision["recipe"]
+            lead = f"{decision['difference']:+.4f} +- {decision['difference_sd']:.4f}"
+            line += f" (val pixel AUROC {self.map_pixel_auroc:.4f}; " + (
+                f"the recipe's, kept: the best candidate, {best['map']} sigma {best['blur_sigma']:g}, leads it by "
+                f"{lead}, within {decision['margin_sd']:g} sd)"
+                if decision["kept_recipe"]
+                else f"leads the recipe's, {recipe['map']} sigma {recipe['blur_sigma']:g}, by {lead})"
             )
         elif self.pixel_table:
             line += f" (val pixel AUROC {self.pixel_table[0]['pixel_auroc']:.4f})"
