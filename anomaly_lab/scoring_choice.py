@@ -33,6 +33,7 @@ from anomaly_lab.masking import inpaint_full_coverage
 from anomaly_lab.metrics import image_auroc, validation_rank, wasserstein_separation
 from anomaly_lab.model import InpaintingModel
 from anomaly_lab.registry import PIXEL_MAPS
+from anomaly_lab.results import SYNTHETIC_DEFECT_PREFIX
 from anomaly_lab.scoring import (
     REDUCTIONS,
     AnomalyMap,
@@ -121,14 +122,18 @@ class ScoringChoice:
         )
         decision = self.map_decision
         if decision:
-            best, recipe = decision["best"], decision["recipe"]
-            lead = f"{decision['difference']:+.4f} +- {decision['difference_sd']:.4f}"
-            line += f" (val pixel AUROC {self.map_pixel_auroc:.4f}; " + (
-                f"the recipe's, kept: the best candidate, {best['map']} sigma {best['blur_sigma']:g}, leads it by "
-                f"{lead}, within {decision['margin_sd']:g} sd)"
-                if decision["kept_recipe"]
-                else f"leads the recipe's, {recipe['map']} sigma {recipe['blur_sigma']:g}, by {lead})"
-            )
+            best, recipe, sd = decision["best"], decision["recipe"], decision["difference_sd"]
+            lead = f"{decision['difference']:+.4f}" + ("" if sd is None else f" +- {sd:.4f}")
+            candidate = f"the best candidate, {best['map']} sigma {best['blur_sigma']:g}, leads it by {lead}"
+            if not decision["kept_recipe"]:
+                why = f"leads the recipe's, {recipe['map']} sigma {recipe['blur_sigma']:g}, by {lead}"
+            elif decision["difference"] <= 0:
+                why = "the recipe's, the best candidate"
+            elif sd is None:
+                why = f"the recipe's: synthetic anomalies choose no map ({candidate} on them)"
+            else:
+                why = f"the recipe's, kept: {candidate}, within {decision['margin_sd']:g} sd"
+            line += f" (val pixel AUROC {self.map_pixel_auroc:.4f}; {why})"
         elif self.pixel_table:
             line += f" (val pixel AUROC {self.pixel_table[0]['pixel_auroc']:.4f})"
         else:
@@ -154,6 +159,7 @@ class ScoringSearch:
         sigma_reference_size: int = 128,
         max_pixels: int = 2_000_000,
         map_margin_sd: float = 2.0,
+        map_on_synthetic: bool = False,
         bootstrap_samples: int = 100,
         bootstrap_pixels: int = 100_000,
         seed: int = 0,
@@ -173,6 +179,8 @@ class ScoringSearch:
             raise ValueError("scoring.choose.sigma_reference_size and max_pixels must be positive")
         if isinstance(map_margin_sd, bool) or not math.isfinite(float(map_margin_sd)) or map_margin_sd < 0:
             raise ValueError(f"scoring.choose.map_margin_sd={map_margin_sd!r}: expected a number >= 0")
+        if not isinstance(map_on_synthetic, bool):
+            raise ValueError(f"scoring.choose.map_on_synthetic={map_on_synthetic!r}: expected true or false")
         if bootstrap_samples < 2 or bootstrap_pixels < 1:
             raise ValueError("scoring.choose.bootstrap_samples must be >= 2 and bootstrap_pixels positive")
         self.blur_sigmas = [float(s) for s in blur_sigmas]
@@ -183,6 +191,7 @@ class ScoringSearch:
         self.sigma_reference_size = sigma_reference_size
         self.max_pixels = max_pixels
         self.map_margin_sd = float(map_margin_sd)
+        self.map_on_synthetic = map_on_synthetic
         self.bootstrap_samples = bootstrap_samples
         self.bootstrap_pixels = bootstrap_pixels
         self.seed = seed
@@ -202,13 +211,16 @@ class ScoringSearch:
         mask_known: torch.Tensor,
         image_size: int,
         recipe_map: MapRule | None = None,
+        synthetic: torch.Tensor | None = None,
     ) -> ScoringChoice:
         """The best scoring on validation.
 
         pixel_maps: each candidate map's unblurred validation maps, name -> (N,1,H,W), averaged over the
         full-coverage inpaintings (and the recipe map's); labels (N,) 1 = anomalous; masks (N,1,H,W) bool;
         mask_known (N,) bool (False: an anomalous image whose true mask is unknown); recipe_map: the anomaly map the
-        recipe configures (blur in pixels of image_size), kept unless a candidate beats it clearly; None: the best.
+        recipe configures (blur in pixels of image_size), kept unless a candidate beats it clearly on the data's own
+        anomalies (on synthetic ones only with map_on_synthetic); None: the best; synthetic (N,) bool: the
+        anomalous images a generator made (None: none).
         """
         labels = labels.long()
         if not bool((labels == 0).any()) or not bool((labels == 1).any()):
@@ -240,14 +252,19 @@ class ScoringSearch:
         image_table = [
             {**asdict(r), "image_auroc": auroc, "wasserstein_normalised": sep} for r, auroc, sep, *_ in image_rows
         ]
-        pixel_table = self.pixel_candidates(pixel_maps, labels, masks, mask_known, scale, recipe_map)
+        synthetic = torch.zeros_like(labels, dtype=torch.bool) if synthetic is None else synthetic.bool()
+        real = (labels == 1) & mask_known.bool() & ~synthetic  # (N,) the data's own anomalies with masks
+        measured_on = mask_known.bool() & ~synthetic if bool(real.any()) else mask_known.bool()  # (N,)
+        pixel_table = self.pixel_candidates(pixel_maps, labels, masks, measured_on, scale, recipe_map)
         decision: dict[str, Any] = {}
         if not pixel_table:
             map_rule = MapRule(rule.score_map, rule.score_blur_sigma)
         elif recipe_map is None:
             map_rule = MapRule(pixel_table[0]["map"], pixel_table[0]["blur_sigma"])
+        elif not bool(real.any()) and not self.map_on_synthetic:
+            map_rule, decision = recipe_map, self.decision(pixel_table, recipe_map, None, replaced=False)
         else:
-            map_rule, decision = self.against_recipe(pixel_table, recipe_map, pixel_maps, labels, masks, mask_known)
+            map_rule, decision = self.against_recipe(pixel_table, recipe_map, pixel_maps, labels, masks, measured_on)
         return ScoringChoice(map_rule, rule, image_table, pixel_table, val_scores, mean, std, decision)
 
     def against_recipe(
@@ -274,15 +291,27 @@ class ScoringSearch:
                 masks[keep].bool(),
             )
         replaced = best != recipe_map and difference > self.map_margin_sd * sd
-        decision = {
+        return (best if replaced else recipe_map), self.decision(pixel_table, recipe_map, sd, replaced)
+
+    def decision(
+        self, pixel_table: list[dict[str, Any]], recipe_map: MapRule, sd: float | None, replaced: bool
+    ) -> dict[str, Any]:
+        """The figures of the anomaly map's decision; sd None: not measured (synthetic anomalies choose no map)."""
+        best_row = pixel_table[0]
+        recipe_row = next(r for r in pixel_table if MapRule(r["map"], r["blur_sigma"]) == recipe_map)
+        return {
             "recipe": {**asdict(recipe_map), "pixel_auroc": recipe_row["pixel_auroc"]},
-            "best": {**asdict(best), "pixel_auroc": best_row["pixel_auroc"]},
-            "difference": difference,
+            "best": {
+                "map": best_row["map"],
+                "blur_sigma": best_row["blur_sigma"],
+                "pixel_auroc": best_row["pixel_auroc"],
+            },
+            "difference": best_row["pixel_auroc"] - recipe_row["pixel_auroc"],
             "difference_sd": sd,
             "margin_sd": self.map_margin_sd,
+            "on": "synthetic anomalies" if sd is None else "validation anomalies",
             "kept_recipe": not replaced,
         }
-        return (best if replaced else recipe_map), decision
 
     def difference_sd(self, better: torch.Tensor, recipe: torch.Tensor, truth: torch.Tensor) -> float:
         """Standard deviation of pixel AUROC(better) - pixel AUROC(recipe) over the validation images resampled
@@ -353,14 +382,15 @@ def normalised(maps: torch.Tensor, normal: torch.Tensor) -> tuple[torch.Tensor, 
 @torch.no_grad()
 def validation_maps(
     model: InpaintingModel, batches: Iterable[dict[str, Any]], names: Iterable[str]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each named pixel map of the model's full-coverage inpaintings of the batches (one pass of the net), on the
-    CPU: maps name -> (N,1,H,W) unblurred, labels (N,), masks (N,1,H,W) bool, mask_known (N,) bool."""
+    CPU: maps name -> (N,1,H,W) unblurred, labels (N,), masks (N,1,H,W) bool, mask_known (N,) bool, synthetic
+    (N,) bool (an anomaly a generator made: data.validation_anomalies)."""
     was_training = model.training
     model.eval()
     device = model.coverage_masks.device
     maps: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    labels, masks, known = [], [], []
+    labels, masks, known, synthetic = [], [], [], []
     try:
         mask_sets = model.coverage_masks.split(model.set_sizes)
         for batch in batches:
@@ -371,6 +401,7 @@ def validation_maps(
             labels.append(batch["label"].cpu())
             masks.append(batch["mask"].cpu() > 0.5)
             known.append(torch.as_tensor(batch["mask_known"]).cpu())
+            synthetic.append(torch.tensor([str(d).startswith(SYNTHETIC_DEFECT_PREFIX) for d in batch["defect"]]))
     finally:
         model.train(was_training)
     return (
@@ -378,6 +409,7 @@ def validation_maps(
         torch.cat(labels),
         torch.cat(masks),
         torch.cat(known).bool(),
+        torch.cat(synthetic).bool(),
     )
 
 
@@ -414,8 +446,8 @@ def choose_on_validation(
     chosen anomaly map as predict draws it. recipe_map: the anomaly map the recipe configures (MapRule.of), kept
     unless a candidate beats it clearly. Reads the batches only (train.choose_scoring: process 0 alone)."""
     names = dict.fromkeys([*search.maps, *([recipe_map.map] if recipe_map else [])])
-    maps, labels, masks, known = validation_maps(model, batches, names)
-    choice = search.choose(maps, labels, masks, known, model.image_size, recipe_map)
+    maps, labels, masks, known, synthetic = validation_maps(model, batches, names)
+    choice = search.choose(maps, labels, masks, known, model.image_size, recipe_map, synthetic)
     pixel = None
     if pixel_threshold_rule is not None:
         chosen_map = gaussian_blur(maps[choice.map_rule.map].float(), choice.map_rule.blur_sigma)  # (N,1,H,W)

@@ -51,7 +51,9 @@ def row(folder: Path) -> str:
         datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
         datamodule.setup("fit")
         kind = str(getattr(datamodule, "validation_anomaly_kind", "real"))
-        maps, labels, masks, known = validation_maps(model, datamodule.val_dataloader(), ["l2", "l1", "ssim", "msgms"])
+        maps, labels, masks, known, _ = validation_maps(
+            model, datamodule.val_dataloader(), ["l2", "l1", "ssim", "msgms"]
+        )
         if OmegaConf.select(cfg, "scoring.choose"):
             choice = instantiate(cfg.scoring.choose).choose(maps, labels, masks, known, model.image_size)
             apply_choice(model, choice)
