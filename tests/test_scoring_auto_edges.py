@@ -93,3 +93,23 @@ def test_rescoring_a_scoring_auto_run_does_not_call_its_choice_a_config_change(
     with caplog.at_level("WARNING"):
         rescore(out)
     assert "compose another model" not in caplog.text
+
+
+@pytest.mark.slow
+def test_synthetic_validation_keeps_the_recipes_anomaly_map_and_logs_why(compose_tiny, tmp_path: Path) -> None:
+    """Good images only: the synthetic anomalies choose the image score, not the map. The checkpoint predict reads
+    draws riad_wide_map's map (MSGMS at its blur), scoring_choice.json says why, and metrics.json keeps both the
+    chosen map's pixel AUROC and the best candidate's (which tune ranks tied trials by)."""
+    out = tmp_path / "run"
+    search = [*SEARCH[:4], "scoring.choose.maps=[l2,msgms]", "scoring.choose.blur_sigmas=[0,4]"]
+    run(compose_tiny([*search, "validation_anomalies=synthetic"], output_dir=out))
+    table = json.loads((out / "scoring_choice.json").read_text())
+    decision = table["anomaly_map_against_recipe"]
+    assert decision["on"] == "synthetic anomalies" and decision["kept_recipe"] is True
+    assert decision["recipe"] == {"map": "msgms", "blur_sigma": 12.0, "pixel_auroc": decision["recipe"]["pixel_auroc"]}
+    model = load_model(out / "checkpoints" / "best.ckpt")
+    assert model.anomaly_map.weights == {"msgms": 1.0} and model.anomaly_map.blur_sigma == 12.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val/chosen/pixel_auroc_model_res"] == pytest.approx(decision["recipe"]["pixel_auroc"])
+    assert metrics["val/chosen/best_map_pixel_auroc_model_res"] == pytest.approx(table["anomaly_map"][0]["pixel_auroc"])
+    assert "synthetic anomalies choose no map" in metrics["scoring_chosen"] or decision["difference"] <= 0
