@@ -44,6 +44,12 @@ from anomaly_lab.scoring import (
 )
 from anomaly_lab.thresholds import PixelThreshold, ThresholdRule
 
+# Why the anomaly map is what it is (scoring_choice.json, anomaly_map_against_recipe.reason)
+REPLACED = "a candidate beat the recipe's map beyond the margin"
+BEST = "the recipe's map is the best candidate"
+SYNTHETIC = "synthetic anomalies choose no map"
+UNMEASURED = "too few images to measure the lead's spread"
+WITHIN = "the lead is within the margin"
 STD_FLOOR = 0.1  # a pixel's std is at least this share of the mean std: a pixel constant on normals cannot explode
 
 
@@ -125,14 +131,14 @@ class ScoringChoice:
             best, recipe, sd = decision["best"], decision["recipe"], decision["difference_sd"]
             lead = f"{decision['difference']:+.4f}" + ("" if sd is None else f" +- {sd:.4f}")
             candidate = f"the best candidate, {best['map']} sigma {best['blur_sigma']:g}, leads it by {lead}"
-            if not decision["kept_recipe"]:
-                why = f"leads the recipe's, {recipe['map']} sigma {recipe['blur_sigma']:g}, by {lead}"
-            elif decision["difference"] <= 0:
-                why = "the recipe's, the best candidate"
-            elif sd is None:
-                why = f"the recipe's: synthetic anomalies choose no map ({candidate} on them)"
-            else:
-                why = f"the recipe's, kept: {candidate}, within {decision['margin_sd']:g} sd"
+            why = {
+                REPLACED: f"on {decision['on']} it leads the recipe's, {recipe['map']} sigma "
+                f"{recipe['blur_sigma']:g}, by {lead}, beyond {decision['margin_sd']:g} sd",
+                BEST: "the recipe's, the best candidate",
+                SYNTHETIC: f"the recipe's: synthetic anomalies choose no map ({candidate} on them)",
+                UNMEASURED: f"the recipe's, kept: {candidate}, too few images to measure its spread",
+                WITHIN: f"the recipe's, kept: {candidate}, not beyond {decision['margin_sd']:g} sd",
+            }[decision["reason"]]
             line += f" (val pixel AUROC {self.map_pixel_auroc:.4f}; {why})"
         elif self.pixel_table:
             line += f" (val pixel AUROC {self.pixel_table[0]['pixel_auroc']:.4f})"
@@ -219,8 +225,8 @@ class ScoringSearch:
         full-coverage inpaintings (and the recipe map's); labels (N,) 1 = anomalous; masks (N,1,H,W) bool;
         mask_known (N,) bool (False: an anomalous image whose true mask is unknown); recipe_map: the anomaly map the
         recipe configures (blur in pixels of image_size), kept unless a candidate beats it clearly on the data's own
-        anomalies (on synthetic ones only with map_on_synthetic); None: the best; synthetic (N,) bool: the
-        anomalous images a generator made (None: none).
+        anomalies (on synthetic ones only with map_on_synthetic); None: the best; without masks the image score's
+        map either way; synthetic (N,) bool: the anomalous images a generator made (None: none).
         """
         labels = labels.long()
         if not bool((labels == 0).any()) or not bool((labels == 1).any()):
@@ -262,9 +268,16 @@ class ScoringSearch:
         elif recipe_map is None:
             map_rule = MapRule(pixel_table[0]["map"], pixel_table[0]["blur_sigma"])
         elif not bool(real.any()) and not self.map_on_synthetic:
-            map_rule, decision = recipe_map, self.decision(pixel_table, recipe_map, None, replaced=False)
+            lead = pixel_table[0]["pixel_auroc"] - next(
+                r["pixel_auroc"] for r in pixel_table if MapRule(r["map"], r["blur_sigma"]) == recipe_map
+            )
+            map_rule = recipe_map
+            decision = self.decision(pixel_table, recipe_map, lead, None, SYNTHETIC, "synthetic anomalies")
         else:
-            map_rule, decision = self.against_recipe(pixel_table, recipe_map, pixel_maps, labels, masks, measured_on)
+            on = "the data's own anomalies" if bool(real.any()) else "synthetic anomalies"
+            map_rule, decision = self.against_recipe(
+                pixel_table, recipe_map, pixel_maps, labels, masks, measured_on, on
+            )
         return ScoringChoice(map_rule, rule, image_table, pixel_table, val_scores, mean, std, decision)
 
     def against_recipe(
@@ -274,64 +287,74 @@ class ScoringSearch:
         pixel_maps: dict[str, torch.Tensor],
         labels: torch.Tensor,
         masks: torch.Tensor,
-        mask_known: torch.Tensor,
+        measured_on: torch.Tensor,
+        on: str,
     ) -> tuple[MapRule, dict[str, Any]]:
-        """The best candidate where it beats the recipe's map by more than map_margin_sd bootstrap standard
-        deviations of the difference, else the recipe's map; and the figures of that decision."""
-        best_row = pixel_table[0]
-        best = MapRule(best_row["map"], best_row["blur_sigma"])
-        recipe_row = next(r for r in pixel_table if MapRule(r["map"], r["blur_sigma"]) == recipe_map)
-        difference = best_row["pixel_auroc"] - recipe_row["pixel_auroc"]
-        sd = 0.0
-        if best != recipe_map and difference > 0:
-            keep = (labels == 0) | ((labels == 1) & mask_known.bool())  # (N,)
-            sd = self.difference_sd(
-                gaussian_blur(pixel_maps[best.map][keep].float(), best.blur_sigma),
-                gaussian_blur(pixel_maps[recipe_map.map][keep].float(), recipe_map.blur_sigma),
-                masks[keep].bool(),
-            )
-        replaced = best != recipe_map and difference > self.map_margin_sd * sd
-        return (best if replaced else recipe_map), self.decision(pixel_table, recipe_map, sd, replaced)
+        """The best candidate where its lead over the recipe's map exceeds map_margin_sd bootstrap standard
+        deviations (both measured on the same pixels), else the recipe's map; and the figures of that decision."""
+        best = MapRule(pixel_table[0]["map"], pixel_table[0]["blur_sigma"])
+        if best == recipe_map:
+            return recipe_map, self.decision(pixel_table, recipe_map, 0.0, 0.0, BEST, on)
+        keep = (labels == 0) | ((labels == 1) & measured_on.bool())  # (N,)
+        lead, sd = self.lead_and_sd(
+            gaussian_blur(pixel_maps[best.map][keep].float(), best.blur_sigma),
+            gaussian_blur(pixel_maps[recipe_map.map][keep].float(), recipe_map.blur_sigma),
+            masks[keep].bool(),
+        )
+        replaced = sd is not None and lead > 0 and lead > self.map_margin_sd * sd
+        reason = REPLACED if replaced else UNMEASURED if sd is None else WITHIN
+        return (best if replaced else recipe_map), self.decision(pixel_table, recipe_map, lead, sd, reason, on)
 
     def decision(
-        self, pixel_table: list[dict[str, Any]], recipe_map: MapRule, sd: float | None, replaced: bool
+        self,
+        pixel_table: list[dict[str, Any]],
+        recipe_map: MapRule,
+        lead: float,
+        sd: float | None,
+        reason: str,
+        on: str,
     ) -> dict[str, Any]:
-        """The figures of the anomaly map's decision; sd None: not measured (synthetic anomalies choose no map)."""
+        """The figures of the anomaly map's decision: lead, the best candidate's pixel AUROC minus the recipe map's
+        (on the bootstrap's pixels where its sd was measured); sd None: not measured (synthetic anomalies choose no
+        map, or too few resamples held both classes)."""
         best_row = pixel_table[0]
         recipe_row = next(r for r in pixel_table if MapRule(r["map"], r["blur_sigma"]) == recipe_map)
         return {
             "recipe": {**asdict(recipe_map), "pixel_auroc": recipe_row["pixel_auroc"]},
-            "best": {
-                "map": best_row["map"],
-                "blur_sigma": best_row["blur_sigma"],
-                "pixel_auroc": best_row["pixel_auroc"],
-            },
-            "difference": best_row["pixel_auroc"] - recipe_row["pixel_auroc"],
+            "best": {key: best_row[key] for key in ("map", "blur_sigma", "pixel_auroc")},
+            "difference": lead,
             "difference_sd": sd,
             "margin_sd": self.map_margin_sd,
-            "on": "synthetic anomalies" if sd is None else "validation anomalies",
-            "kept_recipe": not replaced,
+            "on": on,
+            "kept_recipe": reason != REPLACED,
+            "reason": reason,
         }
 
-    def difference_sd(self, better: torch.Tensor, recipe: torch.Tensor, truth: torch.Tensor) -> float:
-        """Standard deviation of pixel AUROC(better) - pixel AUROC(recipe) over the validation images resampled
-        with replacement (the image is the unit: its pixels go together), on the same random pixel positions of
-        every image (bootstrap_pixels in all); inf where fewer than two resamples hold both classes.
-        better, recipe (n,1,H,W) maps; truth (n,1,H,W) bool."""
-        count = len(truth)
+    def lead_and_sd(
+        self, better: torch.Tensor, recipe: torch.Tensor, truth: torch.Tensor
+    ) -> tuple[float, float | None]:
+        """Pixel AUROC(better) - pixel AUROC(recipe), and its standard deviation over the validation images
+        resampled with replacement (the image is the unit: its pixels go together); None where fewer than two
+        resamples hold both classes. Both on the same pixels: up to bootstrap_pixels / 2 anomalous and as many
+        normal ones, each class drawn uniformly (AUROC does not depend on the classes' shares), so a small
+        defect's pixels are in. better, recipe (n,1,H,W) maps; truth (n,1,H,W) bool."""
         generator = torch.Generator().manual_seed(self.seed)
-        per_image = max(1, min(truth[0].numel(), self.bootstrap_pixels // count))
-        pixels = torch.randperm(truth[0].numel(), generator=generator)[:per_image]  # (p,)
-        better, recipe, truth = (t.flatten(1)[:, pixels] for t in (better, recipe, truth))  # (n,p)
+        truth_flat = truth.flatten()  # (P,)
+        image = torch.arange(len(truth)).repeat_interleave(truth[0].numel())  # (P,) the image of each pixel
+        picked = []
+        for cls in (True, False):
+            where = (truth_flat == cls).nonzero().squeeze(1)
+            picked.append(where[torch.randperm(len(where), generator=generator)[: self.bootstrap_pixels // 2]])
+        pixels = torch.cat(picked)  # (p,)
+        a, b, labels, image = better.flatten()[pixels], recipe.flatten()[pixels], truth_flat[pixels], image[pixels]
+        lead = image_auroc(a, labels) - image_auroc(b, labels)
         differences = []
         for _ in range(self.bootstrap_samples):
-            drawn = torch.randint(count, (count,), generator=generator)  # (n,)
-            labels = truth[drawn].flatten()
-            if bool(labels.any()) and not bool(labels.all()):
-                differences.append(
-                    image_auroc(better[drawn].flatten(), labels) - image_auroc(recipe[drawn].flatten(), labels)
-                )
-        return float(torch.tensor(differences).std()) if len(differences) >= 2 else math.inf
+            copies = torch.bincount(torch.randint(len(truth), (len(truth),), generator=generator), minlength=len(truth))
+            drawn = torch.arange(len(pixels)).repeat_interleave(copies[image])  # each pixel as often as its image
+            if bool(labels[drawn].any()) and not bool(labels[drawn].all()):
+                differences.append(image_auroc(a[drawn], labels[drawn]) - image_auroc(b[drawn], labels[drawn]))
+        return lead, (float(torch.tensor(differences).std()) if len(differences) >= 2 else None)
 
     def pixel_candidates(
         self,

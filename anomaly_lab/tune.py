@@ -1030,12 +1030,12 @@ def trial_validation(trial: Any) -> tuple[float, float]:
 
 def best_trial(study: Any) -> tuple[Any, float]:
     """The recipe's trial and its objective: of the complete trials within AUROC_TIE of the highest validation image
-    AUROC (user attr `val_image_auroc`), the one with the highest validation pixel AUROC (`val_pixel_auroc`: the
-    chosen map's, on the synthetic anomalies' exact masks or the user's), then image AUROC, then the objective
-    (metrics.validation_rank, scoring=auto's order; the lower number where all tie, so the first trials, the
-    starting points, keep a tie). A trial with the larger distance but more normal-anomalous pairs in the wrong order
-    is not the better recipe: the distance is carried by the easiest anomalies. Synthetic anomalies often give
-    several trials image AUROC 1.0; their pixel AUROC still tells how well the map finds them (measured:
+    AUROC (user attr `val_image_auroc`), the one with the highest validation pixel AUROC (`val_pixel_auroc`: the best
+    map scoring=auto measured, on the synthetic anomalies' exact masks or the user's), then image AUROC, then the
+    objective (metrics.validation_rank, scoring=auto's order; the lower number where all tie, so the first trials, the
+    starting points, keep a tie). A trial with the larger distance but more normal-anomalous pairs in the wrong order is
+    not the better recipe: the distance is carried by the easiest anomalies. Synthetic anomalies often give several
+    trials image AUROC 1.0; their pixel AUROC still tells how well the map finds them (measured:
     docs/lab/2026-12-06-scoring-chosen-on-validation.md, "Ties on validation"). Where none completed, the trial its
     deadline stopped after the most epochs and its last validation (the budget ran out on a machine slower than the
     documented rate: its point is still the one measured furthest); (None, nan) where there is neither."""

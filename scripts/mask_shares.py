@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from anomaly_lab.metrics import PixelMetrics
 from anomaly_lab.scoring import gaussian_blur
-from anomaly_lab.scoring_choice import apply_choice, validation_maps
+from anomaly_lab.scoring_choice import MapRule, apply_choice, validation_maps
 from anomaly_lab.thresholds import AutoThreshold, PixelThreshold
 from anomaly_lab.tools.rescoring import compose_run, rescored_module, run_options, run_working_directory
 
@@ -51,11 +51,15 @@ def row(folder: Path) -> str:
         datamodule = instantiate(cfg.dataset, preprocessing=model.preprocessing)
         datamodule.setup("fit")
         kind = str(getattr(datamodule, "validation_anomaly_kind", "real"))
-        maps, labels, masks, known, _ = validation_maps(
-            model, datamodule.val_dataloader(), ["l2", "l1", "ssim", "msgms"]
+        recipe_map = MapRule.of(instantiate(cfg.scoring.anomaly_map))  # the recipe's, not a stored choice
+        maps, labels, masks, known, synthetic = validation_maps(
+            model,
+            datamodule.val_dataloader(),
+            dict.fromkeys(["l2", "l1", "ssim", "msgms", *([recipe_map.map] if recipe_map else [])]),
         )
         if OmegaConf.select(cfg, "scoring.choose"):
-            choice = instantiate(cfg.scoring.choose).choose(maps, labels, masks, known, model.image_size)
+            search = instantiate(cfg.scoring.choose)
+            choice = search.choose(maps, labels, masks, known, model.image_size, recipe_map, synthetic)
             apply_choice(model, choice)
             chosen_map = gaussian_blur(maps[choice.map_rule.map].float(), choice.map_rule.blur_sigma)  # (N,1,H,W)
             val_scores = choice.val_scores.double()
