@@ -120,6 +120,30 @@ def test_synthetic_anomalies_choose_no_map_and_the_datas_own_decide_where_it_has
     assert pooled.pixel_table[0]["map"] == "msgms"
 
 
+def test_a_small_defect_among_many_normal_images_is_in_the_bootstrap() -> None:
+    """100 normal images of 64x64 and two real anomalies with a 4x4 defect each, which l1 marks and the recipe's
+    msgms does not; 2000 bootstrap pixels, 0.5% of them: the lead (about 0.5) and its spread are measured on the
+    same pixels, each class drawn on its own, so the defects are in, l1 replaces the recipe's map and the decision's
+    figures are finite (JSON has no Infinity)."""
+    gen = torch.Generator().manual_seed(3)
+    msgms = torch.rand(102, 1, 64, 64, generator=gen)
+    l1 = torch.rand(102, 1, 64, 64, generator=gen)
+    masks = torch.zeros_like(l1, dtype=torch.bool)
+    masks[100, :, 10:14, 40:44] = masks[101, :, 50:54, 3:7] = True
+    l1[masks] += 2.0
+    labels = torch.tensor([0] * 100 + [1] * 2)
+    search = ScoringSearch(
+        maps=["l1", "msgms"], blur_sigmas=[0], score_blur_sigmas=[0], normalise=[False], bootstrap_pixels=2000
+    )
+    known = torch.ones(102, dtype=torch.bool)
+    choice = search.choose({"l1": l1, "msgms": msgms}, labels, masks, known, 128, MapRule("msgms", 0.0))
+    decision = choice.map_decision
+    assert choice.map_rule == MapRule("l1", 0.0)
+    assert decision["reason"] == "a candidate beat the recipe's map beyond the margin"
+    assert decision["difference"] > 0.4 and 0 < decision["difference_sd"] < 0.2
+    json.dumps(decision, allow_nan=False)
+
+
 def test_the_recipes_map_is_measured_at_its_own_blur_and_a_mixed_map_has_no_rule() -> None:
     maps, labels, masks = spot_maps(gain=2.0)
     search = ScoringSearch(maps=["l2"], blur_sigmas=[0, 2], score_blur_sigmas=[0], normalise=[False])
