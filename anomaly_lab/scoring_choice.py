@@ -340,13 +340,13 @@ class ScoringSearch:
         defect's pixels are in. better, recipe (n,1,H,W) maps; truth (n,1,H,W) bool."""
         generator = torch.Generator().manual_seed(self.seed)
         truth_flat = truth.flatten()  # (P,)
-        image = torch.arange(len(truth)).repeat_interleave(truth[0].numel())  # (P,) the image of each pixel
         picked = []
         for cls in (True, False):
             where = (truth_flat == cls).nonzero().squeeze(1)
             picked.append(where[torch.randperm(len(where), generator=generator)[: self.bootstrap_pixels // 2]])
         pixels = torch.cat(picked)  # (p,)
-        a, b, labels, image = better.flatten()[pixels], recipe.flatten()[pixels], truth_flat[pixels], image[pixels]
+        a, b, labels = better.flatten()[pixels], recipe.flatten()[pixels], truth_flat[pixels]  # (p,)
+        image = pixels // truth[0].numel()  # (p,) the validation image each pixel is of
         lead = image_auroc(a, labels) - image_auroc(b, labels)
         differences = []
         for _ in range(self.bootstrap_samples):
