@@ -78,6 +78,11 @@ class MapRule:
         return cls(names[0], anomaly_map.blur_sigma) if len(names) == 1 else None
 
 
+def pixel_auroc_of(pixel_table: list[dict[str, Any]], rule: MapRule) -> float | None:
+    """The validation pixel AUROC of one (map, blur) in a table of pixel_candidates; None where it is not there."""
+    return next((r["pixel_auroc"] for r in pixel_table if MapRule(r["map"], r["blur_sigma"]) == rule), None)
+
+
 @dataclass
 class ScoringChoice:
     map_rule: MapRule
@@ -94,9 +99,7 @@ class ScoringChoice:
     @property
     def map_pixel_auroc(self) -> float | None:
         """Validation pixel AUROC of the chosen anomaly map; None without validation masks."""
-        rule = self.map_rule
-        rows = [r for r in self.pixel_table if (r["map"], r["blur_sigma"]) == (rule.map, rule.blur_sigma)]
-        return rows[0]["pixel_auroc"] if rows else None
+        return pixel_auroc_of(self.pixel_table, self.map_rule)
 
     def anomaly_map(self) -> AnomalyMap:
         """The chosen scoring as the model's AnomalyMap (normal statistics set)."""
@@ -268,11 +271,8 @@ class ScoringSearch:
         elif recipe_map is None:
             map_rule = MapRule(pixel_table[0]["map"], pixel_table[0]["blur_sigma"])
         elif not bool(real.any()) and not self.map_on_synthetic:
-            lead = pixel_table[0]["pixel_auroc"] - next(
-                r["pixel_auroc"] for r in pixel_table if MapRule(r["map"], r["blur_sigma"]) == recipe_map
-            )
             map_rule = recipe_map
-            decision = self.decision(pixel_table, recipe_map, lead, None, SYNTHETIC, "synthetic anomalies")
+            decision = self.decision(pixel_table, recipe_map, None, None, SYNTHETIC, "synthetic anomalies")
         else:
             on = "the data's own anomalies" if bool(real.any()) else "synthetic anomalies"
             map_rule, decision = self.against_recipe(
@@ -309,20 +309,21 @@ class ScoringSearch:
         self,
         pixel_table: list[dict[str, Any]],
         recipe_map: MapRule,
-        lead: float,
+        lead: float | None,
         sd: float | None,
         reason: str,
         on: str,
     ) -> dict[str, Any]:
         """The figures of the anomaly map's decision: lead, the best candidate's pixel AUROC minus the recipe map's
-        (on the bootstrap's pixels where its sd was measured); sd None: not measured (synthetic anomalies choose no
-        map, or too few resamples held both classes)."""
+        on the bootstrap's pixels (None: the table's); sd None: not measured (synthetic anomalies choose no map, or
+        too few resamples held both classes)."""
         best_row = pixel_table[0]
-        recipe_row = next(r for r in pixel_table if MapRule(r["map"], r["blur_sigma"]) == recipe_map)
+        recipe_auroc = pixel_auroc_of(pixel_table, recipe_map)
+        assert recipe_auroc is not None  # pixel_candidates lists the recipe's map
         return {
-            "recipe": {**asdict(recipe_map), "pixel_auroc": recipe_row["pixel_auroc"]},
+            "recipe": {**asdict(recipe_map), "pixel_auroc": recipe_auroc},
             "best": {key: best_row[key] for key in ("map", "blur_sigma", "pixel_auroc")},
-            "difference": lead,
+            "difference": best_row["pixel_auroc"] - recipe_auroc if lead is None else lead,
             "difference_sd": sd,
             "margin_sd": self.map_margin_sd,
             "on": on,
